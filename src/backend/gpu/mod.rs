@@ -1,0 +1,2 @@
+//! GPU-style backend generic over a kernel runner (CUDA driver or CPU emulator) (issues 3, 4).
+pub mod runner;

@@ -1,0 +1,136 @@
+//! One backend trait, three implementations:
+//! - `cpu`: the reference implementation and the default when no GPU is present;
+//! - `gpu` + CUDA runner: hand-written kernels from `kernels/*.cu`, compiled by NVRTC;
+//! - `gpu` + emulator runner (`--features emu`, tests only): the same kernels compiled as host C++.
+//!
+//! Conventions shared by every op:
+//! - tensors are f32, NCHW (rank 4) or [N, F] (rank 2); outputs are passed in, already allocated,
+//!   and are overwritten (never accumulated into) unless the op says otherwise;
+//! - "saved" tensors (forward outputs kept for a backward pass) may have a batch B that divides the
+//!   batch N of the gradient: item i then reads saved item `i % B`. The batched FRG scan stacks
+//!   (channel, sample) pairs channel-major, so one copy of the B saved activations serves all pairs.
+pub mod cpu;
+pub mod gpu;
+pub mod select;
+pub mod params;
+
+pub use params::ConvParams;
+
+use crate::error::Result;
+use crate::tensor::{Indices, Tensor};
+
+pub trait Backend: Send + Sync {
+    /// Human-readable description, e.g. "cpu (2 threads)" or "cuda:0 NVIDIA H100 (sm_90)".
+    fn name(&self) -> String;
+    fn is_gpu(&self) -> bool;
+    /// Wait until all queued work has finished (no-op on the CPU).
+    fn synchronize(&self) -> Result<()>;
+    /// Bytes of memory the engine may use for work buffers (chunk sizing of the scan).
+    fn memory_budget(&self) -> usize;
+
+    // ---- memory ------------------------------------------------------------------------------
+    fn zeros(&self, shape: &[usize]) -> Result<Tensor>;
+    fn from_host(&self, data: &[f32], shape: &[usize]) -> Result<Tensor>;
+    fn to_host(&self, t: &Tensor) -> Result<Vec<f32>>;
+    fn indices_from_host(&self, data: &[u32]) -> Result<Indices>;
+    /// dst <- src (same element count; shapes may differ).
+    fn copy(&self, src: &Tensor, dst: &mut Tensor) -> Result<()>;
+    fn fill(&self, t: &mut Tensor, value: f32) -> Result<()>;
+
+    // ---- convolution (square kernel, zero padding, no bias) ------------------------------------
+    /// y[n,co,oh,ow] = sum_{ci,kh,kw} x[n,ci,oh*s-p+kh,ow*s-p+kw] * w[co,ci,kh,kw]
+    fn conv2d_forward(&self, p: &ConvParams, x: &Tensor, w: &Tensor, y: &mut Tensor) -> Result<()>;
+    /// dx = d(sum y*dy)/dx.
+    fn conv2d_input_grad(&self, p: &ConvParams, dy: &Tensor, w: &Tensor, dx: &mut Tensor) -> Result<()>;
+    /// dw = d(sum y*dy)/dw, overwritten.
+    fn conv2d_weight_grad(&self, p: &ConvParams, x: &Tensor, dy: &Tensor, dw: &mut Tensor) -> Result<()>;
+    /// Input gradient of a cotangent that is non-zero in a single output channel per item:
+    /// `seed` is [N, 1, h_out, w_out]; item i uses filter `first_channel + i / group`.
+    /// Equals `conv2d_input_grad` of the one-hot-expanded cotangent. `p.n` is N, `p.c_out` the
+    /// full filter count of `w`.
+    fn conv2d_input_grad_onehot(
+        &self,
+        p: &ConvParams,
+        seed: &Tensor,
+        w: &Tensor,
+        first_channel: usize,
+        group: usize,
+        dx: &mut Tensor,
+    ) -> Result<()>;
+
+    // ---- per-channel affine: eval-mode batchnorm and input normalisation -------------------------
+    /// y = x * scale[c] + shift[c], then max(., 0) when `relu`.
+    fn channel_affine(&self, x: &Tensor, scale: &Tensor, shift: &Tensor, relu: bool, y: &mut Tensor) -> Result<()>;
+    /// dx = dy * scale[c], masked by (y_saved > 0) when `y_saved` (the forward output of a fused
+    /// affine+ReLU) is given. y_saved's batch may divide dy's batch (see module docs).
+    fn channel_affine_backward(&self, y_saved: Option<&Tensor>, dy: &Tensor, scale: &Tensor, dx: &mut Tensor) -> Result<()>;
+
+    // ---- training-mode batchnorm ----------------------------------------------------------------
+    /// Normalises with batch statistics (biased variance), writes save_mean/save_invstd [C]
+    /// (invstd = 1/sqrt(var + eps)) and updates running stats in place with PyTorch semantics:
+    /// r = (1 - momentum) * r + momentum * stat, using the *unbiased* batch variance for running_var.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_train_forward(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f32,
+        momentum: f32,
+        running_mean: &mut Tensor,
+        running_var: &mut Tensor,
+        save_mean: &mut Tensor,
+        save_invstd: &mut Tensor,
+        y: &mut Tensor,
+    ) -> Result<()>;
+    /// Gradients of training-mode batchnorm; dgamma/dbeta [C] are overwritten.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_train_backward(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        gamma: &Tensor,
+        save_mean: &Tensor,
+        save_invstd: &Tensor,
+        dx: &mut Tensor,
+        dgamma: &mut Tensor,
+        dbeta: &mut Tensor,
+    ) -> Result<()>;
+
+    // ---- elementwise ----------------------------------------------------------------------------
+    fn relu(&self, x: &Tensor, y: &mut Tensor) -> Result<()>;
+    /// dx = dy * (y_saved > 0); y_saved's batch may divide dy's batch.
+    fn relu_backward(&self, y_saved: &Tensor, dy: &Tensor, dx: &mut Tensor) -> Result<()>;
+    /// y = a + b (residual add).
+    fn add(&self, a: &Tensor, b: &Tensor, y: &mut Tensor) -> Result<()>;
+    /// y += x.
+    fn add_assign(&self, y: &mut Tensor, x: &Tensor) -> Result<()>;
+    /// y *= m elementwise (masks for pruned filters).
+    fn mul_assign(&self, y: &mut Tensor, m: &Tensor) -> Result<()>;
+
+    // ---- pooling and head -----------------------------------------------------------------------
+    /// [N,C,H,W] -> [N,C] mean over H*W.
+    fn global_avg_pool(&self, x: &Tensor, y: &mut Tensor) -> Result<()>;
+    fn global_avg_pool_backward(&self, dy: &Tensor, dx: &mut Tensor) -> Result<()>;
+    /// y[n,o] = sum_i x[n,i] w[o,i] + b[o].
+    fn linear_forward(&self, x: &Tensor, w: &Tensor, b: &Tensor, y: &mut Tensor) -> Result<()>;
+    fn linear_backward_input(&self, dy: &Tensor, w: &Tensor, dx: &mut Tensor) -> Result<()>;
+    /// dw = dy^T x, db = sum_n dy (overwritten).
+    fn linear_backward_params(&self, x: &Tensor, dy: &Tensor, dw: &mut Tensor, db: &mut Tensor) -> Result<()>;
+    /// Per-sample loss[n] = -log softmax(logits[n])[label[n]] and dlogits = (softmax - onehot) / N
+    /// (the gradient of the *mean* loss).
+    fn softmax_cross_entropy(&self, logits: &Tensor, labels: &Indices, loss: &mut Tensor, dlogits: &mut Tensor) -> Result<()>;
+
+    // ---- FRG ------------------------------------------------------------------------------------
+    /// loss[c] = mean over (n,h,w) of (a - b)^2, for every channel c.
+    fn channel_mse(&self, a: &Tensor, b: &Tensor, loss: &mut Tensor) -> Result<()>;
+    /// Batched FRG cotangent: a_x, a_x0 are [B,C,H,W] activations of X and X0 at a conv output;
+    /// seed is [K*B,1,H,W] with seed[k*B+b] = 2/(B*H*W) * (a_x0[b,c] - a_x[b,c]), c = first_channel+k:
+    /// the gradient of channel c's `channel_mse(a_x, a_x0)` with respect to a_x0[:, c].
+    fn frg_seed(&self, a_x: &Tensor, a_x0: &Tensor, first_channel: usize, seed: &mut Tensor) -> Result<()>;
+    /// y[i] = clamp(x0[i % B] + eps * sign(g[i]), 0, 1), sign(0) = 0; x0 has batch B dividing N.
+    fn sign_step(&self, x0: &Tensor, g: &Tensor, eps: f32, y: &mut Tensor) -> Result<()>;
+    /// PyTorch SGD (dampening 0, no Nesterov): g = grad + wd * param; buf = momentum * buf + g;
+    /// param -= lr * buf. `momentum_buf` starts at zero.
+    fn sgd_step(&self, param: &mut Tensor, grad: &Tensor, momentum_buf: &mut Tensor, lr: f32, momentum: f32, weight_decay: f32) -> Result<()>;
+}

@@ -1,0 +1,1 @@
+//! Dataset readers: CIFAR-10 / CIFAR-100 / GTSRB binary formats (issue 2).

@@ -1,0 +1,1 @@
+//! PreActResNet18 on any backend (issue 2).

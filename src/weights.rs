@@ -1,0 +1,1 @@
+//! safetensors load/save with PyTorch state_dict names (issue 2).
