@@ -1,1 +1,79 @@
-//! The FMP defense: FRG scan, selection, pruning, fine-tuning, attacks and metrics (issue 6).
+//! The FMP defense (spec sections 3-7): attacks (triggers for building backdoored models), metrics
+//! (Acc/ASR/RA), the FRG scan (batched and naive), per-layer selection and the report, pruning,
+//! fine-tuning and BackdoorBench-style training. Host-side data is u8 images in CIFAR layout
+//! (`attacks::IMG` bytes each) with u32 labels.
+pub mod attacks;
+pub mod augment;
+pub mod metrics;
+pub mod rng;
+pub mod select;
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// u8 images (CIFAR layout, [N, 3, 32, 32]) with labels.
+#[derive(Clone, Debug, Default)]
+pub struct LabeledImages {
+    pub pixels: Vec<u8>,
+    pub labels: Vec<u32>,
+    pub num_classes: usize,
+}
+
+impl LabeledImages {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+    pub fn image(&self, i: usize) -> &[u8] {
+        &self.pixels[i * attacks::IMG..(i + 1) * attacks::IMG]
+    }
+    /// The images at `idx`, in that order.
+    pub fn subset(&self, idx: &[usize]) -> LabeledImages {
+        let mut pixels = Vec::with_capacity(idx.len() * attacks::IMG);
+        for &i in idx {
+            pixels.extend_from_slice(self.image(i));
+        }
+        LabeledImages {
+            pixels,
+            labels: idx.iter().map(|&i| self.labels[i]).collect(),
+            num_classes: self.num_classes,
+        }
+    }
+    /// The first `n` images (all when n >= len).
+    pub fn truncate(mut self, n: usize) -> LabeledImages {
+        let n = n.min(self.len());
+        self.labels.truncate(n);
+        self.pixels.truncate(n * attacks::IMG);
+        self
+    }
+}
+
+/// u8 -> [0, 1] f32.
+pub fn u8_to_pixels(x: &[u8]) -> Vec<f32> {
+    x.iter().map(|&v| v as f32 / 255.0).collect()
+}
+
+/// Write `bytes` to a temporary file beside `path`, then rename it over `path`.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| Error::File {
+        path: path.into(),
+        msg: "not a file path".into(),
+    })?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
