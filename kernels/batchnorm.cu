@@ -1,0 +1,71 @@
+// Training-mode batchnorm, forward and backward. One block per channel reduces over the
+// channel's n*hw elements: each thread walks a fixed strided subset, then a fixed-shape
+// warp-shuffle tree combines them (fmp_block_sum), so results are bit-reproducible (no atomics).
+// Forward is two-pass (mean, then centred sum of squares) for accuracy, then normalises;
+// thread 0 writes save_mean/save_invstd and updates the running stats (unbiased variance).
+// Backward: dgamma = sum dy*xhat, dbeta = sum dy,
+//   dx = gamma * invstd / M * (M*dy - dbeta - xhat * dgamma).
+// Grid: (C, 1, 1), block 256.
+#include "params.cuh"
+
+extern "C" __global__ void __launch_bounds__(256) batchnorm_train_forward(const BnFwdArgs a) {
+    __shared__ float red[33];
+    const int c = blockIdx.x;
+    const int cnt = a.n * a.hw;
+    float s = 0.f;
+    for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
+        const int n = e / a.hw;
+        s += a.x[(n * a.c + c) * a.hw + (e - n * a.hw)];
+    }
+    const float mean = fmp_block_sum(s, red) / (float)cnt;
+    float q = 0.f;
+    for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
+        const int n = e / a.hw;
+        const float d = a.x[(n * a.c + c) * a.hw + (e - n * a.hw)] - mean;
+        q = fmaf(d, d, q);
+    }
+    const float m2 = fmp_block_sum(q, red);
+    const float var = m2 / (float)cnt;
+    const float invstd = rsqrtf(var + a.eps);
+    const float g = a.gamma[c] * invstd, b = a.beta[c];
+    for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
+        const int n = e / a.hw;
+        const int idx = (n * a.c + c) * a.hw + (e - n * a.hw);
+        a.y[idx] = fmaf(a.x[idx] - mean, g, b);
+    }
+    if (threadIdx.x == 0) {
+        const float unbiased = cnt > 1 ? m2 / (float)(cnt - 1) : var;
+        a.save_mean[c] = mean;
+        a.save_invstd[c] = invstd;
+        a.running_mean[c] = (1.f - a.momentum) * a.running_mean[c] + a.momentum * mean;
+        a.running_var[c] = (1.f - a.momentum) * a.running_var[c] + a.momentum * unbiased;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) batchnorm_train_backward(const BnBwdArgs a) {
+    __shared__ float red[33];
+    const int c = blockIdx.x;
+    const int cnt = a.n * a.hw;
+    const float mean = a.save_mean[c], invstd = a.save_invstd[c];
+    float sdy = 0.f, sdyx = 0.f;
+    for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
+        const int n = e / a.hw;
+        const int idx = (n * a.c + c) * a.hw + (e - n * a.hw);
+        const float dy = a.dy[idx];
+        sdy += dy;
+        sdyx = fmaf(dy, (a.x[idx] - mean) * invstd, sdyx);
+    }
+    const float dbeta = fmp_block_sum(sdy, red);
+    const float dgamma = fmp_block_sum(sdyx, red);
+    const float k = a.gamma[c] * invstd / (float)cnt;
+    for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
+        const int n = e / a.hw;
+        const int idx = (n * a.c + c) * a.hw + (e - n * a.hw);
+        const float xhat = (a.x[idx] - mean) * invstd;
+        a.dx[idx] = k * ((float)cnt * a.dy[idx] - dbeta - xhat * dgamma);
+    }
+    if (threadIdx.x == 0) {
+        a.dgamma[c] = dgamma;
+        a.dbeta[c] = dbeta;
+    }
+}

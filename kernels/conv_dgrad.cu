@@ -1,0 +1,152 @@
+// conv2d input gradient.
+// conv2d_input_grad: implicit GEMM with
+//   M = c_in, N = n * h_in * w_in (input pixels), K = c_out * k * k;
+//   A[ci][(co,kh,kw)] = w[co][ci][kh][kw], B[(co,kh,kw)][(n,ih,iw)] = dy[n][co][oh][ow] where
+//   oh = (ih + pad - kh) / stride when that divides exactly and lands inside the output (else 0).
+//   Same tiling as conv_fwd.cu: 256 threads, 64x64 tile, K slabs of 16 in shared memory, 4x4
+//   micro-tiles at rows ty + 16i / cols tx + 16j. Grid: (ceil(N/64), ceil(c_in/64), 1).
+// conv2d_input_grad_onehot: the cotangent of item i is non-zero only in channel
+//   c_i = first_channel + i / group, given as seed[i][0][oh][ow], so
+//   dx[i][ci][ih][iw] = sum_{kh,kw} seed[i][0][oh][ow] * w[c_i][ci][kh][kw] (K = k*k only).
+//   Block = 256 input pixels of one item x a tile of OH_CT input channels; the tile's filter slice
+//   w[c_i][ci0 .. ci0+OH_CT][:][:] is staged in dynamic shared memory (OH_CT*k*k floats); each
+//   thread reads its k*k seed values once and accumulates OH_CT outputs in registers.
+//   Grid: (ceil(h_in*w_in/256), ceil(c_in/OH_CT), n).
+#include "params.cuh"
+
+#define CD_TM 64
+#define CD_TN 64
+#define CD_TK 16
+#define OH_CT 16
+
+extern "C" __global__ void __launch_bounds__(256) conv2d_input_grad(const ConvDgradArgs a) {
+    const ConvParams p = a.p;
+    const int kk = p.kernel * p.kernel;
+    const int K = p.c_out * kk;
+    const int hwi = p.h_in * p.w_in;
+    const int hwo = p.h_out * p.w_out;
+    const int NC = p.n * hwi;
+    const int m0 = blockIdx.y * CD_TM;
+    const int n0 = blockIdx.x * CD_TN;
+    __shared__ float As[CD_TK][CD_TM + 4];
+    __shared__ float Bs[CD_TK][CD_TN];
+    const int t = threadIdx.x;
+    const int tx = t % 16, ty = t / 16;
+    const int a_k = t % CD_TK, a_m = t / CD_TK;
+    const int b_col = t % CD_TN, b_k = t / CD_TN;
+    const int col = n0 + b_col;
+    const bool col_ok = col < NC;
+    int bn = 0, bih = 0, biw = 0;
+    if (col_ok) {
+        bn = col / hwi;
+        const int r = col - bn * hwi;
+        bih = r / p.w_in;
+        biw = r - bih * p.w_in;
+    }
+    const float* dyb = a.dy + bn * p.c_out * hwo;
+
+    float acc[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
+
+    for (int k0 = 0; k0 < K; k0 += CD_TK) {
+        const int ka = k0 + a_k;
+        const int co_a = ka / kk;
+        const int khw_a = ka - co_a * kk;
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            const int m = m0 + a_m + 16 * r;
+            As[a_k][a_m + 16 * r] = (m < p.c_in && ka < K) ? __ldg(a.w + (co_a * p.c_in + m) * kk + khw_a) : 0.f;
+        }
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            const int kb = k0 + b_k + 4 * r;
+            float v = 0.f;
+            if (col_ok && kb < K) {
+                const int co = kb / kk;
+                const int rem = kb - co * kk;
+                const int kh = rem / p.kernel;
+                const int kw = rem - kh * p.kernel;
+                const int hn = bih + p.pad - kh, wn = biw + p.pad - kw;
+                if (hn >= 0 && wn >= 0) {
+                    const int oh = hn / p.stride, ow = wn / p.stride;
+                    if (oh * p.stride == hn && ow * p.stride == wn && oh < p.h_out && ow < p.w_out)
+                        v = __ldg(dyb + (co * p.h_out + oh) * p.w_out + ow);
+                }
+            }
+            Bs[b_k + 4 * r][b_col] = v;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int q = 0; q < CD_TK; ++q) {
+            float av[4], bv[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) av[i] = As[q][ty + 16 * i];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) bv[j] = Bs[q][tx + 16 * j];
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const int c = n0 + tx + 16 * j;
+        if (c >= NC) continue;
+        const int n = c / hwi;
+        const int r = c - n * hwi;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int m = m0 + ty + 16 * i;
+            if (m < p.c_in) a.dx[(n * p.c_in + m) * hwi + r] = acc[i][j];
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) conv2d_input_grad_onehot(const ConvDgradOnehotArgs a) {
+    const ConvParams p = a.p;
+    const int kk = p.kernel * p.kernel;
+    const int hwi = p.h_in * p.w_in;
+    const int item = blockIdx.z;
+    const int ci0 = blockIdx.y * OH_CT;
+    const int nct = min(OH_CT, p.c_in - ci0);
+    const int filt = a.first_channel + item / a.group;
+    FMP_DYN_SHARED(float, ws);  // [OH_CT][kk]
+    for (int e = threadIdx.x; e < nct * kk; e += blockDim.x)
+        ws[e] = __ldg(a.w + (filt * p.c_in + ci0) * kk + e);
+    __syncthreads();
+
+    const int pix = blockIdx.x * blockDim.x + threadIdx.x;
+    if (pix >= hwi) return;
+    const int ih = pix / p.w_in, iw = pix - (pix / p.w_in) * p.w_in;
+    const float* sd = a.seed + item * p.h_out * p.w_out;
+    float acc[OH_CT];
+#pragma unroll
+    for (int c = 0; c < OH_CT; ++c) acc[c] = 0.f;
+    for (int kh = 0; kh < p.kernel; ++kh) {
+        const int hn = ih + p.pad - kh;
+        if (hn < 0) continue;
+        const int oh = hn / p.stride;
+        if (oh * p.stride != hn || oh >= p.h_out) continue;
+        for (int kw = 0; kw < p.kernel; ++kw) {
+            const int wn = iw + p.pad - kw;
+            if (wn < 0) continue;
+            const int ow = wn / p.stride;
+            if (ow * p.stride != wn || ow >= p.w_out) continue;
+            const float s = __ldg(sd + oh * p.w_out + ow);
+            const int khw = kh * p.kernel + kw;
+#pragma unroll
+            for (int c = 0; c < OH_CT; ++c)
+                if (c < nct) acc[c] = fmaf(s, ws[c * kk + khw], acc[c]);
+        }
+    }
+    float* out = a.dx + (item * p.c_in + ci0) * hwi + pix;
+#pragma unroll
+    for (int c = 0; c < OH_CT; ++c)
+        if (c < nct) out[c * hwi] = acc[c];
+}
