@@ -1,0 +1,4 @@
+//! Packed SGEMM for the convolutions (placeholder until the blocked kernel lands).
+pub fn kernel_name() -> &'static str {
+    "direct loops"
+}

@@ -1,0 +1,322 @@
+//! Pooling, the linear head, softmax cross-entropy and the FRG losses (per-channel MSE and its
+//! batched gradient seed). These are small next to the convolutions: plain loops with f64
+//! accumulators in a fixed order, parallel over rows/channels where it pays.
+use rayon::prelude::*;
+
+use super::{dims4, host, host_mut, numel_is, same_shape};
+use crate::error::{Error, Result};
+use crate::tensor::{Indices, Storage, Tensor};
+
+pub fn global_avg_pool(x: &Tensor, y: &mut Tensor) -> Result<()> {
+    const OP: &str = "global_avg_pool";
+    let (n, c, h, w) = dims4(OP, "x", x)?;
+    if y.shape != [n, c] {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "y must be [{n}, {c}] for x {:?}, got {:?}",
+                x.shape, y.shape
+            ),
+        ));
+    }
+    let hw = h * w;
+    let xs = host(OP, "x", x)?;
+    let ys = host_mut(OP, "y", y)?;
+    if hw == 0 {
+        ys.fill(0.0);
+        return Ok(());
+    }
+    ys.par_iter_mut().enumerate().for_each(|(i, o)| {
+        let s: f64 = xs[i * hw..(i + 1) * hw].iter().map(|&v| v as f64).sum();
+        *o = (s / hw as f64) as f32;
+    });
+    Ok(())
+}
+
+pub fn global_avg_pool_backward(dy: &Tensor, dx: &mut Tensor) -> Result<()> {
+    const OP: &str = "global_avg_pool_backward";
+    let (n, c, h, w) = dims4(OP, "dx", dx)?;
+    if dy.shape != [n, c] {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "dy must be [{n}, {c}] for dx {:?}, got {:?}",
+                dx.shape, dy.shape
+            ),
+        ));
+    }
+    let hw = h * w;
+    let g = host(OP, "dy", dy)?;
+    let o = host_mut(OP, "dx", dx)?;
+    if hw == 0 {
+        return Ok(());
+    }
+    let inv = 1.0 / hw as f32;
+    o.par_chunks_mut(hw)
+        .zip(g.par_iter())
+        .for_each(|(o, &g)| o.fill(g * inv));
+    Ok(())
+}
+
+/// [N, F] view of a tensor of rank >= 2 (trailing dims flattened).
+fn rows(op: &'static str, what: &str, t: &Tensor) -> Result<(usize, usize)> {
+    if t.shape.len() < 2 {
+        return Err(Error::shape(
+            op,
+            format!("{what} must be [N, F], got {:?}", t.shape),
+        ));
+    }
+    Ok((t.batch(), t.item_numel()))
+}
+
+pub fn linear_forward(x: &Tensor, w: &Tensor, b: &Tensor, y: &mut Tensor) -> Result<()> {
+    const OP: &str = "linear_forward";
+    let (n, fi) = rows(OP, "x", x)?;
+    let (fo, wi) = rows(OP, "w", w)?;
+    if w.shape.len() != 2 || wi != fi {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "w must be [out, {fi}] for x {:?}, got {:?}",
+                x.shape, w.shape
+            ),
+        ));
+    }
+    numel_is(OP, "b", b, fo)?;
+    if y.shape != [n, fo] {
+        return Err(Error::shape(
+            OP,
+            format!("y must be [{n}, {fo}], got {:?}", y.shape),
+        ));
+    }
+    let xs = host(OP, "x", x)?;
+    let ws = host(OP, "w", w)?;
+    let bs = host(OP, "b", b)?;
+    let ys = host_mut(OP, "y", y)?;
+    ys.par_iter_mut().enumerate().for_each(|(k, o)| {
+        let (i, j) = (k / fo, k % fo);
+        let xr = &xs[i * fi..(i + 1) * fi];
+        let wr = &ws[j * fi..(j + 1) * fi];
+        let s: f64 = xr.iter().zip(wr).map(|(&a, &b)| a as f64 * b as f64).sum();
+        *o = (s + bs[j] as f64) as f32;
+    });
+    Ok(())
+}
+
+pub fn linear_backward_input(dy: &Tensor, w: &Tensor, dx: &mut Tensor) -> Result<()> {
+    const OP: &str = "linear_backward_input";
+    let (n, fo) = rows(OP, "dy", dy)?;
+    let (wo, fi) = rows(OP, "w", w)?;
+    if w.shape.len() != 2 || wo != fo || dy.shape.len() != 2 {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "dy {:?} must be [N, out] and w {:?} [out, in]",
+                dy.shape, w.shape
+            ),
+        ));
+    }
+    let (dn, dfi) = rows(OP, "dx", dx)?;
+    if dn != n || dfi != fi {
+        return Err(Error::shape(
+            OP,
+            format!("dx must be [{n}, {fi}], got {:?}", dx.shape),
+        ));
+    }
+    let g = host(OP, "dy", dy)?;
+    let ws = host(OP, "w", w)?;
+    let o = host_mut(OP, "dx", dx)?;
+    o.par_iter_mut().enumerate().for_each(|(k, o)| {
+        let (i, f) = (k / fi, k % fi);
+        let mut s = 0.0f64;
+        for j in 0..fo {
+            s += g[i * fo + j] as f64 * ws[j * fi + f] as f64;
+        }
+        *o = s as f32;
+    });
+    Ok(())
+}
+
+pub fn linear_backward_params(
+    x: &Tensor,
+    dy: &Tensor,
+    dw: &mut Tensor,
+    db: &mut Tensor,
+) -> Result<()> {
+    const OP: &str = "linear_backward_params";
+    let (n, fi) = rows(OP, "x", x)?;
+    let (gn, fo) = rows(OP, "dy", dy)?;
+    if gn != n || dy.shape.len() != 2 {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "dy must be [{n}, out] for x {:?}, got {:?}",
+                x.shape, dy.shape
+            ),
+        ));
+    }
+    if dw.shape != [fo, fi] {
+        return Err(Error::shape(
+            OP,
+            format!("dw must be [{fo}, {fi}], got {:?}", dw.shape),
+        ));
+    }
+    numel_is(OP, "db", db, fo)?;
+    let xs = host(OP, "x", x)?;
+    let g = host(OP, "dy", dy)?;
+    host_mut(OP, "dw", dw)?
+        .par_iter_mut()
+        .enumerate()
+        .for_each(|(k, o)| {
+            let (j, f) = (k / fi, k % fi);
+            let mut s = 0.0f64;
+            for i in 0..n {
+                s += g[i * fo + j] as f64 * xs[i * fi + f] as f64;
+            }
+            *o = s as f32;
+        });
+    for (j, o) in host_mut(OP, "db", db)?.iter_mut().enumerate() {
+        *o = (0..n).map(|i| g[i * fo + j] as f64).sum::<f64>() as f32;
+    }
+    Ok(())
+}
+
+pub fn softmax_cross_entropy(
+    logits: &Tensor,
+    labels: &Indices,
+    loss: &mut Tensor,
+    dlogits: &mut Tensor,
+) -> Result<()> {
+    const OP: &str = "softmax_cross_entropy";
+    if logits.shape.len() != 2 {
+        return Err(Error::shape(
+            OP,
+            format!("logits must be [N, K], got {:?}", logits.shape),
+        ));
+    }
+    let (n, k) = (logits.shape[0], logits.shape[1]);
+    same_shape(OP, "logits", logits, "dlogits", dlogits)?;
+    numel_is(OP, "loss", loss, n)?;
+    let lab = match &labels.storage {
+        Storage::Host(v) => v,
+        s => {
+            return Err(Error::WrongBackend {
+                backend: "cpu",
+                found: s.location(),
+            })
+        }
+    };
+    if lab.len() != n || labels.len != n {
+        return Err(Error::shape(
+            OP,
+            format!("{} labels for {n} logit rows", lab.len()),
+        ));
+    }
+    if let Some((i, &l)) = lab.iter().enumerate().find(|(_, &l)| l as usize >= k) {
+        return Err(Error::InvalidArgument(format!(
+            "{OP}: label {l} of item {i} is out of range for {k} classes"
+        )));
+    }
+    let xs = host(OP, "logits", logits)?;
+    let ls = host_mut(OP, "loss", loss)?;
+    let ds = host_mut(OP, "dlogits", dlogits)?;
+    if k == 0 {
+        return Err(Error::shape(OP, "logits have zero classes"));
+    }
+    let inv_n = 1.0 / n as f64;
+    ds.par_chunks_mut(k)
+        .zip(ls.par_iter_mut())
+        .enumerate()
+        .for_each(|(i, (d, l))| {
+            let row = &xs[i * k..(i + 1) * k];
+            let m = row.iter().fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64));
+            let z: f64 = row.iter().map(|&v| (v as f64 - m).exp()).sum();
+            let lse = m + z.ln();
+            let y = lab[i] as usize;
+            *l = (lse - row[y] as f64) as f32;
+            for (j, (o, &v)) in d.iter_mut().zip(row).enumerate() {
+                let p = (v as f64 - lse).exp();
+                let t = if j == y { 1.0 } else { 0.0 };
+                *o = ((p - t) * inv_n) as f32;
+            }
+        });
+    Ok(())
+}
+
+pub fn channel_mse(a: &Tensor, b: &Tensor, loss: &mut Tensor) -> Result<()> {
+    const OP: &str = "channel_mse";
+    let (n, c, h, w) = dims4(OP, "a", a)?;
+    same_shape(OP, "a", a, "b", b)?;
+    numel_is(OP, "loss", loss, c)?;
+    let hw = h * w;
+    let av = host(OP, "a", a)?;
+    let bv = host(OP, "b", b)?;
+    let cnt = (n * hw) as f64;
+    host_mut(OP, "loss", loss)?
+        .par_iter_mut()
+        .enumerate()
+        .for_each(|(ch, o)| {
+            let mut s = 0.0f64;
+            for i in 0..n {
+                let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
+                for (&x, &y) in av[r.clone()].iter().zip(&bv[r]) {
+                    let d = x as f64 - y as f64;
+                    s += d * d;
+                }
+            }
+            *o = if cnt > 0.0 { (s / cnt) as f32 } else { 0.0 };
+        });
+    Ok(())
+}
+
+pub fn frg_seed(
+    a_x: &Tensor,
+    a_x0: &Tensor,
+    first_channel: usize,
+    seed: &mut Tensor,
+) -> Result<()> {
+    const OP: &str = "frg_seed";
+    let (b, c, h, w) = dims4(OP, "a_x", a_x)?;
+    same_shape(OP, "a_x", a_x, "a_x0", a_x0)?;
+    let ok = seed.shape.len() == 4
+        && seed.shape[1] == 1
+        && seed.shape[2] == h
+        && seed.shape[3] == w
+        && b > 0
+        && seed.shape[0] % b == 0;
+    if !ok {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "seed must be [K*{b}, 1, {h}, {w}] for activations {:?}, got {:?}",
+                a_x.shape, seed.shape
+            ),
+        ));
+    }
+    let k = seed.shape[0] / b;
+    if first_channel + k > c {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "channels {first_channel}..{} out of range for {c} channels",
+                first_channel + k
+            ),
+        ));
+    }
+    let hw = h * w;
+    let xv = host(OP, "a_x", a_x)?;
+    let x0v = host(OP, "a_x0", a_x0)?;
+    let s = 2.0f32 / (b * hw) as f32;
+    let out = host_mut(OP, "seed", seed)?;
+    if hw == 0 {
+        return Ok(());
+    }
+    out.par_chunks_mut(hw).enumerate().for_each(|(i, o)| {
+        let (kk, bb) = (i / b, i % b);
+        let base = (bb * c + first_channel + kk) * hw;
+        for (j, o) in o.iter_mut().enumerate() {
+            *o = s * (x0v[base + j] - xv[base + j]);
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,302 @@
+//! Per-channel affine (eval-mode batchnorm, input normalisation) and training-mode batchnorm.
+//! Batch statistics are accumulated per channel in f64 in a fixed (item, pixel) order, one
+//! channel per rayon task, so they are exact to f32 precision and independent of the thread count.
+use rayon::prelude::*;
+
+use super::elementwise::broadcast_zip;
+use super::{broadcast_batch, dims4, host, host_mut, numel_is, same_shape};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+pub fn channel_affine(
+    x: &Tensor,
+    scale: &Tensor,
+    shift: &Tensor,
+    relu: bool,
+    y: &mut Tensor,
+) -> Result<()> {
+    const OP: &str = "channel_affine";
+    let (_, c, h, w) = dims4(OP, "x", x)?;
+    same_shape(OP, "x", x, "y", y)?;
+    numel_is(OP, "scale", scale, c)?;
+    numel_is(OP, "shift", shift, c)?;
+    let xs = host(OP, "x", x)?;
+    let sc = host(OP, "scale", scale)?;
+    let sh = host(OP, "shift", shift)?;
+    let ys = host_mut(OP, "y", y)?;
+    let hw = h * w;
+    if xs.is_empty() || hw == 0 {
+        return Ok(());
+    }
+    ys.par_chunks_mut((c * hw).max(1))
+        .zip(xs.par_chunks((c * hw).max(1)))
+        .for_each(|(yi, xi)| {
+            for ch in 0..c {
+                let (a, b) = (sc[ch], sh[ch]);
+                let yo = &mut yi[ch * hw..(ch + 1) * hw];
+                let xo = &xi[ch * hw..(ch + 1) * hw];
+                if relu {
+                    for (o, &v) in yo.iter_mut().zip(xo) {
+                        let t = v * a + b;
+                        *o = if t > 0.0 { t } else { 0.0 };
+                    }
+                } else {
+                    for (o, &v) in yo.iter_mut().zip(xo) {
+                        *o = v * a + b;
+                    }
+                }
+            }
+        });
+    Ok(())
+}
+
+pub fn channel_affine_backward(
+    y_saved: Option<&Tensor>,
+    dy: &Tensor,
+    scale: &Tensor,
+    dx: &mut Tensor,
+) -> Result<()> {
+    const OP: &str = "channel_affine_backward";
+    let (_, c, h, w) = dims4(OP, "dy", dy)?;
+    same_shape(OP, "dy", dy, "dx", dx)?;
+    numel_is(OP, "scale", scale, c)?;
+    let sc = host(OP, "scale", scale)?;
+    let g = host(OP, "dy", dy)?;
+    let hw = h * w;
+    match y_saved {
+        None => {
+            let o = host_mut(OP, "dx", dx)?;
+            if o.is_empty() || hw == 0 {
+                return Ok(());
+            }
+            o.par_chunks_mut((c * hw).max(1))
+                .zip(g.par_chunks((c * hw).max(1)))
+                .for_each(|(o, g)| {
+                    for ch in 0..c {
+                        let a = sc[ch];
+                        for (o, &g) in o[ch * hw..(ch + 1) * hw]
+                            .iter_mut()
+                            .zip(&g[ch * hw..(ch + 1) * hw])
+                        {
+                            *o = g * a;
+                        }
+                    }
+                });
+        }
+        Some(ys) => {
+            let b = broadcast_batch(OP, "y_saved", ys, "dy", dy)?;
+            let s = host(OP, "y_saved", ys)?;
+            let o = host_mut(OP, "dx", dx)?;
+            if hw == 0 {
+                return Ok(());
+            }
+            broadcast_zip(s, b, g, o, |o, g, s| {
+                for ch in 0..c {
+                    let a = sc[ch];
+                    let r = ch * hw..(ch + 1) * hw;
+                    for ((o, &g), &s) in o[r.clone()].iter_mut().zip(&g[r.clone()]).zip(&s[r]) {
+                        *o = if s > 0.0 { g * a } else { 0.0 };
+                    }
+                }
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Per-channel f64 sums of f(x, dy) over (n, h, w), in a fixed order.
+fn channel_sums(
+    n: usize,
+    c: usize,
+    hw: usize,
+    f: impl Fn(usize, usize) -> (f64, f64) + Sync,
+) -> Vec<(f64, f64)> {
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let mut s = (0.0f64, 0.0f64);
+            for i in 0..n {
+                let base = (i * c + ch) * hw;
+                for k in 0..hw {
+                    let (a, b) = f(base + k, ch);
+                    s.0 += a;
+                    s.1 += b;
+                }
+            }
+            s
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn bn_train_forward(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f32,
+    momentum: f32,
+    running_mean: &mut Tensor,
+    running_var: &mut Tensor,
+    save_mean: &mut Tensor,
+    save_invstd: &mut Tensor,
+    y: &mut Tensor,
+) -> Result<()> {
+    const OP: &str = "batchnorm_train_forward";
+    let (n, c, h, w) = dims4(OP, "x", x)?;
+    same_shape(OP, "x", x, "y", y)?;
+    for (name, t) in [("gamma", gamma), ("beta", beta)] {
+        numel_is(OP, name, t, c)?;
+    }
+    for (name, t) in [
+        ("running_mean", &*running_mean),
+        ("running_var", &*running_var),
+        ("save_mean", &*save_mean),
+        ("save_invstd", &*save_invstd),
+    ] {
+        numel_is(OP, name, t, c)?;
+    }
+    let hw = h * w;
+    let m = n * hw;
+    if m < 2 {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "training batchnorm needs more than 1 value per channel, x is {:?}",
+                x.shape
+            ),
+        ));
+    }
+    let xs = host(OP, "x", x)?;
+    let gs = host(OP, "gamma", gamma)?;
+    let bs = host(OP, "beta", beta)?;
+    // Two passes (mean, then centred sum of squares) for an accurate variance.
+    let sums = channel_sums(n, c, hw, |i, _| (xs[i] as f64, 0.0));
+    let mean: Vec<f64> = sums.iter().map(|s| s.0 / m as f64).collect();
+    let sq = channel_sums(n, c, hw, |i, ch| {
+        let d = xs[i] as f64 - mean[ch];
+        (d * d, 0.0)
+    });
+    let var: Vec<f64> = sq.iter().map(|s| s.0 / m as f64).collect();
+    let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps as f64).sqrt()).collect();
+    let scale: Vec<f32> = (0..c)
+        .map(|ch| (gs[ch] as f64 * invstd[ch]) as f32)
+        .collect();
+    let shift: Vec<f32> = (0..c)
+        .map(|ch| (bs[ch] as f64 - mean[ch] * gs[ch] as f64 * invstd[ch]) as f32)
+        .collect();
+    {
+        let ys = host_mut(OP, "y", y)?;
+        ys.par_chunks_mut((c * hw).max(1))
+            .zip(xs.par_chunks((c * hw).max(1)))
+            .for_each(|(yi, xi)| {
+                for ch in 0..c {
+                    let (a, b) = (scale[ch], shift[ch]);
+                    for (o, &v) in yi[ch * hw..(ch + 1) * hw]
+                        .iter_mut()
+                        .zip(&xi[ch * hw..(ch + 1) * hw])
+                    {
+                        *o = v * a + b;
+                    }
+                }
+            });
+    }
+    let mom = momentum as f64;
+    let rm = host_mut(OP, "running_mean", running_mean)?;
+    for ch in 0..c {
+        rm[ch] = ((1.0 - mom) * rm[ch] as f64 + mom * mean[ch]) as f32;
+    }
+    let rv = host_mut(OP, "running_var", running_var)?;
+    for ch in 0..c {
+        let unbiased = sq[ch].0 / (m - 1) as f64;
+        rv[ch] = ((1.0 - mom) * rv[ch] as f64 + mom * unbiased) as f32;
+    }
+    let sm = host_mut(OP, "save_mean", save_mean)?;
+    for ch in 0..c {
+        sm[ch] = mean[ch] as f32;
+    }
+    let si = host_mut(OP, "save_invstd", save_invstd)?;
+    for ch in 0..c {
+        si[ch] = invstd[ch] as f32;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn bn_train_backward(
+    x: &Tensor,
+    dy: &Tensor,
+    gamma: &Tensor,
+    save_mean: &Tensor,
+    save_invstd: &Tensor,
+    dx: &mut Tensor,
+    dgamma: &mut Tensor,
+    dbeta: &mut Tensor,
+) -> Result<()> {
+    const OP: &str = "batchnorm_train_backward";
+    let (n, c, h, w) = dims4(OP, "x", x)?;
+    same_shape(OP, "x", x, "dy", dy)?;
+    same_shape(OP, "x", x, "dx", dx)?;
+    for (name, t) in [
+        ("gamma", gamma),
+        ("save_mean", save_mean),
+        ("save_invstd", save_invstd),
+    ] {
+        numel_is(OP, name, t, c)?;
+    }
+    numel_is(OP, "dgamma", dgamma, c)?;
+    numel_is(OP, "dbeta", dbeta, c)?;
+    let hw = h * w;
+    let m = n * hw;
+    let xs = host(OP, "x", x)?;
+    let gs = host(OP, "dy", dy)?;
+    let gamma = host(OP, "gamma", gamma)?;
+    let mean = host(OP, "save_mean", save_mean)?;
+    let invstd = host(OP, "save_invstd", save_invstd)?;
+    // sum(dy) and sum(dy * xhat) per channel.
+    let sums = channel_sums(n, c, hw, |i, ch| {
+        let xhat = (xs[i] - mean[ch]) as f64 * invstd[ch] as f64;
+        (gs[i] as f64, gs[i] as f64 * xhat)
+    });
+    {
+        let db = host_mut(OP, "dbeta", dbeta)?;
+        for ch in 0..c {
+            db[ch] = sums[ch].0 as f32;
+        }
+    }
+    {
+        let dg = host_mut(OP, "dgamma", dgamma)?;
+        for ch in 0..c {
+            dg[ch] = sums[ch].1 as f32;
+        }
+    }
+    if m == 0 {
+        return Ok(());
+    }
+    // dx = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat))
+    let k: Vec<(f32, f32, f32)> = (0..c)
+        .map(|ch| {
+            let a = gamma[ch] * invstd[ch];
+            (
+                a,
+                (sums[ch].0 / m as f64) as f32,
+                (sums[ch].1 / m as f64) as f32,
+            )
+        })
+        .collect();
+    let o = host_mut(OP, "dx", dx)?;
+    o.par_chunks_mut((c * hw).max(1))
+        .zip(gs.par_chunks((c * hw).max(1)))
+        .zip(xs.par_chunks((c * hw).max(1)))
+        .for_each(|((o, g), xi)| {
+            for ch in 0..c {
+                let (a, mdy, mdyx) = k[ch];
+                let (mu, is) = (mean[ch], invstd[ch]);
+                let r = ch * hw..(ch + 1) * hw;
+                for ((o, &g), &v) in o[r.clone()].iter_mut().zip(&g[r.clone()]).zip(&xi[r]) {
+                    let xhat = (v - mu) * is;
+                    *o = a * (g - mdy - xhat * mdyx);
+                }
+            }
+        });
+    Ok(())
+}

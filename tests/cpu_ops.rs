@@ -1,0 +1,1168 @@
+//! CPU backend op tests: every op on seeded random inputs with odd shapes against a naive f64
+//! reference written here, gradients against f64 analytic references and central finite
+//! differences, broadcast rules, bitwise one-hot == full, determinism, and error cases.
+use fmp_engine::backend::cpu::CpuBackend;
+use fmp_engine::backend::{Backend, ConvParams};
+use fmp_engine::{Error, Tensor};
+
+/// xorshift64* uniform in [lo, hi).
+struct Rng(u64);
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let v = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40;
+        v as f32 / (1u64 << 24) as f32
+    }
+    fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| lo + (hi - lo) * self.next()).collect()
+    }
+}
+
+fn be() -> CpuBackend {
+    CpuBackend::new()
+}
+fn t(b: &CpuBackend, d: &[f32], s: &[usize]) -> Tensor {
+    b.from_host(d, s).unwrap()
+}
+fn z(b: &CpuBackend, s: &[usize]) -> Tensor {
+    b.zeros(s).unwrap()
+}
+fn h(b: &CpuBackend, x: &Tensor) -> Vec<f32> {
+    b.to_host(x).unwrap()
+}
+fn f64v(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+/// max |a - b| / max |b| (normalised max error).
+fn rel_err(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y).abs())
+        .fold(0.0, f64::max)
+        / scale
+}
+fn assert_close(what: &str, a: &[f32], b: &[f64], tol: f64) {
+    let e = rel_err(a, b);
+    assert!(e < tol, "{what}: normalised max error {e:e} >= {tol:e}");
+}
+
+// ---- f64 reference convolution -------------------------------------------------------------
+
+#[derive(Clone, Copy)]
+struct G {
+    n: usize,
+    ci: usize,
+    hi: usize,
+    wi: usize,
+    co: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+}
+impl G {
+    fn params(&self) -> ConvParams {
+        ConvParams::new(
+            self.n, self.ci, self.hi, self.wi, self.co, self.k, self.s, self.p,
+        )
+    }
+    fn ho(&self) -> usize {
+        (self.hi + 2 * self.p - self.k) / self.s + 1
+    }
+    fn wo(&self) -> usize {
+        (self.wi + 2 * self.p - self.k) / self.s + 1
+    }
+    fn xs(&self) -> Vec<usize> {
+        vec![self.n, self.ci, self.hi, self.wi]
+    }
+    fn ys(&self) -> Vec<usize> {
+        vec![self.n, self.co, self.ho(), self.wo()]
+    }
+    fn ws(&self) -> Vec<usize> {
+        vec![self.co, self.ci, self.k, self.k]
+    }
+    /// Visit every (x index, w index, y index) triple that contributes to the convolution.
+    fn each(&self, mut f: impl FnMut(usize, usize, usize)) {
+        let (ho, wo) = (self.ho(), self.wo());
+        for n in 0..self.n {
+            for co in 0..self.co {
+                for oh in 0..ho {
+                    for ow in 0..wo {
+                        for ci in 0..self.ci {
+                            for kh in 0..self.k {
+                                for kw in 0..self.k {
+                                    let ih = (oh * self.s + kh) as isize - self.p as isize;
+                                    let iw = (ow * self.s + kw) as isize - self.p as isize;
+                                    if ih < 0
+                                        || iw < 0
+                                        || ih >= self.hi as isize
+                                        || iw >= self.wi as isize
+                                    {
+                                        continue;
+                                    }
+                                    let xi = ((n * self.ci + ci) * self.hi + ih as usize) * self.wi
+                                        + iw as usize;
+                                    let wi = ((co * self.ci + ci) * self.k + kh) * self.k + kw;
+                                    let yi = ((n * self.co + co) * ho + oh) * wo + ow;
+                                    f(xi, wi, yi);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    fn fwd(&self, x: &[f64], w: &[f64]) -> Vec<f64> {
+        let mut y = vec![0.0; self.ys().iter().product()];
+        self.each(|xi, wi, yi| y[yi] += x[xi] * w[wi]);
+        y
+    }
+    fn igrad(&self, dy: &[f64], w: &[f64]) -> Vec<f64> {
+        let mut dx = vec![0.0; self.xs().iter().product()];
+        self.each(|xi, wi, yi| dx[xi] += dy[yi] * w[wi]);
+        dx
+    }
+    fn wgrad(&self, x: &[f64], dy: &[f64]) -> Vec<f64> {
+        let mut dw = vec![0.0; self.ws().iter().product()];
+        self.each(|xi, wi, yi| dw[wi] += dy[yi] * x[xi]);
+        dw
+    }
+}
+
+fn conv_cases() -> Vec<G> {
+    vec![
+        G {
+            n: 3,
+            ci: 5,
+            hi: 7,
+            wi: 9,
+            co: 4,
+            k: 3,
+            s: 1,
+            p: 1,
+        },
+        G {
+            n: 3,
+            ci: 5,
+            hi: 7,
+            wi: 9,
+            co: 6,
+            k: 3,
+            s: 2,
+            p: 1,
+        },
+        G {
+            n: 2,
+            ci: 5,
+            hi: 7,
+            wi: 9,
+            co: 7,
+            k: 1,
+            s: 2,
+            p: 0,
+        },
+        G {
+            n: 2,
+            ci: 3,
+            hi: 5,
+            wi: 6,
+            co: 5,
+            k: 1,
+            s: 1,
+            p: 0,
+        },
+        G {
+            n: 1,
+            ci: 4,
+            hi: 8,
+            wi: 7,
+            co: 3,
+            k: 3,
+            s: 2,
+            p: 0,
+        },
+        G {
+            n: 2,
+            ci: 17,
+            hi: 6,
+            wi: 5,
+            co: 33,
+            k: 3,
+            s: 1,
+            p: 1,
+        },
+        G {
+            n: 5,
+            ci: 16,
+            hi: 8,
+            wi: 8,
+            co: 24,
+            k: 3,
+            s: 1,
+            p: 1,
+        },
+    ]
+}
+
+#[test]
+fn conv_forward_matches_f64() {
+    let b = be();
+    for (i, g) in conv_cases().into_iter().enumerate() {
+        let mut r = Rng::new(100 + i as u64);
+        let x = r.vec(g.xs().iter().product(), -1.0, 1.0);
+        let w = r.vec(g.ws().iter().product(), -1.0, 1.0);
+        let mut y = z(&b, &g.ys());
+        b.conv2d_forward(
+            &g.params(),
+            &t(&b, &x, &g.xs()),
+            &t(&b, &w, &g.ws()),
+            &mut y,
+        )
+        .unwrap();
+        assert_close(
+            &format!("conv fwd case {i}"),
+            &h(&b, &y),
+            &g.fwd(&f64v(&x), &f64v(&w)),
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn conv_input_grad_matches_f64_and_fd() {
+    let b = be();
+    for (i, g) in conv_cases().into_iter().enumerate() {
+        let mut r = Rng::new(200 + i as u64);
+        let dy = r.vec(g.ys().iter().product(), -1.0, 1.0);
+        let w = r.vec(g.ws().iter().product(), -1.0, 1.0);
+        let mut dx = z(&b, &g.xs());
+        b.conv2d_input_grad(
+            &g.params(),
+            &t(&b, &dy, &g.ys()),
+            &t(&b, &w, &g.ws()),
+            &mut dx,
+        )
+        .unwrap();
+        let dx = h(&b, &dx);
+        let refg = g.igrad(&f64v(&dy), &f64v(&w));
+        assert_close(&format!("conv igrad case {i}"), &dx, &refg, 1e-4);
+        // Central differences of L(x) = sum(conv(x, w) * dy) at a few points.
+        let x = f64v(&r.vec(g.xs().iter().product(), -1.0, 1.0));
+        let (dy64, w64) = (f64v(&dy), f64v(&w));
+        let loss = |x: &[f64]| {
+            g.fwd(x, &w64)
+                .iter()
+                .zip(&dy64)
+                .map(|(a, b)| a * b)
+                .sum::<f64>()
+        };
+        for j in (0..x.len()).step_by(x.len() / 7 + 1) {
+            let (mut xp, mut xm) = (x.clone(), x.clone());
+            xp[j] += 1e-3;
+            xm[j] -= 1e-3;
+            let fd = (loss(&xp) - loss(&xm)) / 2e-3;
+            assert!(
+                (fd - dx[j] as f64).abs() < 1e-3 * (1.0 + fd.abs()),
+                "case {i} x[{j}]: fd {fd} vs {}",
+                dx[j]
+            );
+        }
+    }
+}
+
+#[test]
+fn conv_weight_grad_matches_f64_and_fd() {
+    let b = be();
+    for (i, g) in conv_cases().into_iter().enumerate() {
+        let mut r = Rng::new(300 + i as u64);
+        let x = r.vec(g.xs().iter().product(), -1.0, 1.0);
+        let dy = r.vec(g.ys().iter().product(), -1.0, 1.0);
+        let mut dw = z(&b, &g.ws());
+        b.fill(&mut dw, 7.0).unwrap(); // must be overwritten, not accumulated into
+        b.conv2d_weight_grad(
+            &g.params(),
+            &t(&b, &x, &g.xs()),
+            &t(&b, &dy, &g.ys()),
+            &mut dw,
+        )
+        .unwrap();
+        let dw = h(&b, &dw);
+        assert_close(
+            &format!("conv wgrad case {i}"),
+            &dw,
+            &g.wgrad(&f64v(&x), &f64v(&dy)),
+            1e-4,
+        );
+        let w = f64v(&r.vec(g.ws().iter().product(), -1.0, 1.0));
+        let (x64, dy64) = (f64v(&x), f64v(&dy));
+        let loss = |w: &[f64]| {
+            g.fwd(&x64, w)
+                .iter()
+                .zip(&dy64)
+                .map(|(a, b)| a * b)
+                .sum::<f64>()
+        };
+        for j in (0..w.len()).step_by(w.len() / 5 + 1) {
+            let (mut wp, mut wm) = (w.clone(), w.clone());
+            wp[j] += 1e-3;
+            wm[j] -= 1e-3;
+            let fd = (loss(&wp) - loss(&wm)) / 2e-3;
+            assert!(
+                (fd - dw[j] as f64).abs() < 1e-3 * (1.0 + fd.abs()),
+                "case {i} w[{j}]: fd {fd} vs {}",
+                dw[j]
+            );
+        }
+    }
+}
+
+#[test]
+fn conv_weight_grad_is_deterministic_across_thread_counts() {
+    let b = be();
+    let g = G {
+        n: 6,
+        ci: 16,
+        hi: 9,
+        wi: 9,
+        co: 24,
+        k: 3,
+        s: 1,
+        p: 1,
+    };
+    let mut r = Rng::new(7);
+    let x = t(&b, &r.vec(g.xs().iter().product(), -1.0, 1.0), &g.xs());
+    let dy = t(&b, &r.vec(g.ys().iter().product(), -1.0, 1.0), &g.ys());
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut dw = z(&b, &g.ws());
+            b.conv2d_weight_grad(&g.params(), &x, &dy, &mut dw).unwrap();
+            h(&b, &dw)
+        })
+    };
+    let one = run(1);
+    assert_eq!(one, run(3));
+    assert_eq!(one, run(2));
+}
+
+#[test]
+fn conv_onehot_equals_full_bitwise() {
+    let b = be();
+    let cases = [
+        (
+            G {
+                n: 6,
+                ci: 5,
+                hi: 7,
+                wi: 9,
+                co: 8,
+                k: 3,
+                s: 1,
+                p: 1,
+            },
+            2usize,
+            3usize,
+        ),
+        (
+            G {
+                n: 6,
+                ci: 5,
+                hi: 7,
+                wi: 9,
+                co: 8,
+                k: 3,
+                s: 2,
+                p: 1,
+            },
+            5,
+            2,
+        ),
+        (
+            G {
+                n: 4,
+                ci: 3,
+                hi: 6,
+                wi: 5,
+                co: 9,
+                k: 1,
+                s: 2,
+                p: 0,
+            },
+            0,
+            1,
+        ),
+        (
+            G {
+                n: 9,
+                ci: 16,
+                hi: 8,
+                wi: 8,
+                co: 40,
+                k: 3,
+                s: 1,
+                p: 1,
+            },
+            29,
+            3,
+        ),
+    ];
+    for (i, (g, first, group)) in cases.into_iter().enumerate() {
+        let mut r = Rng::new(400 + i as u64);
+        let (ho, wo) = (g.ho(), g.wo());
+        let seed = r.vec(g.n * ho * wo, -1.0, 1.0);
+        let w = t(&b, &r.vec(g.ws().iter().product(), -1.0, 1.0), &g.ws());
+        let mut full = vec![0.0f32; g.ys().iter().product()];
+        for n in 0..g.n {
+            let c = first + n / group;
+            full[(n * g.co + c) * ho * wo..(n * g.co + c + 1) * ho * wo]
+                .copy_from_slice(&seed[n * ho * wo..(n + 1) * ho * wo]);
+        }
+        let mut a = z(&b, &g.xs());
+        let mut bb = z(&b, &g.xs());
+        b.conv2d_input_grad(&g.params(), &t(&b, &full, &g.ys()), &w, &mut a)
+            .unwrap();
+        b.conv2d_input_grad_onehot(
+            &g.params(),
+            &t(&b, &seed, &[g.n, 1, ho, wo]),
+            &w,
+            first,
+            group,
+            &mut bb,
+        )
+        .unwrap();
+        assert_eq!(h(&b, &a), h(&b, &bb), "case {i}");
+        assert!(h(&b, &a).iter().any(|&v| v != 0.0));
+    }
+}
+
+#[test]
+fn conv_rejects_bad_shapes() {
+    let b = be();
+    let g = G {
+        n: 2,
+        ci: 3,
+        hi: 5,
+        wi: 5,
+        co: 4,
+        k: 3,
+        s: 1,
+        p: 1,
+    };
+    let x = z(&b, &g.xs());
+    let w = z(&b, &g.ws());
+    let mut y = z(&b, &[2, 4, 5, 6]);
+    assert!(matches!(
+        b.conv2d_forward(&g.params(), &x, &w, &mut y),
+        Err(Error::Shape { .. })
+    ));
+    let mut y = z(&b, &g.ys());
+    let wbad = z(&b, &[4, 2, 3, 3]);
+    assert!(matches!(
+        b.conv2d_forward(&g.params(), &x, &wbad, &mut y),
+        Err(Error::Shape { .. })
+    ));
+    let mut p = g.params();
+    p.h_out = 9;
+    assert!(matches!(
+        b.conv2d_forward(&p, &x, &w, &mut y),
+        Err(Error::Shape { .. })
+    ));
+    let mut dx = z(&b, &g.xs());
+    let seed = z(&b, &[2, 1, 5, 5]);
+    // items 0, 1 with group 1 starting at filter 3 need filter 4 of 4.
+    assert!(matches!(
+        b.conv2d_input_grad_onehot(&g.params(), &seed, &w, 3, 1, &mut dx),
+        Err(Error::Shape { .. })
+    ));
+    assert!(b
+        .conv2d_input_grad_onehot(&g.params(), &seed, &w, 3, 2, &mut dx)
+        .is_ok());
+    assert!(matches!(
+        b.conv2d_input_grad_onehot(&g.params(), &seed, &w, 0, 0, &mut dx),
+        Err(Error::Shape { .. })
+    ));
+    let mut dw = z(&b, &[4, 3, 3, 3]);
+    assert!(matches!(
+        b.conv2d_weight_grad(&g.params(), &x, &z(&b, &[2, 4, 5, 4]), &mut dw),
+        Err(Error::Shape { .. })
+    ));
+}
+
+// ---- affine / batchnorm --------------------------------------------------------------------
+
+#[test]
+fn channel_affine_and_backward_with_broadcast() {
+    let b = be();
+    let (n, c, hh, ww) = (3, 5, 7, 9);
+    let mut r = Rng::new(11);
+    let x = r.vec(n * c * hh * ww, -1.0, 1.0);
+    let sc = r.vec(c, -2.0, 2.0);
+    let sh = r.vec(c, -0.5, 0.5);
+    let s = [n, c, hh, ww];
+    for relu in [false, true] {
+        let mut y = z(&b, &s);
+        b.channel_affine(
+            &t(&b, &x, &s),
+            &t(&b, &sc, &[c]),
+            &t(&b, &sh, &[c]),
+            relu,
+            &mut y,
+        )
+        .unwrap();
+        let want: Vec<f64> = (0..x.len())
+            .map(|i| {
+                let ch = (i / (hh * ww)) % c;
+                let v = x[i] as f64 * sc[ch] as f64 + sh[ch] as f64;
+                if relu {
+                    v.max(0.0)
+                } else {
+                    v
+                }
+            })
+            .collect();
+        assert_close("affine", &h(&b, &y), &want, 1e-6);
+    }
+    // Backward: saved batch 3, gradient batch 6 (item i reads saved i % 3).
+    let mut ys = z(&b, &s);
+    b.channel_affine(
+        &t(&b, &x, &s),
+        &t(&b, &sc, &[c]),
+        &t(&b, &sh, &[c]),
+        true,
+        &mut ys,
+    )
+    .unwrap();
+    let ysv = h(&b, &ys);
+    let gs = [2 * n, c, hh, ww];
+    let dy = r.vec(2 * x.len(), -1.0, 1.0);
+    let mut dx = z(&b, &gs);
+    b.channel_affine_backward(Some(&ys), &t(&b, &dy, &gs), &t(&b, &sc, &[c]), &mut dx)
+        .unwrap();
+    let item = c * hh * ww;
+    let want: Vec<f64> = (0..dy.len())
+        .map(|i| {
+            let ch = (i / (hh * ww)) % c;
+            let saved = ysv[((i / item) % n) * item + i % item];
+            if saved > 0.0 {
+                dy[i] as f64 * sc[ch] as f64
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    assert_close("affine bwd broadcast", &h(&b, &dx), &want, 1e-6);
+    let mut dx = z(&b, &gs);
+    b.channel_affine_backward(None, &t(&b, &dy, &gs), &t(&b, &sc, &[c]), &mut dx)
+        .unwrap();
+    let want: Vec<f64> = (0..dy.len())
+        .map(|i| dy[i] as f64 * sc[(i / (hh * ww)) % c] as f64)
+        .collect();
+    assert_close("affine bwd", &h(&b, &dx), &want, 1e-6);
+    // Rank-2 input works as [N, F, 1, 1].
+    let mut y2 = z(&b, &[4, c]);
+    b.channel_affine(
+        &t(&b, &x[..4 * c], &[4, c]),
+        &t(&b, &sc, &[c]),
+        &t(&b, &sh, &[c]),
+        false,
+        &mut y2,
+    )
+    .unwrap();
+    assert!((h(&b, &y2)[c + 2] - (x[c + 2] * sc[2] + sh[2])).abs() < 1e-6);
+    // Errors: saved batch 4 does not divide 6; wrong scale length.
+    let bad = z(&b, &[4, c, hh, ww]);
+    assert!(matches!(
+        b.channel_affine_backward(Some(&bad), &t(&b, &dy, &gs), &t(&b, &sc, &[c]), &mut dx),
+        Err(Error::Shape { .. })
+    ));
+    assert!(matches!(
+        b.channel_affine(
+            &t(&b, &x, &s),
+            &t(&b, &sc[..4], &[4]),
+            &t(&b, &sh, &[c]),
+            false,
+            &mut z(&b, &s)
+        ),
+        Err(Error::Shape { .. })
+    ));
+}
+
+/// f64 training batchnorm: (y, mean, biased var).
+fn bn64(
+    x: &[f64],
+    g: &[f64],
+    bt: &[f64],
+    n: usize,
+    c: usize,
+    hw: usize,
+    eps: f64,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let m = (n * hw) as f64;
+    let mut mean = vec![0.0; c];
+    let mut var = vec![0.0; c];
+    for i in 0..x.len() {
+        mean[(i / hw) % c] += x[i] / m;
+    }
+    for i in 0..x.len() {
+        let ch = (i / hw) % c;
+        var[ch] += (x[i] - mean[ch]).powi(2) / m;
+    }
+    let y = (0..x.len())
+        .map(|i| {
+            let ch = (i / hw) % c;
+            (x[i] - mean[ch]) / (var[ch] + eps).sqrt() * g[ch] + bt[ch]
+        })
+        .collect();
+    (y, mean, var)
+}
+
+#[test]
+fn batchnorm_train_forward_and_running_stats() {
+    let b = be();
+    let (n, c, hh, ww) = (3, 5, 7, 9);
+    let hw = hh * ww;
+    let mut r = Rng::new(12);
+    let x = r.vec(n * c * hw, -1.0, 3.0);
+    let gm = r.vec(c, 0.5, 1.5);
+    let bt = r.vec(c, -0.5, 0.5);
+    let rm0 = r.vec(c, -0.2, 0.2);
+    let rv0 = r.vec(c, 0.5, 1.5);
+    let s = [n, c, hh, ww];
+    let (mut rm, mut rv) = (t(&b, &rm0, &[c]), t(&b, &rv0, &[c]));
+    let (mut sm, mut si, mut y) = (z(&b, &[c]), z(&b, &[c]), z(&b, &s));
+    let eps = 1e-5;
+    b.batchnorm_train_forward(
+        &t(&b, &x, &s),
+        &t(&b, &gm, &[c]),
+        &t(&b, &bt, &[c]),
+        eps,
+        0.1,
+        &mut rm,
+        &mut rv,
+        &mut sm,
+        &mut si,
+        &mut y,
+    )
+    .unwrap();
+    let (y64, mean, var) = bn64(&f64v(&x), &f64v(&gm), &f64v(&bt), n, c, hw, eps as f64);
+    assert_close("bn y", &h(&b, &y), &y64, 1e-5);
+    assert_close("bn save_mean", &h(&b, &sm), &mean, 1e-6);
+    let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps as f64).sqrt()).collect();
+    assert_close("bn save_invstd", &h(&b, &si), &invstd, 1e-6);
+    let m = (n * hw) as f64;
+    let want_rm: Vec<f64> = (0..c)
+        .map(|i| 0.9 * rm0[i] as f64 + 0.1 * mean[i])
+        .collect();
+    let want_rv: Vec<f64> = (0..c)
+        .map(|i| 0.9 * rv0[i] as f64 + 0.1 * var[i] * m / (m - 1.0))
+        .collect();
+    assert_close("bn running_mean", &h(&b, &rm), &want_rm, 1e-6);
+    assert_close("bn running_var (unbiased)", &h(&b, &rv), &want_rv, 1e-6);
+    // A single value per channel is an error (as in PyTorch).
+    let one = [1, c, 1, 1];
+    let r1 = b.batchnorm_train_forward(
+        &z(&b, &one),
+        &t(&b, &gm, &[c]),
+        &t(&b, &bt, &[c]),
+        eps,
+        0.1,
+        &mut rm,
+        &mut rv,
+        &mut sm,
+        &mut si,
+        &mut z(&b, &one),
+    );
+    assert!(matches!(r1, Err(Error::Shape { .. })));
+}
+
+#[test]
+fn batchnorm_train_backward_matches_fd() {
+    let b = be();
+    let (n, c, hh, ww) = (3, 4, 5, 3);
+    let hw = hh * ww;
+    let mut r = Rng::new(13);
+    let x = r.vec(n * c * hw, -1.0, 2.0);
+    let gm = r.vec(c, 0.5, 1.5);
+    let bt = r.vec(c, -0.5, 0.5);
+    let dy = r.vec(x.len(), -1.0, 1.0);
+    let s = [n, c, hh, ww];
+    let eps = 1e-5f32;
+    let (mut rm, mut rv) = (z(&b, &[c]), z(&b, &[c]));
+    let (mut sm, mut si, mut y) = (z(&b, &[c]), z(&b, &[c]), z(&b, &s));
+    let xt = t(&b, &x, &s);
+    b.batchnorm_train_forward(
+        &xt,
+        &t(&b, &gm, &[c]),
+        &t(&b, &bt, &[c]),
+        eps,
+        0.1,
+        &mut rm,
+        &mut rv,
+        &mut sm,
+        &mut si,
+        &mut y,
+    )
+    .unwrap();
+    let (mut dx, mut dg, mut db) = (z(&b, &s), z(&b, &[c]), z(&b, &[c]));
+    b.batchnorm_train_backward(
+        &xt,
+        &t(&b, &dy, &s),
+        &t(&b, &gm, &[c]),
+        &sm,
+        &si,
+        &mut dx,
+        &mut dg,
+        &mut db,
+    )
+    .unwrap();
+    let (x64, g64, b64, dy64) = (f64v(&x), f64v(&gm), f64v(&bt), f64v(&dy));
+    let loss = |x: &[f64], g: &[f64], bb: &[f64]| {
+        bn64(x, g, bb, n, c, hw, eps as f64)
+            .0
+            .iter()
+            .zip(&dy64)
+            .map(|(a, b)| a * b)
+            .sum::<f64>()
+    };
+    let fd = |f: &dyn Fn(f64) -> f64| (f(1e-4) - f(-1e-4)) / 2e-4;
+    let dxv = h(&b, &dx);
+    let fdx: Vec<f64> = (0..x.len())
+        .map(|j| {
+            fd(&|e| {
+                let mut xx = x64.clone();
+                xx[j] += e;
+                loss(&xx, &g64, &b64)
+            })
+        })
+        .collect();
+    assert_close("bn dx", &dxv, &fdx, 1e-4);
+    let fdg: Vec<f64> = (0..c)
+        .map(|j| {
+            fd(&|e| {
+                let mut gg = g64.clone();
+                gg[j] += e;
+                loss(&x64, &gg, &b64)
+            })
+        })
+        .collect();
+    assert_close("bn dgamma", &h(&b, &dg), &fdg, 1e-4);
+    let want_db: Vec<f64> = (0..c)
+        .map(|ch| {
+            (0..x.len())
+                .filter(|i| (i / hw) % c == ch)
+                .map(|i| dy64[i])
+                .sum()
+        })
+        .collect();
+    assert_close("bn dbeta", &h(&b, &db), &want_db, 1e-5);
+}
+
+// ---- elementwise ---------------------------------------------------------------------------
+
+#[test]
+fn relu_and_backward_with_broadcast() {
+    let b = be();
+    let s = [2, 3, 5, 7];
+    let mut r = Rng::new(21);
+    let x = r.vec(2 * 105, -1.0, 1.0);
+    let mut y = z(&b, &s);
+    b.relu(&t(&b, &x, &s), &mut y).unwrap();
+    let yv = h(&b, &y);
+    assert!(yv.iter().zip(&x).all(|(&a, &v)| a == v.max(0.0)));
+    let gs = [6, 3, 5, 7];
+    let dy = r.vec(6 * 105, -1.0, 1.0);
+    let mut dx = z(&b, &gs);
+    b.relu_backward(&y, &t(&b, &dy, &gs), &mut dx).unwrap();
+    let dxv = h(&b, &dx);
+    for i in 0..dy.len() {
+        let saved = yv[((i / 105) % 2) * 105 + i % 105];
+        assert_eq!(dxv[i], if saved > 0.0 { dy[i] } else { 0.0 }, "i={i}");
+    }
+    let mut dx5 = z(&b, &[5, 3, 5, 7]);
+    assert!(matches!(
+        b.relu_backward(&y, &z(&b, &[5, 3, 5, 7]), &mut dx5),
+        Err(Error::Shape { .. })
+    ));
+    assert!(matches!(
+        b.relu(&t(&b, &x, &s), &mut z(&b, &[2, 3, 7, 5])),
+        Err(Error::Shape { .. })
+    ));
+}
+
+#[test]
+fn add_add_assign_mul_assign() {
+    let b = be();
+    let s = [3, 5, 7, 9];
+    let mut r = Rng::new(22);
+    let a = r.vec(945, -1.0, 1.0);
+    let c = r.vec(945, -1.0, 1.0);
+    let mut y = z(&b, &s);
+    b.add(&t(&b, &a, &s), &t(&b, &c, &s), &mut y).unwrap();
+    assert!(h(&b, &y).iter().enumerate().all(|(i, &v)| v == a[i] + c[i]));
+    b.add_assign(&mut y, &t(&b, &c, &s)).unwrap();
+    assert!(h(&b, &y)
+        .iter()
+        .enumerate()
+        .all(|(i, &v)| v == (a[i] + c[i]) + c[i]));
+    let mut y = t(&b, &a, &s);
+    b.mul_assign(&mut y, &t(&b, &c, &s)).unwrap();
+    assert!(h(&b, &y).iter().enumerate().all(|(i, &v)| v == a[i] * c[i]));
+    assert!(matches!(
+        b.add_assign(&mut y, &z(&b, &[3, 5, 9, 7])),
+        Err(Error::Shape { .. })
+    ));
+    assert!(matches!(
+        b.copy(&t(&b, &a, &s), &mut z(&b, &[944])),
+        Err(Error::Shape { .. })
+    ));
+    let mut d = z(&b, &[945]);
+    b.copy(&t(&b, &a, &s), &mut d).unwrap();
+    assert_eq!(h(&b, &d), a);
+    b.fill(&mut d, 2.5).unwrap();
+    assert!(h(&b, &d).iter().all(|&v| v == 2.5));
+    assert!(b.from_host(&a, &[3, 5]).is_err());
+}
+
+#[test]
+fn sign_step_broadcast_and_sign_zero() {
+    let b = be();
+    let s0 = [2, 3, 4, 5];
+    let mut r = Rng::new(23);
+    let x0 = r.vec(120, 0.0, 1.0);
+    let mut g = r.vec(360, -1.0, 1.0);
+    for i in (0..360).step_by(7) {
+        g[i] = 0.0;
+    }
+    let gs = [6, 3, 4, 5];
+    let eps = 0.03;
+    let mut y = z(&b, &gs);
+    b.sign_step(&t(&b, &x0, &s0), &t(&b, &g, &gs), eps, &mut y)
+        .unwrap();
+    let yv = h(&b, &y);
+    for i in 0..360 {
+        let x = x0[((i / 60) % 2) * 60 + i % 60];
+        let sg = if g[i] > 0.0 {
+            1.0
+        } else if g[i] < 0.0 {
+            -1.0
+        } else {
+            0.0
+        };
+        assert_eq!(yv[i], (x + eps * sg).clamp(0.0, 1.0), "i={i}");
+        if g[i] == 0.0 {
+            assert_eq!(yv[i], x);
+        }
+    }
+    assert!(
+        yv.iter().any(|&v| v == 0.0) && yv.iter().any(|&v| v == 1.0),
+        "clamping exercised"
+    );
+    assert!(matches!(
+        b.sign_step(
+            &t(&b, &x0, &s0),
+            &z(&b, &[5, 3, 4, 5]),
+            eps,
+            &mut z(&b, &[5, 3, 4, 5])
+        ),
+        Err(Error::Shape { .. })
+    ));
+}
+
+#[test]
+fn sgd_two_steps_by_hand() {
+    let b = be();
+    let (lr, mom, wd) = (0.1f32, 0.9f32, 0.01f32);
+    let mut p = t(&b, &[1.0, -2.0, 0.5], &[3]);
+    let mut buf = z(&b, &[3]);
+    let g1 = [0.5f32, 0.25, -1.0];
+    let g2 = [-0.5f32, 1.0, 0.0];
+    b.sgd_step(&mut p, &t(&b, &g1, &[3]), &mut buf, lr, mom, wd)
+        .unwrap();
+    // step 1: d = g + wd*p; buf = d; p -= lr*buf
+    let p0 = [1.0f64, -2.0, 0.5];
+    let d1: Vec<f64> = (0..3).map(|i| g1[i] as f64 + 0.01 * p0[i]).collect();
+    let p1: Vec<f64> = (0..3).map(|i| p0[i] - 0.1 * d1[i]).collect();
+    assert_close("sgd p1", &h(&b, &p), &p1, 1e-6);
+    assert_close("sgd buf1", &h(&b, &buf), &d1, 1e-6);
+    b.sgd_step(&mut p, &t(&b, &g2, &[3]), &mut buf, lr, mom, wd)
+        .unwrap();
+    let b2: Vec<f64> = (0..3)
+        .map(|i| 0.9 * d1[i] + g2[i] as f64 + 0.01 * p1[i])
+        .collect();
+    let p2: Vec<f64> = (0..3).map(|i| p1[i] - 0.1 * b2[i]).collect();
+    assert_close("sgd p2", &h(&b, &p), &p2, 1e-6);
+    assert_close("sgd buf2", &h(&b, &buf), &b2, 1e-6);
+    // Hand-computed literal for item 0: p1 = 1 - 0.1*(0.5+0.01) = 0.949;
+    // buf2 = 0.9*0.51 + (-0.5 + 0.00949) = -0.03151; p2 = 0.949 + 0.003151 = 0.952151.
+    assert!((h(&b, &p)[0] - 0.952151).abs() < 1e-6);
+    assert!(matches!(
+        b.sgd_step(&mut p, &z(&b, &[4]), &mut buf, lr, mom, wd),
+        Err(Error::Shape { .. })
+    ));
+}
+
+// ---- pooling, head, losses -----------------------------------------------------------------
+
+#[test]
+fn global_avg_pool_and_backward() {
+    let b = be();
+    let (n, c, hh, ww) = (3, 5, 7, 9);
+    let mut r = Rng::new(31);
+    let x = r.vec(n * c * hh * ww, -1.0, 1.0);
+    let mut y = z(&b, &[n, c]);
+    b.global_avg_pool(&t(&b, &x, &[n, c, hh, ww]), &mut y)
+        .unwrap();
+    let want: Vec<f64> = (0..n * c)
+        .map(|i| {
+            x[i * 63..(i + 1) * 63]
+                .iter()
+                .map(|&v| v as f64)
+                .sum::<f64>()
+                / 63.0
+        })
+        .collect();
+    assert_close("gap", &h(&b, &y), &want, 1e-6);
+    let dy = r.vec(n * c, -1.0, 1.0);
+    let mut dx = z(&b, &[n, c, hh, ww]);
+    b.global_avg_pool_backward(&t(&b, &dy, &[n, c]), &mut dx)
+        .unwrap();
+    let want: Vec<f64> = (0..x.len()).map(|i| dy[i / 63] as f64 / 63.0).collect();
+    assert_close("gap bwd", &h(&b, &dx), &want, 1e-6);
+    assert!(matches!(
+        b.global_avg_pool(&t(&b, &x, &[n, c, hh, ww]), &mut z(&b, &[n, c + 1])),
+        Err(Error::Shape { .. })
+    ));
+}
+
+#[test]
+fn linear_forward_and_backward() {
+    let b = be();
+    let (n, fi, fo) = (5, 13, 7);
+    let mut r = Rng::new(32);
+    let x = r.vec(n * fi, -1.0, 1.0);
+    let w = r.vec(fo * fi, -1.0, 1.0);
+    let bias = r.vec(fo, -1.0, 1.0);
+    let mut y = z(&b, &[n, fo]);
+    b.linear_forward(
+        &t(&b, &x, &[n, fi]),
+        &t(&b, &w, &[fo, fi]),
+        &t(&b, &bias, &[fo]),
+        &mut y,
+    )
+    .unwrap();
+    let want: Vec<f64> = (0..n * fo)
+        .map(|k| {
+            (0..fi)
+                .map(|i| x[(k / fo) * fi + i] as f64 * w[(k % fo) * fi + i] as f64)
+                .sum::<f64>()
+                + bias[k % fo] as f64
+        })
+        .collect();
+    assert_close("linear fwd", &h(&b, &y), &want, 1e-6);
+    let dy = r.vec(n * fo, -1.0, 1.0);
+    let mut dx = z(&b, &[n, fi]);
+    b.linear_backward_input(&t(&b, &dy, &[n, fo]), &t(&b, &w, &[fo, fi]), &mut dx)
+        .unwrap();
+    let want: Vec<f64> = (0..n * fi)
+        .map(|k| {
+            (0..fo)
+                .map(|o| dy[(k / fi) * fo + o] as f64 * w[o * fi + k % fi] as f64)
+                .sum()
+        })
+        .collect();
+    assert_close("linear dx", &h(&b, &dx), &want, 1e-6);
+    let (mut dw, mut db) = (z(&b, &[fo, fi]), z(&b, &[fo]));
+    b.linear_backward_params(
+        &t(&b, &x, &[n, fi]),
+        &t(&b, &dy, &[n, fo]),
+        &mut dw,
+        &mut db,
+    )
+    .unwrap();
+    let want: Vec<f64> = (0..fo * fi)
+        .map(|k| {
+            (0..n)
+                .map(|i| dy[i * fo + k / fi] as f64 * x[i * fi + k % fi] as f64)
+                .sum()
+        })
+        .collect();
+    assert_close("linear dw", &h(&b, &dw), &want, 1e-6);
+    let want: Vec<f64> = (0..fo)
+        .map(|o| (0..n).map(|i| dy[i * fo + o] as f64).sum())
+        .collect();
+    assert_close("linear db", &h(&b, &db), &want, 1e-6);
+    assert!(matches!(
+        b.linear_forward(
+            &t(&b, &x, &[n, fi]),
+            &t(&b, &w[..fo * (fi - 1)], &[fo, fi - 1]),
+            &t(&b, &bias, &[fo]),
+            &mut y
+        ),
+        Err(Error::Shape { .. })
+    ));
+}
+
+#[test]
+fn softmax_cross_entropy_matches_f64_and_fd() {
+    let b = be();
+    let (n, k) = (5, 7);
+    let mut r = Rng::new(33);
+    let x = r.vec(n * k, -3.0, 3.0);
+    let labels = [0u32, 6, 3, 3, 1];
+    let lab = b.indices_from_host(&labels).unwrap();
+    let (mut loss, mut dl) = (z(&b, &[n]), z(&b, &[n, k]));
+    b.softmax_cross_entropy(&t(&b, &x, &[n, k]), &lab, &mut loss, &mut dl)
+        .unwrap();
+    let ce = |x: &[f64]| -> Vec<f64> {
+        (0..n)
+            .map(|i| {
+                let row = &x[i * k..(i + 1) * k];
+                let lse = row.iter().map(|v| v.exp()).sum::<f64>().ln();
+                lse - row[labels[i] as usize]
+            })
+            .collect()
+    };
+    let x64 = f64v(&x);
+    assert_close("ce loss", &h(&b, &loss), &ce(&x64), 1e-6);
+    let mean = |x: &[f64]| ce(x).iter().sum::<f64>() / n as f64;
+    let fd: Vec<f64> = (0..x.len())
+        .map(|j| {
+            let (mut p, mut m) = (x64.clone(), x64.clone());
+            p[j] += 1e-5;
+            m[j] -= 1e-5;
+            (mean(&p) - mean(&m)) / 2e-5
+        })
+        .collect();
+    assert_close("ce dlogits", &h(&b, &dl), &fd, 1e-5);
+    let bad = b.indices_from_host(&[0, 7, 1, 1, 1]).unwrap();
+    assert!(b
+        .softmax_cross_entropy(&t(&b, &x, &[n, k]), &bad, &mut loss, &mut dl)
+        .is_err());
+    let short = b.indices_from_host(&[0, 1]).unwrap();
+    assert!(matches!(
+        b.softmax_cross_entropy(&t(&b, &x, &[n, k]), &short, &mut loss, &mut dl),
+        Err(Error::Shape { .. })
+    ));
+}
+
+#[test]
+fn channel_mse_and_frg_seed_layout_and_gradient() {
+    let b = be();
+    let (bb, c, hh, ww) = (3, 5, 7, 9);
+    let hw = hh * ww;
+    let s = [bb, c, hh, ww];
+    let mut r = Rng::new(34);
+    let ax = r.vec(bb * c * hw, -1.0, 1.0);
+    let ax0 = r.vec(bb * c * hw, -1.0, 1.0);
+    let mut loss = z(&b, &[c]);
+    b.channel_mse(&t(&b, &ax, &s), &t(&b, &ax0, &s), &mut loss)
+        .unwrap();
+    let mse = |a: &[f64], a0: &[f64], ch: usize| -> f64 {
+        (0..a.len())
+            .filter(|i| (i / hw) % c == ch)
+            .map(|i| (a[i] - a0[i]).powi(2))
+            .sum::<f64>()
+            / (bb * hw) as f64
+    };
+    let (x64, x064) = (f64v(&ax), f64v(&ax0));
+    let want: Vec<f64> = (0..c).map(|ch| mse(&x64, &x064, ch)).collect();
+    assert_close("channel_mse", &h(&b, &loss), &want, 1e-6);
+    // Seeds for channels 1..4 (K = 3): seed[k*B + b] = d mse_c / d a_x0[b, c].
+    let (first, kk) = (1, 3);
+    let mut seed = z(&b, &[kk * bb, 1, hh, ww]);
+    b.frg_seed(&t(&b, &ax, &s), &t(&b, &ax0, &s), first, &mut seed)
+        .unwrap();
+    let sv = h(&b, &seed);
+    let mut fd = vec![0.0f64; sv.len()];
+    for k in 0..kk {
+        let ch = first + k;
+        for i in 0..bb {
+            for j in 0..hw {
+                let idx = (i * c + ch) * hw + j;
+                let (mut p, mut m) = (x064.clone(), x064.clone());
+                p[idx] += 1e-5;
+                m[idx] -= 1e-5;
+                fd[(k * bb + i) * hw + j] = (mse(&x64, &p, ch) - mse(&x64, &m, ch)) / 2e-5;
+            }
+        }
+    }
+    assert_close("frg_seed", &sv, &fd, 1e-5);
+    assert!(matches!(
+        b.frg_seed(&t(&b, &ax, &s), &t(&b, &ax0, &s), 3, &mut seed),
+        Err(Error::Shape { .. })
+    ));
+    assert!(matches!(
+        b.frg_seed(
+            &t(&b, &ax, &s),
+            &t(&b, &ax0, &s),
+            0,
+            &mut z(&b, &[7, 1, hh, ww])
+        ),
+        Err(Error::Shape { .. })
+    ));
+    assert!(matches!(
+        b.channel_mse(&t(&b, &ax, &s), &t(&b, &ax0, &s), &mut z(&b, &[4])),
+        Err(Error::Shape { .. })
+    ));
+}
+
+#[test]
+fn malformed_tensor_buffer_is_an_error_not_a_panic() {
+    let b = be();
+    let mut x = z(&b, &[2, 3]);
+    x.shape = vec![2, 4]; // buffer of 6 for a shape of 8
+    let mut y = z(&b, &[2, 4]);
+    assert!(matches!(b.relu(&x, &mut y), Err(Error::Shape { .. })));
+}
+
+/// Ad-hoc conv forward throughput: `cargo test --release --test cpu_ops -- --ignored --nocapture conv_gflops`.
+#[test]
+#[ignore]
+fn conv_gflops() {
+    let b = be();
+    for (c, hw, n) in [
+        (64usize, 32usize, 32usize),
+        (256, 8, 32),
+        (128, 16, 32),
+        (512, 4, 32),
+    ] {
+        let p = ConvParams::new(n, c, hw, hw, c, 3, 1, 1);
+        let mut r = Rng::new(5);
+        let x = t(&b, &r.vec(n * c * hw * hw, -1.0, 1.0), &p.input_shape());
+        let w = t(&b, &r.vec(c * c * 9, -0.1, 0.1), &p.weight_shape());
+        let mut y = z(&b, &p.output_shape());
+        let mut dx = z(&b, &p.input_shape());
+        let mut dw = z(&b, &p.weight_shape());
+        let time = |f: &mut dyn FnMut()| {
+            f();
+            let reps = 3;
+            let t0 = std::time::Instant::now();
+            for _ in 0..reps {
+                f();
+            }
+            t0.elapsed().as_secs_f64() / reps as f64
+        };
+        let tf = time(&mut || b.conv2d_forward(&p, &x, &w, &mut y).unwrap());
+        let ti = time(&mut || b.conv2d_input_grad(&p, &y, &w, &mut dx).unwrap());
+        let tw = time(&mut || b.conv2d_weight_grad(&p, &x, &y, &mut dw).unwrap());
+        let gf = p.flops() as f64 / 1e9;
+        println!(
+            "conv {c}->{c} 3x3 @{hw}x{hw} batch {n} ({}): fwd {:.1} GFLOP/s ({:.1} ms), igrad {:.1} GFLOP/s, wgrad {:.1} GFLOP/s",
+            b.name(),
+            gf / tf,
+            tf * 1e3,
+            gf / ti,
+            gf / tw
+        );
+    }
+}
