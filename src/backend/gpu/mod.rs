@@ -6,7 +6,10 @@
 //! (kernel id, config, args bytes) to the runner. Memory comes from the runner. The launch
 //! configurations here are the ones the kernels were written for (256-thread blocks, 64x64 conv
 //! tiles), so the emulator exercises exactly what the GPU runs.
+pub mod cuda;
+pub mod kernel_cache;
 pub mod kernels;
+pub mod nvrtc;
 pub mod runner;
 
 #[cfg(feature = "emu")]
