@@ -1,9 +1,80 @@
-//! `fmp-engine bench`.
+//! `fmp-engine bench kernels|scan`: front-ends to `fmp_engine::bench`.
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use fmp_engine::backend::cpu::CpuBackend;
+use fmp_engine::backend::Backend;
+use fmp_engine::bench::kernels::{run_and_report, SuiteConfig};
 use fmp_engine::{Error, Result};
 
-#[derive(clap::Args, Debug)]
-pub struct Args {}
+use super::common::DeviceArgs;
 
-pub fn run(_args: Args) -> Result<()> {
-    Err(Error::Msg("`bench` is not implemented yet".into()))
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum What {
+    /// Every backend op at the PreActResNet18 shapes: checked, then timed; GFLOP/s, GB/s, roofline.
+    Kernels(KernelArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct KernelArgs {
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// CI mode: batch 2, 1 warm-up, 3 repeats.
+    #[arg(long)]
+    quick: bool,
+    /// Activation batch (default 32, quick 2).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Timed repeats per case (the median is reported).
+    #[arg(long)]
+    repeats: Option<usize>,
+    /// Model stem width.
+    #[arg(long, default_value_t = 64)]
+    width: usize,
+    /// Only cases whose name contains this.
+    #[arg(long)]
+    filter: Option<String>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    match args.what {
+        What::Kernels(a) => kernels(a),
+    }
+}
+
+fn kernels(a: KernelArgs) -> Result<()> {
+    let mut cfg = if a.quick {
+        SuiteConfig::quick()
+    } else {
+        SuiteConfig::full()
+    };
+    if let Some(b) = a.batch {
+        cfg.batch = b.max(1);
+    }
+    if let Some(r) = a.repeats {
+        cfg.repeats.repeats = r.max(1);
+    }
+    cfg.width = a.width.max(1);
+    cfg.filter = a.filter;
+    let be = a.device.backend()?;
+    let cpu: Option<Arc<dyn Backend>> = be
+        .is_gpu()
+        .then(|| Arc::new(CpuBackend::new()) as Arc<dyn Backend>);
+    let report = run_and_report(be.as_ref(), cpu.as_deref(), &cfg, a.json.as_deref())?;
+    let failed = report.failures().len();
+    if failed > 0 {
+        return Err(Error::Msg(format!(
+            "{failed} benchmark case(s) failed (see ERROR lines above)"
+        )));
+    }
+    Ok(())
 }

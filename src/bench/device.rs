@@ -1,0 +1,152 @@
+//! Device ceilings for the roofline: peak FP32 FLOP/s and memory bandwidth.
+//!
+//! GPUs come from a small table of datasheet numbers (FP32 on the CUDA cores, no tensor cores, since
+//! the engine's kernels are plain FP32 FMA): H100 SXM 67 TFLOP/s and 3.35 TB/s HBM3; H100 PCIe
+//! 51 TFLOP/s and 2.0 TB/s; H200 67 TFLOP/s and 4.8 TB/s HBM3e.
+//! The CPU peak is computed, not measured: logical CPUs x base clock (from /proc/cpuinfo) x SIMD
+//! lanes (16 with AVX-512, 8 with AVX2) x 2 (FMA) x 2 FMA ports per core. This assumes each logical
+//! CPU is a full core (true on this 2-vCPU VM: lscpu says 1 thread per core) and ignores turbo and
+//! AVX-512 down-clocking. CPU memory bandwidth is measured with a parallel triad over 3 x 128 MiB
+//! (larger in total than this VM's reported 300 MiB L3).
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+/// Roofline ceilings of one device.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Ceilings {
+    /// What the numbers describe, e.g. "Intel(R) Xeon(R) Processor, 2 threads".
+    pub device: String,
+    pub peak_flops: f64,
+    pub peak_bytes_per_s: f64,
+    /// Where the numbers come from.
+    pub source: String,
+}
+
+impl Ceilings {
+    /// The roofline bound (FLOP/s) of work with `intensity` FLOP per byte.
+    pub fn roof(&self, intensity: f64) -> f64 {
+        self.peak_flops.min(intensity * self.peak_bytes_per_s)
+    }
+    /// The time the roofline allows for `flops` and `bytes` (seconds).
+    pub fn min_time(&self, flops: u64, bytes: u64) -> f64 {
+        (flops as f64 / self.peak_flops).max(bytes as f64 / self.peak_bytes_per_s)
+    }
+}
+
+/// Datasheet ceilings for a GPU whose backend name contains the card name; None when unknown.
+pub fn gpu_ceilings(name: &str) -> Option<Ceilings> {
+    let n = name.to_ascii_uppercase();
+    let (flops, bw, what) = if n.contains("H200") {
+        (
+            67e12,
+            4.8e12,
+            "H200 datasheet: 67 TFLOP/s FP32, 4.8 TB/s HBM3e",
+        )
+    } else if n.contains("H100") && n.contains("PCIE") {
+        (
+            51e12,
+            2.0e12,
+            "H100 PCIe datasheet: 51 TFLOP/s FP32, 2.0 TB/s",
+        )
+    } else if n.contains("H100") {
+        (
+            67e12,
+            3.35e12,
+            "H100 SXM datasheet: 67 TFLOP/s FP32, 3.35 TB/s HBM3",
+        )
+    } else if n.contains("A100") {
+        (
+            19.5e12,
+            2.0e12,
+            "A100 80GB datasheet: 19.5 TFLOP/s FP32, 2.0 TB/s",
+        )
+    } else {
+        return None;
+    };
+    Some(Ceilings {
+        device: name.to_string(),
+        peak_flops: flops,
+        peak_bytes_per_s: bw,
+        source: what.into(),
+    })
+}
+
+/// CPU model name, MHz and SIMD lanes from /proc/cpuinfo (None fields where unreadable).
+pub fn cpu_info() -> (String, Option<f64>, usize) {
+    let text = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |key: &str| {
+        text.lines()
+            .find(|l| l.split(':').next().map(str::trim) == Some(key))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let model = field("model name").unwrap_or_else(|| "unknown CPU".into());
+    let mhz = field("cpu MHz").and_then(|v| v.parse::<f64>().ok());
+    let flags = field("flags").unwrap_or_default();
+    let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+    let lanes = if has("avx512f") {
+        16
+    } else if has("avx2") && has("fma") {
+        8
+    } else {
+        4
+    };
+    (model, mhz, lanes)
+}
+
+/// Measured parallel triad bandwidth a[i] = b[i] + s * c[i] (bytes moved: 3 x 4 per element), best of 3.
+pub fn measure_cpu_bandwidth() -> f64 {
+    let n = 32 << 20; // 128 MiB per array
+    let b = vec![1.0f32; n];
+    let c = vec![2.0f32; n];
+    let mut a = vec![0.0f32; n];
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let t = Instant::now();
+        a.par_chunks_mut(1 << 16)
+            .zip(b.par_chunks(1 << 16))
+            .zip(c.par_chunks(1 << 16))
+            .for_each(|((a, b), c)| {
+                for i in 0..a.len() {
+                    a[i] = b[i] + 0.5 * c[i];
+                }
+            });
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(&a);
+    (3 * 4 * n) as f64 / best
+}
+
+/// CPU ceilings: computed peak FLOP/s and measured triad bandwidth (see module docs).
+pub fn cpu_ceilings(threads: usize) -> Ceilings {
+    let (model, mhz, lanes) = cpu_info();
+    let ghz = mhz.unwrap_or(2000.0) / 1000.0;
+    let peak = threads as f64 * ghz * 1e9 * lanes as f64 * 2.0 * 2.0;
+    let bw = measure_cpu_bandwidth();
+    Ceilings {
+        device: format!("{model}, {threads} threads"),
+        peak_flops: peak,
+        peak_bytes_per_s: bw,
+        source: format!(
+            "peak = {threads} threads x {ghz:.2} GHz x {lanes} lanes x 2 (FMA) x 2 ports = {:.1} GFLOP/s (computed); \
+             bandwidth = measured triad {:.1} GB/s",
+            peak / 1e9,
+            bw / 1e9
+        ),
+    }
+}
+
+/// Ceilings for a backend by its name and kind.
+pub fn ceilings_for(backend_name: &str, is_gpu: bool) -> Ceilings {
+    if is_gpu {
+        gpu_ceilings(backend_name).unwrap_or(Ceilings {
+            device: backend_name.into(),
+            peak_flops: f64::NAN,
+            peak_bytes_per_s: f64::NAN,
+            source: "unknown GPU: add it to bench::device::gpu_ceilings".into(),
+        })
+    } else {
+        cpu_ceilings(rayon::current_num_threads())
+    }
+}
