@@ -108,3 +108,61 @@ fn nvrtc_compile_error_carries_the_log() {
         other => panic!("expected an NVRTC compile error, got {other:?}"),
     }
 }
+
+/// Every kernel file compiles for sm_80 and sm_90, every kernel the backend launches exists, and
+/// the conv kernels do not spill registers (issue 3's CI check).
+#[test]
+fn nvrtc_compiles_every_engine_kernel_for_sm80_and_sm90() {
+    use fmp_engine::backend::gpu::cuda::ENGINE_HEADERS;
+    use fmp_engine::backend::gpu::kernels::{ALL_KERNELS, KERNEL_FILES};
+    if !nvrtc_available("nvrtc_compiles_every_engine_kernel_for_sm80_and_sm90") {
+        return;
+    }
+    let mut problems = Vec::new();
+    for arch in [80, 90] {
+        for r in nvrtc::report(KERNEL_FILES, ENGINE_HEADERS, arch) {
+            let kernels = match r.result {
+                Ok(k) => k,
+                Err(e) => {
+                    problems.push(format!("sm_{arch} {}: {e}", r.file));
+                    continue;
+                }
+            };
+            let stem = r.file.trim_end_matches(".cu");
+            for id in ALL_KERNELS.iter().filter(|id| id.file == stem) {
+                if !kernels.iter().any(|k| k.kernel == id.name) {
+                    problems.push(format!(
+                        "sm_{arch} {}: kernel {} not defined",
+                        r.file, id.name
+                    ));
+                }
+            }
+            for k in &kernels {
+                println!(
+                    "sm_{arch} {:<16} {:<32} regs {:>3} smem {:>6} stack {:>4} spill {}/{}",
+                    r.file,
+                    k.kernel,
+                    k.registers,
+                    k.shared_bytes,
+                    k.stack_frame_bytes,
+                    k.spill_store_bytes,
+                    k.spill_load_bytes
+                );
+                if k.kernel.starts_with("conv") && k.spills() {
+                    problems.push(format!(
+                        "sm_{arch} {}: conv kernel {} spills registers: {k:?}",
+                        r.file, k.kernel
+                    ));
+                }
+            }
+        }
+    }
+    // Every listed kernel file is launched from at least once (no dead files in the list).
+    for (stem, _) in KERNEL_FILES {
+        assert!(
+            ALL_KERNELS.iter().any(|id| id.file == *stem),
+            "kernels/{stem}.cu has no launched kernel"
+        );
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

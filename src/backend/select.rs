@@ -20,7 +20,9 @@ impl std::str::FromStr for DeviceSpec {
             "cuda" | "gpu" => Ok(DeviceSpec::Cuda(0)),
             _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
                 Some(Ok(i)) => Ok(DeviceSpec::Cuda(i)),
-                _ => Err(Error::InvalidArgument(format!("unknown device '{s}': expected auto, cpu, cuda or cuda:N"))),
+                _ => Err(Error::InvalidArgument(format!(
+                    "unknown device '{s}': expected auto, cpu, cuda or cuda:N"
+                ))),
             },
         }
     }
@@ -42,6 +44,8 @@ pub fn select(spec: DeviceSpec) -> Result<Arc<dyn Backend>> {
     }
 }
 
-fn cuda(_ordinal: usize) -> Result<Arc<dyn Backend>> {
-    Err(Error::CudaUnavailable("the CUDA backend is not wired in yet".into()))
+/// The CUDA backend on device `ordinal`: checks the driver, the device and NVRTC, then compiles
+/// (or loads from the kernel cache) every kernel. Every failure is an error, never a panic.
+fn cuda(ordinal: usize) -> Result<Arc<dyn Backend>> {
+    Ok(Arc::new(super::gpu::cuda::CudaBackend::cuda(ordinal)?))
 }

@@ -28,8 +28,10 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use super::kernel_cache;
+use super::kernels;
 use super::nvrtc::{self, Target};
 use super::runner::{KernelId, Launch, Runner};
+use super::GpuBackend;
 use crate::error::{Error, Result};
 use crate::tensor::{Indices, Storage, Tensor};
 
@@ -39,6 +41,27 @@ use crate::tensor::{Indices, Storage, Tensor};
 pub struct KernelSources {
     pub files: &'static [(&'static str, &'static str)],
     pub headers: &'static [(&'static str, &'static str)],
+}
+
+/// Headers the engine's kernels include by name.
+pub const ENGINE_HEADERS: &[(&str, &str)] = &[kernels::PARAMS_HEADER];
+
+/// The engine's kernel files (`kernels/*.cu`) and headers.
+pub fn engine_sources() -> KernelSources {
+    KernelSources {
+        files: kernels::KERNEL_FILES,
+        headers: ENGINE_HEADERS,
+    }
+}
+
+/// The CUDA backend: the engine's kernels run by the CUDA driver.
+pub type CudaBackend = GpuBackend<CudaRunner>;
+
+impl GpuBackend<CudaRunner> {
+    /// Open CUDA device `ordinal` with the engine's kernels.
+    pub fn cuda(ordinal: usize) -> Result<Self> {
+        Ok(GpuBackend::new(CudaRunner::new(ordinal, engine_sources())?))
+    }
 }
 
 /// Driver symbols cudarc calls on our behalf; checked up front (see module docs).

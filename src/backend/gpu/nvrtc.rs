@@ -41,8 +41,6 @@ pub struct KernelResources {
     pub spill_store_bytes: u32,
     pub spill_load_bytes: u32,
     pub barriers: u32,
-    /// Constant bank 0 bytes (kernel parameters live there).
-    pub const_bytes: u32,
 }
 
 impl KernelResources {
@@ -476,6 +474,27 @@ pub fn kernel_resources(
     Ok(r)
 }
 
+/// Resource report of one kernel file for one architecture.
+#[derive(Debug)]
+pub struct FileReport {
+    pub file: String,
+    pub arch: u32,
+    pub result: Result<Vec<KernelResources>>,
+}
+
+/// Compile every `(stem, source)` of `files` (with `headers`) for `sm_{arch}` and report each
+/// kernel's resources. A failing file does not stop the others.
+pub fn report(files: &[(&str, &str)], headers: &[(&str, &str)], arch: u32) -> Vec<FileReport> {
+    files
+        .iter()
+        .map(|(stem, src)| FileReport {
+            file: format!("{stem}.cu"),
+            arch,
+            result: kernel_resources(&format!("{stem}.cu"), src, headers, arch),
+        })
+        .collect()
+}
+
 /// Parse ptxas `-v` output:
 /// ```text
 /// ptxas info    : Compiling entry function 'k' for 'sm_90'
@@ -516,7 +535,6 @@ pub fn parse_ptxas_log(log: &str) -> Vec<KernelResources> {
                 k.registers = number_before(l, "registers");
                 k.barriers = number_before(l, "barriers");
                 k.shared_bytes = number_before(l, "bytes smem");
-                k.const_bytes = number_before(l, "bytes cmem[0]");
             }
         }
     }
@@ -564,7 +582,6 @@ ptxas info    : Used 10 registers, used 0 barriers, 368 bytes cmem[0]\n";
                 spill_store_bytes: 12,
                 spill_load_bytes: 20,
                 barriers: 1,
-                const_bytes: 400,
             }
         );
         assert!(r[0].spills());
