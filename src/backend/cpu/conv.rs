@@ -1,12 +1,20 @@
 //! Convolutions (square kernel, zero padding, no bias, NCHW).
 //!
-//! First version: direct loops, parallel over output planes. Summation orders are fixed:
-//! forward sums (ci, kh, kw) ascending; the input gradient sums (co, kh, kw) ascending per input
-//! pixel, and the one-hot input gradient runs the very same per-plane routine restricted to one
-//! filter, so it is bitwise equal to the full input gradient of the one-hot-expanded cotangent
-//! (the skipped terms are exact zeros); the weight gradient sums (n, oh, ow) ascending.
+//! All three passes are one `gemm` each, with operands packed straight from the NCHW tensors
+//! (no im2col buffer):
+//! - forward: Y[co, (n,oh,ow)] = W[co, (ci,kh,kw)] * im2col(x)[(ci,kh,kw), (n,oh,ow)];
+//! - input gradient, computed directly per input pixel (no col2im scatter):
+//!   dX[ci, (n,ih,iw)] = W'[ci, (co,kh,kw)] * D[(co,kh,kw), (n,ih,iw)], where D holds
+//!   dy[n, co, oh, ow] when ih = oh*s - p + kh and iw = ow*s - p + kw for some (oh, ow), else 0;
+//!   K blocks are multiples of k*k, so one filter's k*k terms always sit in one block;
+//! - one-hot input gradient: the same GEMM restricted to the k*k terms of the item's filter.
+//!   The full GEMM adds exact zeros around those terms, in the same order and the same block, so
+//!   the two are bitwise equal;
+//! - weight gradient: dW^T[(ci,kh,kw), co] = im2col(x)[(ci,kh,kw), (n,oh,ow)] * dy^T, with K
+//!   running over the whole batch in a fixed order (deterministic for any thread count).
 use rayon::prelude::*;
 
+use super::gemm::{gemm, ASrc, COut, Pack, PackedA, RowMajor, MR, NR};
 use super::{host, host_mut};
 use crate::backend::ConvParams;
 use crate::error::{Error, Result};
@@ -86,6 +94,281 @@ pub(crate) fn check(op: &'static str, what: &str, t: &Tensor, want: [usize; 4]) 
     Ok(())
 }
 
+/// Raw output pointer that may cross rayon tasks (each task writes a disjoint part).
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: only used to hand disjoint sub-ranges of one live buffer to parallel GEMMs.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// Column offsets for a batch of planes: column j = (item, pixel) -> item * item_stride + pixel.
+fn batch_offsets(items: usize, plane: usize, item_stride: usize) -> Vec<usize> {
+    (0..items * plane)
+        .map(|j| (j / plane) * item_stride + j % plane)
+        .collect()
+}
+
+/// B operand of the forward pass: im2col(x), rows p = (ci, kh, kw), columns j = (n, oh, ow).
+struct Im2col<'a> {
+    x: &'a [f32],
+    g: Geom,
+}
+
+impl Pack for Im2col<'_> {
+    fn pack(&self, j0: usize, count: usize, p0: usize, kb: usize, out: &mut [f32]) {
+        let g = &self.g;
+        let (hwi, hwo, kk) = (g.hi * g.wi, g.ho * g.wo, g.k * g.k);
+        let (hi, wi) = (g.hi as isize, g.wi as isize);
+        for q in 0..count.div_ceil(NR) {
+            let panel = &mut out[q * kb * NR..(q + 1) * kb * NR];
+            // Per column: item base offset and top-left input coordinate of its window.
+            let mut base = [0usize; NR];
+            let mut ih0 = [isize::MIN / 4; NR];
+            let mut iw0 = [0isize; NR];
+            let nv = NR.min(count - q * NR);
+            for jj in 0..nv {
+                let j = j0 + q * NR + jj;
+                let (n, pix) = (j / hwo, j % hwo);
+                base[jj] = n * g.ci * hwi;
+                ih0[jj] = (pix / g.wo * g.s) as isize - g.p as isize;
+                iw0[jj] = (pix % g.wo * g.s) as isize - g.p as isize;
+            }
+            let contiguous = nv == NR
+                && g.s == 1
+                && (1..NR).all(|jj| {
+                    base[jj] == base[0] && ih0[jj] == ih0[0] && iw0[jj] == iw0[0] + jj as isize
+                });
+            for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                let pp = p0 + p;
+                let (ci, t) = (pp / kk, pp % kk);
+                let (kh, kw) = ((t / g.k) as isize, (t % g.k) as isize);
+                let plane = &self.x[ci * hwi..];
+                if contiguous {
+                    let ih = ih0[0] + kh;
+                    if ih < 0 || ih >= hi {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let row =
+                        &plane[base[0] + ih as usize * g.wi..base[0] + (ih as usize + 1) * g.wi];
+                    let st = iw0[0] + kw;
+                    if st >= 0 && st + NR as isize <= wi {
+                        dst.copy_from_slice(&row[st as usize..st as usize + NR]);
+                    } else {
+                        for (jj, d) in dst.iter_mut().enumerate() {
+                            let iw = st + jj as isize;
+                            *d = if iw >= 0 && iw < wi {
+                                row[iw as usize]
+                            } else {
+                                0.0
+                            };
+                        }
+                    }
+                } else {
+                    for jj in 0..NR {
+                        let (ih, iw) = (ih0[jj] + kh, iw0[jj] + kw);
+                        dst[jj] = if ih >= 0 && ih < hi && iw >= 0 && iw < wi {
+                            plane[base[jj] + ih as usize * g.wi + iw as usize]
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// B operand of the input gradient: rows p = (co, kh, kw), columns j = (n, ih, iw); the value is
+/// dy[n_off + n, co, oh, ow] when ih + pad - kh = oh * s and iw + pad - kw = ow * s, else 0.
+/// `cn` is dy's channel count (1 for the one-hot seed).
+struct IgradB<'a> {
+    dy: &'a [f32],
+    cn: usize,
+    n_off: usize,
+    g: Geom,
+}
+
+impl Pack for IgradB<'_> {
+    fn pack(&self, j0: usize, count: usize, p0: usize, kb: usize, out: &mut [f32]) {
+        let g = &self.g;
+        let (hwi, hwo, kk) = (g.hi * g.wi, g.ho * g.wo, g.k * g.k);
+        let (s, ho, wo) = (g.s as isize, g.ho as isize, g.wo as isize);
+        for q in 0..count.div_ceil(NR) {
+            let panel = &mut out[q * kb * NR..(q + 1) * kb * NR];
+            let mut base = [0usize; NR];
+            let mut a = [isize::MIN / 4; NR]; // ih + pad
+            let mut b = [0isize; NR]; // iw + pad
+            let nv = NR.min(count - q * NR);
+            for jj in 0..nv {
+                let j = j0 + q * NR + jj;
+                let (n, pix) = (j / hwi, j % hwi);
+                base[jj] = (self.n_off + n) * self.cn * hwo;
+                a[jj] = (pix / g.wi + g.p) as isize;
+                b[jj] = (pix % g.wi + g.p) as isize;
+            }
+            let contiguous = nv == NR
+                && g.s == 1
+                && (1..NR)
+                    .all(|jj| base[jj] == base[0] && a[jj] == a[0] && b[jj] == b[0] + jj as isize);
+            for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                let pp = p0 + p;
+                let (co, t) = (pp / kk, pp % kk);
+                let (kh, kw) = ((t / g.k) as isize, (t % g.k) as isize);
+                let plane = &self.dy[co * hwo..];
+                if contiguous {
+                    let oh = a[0] - kh;
+                    if oh < 0 || oh >= ho {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let row =
+                        &plane[base[0] + oh as usize * g.wo..base[0] + (oh as usize + 1) * g.wo];
+                    let st = b[0] - kw;
+                    if st >= 0 && st + NR as isize <= wo {
+                        dst.copy_from_slice(&row[st as usize..st as usize + NR]);
+                    } else {
+                        for (jj, d) in dst.iter_mut().enumerate() {
+                            let ow = st + jj as isize;
+                            *d = if ow >= 0 && ow < wo {
+                                row[ow as usize]
+                            } else {
+                                0.0
+                            };
+                        }
+                    }
+                } else {
+                    for jj in 0..NR {
+                        let (th, tw) = (a[jj] - kh, b[jj] - kw);
+                        dst[jj] = if th >= 0
+                            && tw >= 0
+                            && th % s == 0
+                            && tw % s == 0
+                            && th / s < ho
+                            && tw / s < wo
+                        {
+                            plane[base[jj] + (th / s) as usize * g.wo + (tw / s) as usize]
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A operand of the input gradient: W'[ci, (co, kh, kw)] = w[co, ci, kh, kw].
+struct WTrans<'a> {
+    w: &'a [f32],
+    g: Geom,
+}
+
+impl Pack for WTrans<'_> {
+    fn pack(&self, i0: usize, count: usize, p0: usize, kb: usize, out: &mut [f32]) {
+        let (ci_n, kk) = (self.g.ci, self.g.k * self.g.k);
+        for q in 0..count.div_ceil(MR) {
+            let panel = &mut out[q * kb * MR..(q + 1) * kb * MR];
+            for r in 0..MR {
+                let ci = i0 + q * MR + r;
+                let valid = q * MR + r < count;
+                for p in 0..kb {
+                    let pp = p0 + p;
+                    panel[p * MR + r] = if valid {
+                        self.w[((pp / kk) * ci_n + ci) * kk + pp % kk]
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// A operand of the weight gradient: im2col(x) with rows r = (ci, kh, kw), k = (n, oh, ow).
+struct Im2colRows<'a> {
+    x: &'a [f32],
+    g: Geom,
+}
+
+impl Pack for Im2colRows<'_> {
+    fn pack(&self, i0: usize, count: usize, p0: usize, kb: usize, out: &mut [f32]) {
+        let g = &self.g;
+        let (hwi, hwo, kk) = (g.hi * g.wi, g.ho * g.wo, g.k * g.k);
+        let (hi, wi) = (g.hi as isize, g.wi as isize);
+        for q in 0..count.div_ceil(MR) {
+            let panel = &mut out[q * kb * MR..(q + 1) * kb * MR];
+            for r in 0..MR {
+                if q * MR + r >= count {
+                    for p in 0..kb {
+                        panel[p * MR + r] = 0.0;
+                    }
+                    continue;
+                }
+                let rr = i0 + q * MR + r;
+                let (ci, t) = (rr / kk, rr % kk);
+                let (kh, kw) = (
+                    (t / g.k) as isize - g.p as isize,
+                    (t % g.k) as isize - g.p as isize,
+                );
+                let (mut n, pix) = (p0 / hwo, p0 % hwo);
+                let (mut oh, mut ow) = (pix / g.wo, pix % g.wo);
+                for p in 0..kb {
+                    let ih = (oh * g.s) as isize + kh;
+                    let iw = (ow * g.s) as isize + kw;
+                    panel[p * MR + r] = if ih >= 0 && ih < hi && iw >= 0 && iw < wi {
+                        self.x[(n * g.ci + ci) * hwi + ih as usize * g.wi + iw as usize]
+                    } else {
+                        0.0
+                    };
+                    ow += 1;
+                    if ow == g.wo {
+                        ow = 0;
+                        oh += 1;
+                        if oh == g.ho {
+                            oh = 0;
+                            n += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// B operand of the weight gradient: dy^T, rows k = (n, oh, ow), columns co.
+struct DyT<'a> {
+    dy: &'a [f32],
+    g: Geom,
+}
+
+impl Pack for DyT<'_> {
+    fn pack(&self, j0: usize, count: usize, p0: usize, kb: usize, out: &mut [f32]) {
+        let g = &self.g;
+        let hwo = g.ho * g.wo;
+        for q in 0..count.div_ceil(NR) {
+            let panel = &mut out[q * kb * NR..(q + 1) * kb * NR];
+            let nv = NR.min(count - q * NR);
+            let (mut n, mut pix) = (p0 / hwo, p0 % hwo);
+            for dst in panel.chunks_exact_mut(NR) {
+                let base = (n * g.co + j0 + q * NR) * hwo + pix;
+                for (jj, d) in dst.iter_mut().enumerate() {
+                    *d = if jj < nv {
+                        self.dy[base + jj * hwo]
+                    } else {
+                        0.0
+                    };
+                }
+                pix += 1;
+                if pix == hwo {
+                    pix = 0;
+                    n += 1;
+                }
+            }
+        }
+    }
+}
+
 pub fn forward(p: &ConvParams, x: &Tensor, w: &Tensor, y: &mut Tensor) -> Result<()> {
     const OP: &str = "conv2d_forward";
     let g = Geom::new(OP, p)?;
@@ -95,68 +378,33 @@ pub fn forward(p: &ConvParams, x: &Tensor, w: &Tensor, y: &mut Tensor) -> Result
     let xs = host(OP, "x", x)?;
     let ws = host(OP, "w", w)?;
     let ys = host_mut(OP, "y", y)?;
-    let (hwi, hwo) = (g.hi * g.wi, g.ho * g.wo);
-    if ys.is_empty() {
-        return Ok(());
-    }
-    ys.par_chunks_mut(hwo).enumerate().for_each(|(plane, yp)| {
-        let (n, co) = (plane / g.co, plane % g.co);
-        yp.fill(0.0);
-        for ci in 0..g.ci {
-            let xp = &xs[(n * g.ci + ci) * hwi..(n * g.ci + ci + 1) * hwi];
-            for kh in 0..g.k {
-                for kw in 0..g.k {
-                    let wv = ws[((co * g.ci + ci) * g.k + kh) * g.k + kw];
-                    for oh in 0..g.ho {
-                        let ih = (oh * g.s + kh) as isize - g.p as isize;
-                        if ih < 0 || ih >= g.hi as isize {
-                            continue;
-                        }
-                        for ow in 0..g.wo {
-                            let iw = (ow * g.s + kw) as isize - g.p as isize;
-                            if iw >= 0 && iw < g.wi as isize {
-                                yp[oh * g.wo + ow] += wv * xp[ih as usize * g.wi + iw as usize];
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    });
+    let (hwo, kdim) = (g.ho * g.wo, g.ci * g.k * g.k);
+    let pa = PackedA::new(
+        g.co,
+        kdim,
+        1,
+        &RowMajor {
+            data: ws,
+            rows: g.co,
+            ld: kdim,
+        },
+    );
+    let coff = batch_offsets(g.n, hwo, g.co * hwo);
+    let c = COut {
+        ptr: ys.as_mut_ptr(),
+        rs: hwo,
+        coff: &coff,
+    };
+    gemm(
+        g.co,
+        g.n * hwo,
+        kdim,
+        1,
+        ASrc::Packed(&pa),
+        &Im2col { x: xs, g },
+        &c,
+    );
     Ok(())
-}
-
-/// One input-gradient plane dx[ci] from cotangent planes `dy_planes(co)` for co in `cos`,
-/// summing (co, kh, kw) ascending.
-fn igrad_plane<'a>(
-    g: &Geom,
-    dxp: &mut [f32],
-    ci: usize,
-    ws: &[f32],
-    cos: std::ops::Range<usize>,
-    dy_plane: impl Fn(usize) -> &'a [f32],
-) {
-    dxp.fill(0.0);
-    for co in cos {
-        let dyp = dy_plane(co);
-        for kh in 0..g.k {
-            for kw in 0..g.k {
-                let wv = ws[((co * g.ci + ci) * g.k + kh) * g.k + kw];
-                for oh in 0..g.ho {
-                    let ih = (oh * g.s + kh) as isize - g.p as isize;
-                    if ih < 0 || ih >= g.hi as isize {
-                        continue;
-                    }
-                    for ow in 0..g.wo {
-                        let iw = (ow * g.s + kw) as isize - g.p as isize;
-                        if iw >= 0 && iw < g.wi as isize {
-                            dxp[ih as usize * g.wi + iw as usize] += wv * dyp[oh * g.wo + ow];
-                        }
-                    }
-                }
-            }
-        }
-    }
 }
 
 pub fn input_grad(p: &ConvParams, dy: &Tensor, w: &Tensor, dx: &mut Tensor) -> Result<()> {
@@ -168,16 +416,28 @@ pub fn input_grad(p: &ConvParams, dy: &Tensor, w: &Tensor, dx: &mut Tensor) -> R
     let gs = host(OP, "dy", dy)?;
     let ws = host(OP, "w", w)?;
     let o = host_mut(OP, "dx", dx)?;
-    let (hwi, hwo) = (g.hi * g.wi, g.ho * g.wo);
-    if o.is_empty() {
-        return Ok(());
-    }
-    o.par_chunks_mut(hwi).enumerate().for_each(|(plane, dxp)| {
-        let (n, ci) = (plane / g.ci, plane % g.ci);
-        igrad_plane(&g, dxp, ci, ws, 0..g.co, |co| {
-            &gs[(n * g.co + co) * hwo..(n * g.co + co + 1) * hwo]
-        });
-    });
+    let (hwi, kk) = (g.hi * g.wi, g.k * g.k);
+    let pa = PackedA::new(g.ci, g.co * kk, kk, &WTrans { w: ws, g });
+    let coff = batch_offsets(g.n, hwi, g.ci * hwi);
+    let c = COut {
+        ptr: o.as_mut_ptr(),
+        rs: hwi,
+        coff: &coff,
+    };
+    gemm(
+        g.ci,
+        g.n * hwi,
+        g.co * kk,
+        kk,
+        ASrc::Packed(&pa),
+        &IgradB {
+            dy: gs,
+            cn: g.co,
+            n_off: 0,
+            g,
+        },
+        &c,
+    );
     Ok(())
 }
 
@@ -211,14 +471,33 @@ pub fn input_grad_onehot(
     let ss = host(OP, "seed", seed)?;
     let ws = host(OP, "w", w)?;
     let o = host_mut(OP, "dx", dx)?;
-    let (hwi, hwo) = (g.hi * g.wi, g.ho * g.wo);
-    if o.is_empty() {
-        return Ok(());
-    }
-    o.par_chunks_mut(hwi).enumerate().for_each(|(plane, dxp)| {
-        let (n, ci) = (plane / g.ci, plane % g.ci);
-        let c = first_channel + n / group;
-        igrad_plane(&g, dxp, ci, ws, c..c + 1, |_| &ss[n * hwo..(n + 1) * hwo]);
+    let (hwi, kk) = (g.hi * g.wi, g.k * g.k);
+    let item = g.ci * hwi;
+    let out = OutPtr(o.as_mut_ptr());
+    // One GEMM per filter: items [gi * group, ..) use filter first_channel + gi.
+    (0..g.n.div_ceil(group)).into_par_iter().for_each(|gi| {
+        let out = out;
+        let ch = first_channel + gi;
+        let items = group.min(g.n - gi * group);
+        let a = RowMajor {
+            data: &ws[ch * g.ci * kk..(ch + 1) * g.ci * kk],
+            rows: g.ci,
+            ld: kk,
+        };
+        let b = IgradB {
+            dy: ss,
+            cn: 1,
+            n_off: gi * group,
+            g,
+        };
+        let coff = batch_offsets(items, hwi, item);
+        // SAFETY: items of different groups are disjoint ranges of dx.
+        let c = COut {
+            ptr: unsafe { out.0.add(gi * group * item) },
+            rs: hwi,
+            coff: &coff,
+        };
+        gemm(g.ci, items * hwi, kk, kk, ASrc::Pack(&a), &b, &c);
     });
     Ok(())
 }
@@ -232,34 +511,21 @@ pub fn weight_grad(p: &ConvParams, x: &Tensor, dy: &Tensor, dw: &mut Tensor) -> 
     let xs = host(OP, "x", x)?;
     let gs = host(OP, "dy", dy)?;
     let o = host_mut(OP, "dw", dw)?;
-    let (hwi, hwo, kk) = (g.hi * g.wi, g.ho * g.wo, g.k * g.k);
-    if o.is_empty() {
-        return Ok(());
-    }
-    o.par_chunks_mut(kk).enumerate().for_each(|(pair, dwp)| {
-        let (co, ci) = (pair / g.ci, pair % g.ci);
-        for kh in 0..g.k {
-            for kw in 0..g.k {
-                let mut s = 0.0f32;
-                for n in 0..g.n {
-                    let xp = &xs[(n * g.ci + ci) * hwi..(n * g.ci + ci + 1) * hwi];
-                    let dyp = &gs[(n * g.co + co) * hwo..(n * g.co + co + 1) * hwo];
-                    for oh in 0..g.ho {
-                        let ih = (oh * g.s + kh) as isize - g.p as isize;
-                        if ih < 0 || ih >= g.hi as isize {
-                            continue;
-                        }
-                        for ow in 0..g.wo {
-                            let iw = (ow * g.s + kw) as isize - g.p as isize;
-                            if iw >= 0 && iw < g.wi as isize {
-                                s += dyp[oh * g.wo + ow] * xp[ih as usize * g.wi + iw as usize];
-                            }
-                        }
-                    }
-                }
-                dwp[kh * g.k + kw] = s;
-            }
-        }
-    });
+    let m = g.ci * g.k * g.k;
+    let coff: Vec<usize> = (0..g.co).map(|j| j * m).collect();
+    let c = COut {
+        ptr: o.as_mut_ptr(),
+        rs: 1,
+        coff: &coff,
+    };
+    gemm(
+        m,
+        g.co,
+        g.n * g.ho * g.wo,
+        1,
+        ASrc::Pack(&Im2colRows { x: xs, g }),
+        &DyT { dy: gs, g },
+        &c,
+    );
     Ok(())
 }

@@ -1,4 +1,276 @@
-//! Packed SGEMM for the convolutions (placeholder until the blocked kernel lands).
+//! Packed, cache-blocked SGEMM C = A * B with a register-tiled micro-kernel (no external BLAS).
+//!
+//! Design (GotoBLAS-style): K is cut into blocks of `kc` (a multiple of the caller's `k_align`),
+//! A into row panels of MR and B into column panels of NR. Operands are never materialised as
+//! matrices: callers implement [`Pack`], which writes a (count x kb) block straight into the
+//! panel layout, so convolutions pack from NCHW tensors without an im2col buffer. A may instead
+//! be packed once up front ([`PackedA`], used for weights shared by every task). C is addressed
+//! as `ptr[i * rs + coff[j]]`, which lets one GEMM write a whole batch of NCHW outputs.
+//!
+//! Parallelism: rayon tasks own disjoint tiles of C (column tiles, then row groups when there
+//! are too few columns). Every C element is produced by one task that walks K in the same block
+//! order, so results are bitwise identical for any thread count. The micro-kernel keeps an
+//! MR x NR accumulator in registers and accumulates over p ascending with one multiply-add per
+//! term (fused when the CPU has FMA); the first K block overwrites C and later blocks add to it.
+use rayon::prelude::*;
+use std::sync::OnceLock;
+
+pub const MR: usize = 6;
+pub const NR: usize = 16;
+/// Target K block (rounded down to a multiple of `k_align`).
+const KC: usize = 256;
+/// Rows of A per macro-kernel call (multiple of MR).
+const MC: usize = 96;
+/// Widest column tile per task (multiple of NR).
+const NC: usize = 256;
+
+/// Writes `count` rows (A) or columns (B) starting at `idx0`, for k in `p0..p0 + kb`, into
+/// `out` as ceil(count / R) panels of `kb * R` floats: element (p, r) of panel q lives at
+/// `q * kb * R + p * R + r`. Slots r >= count in the last panel must be written as zero.
+pub trait Pack: Sync {
+    fn pack(&self, idx0: usize, count: usize, p0: usize, kb: usize, out: &mut [f32]);
+}
+
 pub fn kernel_name() -> &'static str {
-    "direct loops"
+    kernel().1
+}
+
+type Tile = [[f32; NR]; MR];
+type MicroFn = unsafe fn(usize, &[f32], &[f32]) -> Tile;
+
+#[inline(always)]
+fn micro_body<const FMA: bool>(kb: usize, a: &[f32], b: &[f32]) -> Tile {
+    let mut c = [[0.0f32; NR]; MR];
+    for (ap, bp) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kb) {
+        let ap: &[f32; MR] = ap.try_into().unwrap();
+        let bp: &[f32; NR] = bp.try_into().unwrap();
+        for i in 0..MR {
+            for j in 0..NR {
+                c[i][j] = if FMA {
+                    ap[i].mul_add(bp[j], c[i][j])
+                } else {
+                    c[i][j] + ap[i] * bp[j]
+                };
+            }
+        }
+    }
+    c
+}
+
+/// Portable kernel: separate multiply and add (no libm fma calls).
+unsafe fn micro_plain(kb: usize, a: &[f32], b: &[f32]) -> Tile {
+    micro_body::<false>(kb, a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn micro_avx2(kb: usize, a: &[f32], b: &[f32]) -> Tile {
+    micro_body::<true>(kb, a, b)
+}
+
+fn kernel() -> (MicroFn, &'static str) {
+    static K: OnceLock<(MicroFn, &'static str)> = OnceLock::new();
+    *K.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return (micro_avx2 as MicroFn, "sgemm avx2+fma 6x16");
+        }
+        (micro_plain as MicroFn, "sgemm portable 6x16")
+    })
+}
+
+/// The same multiply-add the micro-kernel uses for one term (for code that must reproduce a
+/// GEMM's arithmetic exactly).
+#[allow(dead_code)]
+pub fn uses_fma() -> bool {
+    kernel().1.contains("fma")
+}
+
+fn k_block(k_align: usize) -> usize {
+    let a = k_align.max(1);
+    if a >= KC {
+        a
+    } else {
+        (KC / a) * a
+    }
+}
+
+/// A packed once for all tasks: per K block, ceil(m / MR) panels.
+pub struct PackedA {
+    data: Vec<f32>,
+    m: usize,
+    k: usize,
+    kc: usize,
+}
+
+impl PackedA {
+    pub fn new(m: usize, k: usize, k_align: usize, src: &dyn Pack) -> Self {
+        let kc = k_block(k_align);
+        let mp = m.div_ceil(MR) * MR;
+        let mut data = vec![0.0f32; mp * k];
+        data.par_chunks_mut((mp * kc).max(1))
+            .enumerate()
+            .for_each(|(bi, blk)| {
+                let p0 = bi * kc;
+                let kb = kc.min(k - p0);
+                src.pack(0, m, p0, kb, &mut blk[..mp * kb]);
+            });
+        PackedA { data, m, k, kc }
+    }
+    /// Panels for rows i0.. (i0 a multiple of MR) of the K block starting at p0.
+    fn block(&self, i0: usize, p0: usize, kb: usize) -> &[f32] {
+        let mp = self.m.div_ceil(MR) * MR;
+        &self.data[p0 * mp + i0 * kb..]
+    }
+}
+
+pub enum ASrc<'a> {
+    Packed(&'a PackedA),
+    Pack(&'a dyn Pack),
+}
+
+/// Output addressing: C(i, j) = ptr[i * rs + coff[j]].
+pub struct COut<'a> {
+    pub ptr: *mut f32,
+    pub rs: usize,
+    pub coff: &'a [usize],
+}
+// SAFETY: tasks write disjoint (i, j) elements, and callers guarantee distinct (i, j) map to
+// distinct offsets inside the buffer `ptr` points to, which outlives the GEMM call.
+unsafe impl Sync for COut<'_> {}
+unsafe impl Send for COut<'_> {}
+
+/// C (m x n) = A (m x k) * B (k x n), overwriting C. `k_align`: K blocks are multiples of it.
+pub fn gemm(m: usize, n: usize, k: usize, k_align: usize, a: ASrc<'_>, b: &dyn Pack, c: &COut<'_>) {
+    assert_eq!(c.coff.len(), n, "gemm: one column offset per column");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let kc = match &a {
+        ASrc::Packed(pa) => {
+            assert!(
+                pa.m == m && pa.k == k,
+                "gemm: packed A is {}x{}, expected {m}x{k}",
+                pa.m,
+                pa.k
+            );
+            pa.kc
+        }
+        ASrc::Pack(_) => k_block(k_align),
+    };
+    if k == 0 {
+        for i in 0..m {
+            for &o in c.coff {
+                // SAFETY: (i, j) is inside C by the COut contract.
+                unsafe { *c.ptr.add(i * c.rs + o) = 0.0 };
+            }
+        }
+        return;
+    }
+    let want = 4 * rayon::current_num_threads();
+    let nc = (n.div_ceil(want).div_ceil(NR) * NR).clamp(64.min(n.div_ceil(NR) * NR), NC);
+    let col_tiles = n.div_ceil(nc);
+    let m_panels = m.div_ceil(MR);
+    let row_groups = if col_tiles >= want {
+        1
+    } else {
+        want.div_ceil(col_tiles).min(m_panels)
+    };
+    let rows_per_group = m_panels.div_ceil(row_groups) * MR;
+    let row_groups = m.div_ceil(rows_per_group);
+    let micro = kernel().0;
+    (0..row_groups * col_tiles).into_par_iter().for_each_init(
+        || (Vec::<f32>::new(), Vec::<f32>::new()),
+        |(bbuf, abuf), t| {
+            let (rg, ct) = (t / col_tiles, t % col_tiles);
+            let (r0, r1) = (rg * rows_per_group, ((rg + 1) * rows_per_group).min(m));
+            let (j0, j1) = (ct * nc, ((ct + 1) * nc).min(n));
+            let nb = j1 - j0;
+            let mut p0 = 0;
+            while p0 < k {
+                let kb = kc.min(k - p0);
+                bbuf.resize(nb.div_ceil(NR) * NR * kb, 0.0);
+                b.pack(j0, nb, p0, kb, bbuf);
+                let mut i0 = r0;
+                while i0 < r1 {
+                    let mb = MC.min(r1 - i0);
+                    let ablk: &[f32] = match &a {
+                        ASrc::Packed(pa) => pa.block(i0, p0, kb),
+                        ASrc::Pack(src) => {
+                            abuf.resize(mb.div_ceil(MR) * MR * kb, 0.0);
+                            src.pack(i0, mb, p0, kb, abuf);
+                            abuf
+                        }
+                    };
+                    macro_kernel(micro, mb, nb, kb, ablk, bbuf, c, i0, j0, p0 == 0);
+                    i0 += mb;
+                }
+                p0 += kb;
+            }
+        },
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+fn macro_kernel(
+    micro: MicroFn,
+    mb: usize,
+    nb: usize,
+    kb: usize,
+    a: &[f32],
+    b: &[f32],
+    c: &COut<'_>,
+    i0: usize,
+    j0: usize,
+    first: bool,
+) {
+    for jp in 0..nb.div_ceil(NR) {
+        let bp = &b[jp * kb * NR..(jp + 1) * kb * NR];
+        let nr = NR.min(nb - jp * NR);
+        let offs = &c.coff[j0 + jp * NR..j0 + jp * NR + nr];
+        for ip in 0..mb.div_ceil(MR) {
+            let ap = &a[ip * kb * MR..(ip + 1) * kb * MR];
+            // SAFETY: `micro` is the portable kernel or one whose CPU features were detected.
+            let acc = unsafe { micro(kb, ap, bp) };
+            let mr = MR.min(mb - ip * MR);
+            for (r, row) in acc.iter().enumerate().take(mr) {
+                let base = (i0 + ip * MR + r) * c.rs;
+                for (&o, &v) in offs.iter().zip(row) {
+                    // SAFETY: (i, j) is inside C and owned by this task (COut contract).
+                    unsafe {
+                        let d = c.ptr.add(base + o);
+                        *d = if first { v } else { *d + v };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Packs a row-major matrix M (rows x cols, element (i, p) at i * ld + p) as the A operand.
+pub struct RowMajor<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub ld: usize,
+}
+
+impl Pack for RowMajor<'_> {
+    fn pack(&self, i0: usize, count: usize, p0: usize, kb: usize, out: &mut [f32]) {
+        for q in 0..count.div_ceil(MR) {
+            let panel = &mut out[q * kb * MR..(q + 1) * kb * MR];
+            for r in 0..MR {
+                let i = i0 + q * MR + r;
+                if q * MR + r < count && i < self.rows {
+                    let row = &self.data[i * self.ld + p0..i * self.ld + p0 + kb];
+                    for (p, &v) in row.iter().enumerate() {
+                        panel[p * MR + r] = v;
+                    }
+                } else {
+                    for p in 0..kb {
+                        panel[p * MR + r] = 0.0;
+                    }
+                }
+            }
+        }
+    }
 }
