@@ -240,6 +240,9 @@ fn warn_once(msg: &str) {
     WARNED.get_or_init(|| eprintln!("fmp-engine: warning: {msg}"));
 }
 
+/// Largest args struct a launch accepts (and the size of the padded copy the driver reads from).
+const MAX_ARGS_BYTES: usize = 4096;
+
 struct LoadedKernel {
     func: CudaFunction,
     /// Size of the kernel's single parameter, when the driver can tell.
@@ -561,10 +564,20 @@ impl Runner for CudaRunner {
                 });
             }
         }
-        // The driver reads the parameter bytes during cuLaunchKernel; copy them into an
-        // 8-byte-aligned buffer that outlives the call.
-        let mut buf = vec![0u64; args.len().div_ceil(8).max(1)];
-        // SAFETY: `buf` has at least args.len() bytes; the regions do not overlap.
+        // The driver reads the kernel's parameter size worth of bytes during cuLaunchKernel. Copy
+        // the args into a zero-padded, 8-byte-aligned 4 KiB buffer (the classic parameter limit),
+        // so a too-short args struct can never make the driver read past our memory.
+        if args.len() > MAX_ARGS_BYTES {
+            return Err(Error::Cuda {
+                context: format!("launching kernel {}::{}", kernel.file, kernel.name),
+                msg: format!(
+                    "args struct of {} bytes exceeds {MAX_ARGS_BYTES} bytes",
+                    args.len()
+                ),
+            });
+        }
+        let mut buf = [0u64; MAX_ARGS_BYTES / 8];
+        // SAFETY: `buf` has MAX_ARGS_BYTES >= args.len() bytes; the regions do not overlap.
         unsafe {
             std::ptr::copy_nonoverlapping(args.as_ptr(), buf.as_mut_ptr() as *mut u8, args.len())
         };
@@ -580,7 +593,8 @@ impl Runner for CudaRunner {
             .map_err(|e| cuda_err(ctx_name(), e))?;
         // SAFETY: the function handle is live (held by `k`); the kernel takes exactly one
         // parameter whose size equals args.len() (checked above when the driver can tell), and
-        // `params[0]` points to a copy of those bytes valid for the duration of the call. Device
+        // `params[0]` points to a 4 KiB zero-padded copy of those bytes, valid for the whole call,
+        // so the driver never reads past it even if the sizes disagree. Device
         // pointers inside the args were produced by `ptr` for buffers of this context.
         unsafe {
             dres::launch_kernel(
