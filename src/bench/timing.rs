@@ -60,10 +60,15 @@ impl Stats {
     }
 }
 
-/// Run `f` `r.warmup` times, then time up to `r.repeats` runs (fewer once `r.max_seconds` is spent).
+/// Run `f` `r.warmup` times (fewer once `r.max_seconds` is spent), then time up to `r.repeats` runs
+/// (fewer once `r.max_seconds` is spent; at least one).
 pub fn time_op(be: &dyn Backend, r: Repeats, mut f: impl FnMut() -> Result<()>) -> Result<Stats> {
+    let warm = Instant::now();
     for _ in 0..r.warmup {
         f()?;
+        if warm.elapsed().as_secs_f64() > r.max_seconds {
+            break;
+        }
     }
     be.synchronize()?;
     let mut samples = Vec::with_capacity(r.repeats);
