@@ -1125,44 +1125,68 @@ fn malformed_tensor_buffer_is_an_error_not_a_panic() {
     assert!(matches!(b.relu(&x, &mut y), Err(Error::Shape { .. })));
 }
 
-/// Ad-hoc conv forward throughput: `cargo test --release --test cpu_ops -- --ignored --nocapture conv_gflops`.
+/// Process CPU seconds (user + system) from /proc/self/stat (Linux; None elsewhere).
+fn cpu_seconds() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// Ad-hoc conv throughput: `cargo test --release --test cpu_ops -- --ignored --nocapture conv_gflops`.
+/// Prints wall-clock GFLOP/s and GFLOP per CPU-second (per-core efficiency, robust to a busy
+/// machine). Set CONV_BATCH to change the batch (default 32).
 #[test]
 #[ignore]
 fn conv_gflops() {
     let b = be();
-    for (c, hw, n) in [
-        (64usize, 32usize, 32usize),
-        (256, 8, 32),
-        (128, 16, 32),
-        (512, 4, 32),
+    let n: usize = std::env::var("CONV_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32);
+    println!("{} on {} threads", b.name(), rayon::current_num_threads());
+    for (c, hw, k, s) in [
+        (64usize, 32usize, 3usize, 1usize),
+        (256, 8, 3, 1),
+        (128, 16, 3, 1),
+        (512, 4, 3, 1),
+        (64, 32, 3, 2),
+        (64, 32, 1, 2),
     ] {
-        let p = ConvParams::new(n, c, hw, hw, c, 3, 1, 1);
+        let co = if s == 2 { 2 * c } else { c };
+        let pad = k / 2;
+        let p = ConvParams::new(n, c, hw, hw, co, k, s, pad);
         let mut r = Rng::new(5);
         let x = t(&b, &r.vec(n * c * hw * hw, -1.0, 1.0), &p.input_shape());
-        let w = t(&b, &r.vec(c * c * 9, -0.1, 0.1), &p.weight_shape());
+        let w = t(&b, &r.vec(co * c * k * k, -0.1, 0.1), &p.weight_shape());
+        let dyv = r.vec(p.output_shape().iter().product(), -1.0, 1.0);
+        let dy = t(&b, &dyv, &p.output_shape());
         let mut y = z(&b, &p.output_shape());
         let mut dx = z(&b, &p.input_shape());
         let mut dw = z(&b, &p.weight_shape());
+        let gf = p.flops() as f64 / 1e9;
         let time = |f: &mut dyn FnMut()| {
             f();
-            let reps = 3;
-            let t0 = std::time::Instant::now();
-            for _ in 0..reps {
+            let (t0, c0) = (std::time::Instant::now(), cpu_seconds());
+            let mut reps = 0;
+            while reps < 2 || t0.elapsed().as_secs_f64() < 1.0 {
                 f();
+                reps += 1;
             }
-            t0.elapsed().as_secs_f64() / reps as f64
+            let wall = t0.elapsed().as_secs_f64() / reps as f64;
+            let cpu = cpu_seconds().zip(c0).map(|(a, b)| (a - b) / reps as f64);
+            format!(
+                "{:6.1} GFLOP/s ({:6.1} per CPU-s)",
+                gf / wall,
+                cpu.map_or(f64::NAN, |c| gf / c)
+            )
         };
-        let tf = time(&mut || b.conv2d_forward(&p, &x, &w, &mut y).unwrap());
-        let ti = time(&mut || b.conv2d_input_grad(&p, &y, &w, &mut dx).unwrap());
-        let tw = time(&mut || b.conv2d_weight_grad(&p, &x, &y, &mut dw).unwrap());
-        let gf = p.flops() as f64 / 1e9;
+        let f = time(&mut || b.conv2d_forward(&p, &x, &w, &mut y).unwrap());
+        let i = time(&mut || b.conv2d_input_grad(&p, &dy, &w, &mut dx).unwrap());
+        let wg = time(&mut || b.conv2d_weight_grad(&p, &x, &dy, &mut dw).unwrap());
         println!(
-            "conv {c}->{c} 3x3 @{hw}x{hw} batch {n} ({}): fwd {:.1} GFLOP/s ({:.1} ms), igrad {:.1} GFLOP/s, wgrad {:.1} GFLOP/s",
-            b.name(),
-            gf / tf,
-            tf * 1e3,
-            gf / ti,
-            gf / tw
+            "conv {c}->{co} {k}x{k}/s{s} @{hw}x{hw} batch {n}: fwd {f} | igrad {i} | wgrad {wg}"
         );
     }
 }

@@ -7,9 +7,13 @@
 //!   dX[ci, (n,ih,iw)] = W'[ci, (co,kh,kw)] * D[(co,kh,kw), (n,ih,iw)], where D holds
 //!   dy[n, co, oh, ow] when ih = oh*s - p + kh and iw = ow*s - p + kw for some (oh, ow), else 0;
 //!   K blocks are multiples of k*k, so one filter's k*k terms always sit in one block;
-//! - one-hot input gradient: the same GEMM restricted to the k*k terms of the item's filter.
-//!   The full GEMM adds exact zeros around those terms, in the same order and the same block, so
-//!   the two are bitwise equal;
+//!   (stride 1 only; with stride s that form multiplies (s*s - 1)/(s*s) structural zeros, so
+//!   strided convs use col = W^T * dy, one GEMM per chunk of items, then a col2im gather that
+//!   sums each input pixel's (kh, kw) terms in ascending order);
+//! - one-hot input gradient: the same GEMM restricted to the k*k terms of the item's filter
+//!   (stride 1), or col = w[c] * seed followed by the same col2im (strided). The full GEMM adds
+//!   exact zeros around those terms, in the same order and the same K block, so the two are
+//!   bitwise equal;
 //! - weight gradient: dW^T[(ci,kh,kw), co] = im2col(x)[(ci,kh,kw), (n,oh,ow)] * dy^T, with K
 //!   running over the whole batch in a fixed order (deterministic for any thread count).
 use rayon::prelude::*;
@@ -237,6 +241,15 @@ impl Pack for IgradB<'_> {
                             };
                         }
                     }
+                } else if g.s == 1 {
+                    for jj in 0..NR {
+                        let (th, tw) = (a[jj] - kh, b[jj] - kw);
+                        dst[jj] = if th >= 0 && tw >= 0 && th < ho && tw < wo {
+                            plane[base[jj] + th as usize * g.wo + tw as usize]
+                        } else {
+                            0.0
+                        };
+                    }
                 } else {
                     for jj in 0..NR {
                         let (th, tw) = (a[jj] - kh, b[jj] - kw);
@@ -311,24 +324,48 @@ impl Pack for Im2colRows<'_> {
                     (t / g.k) as isize - g.p as isize,
                     (t % g.k) as isize - g.p as isize,
                 );
-                let (mut n, pix) = (p0 / hwo, p0 % hwo);
-                let (mut oh, mut ow) = (pix / g.wo, pix % g.wo);
-                for p in 0..kb {
+                // Output columns whose input column ow * s + kw lies inside [0, wi).
+                let s_i = g.s as isize;
+                let ow_lo = if kw < 0 {
+                    ((-kw + s_i - 1) / s_i) as usize
+                } else {
+                    0
+                }
+                .min(g.wo);
+                let ow_hi = if wi - 1 - kw < 0 {
+                    0
+                } else {
+                    ((wi - 1 - kw) / s_i + 1) as usize
+                }
+                .clamp(ow_lo, g.wo);
+                let (mut n, mut pix) = (p0 / hwo, p0 % hwo);
+                let mut p = 0;
+                while p < kb {
+                    // One run along an output row: columns ow0..ow0 + seg of row oh of item n.
+                    let (oh, ow0) = (pix / g.wo, pix % g.wo);
+                    let seg = (g.wo - ow0).min(kb - p);
                     let ih = (oh * g.s) as isize + kh;
-                    let iw = (ow * g.s) as isize + kw;
-                    panel[p * MR + r] = if ih >= 0 && ih < hi && iw >= 0 && iw < wi {
-                        self.x[(n * g.ci + ci) * hwi + ih as usize * g.wi + iw as usize]
-                    } else {
-                        0.0
-                    };
-                    ow += 1;
-                    if ow == g.wo {
-                        ow = 0;
-                        oh += 1;
-                        if oh == g.ho {
-                            oh = 0;
-                            n += 1;
+                    let dst = &mut panel[p * MR + r..];
+                    if ih < 0 || ih >= hi {
+                        for t in 0..seg {
+                            dst[t * MR] = 0.0;
                         }
+                    } else {
+                        let row = &self.x[(n * g.ci + ci) * hwi + ih as usize * g.wi..];
+                        for t in 0..seg {
+                            let ow = ow0 + t;
+                            dst[t * MR] = if ow >= ow_lo && ow < ow_hi {
+                                row[(ow as isize * s_i + kw) as usize]
+                            } else {
+                                0.0
+                            };
+                        }
+                    }
+                    p += seg;
+                    pix += seg;
+                    if pix == hwo {
+                        pix = 0;
+                        n += 1;
                     }
                 }
             }
@@ -366,6 +403,174 @@ impl Pack for DyT<'_> {
                 }
             }
         }
+    }
+}
+
+/// Floats of column buffer per chunk of items on the strided input-gradient path.
+const COL_BUDGET: usize = 1 << 22;
+
+/// A operand W^T of the strided input gradient: A[(ci, kh, kw), co] = w[co, ci, kh, kw].
+struct ColMajor<'a> {
+    data: &'a [f32],
+    ld: usize,
+}
+
+impl Pack for ColMajor<'_> {
+    fn pack(&self, i0: usize, count: usize, p0: usize, kb: usize, out: &mut [f32]) {
+        for q in 0..count.div_ceil(MR) {
+            let panel = &mut out[q * kb * MR..(q + 1) * kb * MR];
+            let nv = MR.min(count - q * MR);
+            for (p, dst) in panel.chunks_exact_mut(MR).enumerate() {
+                let src = &self.data[(p0 + p) * self.ld + i0 + q * MR..];
+                dst[..nv].copy_from_slice(&src[..nv]);
+                dst[nv..].fill(0.0);
+            }
+        }
+    }
+}
+
+/// B operand of the strided input gradient: dy of items n0.., rows co, columns (item, pixel).
+struct DyRows<'a> {
+    dy: &'a [f32],
+    n0: usize,
+    g: Geom,
+}
+
+impl Pack for DyRows<'_> {
+    fn pack(&self, j0: usize, count: usize, p0: usize, kb: usize, out: &mut [f32]) {
+        let hwo = self.g.ho * self.g.wo;
+        for q in 0..count.div_ceil(NR) {
+            let panel = &mut out[q * kb * NR..(q + 1) * kb * NR];
+            let nv = NR.min(count - q * NR);
+            let mut base = [0usize; NR];
+            for (jj, b) in base.iter_mut().enumerate().take(nv) {
+                let j = j0 + q * NR + jj;
+                *b = (self.n0 + j / hwo) * self.g.co * hwo + j % hwo;
+            }
+            let contiguous = nv == NR && (1..NR).all(|jj| base[jj] == base[0] + jj);
+            for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                let off = (p0 + p) * hwo;
+                if contiguous {
+                    dst.copy_from_slice(&self.dy[base[0] + off..base[0] + off + NR]);
+                } else {
+                    for jj in 0..NR {
+                        dst[jj] = if jj < nv {
+                            self.dy[base[jj] + off]
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// dx planes of `items` items from col[(ci, kh, kw), (item, oh, ow)]: each input pixel sums its
+/// (kh, kw) contributions in ascending order (the same routine serves the one-hot path).
+fn col2im(g: &Geom, col: &[f32], items: usize, dx: &mut [f32]) {
+    let (hwi, hwo, kk) = (g.hi * g.wi, g.ho * g.wo, g.k * g.k);
+    let ld = items * hwo;
+    dx.par_chunks_mut(hwi.max(1))
+        .enumerate()
+        .for_each(|(plane, d)| {
+            let (nl, ci) = (plane / g.ci, plane % g.ci);
+            d.fill(0.0);
+            for kh in 0..g.k {
+                for kw in 0..g.k {
+                    let row = &col[(ci * kk + kh * g.k + kw) * ld + nl * hwo..][..hwo];
+                    for oh in 0..g.ho {
+                        let ih = (oh * g.s + kh) as isize - g.p as isize;
+                        if ih < 0 || ih >= g.hi as isize {
+                            continue;
+                        }
+                        let drow = &mut d[ih as usize * g.wi..(ih as usize + 1) * g.wi];
+                        for ow in 0..g.wo {
+                            let iw = (ow * g.s + kw) as isize - g.p as isize;
+                            if iw >= 0 && iw < g.wi as isize {
+                                drow[iw as usize] += row[oh * g.wo + ow];
+                            }
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// Items per chunk of the strided path.
+fn col_chunk(g: &Geom) -> usize {
+    (COL_BUDGET / (g.ci * g.k * g.k * g.ho * g.wo).max(1)).max(1)
+}
+
+/// Strided input gradient: col = W^T * dy (one GEMM per chunk of items), then col2im. The
+/// direct form would multiply (s*s - 1)/(s*s) structural zeros.
+fn input_grad_strided(g: &Geom, gs: &[f32], ws: &[f32], o: &mut [f32]) {
+    let (hwi, hwo, kk) = (g.hi * g.wi, g.ho * g.wo, g.k * g.k);
+    let rows = g.ci * kk;
+    let pa = PackedA::new(rows, g.co, 1, &ColMajor { data: ws, ld: rows });
+    let chunk = col_chunk(g);
+    let mut col = Vec::new();
+    for n0 in (0..g.n).step_by(chunk) {
+        let items = chunk.min(g.n - n0);
+        col.resize(rows * items * hwo, 0.0);
+        let coff: Vec<usize> = (0..items * hwo).collect();
+        let c = COut {
+            ptr: col.as_mut_ptr(),
+            rs: items * hwo,
+            coff: &coff,
+        };
+        gemm(
+            rows,
+            items * hwo,
+            g.co,
+            1,
+            ASrc::Packed(&pa),
+            &DyRows { dy: gs, n0, g: *g },
+            &c,
+        );
+        col2im(
+            g,
+            &col,
+            items,
+            &mut o[n0 * g.ci * hwi..(n0 + items) * g.ci * hwi],
+        );
+    }
+}
+
+/// One-hot version of `input_grad_strided`: col[r, (i, pix)] = w[c_i, r] * seed[i, pix], which is
+/// exactly what the GEMM produces for a one-hot cotangent (one product, exact zeros elsewhere).
+fn input_grad_onehot_strided(
+    g: &Geom,
+    ss: &[f32],
+    ws: &[f32],
+    first_channel: usize,
+    group: usize,
+    o: &mut [f32],
+) {
+    let (hwi, hwo, kk) = (g.hi * g.wi, g.ho * g.wo, g.k * g.k);
+    let rows = g.ci * kk;
+    let chunk = col_chunk(g);
+    let mut col = Vec::new();
+    for n0 in (0..g.n).step_by(chunk) {
+        let items = chunk.min(g.n - n0);
+        col.resize(rows * items * hwo, 0.0);
+        col.par_chunks_mut(items * hwo)
+            .enumerate()
+            .for_each(|(r, crow)| {
+                for (nl, cseg) in crow.chunks_exact_mut(hwo).enumerate() {
+                    let n = n0 + nl;
+                    let wv = ws[(first_channel + n / group) * rows + r];
+                    for (d, &sv) in cseg.iter_mut().zip(&ss[n * hwo..(n + 1) * hwo]) {
+                        *d = wv * sv;
+                    }
+                }
+            });
+        col2im(
+            g,
+            &col,
+            items,
+            &mut o[n0 * g.ci * hwi..(n0 + items) * g.ci * hwi],
+        );
     }
 }
 
@@ -416,6 +621,10 @@ pub fn input_grad(p: &ConvParams, dy: &Tensor, w: &Tensor, dx: &mut Tensor) -> R
     let gs = host(OP, "dy", dy)?;
     let ws = host(OP, "w", w)?;
     let o = host_mut(OP, "dx", dx)?;
+    if g.s > 1 {
+        input_grad_strided(&g, gs, ws, o);
+        return Ok(());
+    }
     let (hwi, kk) = (g.hi * g.wi, g.k * g.k);
     let pa = PackedA::new(g.ci, g.co * kk, kk, &WTrans { w: ws, g });
     let coff = batch_offsets(g.n, hwi, g.ci * hwi);
@@ -471,6 +680,10 @@ pub fn input_grad_onehot(
     let ss = host(OP, "seed", seed)?;
     let ws = host(OP, "w", w)?;
     let o = host_mut(OP, "dx", dx)?;
+    if g.s > 1 {
+        input_grad_onehot_strided(&g, ss, ws, first_channel, group, o);
+        return Ok(());
+    }
     let (hwi, kk) = (g.hi * g.wi, g.k * g.k);
     let item = g.ci * hwi;
     let out = OutPtr(o.as_mut_ptr());
