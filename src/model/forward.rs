@@ -1,0 +1,329 @@
+//! Eval-mode forward (with taps), prefix traces, and the input-gradient backward from a cotangent at
+//! one conv output (no weight gradients). BN+ReLU pairs run as one fused `channel_affine`, so the
+//! saved post-ReLU output doubles as the ReLU mask of the backward.
+use super::{PreActResNet18, Role};
+use crate::ensure_shape;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// Cotangent placed at the traced conv's output.
+pub enum Cotangent<'a> {
+    /// A dense cotangent with the conv output's shape; its batch N may be a multiple of the traced
+    /// batch B (item i then reads saved item i % B).
+    Full(&'a Tensor),
+    /// Non-zero in one channel per item: `seed` is [N, 1, H, W]; item i's cotangent is `seed[i]` in
+    /// channel `first_channel + i / group`. The gradient batch is N = K * group; the trace's batch B
+    /// must divide N (with `group == B` item i reads saved item i % B, the FRG scan's stacking).
+    OneHot {
+        seed: &'a Tensor,
+        first_channel: usize,
+        group: usize,
+    },
+}
+
+/// Saved post-ReLU activations of one block: `o = relu(bn1(h_in))`, `a2 = relu(bn2(conv1(o)))`.
+pub(crate) struct SavedBlock {
+    pub o: Tensor,
+    pub a2: Option<Tensor>,
+}
+
+/// Result of `forward_trace`: the eval prefix up to conv `upto`, what `input_grad` needs, and the
+/// conv's raw output.
+pub struct Trace {
+    pub(crate) upto: usize,
+    pub(crate) batch: usize,
+    pub(crate) saved: Vec<SavedBlock>,
+    pub(crate) tap: Tensor,
+}
+
+impl Trace {
+    /// Raw output of conv `upto` for the traced batch.
+    pub fn tap(&self) -> &Tensor {
+        &self.tap
+    }
+    pub fn into_tap(self) -> Tensor {
+        self.tap
+    }
+    pub fn upto(&self) -> usize {
+        self.upto
+    }
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+}
+
+struct Run {
+    logits: Option<Tensor>,
+    taps: Vec<(usize, Tensor)>,
+    saved: Vec<SavedBlock>,
+    stop_tap: Option<Tensor>,
+}
+
+impl PreActResNet18 {
+    fn check_input(&self, x: &Tensor) -> Result<()> {
+        ensure_shape!(
+            x.shape().len() == 4 && x.shape()[1..] == [3, 32, 32] && x.batch() > 0,
+            "PreActResNet18 input",
+            "expected [N, 3, 32, 32] pixel-space images, got {:?}",
+            x.shape()
+        );
+        Ok(())
+    }
+
+    pub(crate) fn conv_fwd(&self, i: usize, x: &Tensor) -> Result<Tensor> {
+        let p = self.convs[i].params.with_batch(x.batch());
+        let mut y = self.backend.zeros(&p.output_shape())?;
+        self.backend
+            .conv2d_forward(&p, x, &self.conv_w[i], &mut y)?;
+        Ok(y)
+    }
+
+    /// Gradient at conv `i`'s input from `dy` at its output (batch of dy).
+    pub(crate) fn conv_bwd(&self, i: usize, dy: &Tensor) -> Result<Tensor> {
+        let p = self.convs[i].params.with_batch(dy.batch());
+        let mut dx = self.backend.zeros(&p.input_shape())?;
+        self.backend
+            .conv2d_input_grad(&p, dy, &self.conv_w[i], &mut dx)?;
+        Ok(dx)
+    }
+
+    pub(crate) fn normalise(&self, x: &Tensor) -> Result<Tensor> {
+        let mut xn = self.backend.zeros(x.shape())?;
+        self.backend
+            .channel_affine(x, &self.norm_scale, &self.norm_shift, false, &mut xn)?;
+        Ok(xn)
+    }
+
+    fn copy_of(&self, t: &Tensor) -> Result<Tensor> {
+        let mut c = self.backend.zeros(t.shape())?;
+        self.backend.copy(t, &mut c)?;
+        Ok(c)
+    }
+
+    /// The eval network, optionally stopping at conv `stop` (saving post-ReLU activations) and
+    /// copying out the raw outputs of the convs in `taps`.
+    fn run_eval(&self, x: &Tensor, stop: Option<usize>, taps: &[usize]) -> Result<Run> {
+        self.check_input(x)?;
+        for &t in taps.iter().chain(stop.iter()) {
+            if t >= self.convs.len() {
+                return Err(Error::InvalidArgument(format!(
+                    "conv index {t} out of range 0..{}",
+                    self.convs.len()
+                )));
+            }
+        }
+        let b = &self.backend;
+        let aff = self.eval_affine()?;
+        let save = stop.is_some();
+        let mut run = Run {
+            logits: None,
+            taps: Vec::new(),
+            saved: Vec::new(),
+            stop_tap: None,
+        };
+        // Record conv `i`'s output; true when the run stops here.
+        let record = |run: &mut Run, i: usize, t: &Tensor| -> Result<bool> {
+            if taps.contains(&i) {
+                run.taps.push((i, self.copy_of(t)?));
+            }
+            Ok(stop == Some(i))
+        };
+
+        let xn = self.normalise(x)?;
+        let mut h = self.conv_fwd(0, &xn)?;
+        drop(xn);
+        if record(&mut run, 0, &h)? {
+            run.stop_tap = Some(h);
+            return Ok(run);
+        }
+        for blk in &self.blocks {
+            let mut o = b.zeros(h.shape())?;
+            let (s1, t1) = &aff[blk.bn1];
+            b.channel_affine(&h, s1, t1, true, &mut o)?;
+            let sc = match blk.shortcut {
+                Some(si) => {
+                    let s = self.conv_fwd(si, &o)?;
+                    if record(&mut run, si, &s)? {
+                        run.saved.push(super::forward::SavedBlock { o, a2: None });
+                        run.stop_tap = Some(s);
+                        return Ok(run);
+                    }
+                    Some(s)
+                }
+                None => None,
+            };
+            let c1 = self.conv_fwd(blk.conv1, &o)?;
+            if record(&mut run, blk.conv1, &c1)? {
+                run.saved.push(SavedBlock { o, a2: None });
+                run.stop_tap = Some(c1);
+                return Ok(run);
+            }
+            let mut a2 = b.zeros(c1.shape())?;
+            let (s2, t2) = &aff[blk.bn2];
+            b.channel_affine(&c1, s2, t2, true, &mut a2)?;
+            drop(c1);
+            let mut c2 = self.conv_fwd(blk.conv2, &a2)?;
+            if record(&mut run, blk.conv2, &c2)? {
+                run.saved.push(SavedBlock { o, a2: Some(a2) });
+                run.stop_tap = Some(c2);
+                return Ok(run);
+            }
+            if save {
+                run.saved.push(SavedBlock { o, a2: Some(a2) });
+            }
+            match sc {
+                Some(s) => b.add_assign(&mut c2, &s)?,
+                None => b.add_assign(&mut c2, &h)?,
+            }
+            h = c2;
+        }
+        let (n, c, _, _) = h.nchw();
+        let mut pooled = b.zeros(&[n, c])?;
+        b.global_avg_pool(&h, &mut pooled)?;
+        let mut logits = b.zeros(&[n, self.cfg.num_classes])?;
+        b.linear_forward(&pooled, &self.lin_w, &self.lin_b, &mut logits)?;
+        run.logits = Some(logits);
+        Ok(run)
+    }
+
+    /// Eval mode: pixel-space [N,3,32,32] -> logits [N,K].
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.run_eval(x, None, &[])?.logits.expect("full run"))
+    }
+
+    /// Eval mode: logits and the raw outputs of convs `taps` (in the order asked).
+    pub fn forward_taps(&self, x: &Tensor, taps: &[usize]) -> Result<(Tensor, Vec<Tensor>)> {
+        let mut run = self.run_eval(x, None, taps)?;
+        let mut out = Vec::with_capacity(taps.len());
+        for &t in taps {
+            let pos = run
+                .taps
+                .iter()
+                .position(|(i, _)| *i == t)
+                .expect("every tap recorded");
+            let (_, tensor) = run.taps.swap_remove(pos);
+            out.push(tensor);
+        }
+        Ok((run.logits.expect("full run"), out))
+    }
+
+    /// Eval prefix up to conv `upto_conv`; keeps what `input_grad` needs. Cheaper than
+    /// `forward_taps` when only one conv's output is wanted (`Trace::tap`).
+    pub fn forward_trace(&self, x: &Tensor, upto_conv: usize) -> Result<Trace> {
+        let run = self.run_eval(x, Some(upto_conv), &[])?;
+        Ok(Trace {
+            upto: upto_conv,
+            batch: x.batch(),
+            saved: run.saved,
+            tap: run.stop_tap.expect("stopped at the tap"),
+        })
+    }
+
+    /// d<cot, A_upto(x)>/dx in pixel space, eval mode (BN affine with running statistics), no weight
+    /// gradients. The result has the cotangent's batch N (a multiple of the trace's batch).
+    pub fn input_grad(&self, trace: &Trace, cot: Cotangent) -> Result<Tensor> {
+        let b = &self.backend;
+        let k = trace.upto;
+        let p = self.convs[k].params;
+        let (ho, wo, cout) = (p.h_out as usize, p.w_out as usize, p.c_out as usize);
+        let mut d = match cot {
+            Cotangent::Full(t) => {
+                ensure_shape!(
+                    t.shape().len() == 4
+                        && t.shape()[1..] == [cout, ho, wo]
+                        && t.batch() % trace.batch == 0,
+                    "input_grad",
+                    "cotangent {:?} for {} (output [*, {cout}, {ho}, {wo}], traced batch {})",
+                    t.shape(),
+                    self.convs[k].name,
+                    trace.batch
+                );
+                self.conv_bwd(k, t)?
+            }
+            Cotangent::OneHot {
+                seed,
+                first_channel,
+                group,
+            } => {
+                let n = seed.batch();
+                ensure_shape!(
+                    seed.shape().len() == 4 && seed.shape()[1..] == [1, ho, wo],
+                    "input_grad",
+                    "one-hot seed {:?} for {} (expected [N, 1, {ho}, {wo}])",
+                    seed.shape(),
+                    self.convs[k].name
+                );
+                ensure_shape!(
+                    group > 0 && n % group == 0 && n % trace.batch == 0 && first_channel + n / group <= cout,
+                    "input_grad",
+                    "one-hot seed batch {n}, group {group}, channels {first_channel}..{} of {cout}, traced batch {}",
+                    first_channel + n / group.max(1),
+                    trace.batch
+                );
+                let pn = p.with_batch(n);
+                let mut dx = b.zeros(&pn.input_shape())?;
+                b.conv2d_input_grad_onehot(
+                    &pn,
+                    seed,
+                    &self.conv_w[k],
+                    first_channel,
+                    group,
+                    &mut dx,
+                )?;
+                dx
+            }
+        };
+        let aff = self.eval_affine()?;
+        let affine_bwd = |y: &Tensor, dy: &Tensor, bn: usize| -> Result<Tensor> {
+            let mut dx = b.zeros(dy.shape())?;
+            b.channel_affine_backward(Some(y), dy, &aff[bn].0, &mut dx)?;
+            Ok(dx)
+        };
+        // `d` is the gradient at conv k's input; walk back to the block input (or the stem).
+        let mut next_block = match self.roles[k] {
+            Role::Stem => None,
+            Role::Shortcut(bi) | Role::Conv1(bi) => {
+                d = affine_bwd(&trace.saved[bi].o, &d, self.blocks[bi].bn1)?;
+                Some(bi)
+            }
+            Role::Conv2(bi) => {
+                let blk = self.blocks[bi];
+                let sv = &trace.saved[bi];
+                let dc1 = affine_bwd(sv.a2.as_ref().expect("conv2 trace saves a2"), &d, blk.bn2)?;
+                let d_o = self.conv_bwd(blk.conv1, &dc1)?;
+                d = affine_bwd(&sv.o, &d_o, blk.bn1)?;
+                Some(bi)
+            }
+        };
+        // `d` is now the gradient at the input of block `next_block` (= output of the one before).
+        while let Some(bi) = next_block {
+            if bi == 0 {
+                break;
+            }
+            let j = bi - 1;
+            let blk = self.blocks[j];
+            let sv = &trace.saved[j];
+            let da2 = self.conv_bwd(blk.conv2, &d)?;
+            let dc1 = affine_bwd(sv.a2.as_ref().expect("full block saves a2"), &da2, blk.bn2)?;
+            drop(da2);
+            let mut d_o = self.conv_bwd(blk.conv1, &dc1)?;
+            drop(dc1);
+            if let Some(si) = blk.shortcut {
+                let ds = self.conv_bwd(si, &d)?;
+                b.add_assign(&mut d_o, &ds)?;
+                d = affine_bwd(&sv.o, &d_o, blk.bn1)?;
+            } else {
+                let mut dh = affine_bwd(&sv.o, &d_o, blk.bn1)?;
+                b.add_assign(&mut dh, &d)?;
+                d = dh;
+            }
+            next_block = Some(j);
+        }
+        if self.roles[k] != Role::Stem {
+            d = self.conv_bwd(0, &d)?;
+        }
+        let mut dx = b.zeros(d.shape())?;
+        b.channel_affine_backward(None, &d, &self.norm_scale, &mut dx)?;
+        Ok(dx)
+    }
+}

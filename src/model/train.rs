@@ -1,0 +1,287 @@
+//! Training mode: BN with batch statistics (running statistics updated with momentum 0.1), the full
+//! backward with a gradient for every parameter, and PyTorch-style SGD with momentum buffers.
+use super::{ParamRef, PreActResNet18, BN_MOMENTUM};
+use crate::ensure_shape;
+use crate::error::Result;
+use crate::tensor::Tensor;
+use crate::weights::BN_EPS;
+
+/// What one training BN saved: its input, batch mean and inverse std.
+struct BnSave {
+    x: Tensor,
+    mean: Tensor,
+    invstd: Tensor,
+}
+
+struct BlockSave {
+    bn1: BnSave,
+    o: Tensor,
+    bn2: BnSave,
+    a2: Tensor,
+}
+
+/// Activations kept by `forward_train` for `backward_train`.
+pub struct TrainTrace {
+    xn: Tensor,
+    blocks: Vec<BlockSave>,
+    pooled: Tensor,
+    batch: usize,
+}
+
+impl TrainTrace {
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+}
+
+/// Gradients of every parameter, in PyTorch `named_parameters()` order.
+pub struct Grads {
+    pub names: Vec<String>,
+    pub tensors: Vec<Tensor>,
+}
+
+impl Grads {
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.names
+            .iter()
+            .position(|n| n == name)
+            .map(|i| &self.tensors[i])
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.names.iter().map(String::as_str).zip(&self.tensors)
+    }
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+}
+
+/// Momentum buffers, one per parameter (allocated as zeros on the first step).
+#[derive(Default)]
+pub struct SgdState {
+    bufs: Vec<Option<Tensor>>,
+}
+
+impl SgdState {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl PreActResNet18 {
+    fn bn_train(&mut self, j: usize, x: Tensor) -> Result<(Tensor, BnSave)> {
+        let b = self.backend.clone();
+        let c = x.nchw().1;
+        let mut y = b.zeros(x.shape())?;
+        let mut mean = b.zeros(&[c])?;
+        let mut invstd = b.zeros(&[c])?;
+        let bn = &mut self.bns[j];
+        b.batchnorm_train_forward(
+            &x,
+            &bn.gamma,
+            &bn.beta,
+            BN_EPS,
+            BN_MOMENTUM,
+            &mut bn.running_mean,
+            &mut bn.running_var,
+            &mut mean,
+            &mut invstd,
+            &mut y,
+        )?;
+        bn.num_batches_tracked += 1;
+        let mut r = b.zeros(y.shape())?;
+        b.relu(&y, &mut r)?;
+        Ok((r, BnSave { x, mean, invstd }))
+    }
+
+    /// Training-mode forward: BN with batch statistics; updates the running statistics (momentum
+    /// 0.1) and `num_batches_tracked`. Returns logits [N,K] and the trace for `backward_train`.
+    pub fn forward_train(&mut self, x: &Tensor) -> Result<(Tensor, TrainTrace)> {
+        ensure_shape!(
+            x.shape().len() == 4 && x.shape()[1..] == [3, 32, 32] && x.batch() > 1,
+            "forward_train",
+            "expected [N>1, 3, 32, 32] pixel-space images, got {:?}",
+            x.shape()
+        );
+        self.invalidate();
+        let b = self.backend.clone();
+        let xn = self.normalise(x)?;
+        let mut h = self.conv_fwd(0, &xn)?;
+        let mut saves = Vec::with_capacity(self.blocks.len());
+        for bi in 0..self.blocks.len() {
+            let blk = self.blocks[bi];
+            let h_in = h;
+            let (o, bn1) = self.bn_train(blk.bn1, h_in)?;
+            let sc = blk.shortcut.map(|si| self.conv_fwd(si, &o)).transpose()?;
+            let c1 = self.conv_fwd(blk.conv1, &o)?;
+            let (a2, bn2) = self.bn_train(blk.bn2, c1)?;
+            let mut c2 = self.conv_fwd(blk.conv2, &a2)?;
+            match &sc {
+                Some(s) => b.add_assign(&mut c2, s)?,
+                None => b.add_assign(&mut c2, &bn1.x)?,
+            }
+            h = c2;
+            saves.push(BlockSave { bn1, o, bn2, a2 });
+        }
+        let (n, c, _, _) = h.nchw();
+        let mut pooled = b.zeros(&[n, c])?;
+        b.global_avg_pool(&h, &mut pooled)?;
+        let mut logits = b.zeros(&[n, self.cfg.num_classes])?;
+        b.linear_forward(&pooled, &self.lin_w, &self.lin_b, &mut logits)?;
+        Ok((
+            logits,
+            TrainTrace {
+                xn,
+                blocks: saves,
+                pooled,
+                batch: n,
+            },
+        ))
+    }
+
+    /// Gradients of every parameter from `dlogits` (e.g. `softmax_cross_entropy`'s gradient of the
+    /// mean loss), through the training-mode graph of `trace`.
+    pub fn backward_train(&self, trace: &TrainTrace, dlogits: &Tensor) -> Result<Grads> {
+        let b = &self.backend;
+        let n = trace.batch;
+        ensure_shape!(
+            dlogits.shape() == [n, self.cfg.num_classes],
+            "backward_train",
+            "dlogits {:?}, expected [{n}, {}]",
+            dlogits.shape(),
+            self.cfg.num_classes
+        );
+        let mut slots: Vec<Option<Tensor>> = (0..self.params.len()).map(|_| None).collect();
+        let slot = |r: ParamRef| {
+            self.params
+                .iter()
+                .position(|(_, p)| *p == r)
+                .expect("parameter listed")
+        };
+        let wgrad = |i: usize, x: &Tensor, dy: &Tensor| -> Result<Tensor> {
+            let p = self.convs[i].params.with_batch(n);
+            let mut dw = b.zeros(&p.weight_shape())?;
+            b.conv2d_weight_grad(&p, x, dy, &mut dw)?;
+            Ok(dw)
+        };
+        // Head.
+        let mut dw = b.zeros(self.lin_w.shape())?;
+        let mut db = b.zeros(self.lin_b.shape())?;
+        b.linear_backward_params(&trace.pooled, dlogits, &mut dw, &mut db)?;
+        let mut dpooled = b.zeros(trace.pooled.shape())?;
+        b.linear_backward_input(dlogits, &self.lin_w, &mut dpooled)?;
+        slots[slot(ParamRef::LinearWeight)] = Some(dw);
+        slots[slot(ParamRef::LinearBias)] = Some(db);
+        let last = self.blocks.last().expect("blocks");
+        let out_p = self.convs[last.conv2].params.with_batch(n);
+        let mut d = b.zeros(&out_p.output_shape())?;
+        b.global_avg_pool_backward(&dpooled, &mut d)?;
+        // Blocks in reverse; `d` is the gradient at the block output.
+        for (bi, sv) in trace.blocks.iter().enumerate().rev() {
+            let blk = self.blocks[bi];
+            slots[slot(ParamRef::Conv(blk.conv2))] = Some(wgrad(blk.conv2, &sv.a2, &d)?);
+            let da2 = self.conv_bwd(blk.conv2, &d)?;
+            let mut dy2 = b.zeros(da2.shape())?;
+            b.relu_backward(&sv.a2, &da2, &mut dy2)?;
+            drop(da2);
+            let (dc1, dg2, db2) = self.bn_train_bwd(blk.bn2, &sv.bn2, &dy2)?;
+            drop(dy2);
+            slots[slot(ParamRef::Gamma(blk.bn2))] = Some(dg2);
+            slots[slot(ParamRef::Beta(blk.bn2))] = Some(db2);
+            slots[slot(ParamRef::Conv(blk.conv1))] = Some(wgrad(blk.conv1, &sv.o, &dc1)?);
+            let mut d_o = self.conv_bwd(blk.conv1, &dc1)?;
+            drop(dc1);
+            if let Some(si) = blk.shortcut {
+                slots[slot(ParamRef::Conv(si))] = Some(wgrad(si, &sv.o, &d)?);
+                let ds = self.conv_bwd(si, &d)?;
+                b.add_assign(&mut d_o, &ds)?;
+            }
+            let mut dy1 = b.zeros(d_o.shape())?;
+            b.relu_backward(&sv.o, &d_o, &mut dy1)?;
+            drop(d_o);
+            let (mut dh, dg1, db1) = self.bn_train_bwd(blk.bn1, &sv.bn1, &dy1)?;
+            slots[slot(ParamRef::Gamma(blk.bn1))] = Some(dg1);
+            slots[slot(ParamRef::Beta(blk.bn1))] = Some(db1);
+            if blk.shortcut.is_none() {
+                b.add_assign(&mut dh, &d)?;
+            }
+            d = dh;
+        }
+        slots[slot(ParamRef::Conv(0))] = Some(wgrad(0, &trace.xn, &d)?);
+        Ok(Grads {
+            names: self.params.iter().map(|(n, _)| n.clone()).collect(),
+            tensors: slots
+                .into_iter()
+                .map(|t| t.expect("every parameter has a gradient"))
+                .collect(),
+        })
+    }
+
+    fn bn_train_bwd(&self, j: usize, s: &BnSave, dy: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let b = &self.backend;
+        let c = s.mean.numel();
+        let mut dx = b.zeros(dy.shape())?;
+        let mut dg = b.zeros(&[c])?;
+        let mut dbeta = b.zeros(&[c])?;
+        b.batchnorm_train_backward(
+            &s.x,
+            dy,
+            &self.bns[j].gamma,
+            &s.mean,
+            &s.invstd,
+            &mut dx,
+            &mut dg,
+            &mut dbeta,
+        )?;
+        Ok((dx, dg, dbeta))
+    }
+
+    /// One SGD step on every parameter (PyTorch semantics: weight decay added to the gradient,
+    /// momentum buffer, no dampening/Nesterov), then re-applies any pruning masks.
+    pub fn sgd_step(
+        &mut self,
+        grads: &Grads,
+        state: &mut SgdState,
+        lr: f32,
+        momentum: f32,
+        weight_decay: f32,
+    ) -> Result<()> {
+        ensure_shape!(
+            grads.len() == self.params.len(),
+            "sgd_step",
+            "{} gradients for {} parameters",
+            grads.len(),
+            self.params.len()
+        );
+        let b = self.backend.clone();
+        if state.bufs.len() != self.params.len() {
+            state.bufs = (0..self.params.len()).map(|_| None).collect();
+        }
+        for i in 0..self.params.len() {
+            let (name, r) = (&self.params[i].0, self.params[i].1);
+            ensure_shape!(
+                grads.names[i] == *name,
+                "sgd_step",
+                "gradient {} where {} was expected",
+                grads.names[i],
+                name
+            );
+            if state.bufs[i].is_none() {
+                state.bufs[i] = Some(b.zeros(self.param(r).shape())?);
+            }
+            let buf = state.bufs[i].as_mut().expect("allocated");
+            b.sgd_step(
+                self.param_mut(r),
+                &grads.tensors[i],
+                buf,
+                lr,
+                momentum,
+                weight_decay,
+            )?;
+        }
+        self.invalidate();
+        self.apply_masks()
+    }
+}
