@@ -606,3 +606,23 @@ pub fn argmax_rows(logits: &[f32], k: usize) -> Vec<u32> {
         })
         .collect()
 }
+
+/// Eval-mode predictions (argmax of the logits) for every image of `ds`, `batch` images at a time.
+pub fn predict(
+    model: &PreActResNet18,
+    ds: &crate::data::Dataset,
+    batch: usize,
+) -> Result<Vec<u32>> {
+    let b = model.backend();
+    let batch = batch.max(1);
+    let mut preds = Vec::with_capacity(ds.len());
+    let mut start = 0;
+    while start < ds.len() {
+        let n = batch.min(ds.len() - start);
+        let x = b.from_host(&ds.range_f32(start, n), &[n, 3, 32, 32])?;
+        let logits = b.to_host(&model.forward(&x)?)?;
+        preds.extend(argmax_rows(&logits, model.config().num_classes));
+        start += n;
+    }
+    Ok(preds)
+}
