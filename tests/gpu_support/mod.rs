@@ -4,7 +4,7 @@
 //! Without a usable GPU every test prints why and returns (skips); with FMP_REQUIRE_GPU=1 (set by
 //! scripts/device-check.sh on the GPU machine) a missing GPU is a failure instead.
 #![allow(dead_code)]
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use fmp_engine::backend::cpu::CpuBackend;
 use fmp_engine::backend::gpu::cuda::CudaBackend;
@@ -27,16 +27,37 @@ pub fn gpu(test: &str) -> Option<&'static dyn Backend> {
     cuda(test).map(|b| b as &dyn Backend)
 }
 
+/// The backend under test as `Arc<dyn Backend>` (what models take); see `gpu`.
+pub fn gpu_arc(test: &str) -> Option<Arc<dyn Backend>> {
+    #[cfg(feature = "emu")]
+    if std::env::var("FMP_GPU_TESTS_EMU")
+        .map(|v| v == "1")
+        .unwrap_or(false)
+    {
+        return Some(Arc::new(
+            fmp_engine::backend::gpu::emu::EmuBackend::emulated(0),
+        ));
+    }
+    cuda_arc(test).map(|b| b.clone() as Arc<dyn Backend>)
+}
+
 /// The process's CUDA backend, or None after printing why the test is skipped
 /// (a failure instead with FMP_REQUIRE_GPU=1).
 pub fn cuda(test: &str) -> Option<&'static CudaBackend> {
-    static G: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
+    cuda_arc(test).map(|a| &**a)
+}
+
+/// The process's CUDA backend as a shared handle (what models take), or None as `cuda`.
+pub fn cuda_arc(test: &str) -> Option<&'static Arc<CudaBackend>> {
+    static G: OnceLock<Result<Arc<CudaBackend>, String>> = OnceLock::new();
     let r = G.get_or_init(|| {
         let ordinal = std::env::var("FMP_TEST_CUDA_DEVICE")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        CudaBackend::cuda(ordinal).map_err(|e| e.to_string())
+        CudaBackend::cuda(ordinal)
+            .map(Arc::new)
+            .map_err(|e| e.to_string())
     });
     match r {
         Ok(b) => Some(b),

@@ -259,6 +259,9 @@ pub struct CudaRunner {
     modules: HashMap<&'static str, Arc<CudaModule>>,
     kernels: Mutex<HashMap<KernelId, Arc<LoadedKernel>>>,
     sync_launch: bool,
+    /// The device's default memory pool (a `CUmemoryPool` handle as an integer), when the driver
+    /// supports stream-ordered allocation.
+    pool: Option<usize>,
 }
 
 impl CudaRunner {
@@ -301,6 +304,11 @@ impl CudaRunner {
             })?;
             modules.insert(*stem, m);
         }
+        let pool = if ctx.has_async_alloc() {
+            default_pool(&ctx)
+        } else {
+            None
+        };
         let sync_launch = std::env::var("FMP_SYNC_LAUNCH")
             .map(|v| !v.is_empty() && v != "0")
             .unwrap_or(false);
@@ -313,6 +321,7 @@ impl CudaRunner {
             modules,
             kernels: Mutex::new(HashMap::new()),
             sync_launch,
+            pool,
         })
     }
 
@@ -370,6 +379,20 @@ impl CudaRunner {
             .map_err(|e| alloc_err(e, what, len * std::mem::size_of::<T>()))
     }
 
+    /// Allocation that the caller fills completely (element `n`.. of a 1-element allocation for
+    /// an empty tensor is never read).
+    fn alloc_uninit<T: cudarc::driver::DeviceRepr>(
+        &self,
+        n: usize,
+        what: &str,
+    ) -> Result<CudaSlice<T>> {
+        let len = n.max(1);
+        // SAFETY: the memory is uninitialised; every caller overwrites the first `n` elements
+        // (a stream-ordered copy queued before any read) and never reads the rest.
+        unsafe { self.stream.alloc::<T>(len) }
+            .map_err(|e| alloc_err(e, what, len * std::mem::size_of::<T>()))
+    }
+
     fn slice<'a, T>(&self, s: &'a Storage<T>) -> Result<&'a CudaSlice<T>> {
         match s {
             Storage::Cuda(c) if **c.context() == *self.ctx => Ok(c),
@@ -407,6 +430,57 @@ impl CudaRunner {
         map.insert(id, k.clone());
         Ok(k)
     }
+}
+
+/// The device's default memory pool, with its release threshold raised so that freed blocks stay
+/// cached for reuse instead of going back to the driver at every synchronisation (the scan
+/// allocates and frees work buffers in a loop). None when the driver lacks the calls.
+fn default_pool(ctx: &CudaContext) -> Option<usize> {
+    // SAFETY: the driver library is loaded (a context exists); symbol lookups only.
+    let lib = unsafe { dsys::culib() };
+    for s in [
+        "cuDeviceGetDefaultMemPool",
+        "cuMemPoolSetAttribute",
+        "cuMemPoolGetAttribute",
+    ] {
+        // SAFETY: symbol lookup only.
+        if unsafe { lib.get::<*const ()>(s.as_bytes()) }.is_err() {
+            return None;
+        }
+    }
+    let mut pool: dsys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: valid out-pointer and device handle.
+    if unsafe { dsys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) }
+        != dsys::CUresult::CUDA_SUCCESS
+        || pool.is_null()
+    {
+        return None;
+    }
+    let mut threshold: u64 = u64::MAX;
+    // SAFETY: RELEASE_THRESHOLD takes a cuuint64_t; `threshold` lives across the call.
+    let _ = unsafe {
+        dsys::cuMemPoolSetAttribute(
+            pool,
+            dsys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            &mut threshold as *mut u64 as *mut c_void,
+        )
+    };
+    Some(pool as usize)
+}
+
+/// A u64 attribute of a memory pool.
+fn pool_attr(pool: usize, attr: dsys::CUmemPool_attribute) -> Option<u64> {
+    let mut v: u64 = 0;
+    // SAFETY: `pool` came from cuDeviceGetDefaultMemPool (default pools live as long as the
+    // device); the attributes read here are cuuint64_t.
+    let r = unsafe {
+        dsys::cuMemPoolGetAttribute(
+            pool as dsys::CUmemoryPool,
+            attr,
+            &mut v as *mut u64 as *mut c_void,
+        )
+    };
+    (r == dsys::CUresult::CUDA_SUCCESS).then_some(v)
 }
 
 fn hint(sync: bool) -> &'static str {
@@ -471,9 +545,24 @@ impl Runner for CudaRunner {
             .map_err(|e| cuda_err("a deferred CUDA call (free or event)", e))
     }
     fn memory_budget(&self) -> usize {
+        // Free device memory plus what the pool holds but does not use (cached after frees).
+        let cached = self
+            .pool
+            .and_then(|p| {
+                let reserved = pool_attr(
+                    p,
+                    dsys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT,
+                )?;
+                let used = pool_attr(
+                    p,
+                    dsys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT,
+                )?;
+                Some(reserved.saturating_sub(used) as usize)
+            })
+            .unwrap_or(0);
         match self.ctx.mem_get_info() {
             // Leave headroom for the driver, fragmentation and other processes.
-            Ok((free, _total)) => (free as f64 * 0.85) as usize,
+            Ok((free, _total)) => ((free + cached) as f64 * 0.85) as usize,
             Err(_) => 1 << 30,
         }
     }
@@ -493,7 +582,7 @@ impl Runner for CudaRunner {
             "{} values for shape {shape:?} ({n} elements)",
             data.len()
         );
-        let mut s = self.alloc::<f32>(n, &format!("allocating a {shape:?} tensor"))?;
+        let mut s = self.alloc_uninit::<f32>(n, &format!("allocating a {shape:?} tensor"))?;
         if n > 0 {
             self.stream
                 .memcpy_htod(data, &mut s)
@@ -525,7 +614,7 @@ impl Runner for CudaRunner {
         Ok(out)
     }
     fn indices_from_host(&self, data: &[u32]) -> Result<Indices> {
-        let mut s = self.alloc::<u32>(data.len(), "allocating indices")?;
+        let mut s = self.alloc_uninit::<u32>(data.len(), "allocating indices")?;
         if !data.is_empty() {
             self.stream
                 .memcpy_htod(data, &mut s)
