@@ -14,7 +14,7 @@
 //!   (stride 1), or col = w[c] * seed followed by the same col2im (strided). The full GEMM adds
 //!   exact zeros around those terms, in the same order and the same K block, so the two are
 //!   bitwise equal;
-//! - weight gradient: dW^T[(ci,kh,kw), co] = im2col(x)[(ci,kh,kw), (n,oh,ow)] * dy^T, with K
+//! - weight gradient: dW[co, (ci,kh,kw)] = dy[co, (n,oh,ow)] * im2col(x)^T, with K
 //!   running over the whole batch in a fixed order (deterministic for any thread count).
 use rayon::prelude::*;
 
@@ -298,17 +298,106 @@ impl Pack for WTrans<'_> {
     }
 }
 
-/// A operand of the weight gradient: im2col(x) with rows r = (ci, kh, kw), k = (n, oh, ow).
-struct Im2colRows<'a> {
+/// Writes im2col(x)[r, p0 .. p0 + kb] (r = (ci, kh, kw), p = (n, oh, ow)) to dst[t * step].
+fn im2col_run(g: &Geom, x: &[f32], r: usize, p0: usize, kb: usize, dst: &mut [f32], step: usize) {
+    let (hwi, hwo, kk) = (g.hi * g.wi, g.ho * g.wo, g.k * g.k);
+    let (ci, t) = (r / kk, r % kk);
+    let (kh, kw) = (
+        (t / g.k) as isize - g.p as isize,
+        (t % g.k) as isize - g.p as isize,
+    );
+    let (hi, wi, s) = (g.hi as isize, g.wi as isize, g.s as isize);
+    // Output columns whose input column ow * s + kw lies inside [0, wi).
+    let ow_lo = if kw < 0 {
+        ((-kw + s - 1) / s) as usize
+    } else {
+        0
+    }
+    .min(g.wo);
+    let ow_hi = if wi - 1 - kw < 0 {
+        0
+    } else {
+        ((wi - 1 - kw) / s + 1) as usize
+    }
+    .clamp(ow_lo, g.wo);
+    let (mut n, mut pix) = (p0 / hwo, p0 % hwo);
+    let mut p = 0;
+    while p < kb {
+        // One run along an output row: columns ow0 .. ow1 of row oh of item n.
+        let (oh, ow0) = (pix / g.wo, pix % g.wo);
+        let ow1 = ow0 + (g.wo - ow0).min(kb - p);
+        let ih = (oh * g.s) as isize + kh;
+        let d = &mut dst[p * step..];
+        if ih < 0 || ih >= hi {
+            for ow in ow0..ow1 {
+                d[(ow - ow0) * step] = 0.0;
+            }
+        } else {
+            let row = &x[(n * g.ci + ci) * hwi + ih as usize * g.wi..];
+            let (lo, hi_) = (
+                ow_lo.clamp(ow0, ow1),
+                ow_hi.clamp(ow0, ow1).max(ow_lo.clamp(ow0, ow1)),
+            );
+            for ow in ow0..lo {
+                d[(ow - ow0) * step] = 0.0;
+            }
+            for ow in lo..hi_ {
+                d[(ow - ow0) * step] = row[(ow as isize * s + kw) as usize];
+            }
+            for ow in hi_..ow1 {
+                d[(ow - ow0) * step] = 0.0;
+            }
+        }
+        p += ow1 - ow0;
+        pix += ow1 - ow0;
+        if pix == hwo {
+            pix = 0;
+            n += 1;
+        }
+    }
+}
+
+/// B operand of the weight gradient: im2col(x)^T, rows k = (n, oh, ow), columns r = (ci, kh, kw).
+struct Im2colT<'a> {
     x: &'a [f32],
     g: Geom,
 }
 
-impl Pack for Im2colRows<'_> {
+impl Pack for Im2colT<'_> {
+    fn pack(&self, j0: usize, count: usize, p0: usize, kb: usize, out: &mut [f32]) {
+        for q in 0..count.div_ceil(NR) {
+            let panel = &mut out[q * kb * NR..(q + 1) * kb * NR];
+            for jj in 0..NR {
+                if q * NR + jj < count {
+                    im2col_run(
+                        &self.g,
+                        self.x,
+                        j0 + q * NR + jj,
+                        p0,
+                        kb,
+                        &mut panel[jj..],
+                        NR,
+                    );
+                } else {
+                    for p in 0..kb {
+                        panel[p * NR + jj] = 0.0;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A operand of the weight gradient: dy as rows co, k = (n, oh, ow).
+struct DyA<'a> {
+    dy: &'a [f32],
+    g: Geom,
+}
+
+impl Pack for DyA<'_> {
     fn pack(&self, i0: usize, count: usize, p0: usize, kb: usize, out: &mut [f32]) {
         let g = &self.g;
-        let (hwi, hwo, kk) = (g.hi * g.wi, g.ho * g.wo, g.k * g.k);
-        let (hi, wi) = (g.hi as isize, g.wi as isize);
+        let hwo = g.ho * g.wo;
         for q in 0..count.div_ceil(MR) {
             let panel = &mut out[q * kb * MR..(q + 1) * kb * MR];
             for r in 0..MR {
@@ -318,48 +407,14 @@ impl Pack for Im2colRows<'_> {
                     }
                     continue;
                 }
-                let rr = i0 + q * MR + r;
-                let (ci, t) = (rr / kk, rr % kk);
-                let (kh, kw) = (
-                    (t / g.k) as isize - g.p as isize,
-                    (t % g.k) as isize - g.p as isize,
-                );
-                // Output columns whose input column ow * s + kw lies inside [0, wi).
-                let s_i = g.s as isize;
-                let ow_lo = if kw < 0 {
-                    ((-kw + s_i - 1) / s_i) as usize
-                } else {
-                    0
-                }
-                .min(g.wo);
-                let ow_hi = if wi - 1 - kw < 0 {
-                    0
-                } else {
-                    ((wi - 1 - kw) / s_i + 1) as usize
-                }
-                .clamp(ow_lo, g.wo);
+                let co = i0 + q * MR + r;
                 let (mut n, mut pix) = (p0 / hwo, p0 % hwo);
                 let mut p = 0;
                 while p < kb {
-                    // One run along an output row: columns ow0..ow0 + seg of row oh of item n.
-                    let (oh, ow0) = (pix / g.wo, pix % g.wo);
-                    let seg = (g.wo - ow0).min(kb - p);
-                    let ih = (oh * g.s) as isize + kh;
-                    let dst = &mut panel[p * MR + r..];
-                    if ih < 0 || ih >= hi {
-                        for t in 0..seg {
-                            dst[t * MR] = 0.0;
-                        }
-                    } else {
-                        let row = &self.x[(n * g.ci + ci) * hwi + ih as usize * g.wi..];
-                        for t in 0..seg {
-                            let ow = ow0 + t;
-                            dst[t * MR] = if ow >= ow_lo && ow < ow_hi {
-                                row[(ow as isize * s_i + kw) as usize]
-                            } else {
-                                0.0
-                            };
-                        }
+                    let seg = (hwo - pix).min(kb - p);
+                    let src = &self.dy[(n * g.co + co) * hwo + pix..][..seg];
+                    for (t, &v) in src.iter().enumerate() {
+                        panel[(p + t) * MR + r] = v;
                     }
                     p += seg;
                     pix += seg;
@@ -367,39 +422,6 @@ impl Pack for Im2colRows<'_> {
                         pix = 0;
                         n += 1;
                     }
-                }
-            }
-        }
-    }
-}
-
-/// B operand of the weight gradient: dy^T, rows k = (n, oh, ow), columns co.
-struct DyT<'a> {
-    dy: &'a [f32],
-    g: Geom,
-}
-
-impl Pack for DyT<'_> {
-    fn pack(&self, j0: usize, count: usize, p0: usize, kb: usize, out: &mut [f32]) {
-        let g = &self.g;
-        let hwo = g.ho * g.wo;
-        for q in 0..count.div_ceil(NR) {
-            let panel = &mut out[q * kb * NR..(q + 1) * kb * NR];
-            let nv = NR.min(count - q * NR);
-            let (mut n, mut pix) = (p0 / hwo, p0 % hwo);
-            for dst in panel.chunks_exact_mut(NR) {
-                let base = (n * g.co + j0 + q * NR) * hwo + pix;
-                for (jj, d) in dst.iter_mut().enumerate() {
-                    *d = if jj < nv {
-                        self.dy[base + jj * hwo]
-                    } else {
-                        0.0
-                    };
-                }
-                pix += 1;
-                if pix == hwo {
-                    pix = 0;
-                    n += 1;
                 }
             }
         }
@@ -724,21 +746,14 @@ pub fn weight_grad(p: &ConvParams, x: &Tensor, dy: &Tensor, dw: &mut Tensor) -> 
     let xs = host(OP, "x", x)?;
     let gs = host(OP, "dy", dy)?;
     let o = host_mut(OP, "dw", dw)?;
-    let m = g.ci * g.k * g.k;
-    let coff: Vec<usize> = (0..g.co).map(|j| j * m).collect();
+    let r = g.ci * g.k * g.k;
+    let coff: Vec<usize> = (0..r).collect();
     let c = COut {
         ptr: o.as_mut_ptr(),
-        rs: 1,
+        rs: r,
         coff: &coff,
     };
-    gemm(
-        m,
-        g.co,
-        g.n * g.ho * g.wo,
-        1,
-        ASrc::Pack(&Im2colRows { x: xs, g }),
-        &DyT { dy: gs, g },
-        &c,
-    );
+    let (a, b) = (DyA { dy: gs, g }, Im2colT { x: xs, g });
+    gemm(g.co, r, g.n * g.ho * g.wo, 1, ASrc::Pack(&a), &b, &c);
     Ok(())
 }

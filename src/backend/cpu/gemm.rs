@@ -225,6 +225,20 @@ pub fn gemm(m: usize, n: usize, k: usize, k_align: usize, a: ASrc<'_>, b: &dyn P
     let rows_per_group = m_panels.div_ceil(row_groups) * MR;
     let row_groups = m.div_ceil(rows_per_group);
     let micro = kernel().0;
+    if let ASrc::Pack(asrc) = a {
+        gemm_shared(
+            m,
+            n,
+            k,
+            kc,
+            asrc,
+            b,
+            c,
+            (row_groups, rows_per_group),
+            (col_tiles, nc),
+        );
+        return;
+    }
     (0..row_groups * col_tiles).into_par_iter().for_each_init(
         || (Vec::<f32>::new(), Vec::<f32>::new()),
         |(bbuf, abuf), t| {
@@ -257,6 +271,76 @@ pub fn gemm(m: usize, n: usize, k: usize, k_align: usize, a: ASrc<'_>, b: &dyn P
     );
 }
 
+/// Floats of packed A + B held at once by `gemm_shared`.
+const SHARED_BUDGET: usize = 1 << 22;
+
+/// Both operands packed on the fly: per K super-block, pack all of A and all of B once (in
+/// parallel), then run the tiles in parallel. Used when K is long and M, N are small (weight
+/// gradients), where per-task packing would repack an operand once per tile. The arithmetic
+/// (K blocks, kernel, store order) is the same as the per-task path.
+#[allow(clippy::too_many_arguments)]
+fn gemm_shared(
+    m: usize,
+    n: usize,
+    k: usize,
+    kc: usize,
+    a: &dyn Pack,
+    b: &dyn Pack,
+    c: &COut<'_>,
+    (row_groups, rows_per_group): (usize, usize),
+    (col_tiles, nc): (usize, usize),
+) {
+    let (mp, np) = (m.div_ceil(MR) * MR, n.div_ceil(NR) * NR);
+    let sb = ((SHARED_BUDGET / (mp + np)) / kc).max(1) * kc;
+    let micro = kernel().0;
+    let mut abuf = vec![0.0f32; mp * sb.min(k)];
+    let mut bbuf = vec![0.0f32; np * sb.min(k)];
+    let mut s0 = 0;
+    while s0 < k {
+        let s1 = (s0 + sb).min(k);
+        // Block t covers p in s0 + t*kc .. ; its A panels start at t*kc*mp, B panels at t*kc*np.
+        abuf[..mp * (s1 - s0)]
+            .par_chunks_mut(mp * kc)
+            .enumerate()
+            .for_each(|(t, blk)| {
+                let p0 = s0 + t * kc;
+                let kb = kc.min(s1 - p0);
+                a.pack(0, m, p0, kb, &mut blk[..mp * kb]);
+            });
+        bbuf[..np * (s1 - s0)]
+            .par_chunks_mut(np * kc)
+            .enumerate()
+            .for_each(|(t, blk)| {
+                let p0 = s0 + t * kc;
+                let kb = kc.min(s1 - p0);
+                b.pack(0, n, p0, kb, &mut blk[..np * kb]);
+            });
+        let (ab, bb) = (&abuf, &bbuf);
+        (0..row_groups * col_tiles)
+            .into_par_iter()
+            .for_each(|task| {
+                let (rg, ct) = (task / col_tiles, task % col_tiles);
+                let (r0, r1) = (rg * rows_per_group, ((rg + 1) * rows_per_group).min(m));
+                let (j0, j1) = (ct * nc, ((ct + 1) * nc).min(n));
+                let mut p0 = s0;
+                while p0 < s1 {
+                    let kb = kc.min(s1 - p0);
+                    let off = p0 - s0;
+                    let bblk = &bb[off * np + j0 * kb..off * np + np * kb];
+                    let mut i0 = r0;
+                    while i0 < r1 {
+                        let mb = MC.min(r1 - i0);
+                        let ablk = &ab[off * mp + i0 * kb..off * mp + mp * kb];
+                        macro_kernel(micro, mb, j1 - j0, kb, ablk, bblk, c, i0, j0, p0 == 0);
+                        i0 += mb;
+                    }
+                    p0 += kb;
+                }
+            });
+        s0 = s1;
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn macro_kernel(
     micro: MicroFn,
@@ -274,6 +358,7 @@ fn macro_kernel(
         let bp = &b[jp * kb * NR..(jp + 1) * kb * NR];
         let nr = NR.min(nb - jp * NR);
         let offs = &c.coff[j0 + jp * NR..j0 + jp * NR + nr];
+        let contiguous = offs.windows(2).all(|w| w[1] == w[0] + 1);
         for ip in 0..mb.div_ceil(MR) {
             let ap = &a[ip * kb * MR..(ip + 1) * kb * MR];
             // SAFETY: `micro` is the portable kernel or one whose CPU features were detected.
@@ -281,6 +366,20 @@ fn macro_kernel(
             let mr = MR.min(mb - ip * MR);
             for (r, row) in acc.iter().enumerate().take(mr) {
                 let base = (i0 + ip * MR + r) * c.rs;
+                if contiguous {
+                    // SAFETY: the nr elements base + offs[0] .. are inside C and owned by this
+                    // task (COut contract); no other reference to them exists.
+                    let d =
+                        unsafe { std::slice::from_raw_parts_mut(c.ptr.add(base + offs[0]), nr) };
+                    if first {
+                        d.copy_from_slice(&row[..nr]);
+                    } else {
+                        for (d, &v) in d.iter_mut().zip(row) {
+                            *d += v;
+                        }
+                    }
+                    continue;
+                }
                 for (&o, &v) in offs.iter().zip(row) {
                     // SAFETY: (i, j) is inside C and owned by this task (COut contract).
                     unsafe {
