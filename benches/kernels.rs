@@ -6,12 +6,10 @@
 //! FMP_BENCH_REPEATS, FMP_BENCH_WIDTH, FMP_BENCH_JSON_DIR (default target/bench). Reports are written
 //! as kernels-cpu.json / kernels-cuda.json. Exits non-zero when any case fails its check.
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use fmp_engine::backend::cpu::CpuBackend;
-use fmp_engine::backend::select::{select, DeviceSpec};
-use fmp_engine::backend::Backend;
+use fmp_engine::backend::select::DeviceSpec;
 use fmp_engine::bench::kernels::{run_and_report, SuiteConfig};
+use fmp_engine::bench::timing::BenchDevice;
 
 fn main() {
     if let Err(e) = run() {
@@ -30,23 +28,18 @@ fn run() -> fmp_engine::Result<()> {
                 .join("target")
                 .join("bench")
         });
-    let cpu: Arc<dyn Backend> = Arc::new(CpuBackend::new());
+    let cpu = BenchDevice::cpu();
     let mut failed = 0;
     if which == "cpu" || which == "all" {
-        let rep = run_and_report(
-            cpu.as_ref(),
-            None,
-            &cfg,
-            Some(&dir.join("kernels-cpu.json")),
-        )?;
+        let rep = run_and_report(&cpu, None, &cfg, Some(&dir.join("kernels-cpu.json")))?;
         failed += rep.failures().len();
     }
     if which == "cuda" || which == "all" {
-        match select(DeviceSpec::Cuda(0)) {
+        match BenchDevice::open(DeviceSpec::Cuda(0)) {
             Ok(gpu) => {
                 let rep = run_and_report(
-                    gpu.as_ref(),
-                    Some(cpu.as_ref()),
+                    &gpu,
+                    Some(cpu.backend.as_ref()),
                     &cfg,
                     Some(&dir.join("kernels-cuda.json")),
                 )?;

@@ -7,6 +7,7 @@ use fmp_engine::bench::kernels::{
     cases, check_outputs, run_once, run_suite, write_json, SuiteConfig,
 };
 use fmp_engine::bench::reference::Rng;
+use fmp_engine::bench::timing::BenchDevice;
 use fmp_engine::bench::Repeats;
 
 fn tiny() -> SuiteConfig {
@@ -30,12 +31,12 @@ fn fake_ceilings() -> Ceilings {
 
 #[test]
 fn quick_suite_runs_and_checks_on_cpu() {
-    let be = CpuBackend::new();
+    let dev = BenchDevice::cpu();
     let cfg = tiny();
     let n_cases = cases(&cfg).len();
     // 11 distinct conv shapes x 4, normalise, 4 stages x 11, 6 head ops, sign step, sgd.
     assert_eq!(n_cases, 44 + 1 + 44 + 6 + 2);
-    let rep = run_suite(&be, None, &cfg, fake_ceilings(), |_| {});
+    let rep = run_suite(&dev, None, &cfg, fake_ceilings(), |_| {});
     assert_eq!(rep.results.len(), n_cases);
     for r in &rep.results {
         assert!(r.error.is_none(), "{}: {:?}", r.name, r.error);

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use super::count::{self, Arch, OpCost};
 use super::device::Ceilings;
 use super::reference::{self as r, Expect, Rng};
-use super::timing::{time_op, Repeats, Stats};
+use super::timing::{time_op, BenchDevice, Repeats, Stats};
 use crate::backend::{Backend, ConvParams};
 use crate::error::{Error, Result};
 use crate::tensor::{Indices, Tensor};
@@ -1069,9 +1069,9 @@ pub fn run_once(be: &dyn Backend, case: &Case, h: &HostData) -> Result<Vec<Vec<f
     outs.iter().map(|t| be.to_host(t)).collect()
 }
 
-/// Check `case` on `be` (against the naive reference, and against `cpu` when given), then time it.
+/// Check `case` on `dev` (against the naive reference, and against `cpu` when given), then time it.
 pub fn run_case(
-    be: &dyn Backend,
+    dev: &BenchDevice,
     cpu: Option<&dyn Backend>,
     case: &Case,
     cfg: &SuiteConfig,
@@ -1092,6 +1092,7 @@ pub fn run_case(
         frac_peak_bandwidth: None,
         error: None,
     };
+    let be = dev.backend.as_ref();
     let mut rng = Rng::new(cfg.seed.wrapping_mul(1000).wrapping_add(index as u64));
     let h = case.gen(&mut rng);
     let outcome = (|| -> Result<Stats> {
@@ -1141,7 +1142,7 @@ pub fn run_case(
             .as_ref()
             .map(|l| be.indices_from_host(l))
             .transpose()?;
-        time_op(be, cfg.repeats, || {
+        time_op(dev, cfg.repeats, || {
             case.exec(be, &ins, &mut outs, labels.as_ref())
         })
     })();
@@ -1204,7 +1205,7 @@ pub fn git_commit() -> Option<String> {
 /// Run every case of `cfg` on `be`; `cpu` (for GPU backends) is the reference backend to compare
 /// with; `progress` is called after each case.
 pub fn run_suite(
-    be: &dyn Backend,
+    dev: &BenchDevice,
     cpu: Option<&dyn Backend>,
     cfg: &SuiteConfig,
     ceil: Ceilings,
@@ -1212,12 +1213,12 @@ pub fn run_suite(
 ) -> SuiteReport {
     let mut results = Vec::new();
     for (i, case) in cases(cfg).iter().enumerate() {
-        let r = run_case(be, cpu, case, cfg, &ceil, i);
+        let r = run_case(dev, cpu, case, cfg, &ceil, i);
         progress(&r);
         results.push(r);
     }
     SuiteReport {
-        backend: be.name(),
+        backend: dev.backend.name(),
         ceilings: ceil,
         config: cfg.clone(),
         commit: git_commit(),
@@ -1292,11 +1293,12 @@ pub fn write_json<T: serde::Serialize>(path: &std::path::Path, value: &T) -> Res
 /// Run the suite on `be`, print a table line per case, write the JSON report to `json`, and print
 /// the case furthest from its roofline. Returns the report; failed cases are listed in it.
 pub fn run_and_report(
-    be: &dyn Backend,
+    dev: &BenchDevice,
     cpu: Option<&dyn Backend>,
     cfg: &SuiteConfig,
     json: Option<&std::path::Path>,
 ) -> Result<SuiteReport> {
+    let be = dev.backend.as_ref();
     let ceil = super::device::ceilings_for(&be.name(), be.is_gpu());
     println!(
         "# kernels on {} (batch {}, width {})",
@@ -1306,7 +1308,7 @@ pub fn run_and_report(
     );
     println!("# ceilings: {}", ceil.source);
     println!("{}", table_header());
-    let report = run_suite(be, cpu, cfg, ceil, |r| println!("{}", table_line(r)));
+    let report = run_suite(dev, cpu, cfg, ceil, |r| println!("{}", table_line(r)));
     if let Some(w) = report.furthest_from_roofline() {
         println!(
             "# furthest from its roofline: {} at {:.1}% ({:.2} GFLOP/s, {:.2} GB/s)",

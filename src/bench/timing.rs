@@ -1,12 +1,80 @@
 //! Timing: warm-up runs, then the median over timed repeats.
 //!
-//! Each repeat is timed on the host between two `Backend::synchronize()` calls, so on a GPU it covers
-//! the queued kernels and the launch overhead (a synchronise costs a few microseconds; kernels in the
-//! PreActResNet18 suite take tens of microseconds and more). On the CPU `synchronize` is a no-op.
+//! On the CUDA backend each repeat is timed with two CUDA events (CU_EVENT_DEFAULT) recorded on the
+//! runner's stream around the queued work: stream time, without host launch gaps before the first
+//! kernel. Elsewhere each repeat is timed on the host between two `Backend::synchronize()` calls
+//! (a no-op on the CPU).
+use std::sync::Arc;
 use std::time::Instant;
 
+use crate::backend::gpu::cuda::CudaBackend;
+use crate::backend::select::DeviceSpec;
 use crate::backend::Backend;
 use crate::error::Result;
+
+/// Times the work a closure queues on a device stream.
+pub trait EventTimer: Send + Sync {
+    /// Seconds of stream time taken by the work `f` queues.
+    fn time_s(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<f64>;
+}
+
+impl EventTimer for CudaBackend {
+    fn time_s(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+        Ok(self.runner().time_ms(f)? as f64 / 1e3)
+    }
+}
+
+/// A backend plus, on CUDA, its event timer.
+#[derive(Clone)]
+pub struct BenchDevice {
+    pub backend: Arc<dyn Backend>,
+    pub events: Option<Arc<dyn EventTimer>>,
+}
+
+impl BenchDevice {
+    pub fn cpu() -> Self {
+        BenchDevice {
+            backend: Arc::new(crate::backend::cpu::CpuBackend::new()),
+            events: None,
+        }
+    }
+    /// Like `backend::select::select`, keeping the CUDA backend's event timer.
+    pub fn open(spec: DeviceSpec) -> Result<Self> {
+        match spec {
+            DeviceSpec::Cpu => Ok(Self::cpu()),
+            DeviceSpec::Cuda(i) => {
+                let cb = Arc::new(CudaBackend::cuda(i)?);
+                Ok(BenchDevice {
+                    backend: cb.clone(),
+                    events: Some(cb),
+                })
+            }
+            DeviceSpec::Auto => Self::open(DeviceSpec::Cuda(0)).or_else(|e| {
+                eprintln!("fmp-engine: no usable GPU ({e}); falling back to the CPU backend");
+                Ok(Self::cpu())
+            }),
+        }
+    }
+    /// Time one run of `f` (events on CUDA, else host clock around synchronize).
+    pub fn time_once(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+        match &self.events {
+            Some(ev) => ev.time_s(f),
+            None => {
+                let t = Instant::now();
+                f()?;
+                self.backend.synchronize()?;
+                Ok(t.elapsed().as_secs_f64())
+            }
+        }
+    }
+    pub fn clock(&self) -> &'static str {
+        match (&self.events, self.backend.is_gpu()) {
+            (Some(_), _) => "cuda events",
+            (None, true) => "host+synchronize",
+            (None, false) => "host",
+        }
+    }
+}
 
 /// How many runs to make.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
@@ -62,7 +130,7 @@ impl Stats {
 
 /// Run `f` `r.warmup` times (fewer once `r.max_seconds` is spent), then time up to `r.repeats` runs
 /// (fewer once `r.max_seconds` is spent; at least one).
-pub fn time_op(be: &dyn Backend, r: Repeats, mut f: impl FnMut() -> Result<()>) -> Result<Stats> {
+pub fn time_op(dev: &BenchDevice, r: Repeats, mut f: impl FnMut() -> Result<()>) -> Result<Stats> {
     let warm = Instant::now();
     for _ in 0..r.warmup {
         f()?;
@@ -70,24 +138,14 @@ pub fn time_op(be: &dyn Backend, r: Repeats, mut f: impl FnMut() -> Result<()>) 
             break;
         }
     }
-    be.synchronize()?;
+    dev.backend.synchronize()?;
     let mut samples = Vec::with_capacity(r.repeats);
     let start_all = Instant::now();
     for _ in 0..r.repeats {
-        let t = Instant::now();
-        f()?;
-        be.synchronize()?;
-        samples.push(t.elapsed().as_secs_f64());
+        samples.push(dev.time_once(&mut f)?);
         if start_all.elapsed().as_secs_f64() > r.max_seconds {
             break;
         }
     }
-    Ok(Stats::from_samples(
-        samples,
-        if be.is_gpu() {
-            "host+synchronize"
-        } else {
-            "host"
-        },
-    ))
+    Ok(Stats::from_samples(samples, dev.clock()))
 }

@@ -3,8 +3,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use fmp_engine::backend::cpu::CpuBackend;
+use fmp_engine::backend::select::DeviceSpec;
 use fmp_engine::backend::Backend;
 use fmp_engine::bench::kernels::{run_and_report, SuiteConfig};
+use fmp_engine::bench::timing::BenchDevice;
 use fmp_engine::{Error, Result};
 
 use super::common::DeviceArgs;
@@ -65,11 +67,12 @@ fn kernels(a: KernelArgs) -> Result<()> {
     }
     cfg.width = a.width.max(1);
     cfg.filter = a.filter;
-    let be = a.device.backend()?;
-    let cpu: Option<Arc<dyn Backend>> = be
+    let dev = BenchDevice::open(a.device.device.parse::<DeviceSpec>()?)?;
+    let cpu: Option<Arc<dyn Backend>> = dev
+        .backend
         .is_gpu()
         .then(|| Arc::new(CpuBackend::new()) as Arc<dyn Backend>);
-    let report = run_and_report(be.as_ref(), cpu.as_deref(), &cfg, a.json.as_deref())?;
+    let report = run_and_report(&dev, cpu.as_deref(), &cfg, a.json.as_deref())?;
     let failed = report.failures().len();
     if failed > 0 {
         return Err(Error::Msg(format!(
