@@ -31,6 +31,14 @@ fn upload(be: &Arc<dyn Backend>, io: &StateDict, key: &str) -> Tensor {
     be.from_host(&t.data, &t.shape).unwrap()
 }
 
+/// Convs with a stored PyTorch input gradient (`igrad.<name>`).
+fn igrad_targets(io: &StateDict) -> Vec<String> {
+    io.keys()
+        .filter_map(|k| k.strip_prefix("igrad."))
+        .map(str::to_string)
+        .collect()
+}
+
 /// max |got - want| / max |want|: the error relative to the tensor's scale.
 fn rel_err(got: &[f32], want: &[f32]) -> f64 {
     assert_eq!(got.len(), want.len());
@@ -86,7 +94,13 @@ fn parity_eval_logits_and_every_conv() {
 fn parity_input_grad_dense_cotangent() {
     let (be, model, io) = setup();
     let x = upload(&be, &io, "x");
-    for name in ["layer3.0.conv2", "layer2.0.shortcut.0"] {
+    let targets = igrad_targets(&io);
+    assert_eq!(
+        targets.len(),
+        5,
+        "stem, conv1, shortcut, conv2 and the deepest conv"
+    );
+    for name in targets.iter().map(String::as_str) {
         let k = model.conv_index(name).unwrap();
         let tr = model.forward_trace(&x, k).unwrap();
         let cot = upload(&be, &io, &format!("cot.{name}"));
@@ -101,6 +115,27 @@ fn parity_input_grad_dense_cotangent() {
     }
 }
 
+/// Input gradient at every conv (every role and depth) with the conv's own output as cotangent.
+#[test]
+fn parity_input_grad_every_conv() {
+    let (be, model, io) = setup();
+    let x = io.get("x").unwrap();
+    let x1 = be
+        .from_host(&x.data[..3 * 32 * 32], &[1, 3, 32, 32])
+        .unwrap();
+    for (k, c) in model.convs().iter().enumerate() {
+        let tr = model.forward_trace(&x1, k).unwrap();
+        let g = model.input_grad(&tr, Cotangent::Full(tr.tap())).unwrap();
+        let want = io.get(&format!("igrad_self.{}", c.name)).unwrap();
+        check(
+            &format!("igrad_self.{}", c.name),
+            &be.to_host(&g).unwrap(),
+            &want.data,
+            2e-5,
+        );
+    }
+}
+
 /// One-hot cotangents stacked (channel, sample) channel-major over a trace of batch B: each item
 /// equals the dense backward of its one-hot expansion, and summed over all channels they give
 /// PyTorch's gradient of the full cotangent (linearity).
@@ -108,7 +143,13 @@ fn parity_input_grad_dense_cotangent() {
 fn parity_input_grad_onehot_stacked() {
     let (be, model, io) = setup();
     let x = upload(&be, &io, "x");
-    for name in ["layer3.0.conv2", "layer2.0.shortcut.0"] {
+    let targets = igrad_targets(&io);
+    assert_eq!(
+        targets.len(),
+        5,
+        "stem, conv1, shortcut, conv2 and the deepest conv"
+    );
+    for name in targets.iter().map(String::as_str) {
         let k = model.conv_index(name).unwrap();
         let tr = model.forward_trace(&x, k).unwrap();
         let cot = io.get(&format!("cot.{name}")).unwrap();

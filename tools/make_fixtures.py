@@ -7,7 +7,8 @@
   with random non-trivial weights and BN statistics (gamma != 1, beta != 0, running mean != 0, var != 1).
 - preact8_io.safetensors: for that model, eval mode: inputs `x` [2,3,32,32] (pixel space), `logits`,
   `conv.<name>` (raw output of every conv), input gradients `igrad.<name>` of random cotangents
-  `cot.<name>` at layer3.0.conv2 and layer2.0.shortcut.0; train mode on `train_x` [6,3,32,32] with
+  `cot.<name>` at the IGRAD_TARGETS convs, and `igrad_self.<name>` (first image, cotangent = the
+  conv's own output) for every conv; train mode on `train_x` [6,3,32,32] with
   `train_labels` (f32-coded ints): `train_logits`, `train_loss` (mean CE), `grad.<param>` for every
   parameter and `after.<bn>.running_{mean,var}` (running statistics after that one step).
 - trained8.safetensors (stored as f16: also exercises the f16 path) + trained8_eval.json: a width-8
@@ -26,6 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+# Convs whose input gradient is stored: every role (stem, conv1, conv2, shortcut), shallow to deepest.
+IGRAD_TARGETS = ["conv1", "layer1.1.conv1", "layer2.0.shortcut.0", "layer3.0.conv2", "layer4.1.conv2"]
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.247, 0.243, 0.261)
 
@@ -136,8 +139,8 @@ def make_parity(outdir):
         io["logits"] = model(x, taps)
         for n, t in zip(names, taps):
             io[f"conv.{n}"] = t
-    # Input gradients (eval mode) from random cotangents at two convs.
-    for target in ["layer3.0.conv2", "layer2.0.shortcut.0"]:
+    # Input gradients (eval mode) from random cotangents at several convs.
+    for target in IGRAD_TARGETS:
         xg = x.clone().requires_grad_(True)
         taps = []
         model(xg, taps)
@@ -146,6 +149,13 @@ def make_parity(outdir):
         (g,) = torch.autograd.grad(t, xg, cot)
         io[f"cot.{target}"] = cot
         io[f"igrad.{target}"] = g
+    # Every conv, first image only: cotangent = the conv's own output (gradient of 0.5 * |A_k(x)|^2).
+    x1 = x[:1].clone().requires_grad_(True)
+    taps = []
+    model(x1, taps)
+    for n, t in zip(names, taps):
+        (g,) = torch.autograd.grad(t, x1, t.detach(), retain_graph=True)
+        io[f"igrad_self.{n}"] = g
     # One training step's gradients: batch statistics, mean cross-entropy.
     tx = torch.rand(6, 3, 32, 32, generator=gen)
     ty = torch.tensor([3, 0, 9, 3, 5, 1])
