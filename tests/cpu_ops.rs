@@ -356,6 +356,58 @@ fn conv_weight_grad_is_deterministic_across_thread_counts() {
 }
 
 #[test]
+fn conv_passes_are_deterministic_across_thread_counts() {
+    let b = be();
+    for g in [
+        G {
+            n: 4,
+            ci: 13,
+            hi: 9,
+            wi: 11,
+            co: 20,
+            k: 3,
+            s: 1,
+            p: 1,
+        },
+        G {
+            n: 4,
+            ci: 13,
+            hi: 9,
+            wi: 11,
+            co: 20,
+            k: 3,
+            s: 2,
+            p: 1,
+        },
+    ] {
+        let mut r = Rng::new(8);
+        let x = t(&b, &r.vec(g.xs().iter().product(), -1.0, 1.0), &g.xs());
+        let w = t(&b, &r.vec(g.ws().iter().product(), -1.0, 1.0), &g.ws());
+        let dy = t(&b, &r.vec(g.ys().iter().product(), -1.0, 1.0), &g.ys());
+        let seed = t(
+            &b,
+            &r.vec(g.n * g.ho() * g.wo(), -1.0, 1.0),
+            &[g.n, 1, g.ho(), g.wo()],
+        );
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let (mut y, mut dx, mut dx1) = (z(&b, &g.ys()), z(&b, &g.xs()), z(&b, &g.xs()));
+                b.conv2d_forward(&g.params(), &x, &w, &mut y).unwrap();
+                b.conv2d_input_grad(&g.params(), &dy, &w, &mut dx).unwrap();
+                b.conv2d_input_grad_onehot(&g.params(), &seed, &w, 3, 2, &mut dx1)
+                    .unwrap();
+                (h(&b, &y), h(&b, &dx), h(&b, &dx1))
+            })
+        };
+        assert_eq!(run(1), run(3));
+    }
+}
+
+#[test]
 fn conv_onehot_equals_full_bitwise() {
     let b = be();
     let cases = [

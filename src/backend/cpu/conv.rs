@@ -156,18 +156,7 @@ impl Pack for Im2col<'_> {
                     let row =
                         &plane[base[0] + ih as usize * g.wi..base[0] + (ih as usize + 1) * g.wi];
                     let st = iw0[0] + kw;
-                    if st >= 0 && st + NR as isize <= wi {
-                        dst.copy_from_slice(&row[st as usize..st as usize + NR]);
-                    } else {
-                        for (jj, d) in dst.iter_mut().enumerate() {
-                            let iw = st + jj as isize;
-                            *d = if iw >= 0 && iw < wi {
-                                row[iw as usize]
-                            } else {
-                                0.0
-                            };
-                        }
-                    }
+                    copy_window(dst, row, st);
                 } else {
                     for jj in 0..NR {
                         let (ih, iw) = (ih0[jj] + kh, iw0[jj] + kw);
@@ -229,18 +218,7 @@ impl Pack for IgradB<'_> {
                     let row =
                         &plane[base[0] + oh as usize * g.wo..base[0] + (oh as usize + 1) * g.wo];
                     let st = b[0] - kw;
-                    if st >= 0 && st + NR as isize <= wo {
-                        dst.copy_from_slice(&row[st as usize..st as usize + NR]);
-                    } else {
-                        for (jj, d) in dst.iter_mut().enumerate() {
-                            let ow = st + jj as isize;
-                            *d = if ow >= 0 && ow < wo {
-                                row[ow as usize]
-                            } else {
-                                0.0
-                            };
-                        }
-                    }
+                    copy_window(dst, row, st);
                 } else if g.s == 1 {
                     for jj in 0..NR {
                         let (th, tw) = (a[jj] - kh, b[jj] - kw);
@@ -426,6 +404,19 @@ impl Pack for DyA<'_> {
             }
         }
     }
+}
+
+/// dst[jj] = row[st + jj] where that index is inside `row`, else 0 (one row of a padded window).
+#[inline]
+fn copy_window(dst: &mut [f32], row: &[f32], st: isize) {
+    let len = row.len() as isize;
+    let lo = (-st).clamp(0, dst.len() as isize) as usize;
+    let hi = (len - st).clamp(lo as isize, dst.len() as isize) as usize;
+    dst[..lo].fill(0.0);
+    if hi > lo {
+        dst[lo..hi].copy_from_slice(&row[(st + lo as isize) as usize..(st + hi as isize) as usize]);
+    }
+    dst[hi..].fill(0.0);
 }
 
 /// Floats of column buffer per chunk of items on the strided input-gradient path.

@@ -112,19 +112,22 @@ unsafe fn micro_avx512(kb: usize, a: &[f32], b: &[f32]) -> Tile {
     c
 }
 
+/// The micro-kernel for this CPU, chosen once. `FMP_CPU_KERNEL=portable|avx2` forces a lesser
+/// one (to test every path on one machine).
 fn kernel() -> (MicroFn, &'static str) {
     static K: OnceLock<(MicroFn, &'static str)> = OnceLock::new();
     *K.get_or_init(|| {
+        let force = std::env::var("FMP_CPU_KERNEL").unwrap_or_default();
+        if force == "portable" {
+            return (micro_plain as MicroFn, "sgemm portable 12x16");
+        }
         #[cfg(target_arch = "x86_64")]
         {
-            let force_avx2 = std::env::var("FMP_CPU_KERNEL").is_ok_and(|v| v == "avx2");
-            if !force_avx2
-                && std::is_x86_feature_detected!("avx512f")
-                && std::is_x86_feature_detected!("fma")
-            {
+            let fma = std::is_x86_feature_detected!("fma");
+            if force != "avx2" && fma && std::is_x86_feature_detected!("avx512f") {
                 return (micro_avx512 as MicroFn, "sgemm avx512 12x16");
             }
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            if fma && std::is_x86_feature_detected!("avx2") {
                 return (micro_avx2 as MicroFn, "sgemm avx2+fma 2x6x16");
             }
         }
