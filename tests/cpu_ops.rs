@@ -1169,6 +1169,36 @@ fn channel_mse_and_frg_seed_layout_and_gradient() {
 }
 
 #[test]
+fn empty_batch_convs_do_not_panic() {
+    let b = be();
+    for (k, s) in [(3, 1), (3, 2)] {
+        let g = G {
+            n: 0,
+            ci: 3,
+            hi: 5,
+            wi: 5,
+            co: 4,
+            k,
+            s,
+            p: 1,
+        };
+        let (x, w, dy) = (z(&b, &g.xs()), z(&b, &g.ws()), z(&b, &g.ys()));
+        let (mut y, mut dx, mut dw) = (z(&b, &g.ys()), z(&b, &g.xs()), z(&b, &g.ws()));
+        b.fill(&mut dw, 1.0).unwrap();
+        b.conv2d_forward(&g.params(), &x, &w, &mut y).unwrap();
+        b.conv2d_input_grad(&g.params(), &dy, &w, &mut dx).unwrap();
+        b.conv2d_weight_grad(&g.params(), &x, &dy, &mut dw).unwrap();
+        assert!(
+            h(&b, &dw).iter().all(|&v| v == 0.0),
+            "empty batch gives a zero weight gradient"
+        );
+        let seed = z(&b, &[0, 1, g.ho(), g.wo()]);
+        b.conv2d_input_grad_onehot(&g.params(), &seed, &w, 0, 1, &mut dx)
+            .unwrap();
+    }
+}
+
+#[test]
 fn malformed_tensor_buffer_is_an_error_not_a_panic() {
     let b = be();
     let mut x = z(&b, &[2, 3]);
@@ -1241,4 +1271,52 @@ fn conv_gflops() {
             "conv {c}->{co} {k}x{k}/s{s} @{hw}x{hw} batch {n}: fwd {f} | igrad {i} | wgrad {wg}"
         );
     }
+}
+
+/// Ad-hoc timings of the non-conv ops at the largest PreActResNet18 activation (batch 32):
+/// `cargo test --release --test cpu_ops -- --ignored --nocapture other_op_timings`.
+#[test]
+#[ignore]
+fn other_op_timings() {
+    let b = be();
+    let s = [32usize, 64, 32, 32];
+    let c = s[1];
+    let mut r = Rng::new(9);
+    let x = t(&b, &r.vec(s.iter().product(), -1.0, 1.0), &s);
+    let dy = t(&b, &r.vec(s.iter().product(), -1.0, 1.0), &s);
+    let (gm, bt) = (
+        t(&b, &r.vec(c, 0.5, 1.5), &[c]),
+        t(&b, &r.vec(c, -0.5, 0.5), &[c]),
+    );
+    let (mut rm, mut rv, mut sm, mut si) = (z(&b, &[c]), z(&b, &[c]), z(&b, &[c]), z(&b, &[c]));
+    let (mut y, mut dx, mut dg, mut db) = (z(&b, &s), z(&b, &s), z(&b, &[c]), z(&b, &[c]));
+    let time = |name: &str, f: &mut dyn FnMut()| {
+        f();
+        let t0 = std::time::Instant::now();
+        for _ in 0..10 {
+            f();
+        }
+        println!("{name}: {:.2} ms", t0.elapsed().as_secs_f64() * 100.0);
+    };
+    time("bn_train_forward", &mut || {
+        b.batchnorm_train_forward(
+            &x, &gm, &bt, 1e-5, 0.1, &mut rm, &mut rv, &mut sm, &mut si, &mut y,
+        )
+        .unwrap()
+    });
+    time("bn_train_backward", &mut || {
+        b.batchnorm_train_backward(&x, &dy, &gm, &sm, &si, &mut dx, &mut dg, &mut db)
+            .unwrap()
+    });
+    time("channel_affine+relu", &mut || {
+        b.channel_affine(&x, &gm, &bt, true, &mut y).unwrap()
+    });
+    time("channel_affine_backward", &mut || {
+        b.channel_affine_backward(Some(&y), &dy, &gm, &mut dx)
+            .unwrap()
+    });
+    time("relu_backward", &mut || {
+        b.relu_backward(&y, &dy, &mut dx).unwrap()
+    });
+    time("add", &mut || b.add(&x, &dy, &mut y).unwrap());
 }

@@ -95,7 +95,8 @@ pub fn channel_affine_backward(
                     let a = sc[ch];
                     let r = ch * hw..(ch + 1) * hw;
                     for ((o, &g), &s) in o[r.clone()].iter_mut().zip(&g[r.clone()]).zip(&s[r]) {
-                        *o = if s > 0.0 { g * a } else { 0.0 };
+                        let v = g * a; // computed unconditionally so the loop vectorises as a select
+                        *o = if s > 0.0 { v } else { 0.0 };
                     }
                 }
             });
