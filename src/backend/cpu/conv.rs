@@ -702,6 +702,8 @@ pub fn input_grad_onehot(
     let out = OutPtr(o.as_mut_ptr());
     // One GEMM per filter: items [gi * group, ..) use filter first_channel + gi.
     (0..g.n.div_ceil(group)).into_par_iter().for_each(|gi| {
+        // Capture the whole OutPtr (Sync), not its raw-pointer field (edition-2021 closures).
+        #[allow(clippy::redundant_locals)]
         let out = out;
         let ch = first_channel + gi;
         let items = group.min(g.n - gi * group);
