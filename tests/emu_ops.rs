@@ -4,6 +4,7 @@
 #![cfg(feature = "emu")]
 
 use fmp_engine::backend::gpu::emu::EmuBackend;
+use fmp_engine::backend::gpu::kernels::{CONV_TILE_M, CONV_TILE_M_LARGE};
 use fmp_engine::backend::{Backend, ConvParams};
 use fmp_engine::error::Error;
 use fmp_engine::tensor::Tensor;
@@ -821,4 +822,58 @@ fn emu_shape_errors_and_wrong_inputs() {
         ),
         Err(Error::Shape { .. })
     ));
+}
+
+/// Both row tiles of the conv kernels (64 and 128 rows) on every case, plus a case with more than
+/// one 128-row tile each way; an unknown tile is an error.
+#[test]
+fn emu_conv_tile_variants() {
+    let b = emu();
+    let mut r = Rng::new(12);
+    let mut cases = conv_cases();
+    cases.push(ConvParams::new(1, 130, 5, 6, 131, 3, 1, 1));
+    for p in cases {
+        let x = r.vec(p.input_shape().iter().product());
+        let w = r.vec(p.weight_shape().iter().product());
+        let dy = r.vec(p.output_shape().iter().product());
+        let yr = ref_conv(&p, &x, &w);
+        let (dxr, dwr) = ref_conv_grads(&p, &x, &w, &dy);
+        let (xt, wt, dyt) = (
+            t(&b, &x, &p.input_shape()),
+            t(&b, &w, &p.weight_shape()),
+            t(&b, &dy, &p.output_shape()),
+        );
+        for tile in [CONV_TILE_M, CONV_TILE_M_LARGE] {
+            let mut y = t(&b, &vec![f32::NAN; yr.len()], &p.output_shape());
+            b.conv2d_forward_tiled(&p, &xt, &wt, &mut y, tile).unwrap();
+            assert_close(
+                &format!("conv2d_forward {p:?} tile {tile}"),
+                &host(&b, &y),
+                &yr,
+                1e-5,
+            );
+            let mut dx = t(&b, &vec![f32::NAN; x.len()], &p.input_shape());
+            b.conv2d_input_grad_tiled(&p, &dyt, &wt, &mut dx, tile)
+                .unwrap();
+            assert_close(
+                &format!("conv2d_input_grad {p:?} tile {tile}"),
+                &host(&b, &dx),
+                &dxr,
+                1e-5,
+            );
+            for splits in [1usize, 2] {
+                let mut dw = t(&b, &vec![f32::NAN; w.len()], &p.weight_shape());
+                b.conv2d_weight_grad_tiled(&p, &xt, &dyt, &mut dw, tile, splits)
+                    .unwrap();
+                assert_close(
+                    &format!("conv2d_weight_grad {p:?} tile {tile} splits {splits}"),
+                    &host(&b, &dw),
+                    &dwr,
+                    1e-5,
+                );
+            }
+        }
+        let mut y = b.zeros(&p.output_shape()).unwrap();
+        assert!(b.conv2d_forward_tiled(&p, &xt, &wt, &mut y, 96).is_err());
+    }
 }

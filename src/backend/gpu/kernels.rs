@@ -38,9 +38,12 @@ macro_rules! kernel_ids {
 
 kernel_ids! {
     CONV2D_FORWARD = "conv_fwd": "conv2d_forward";
+    CONV2D_FORWARD_M128 = "conv_fwd": "conv2d_forward_m128";
     CONV2D_INPUT_GRAD = "conv_dgrad": "conv2d_input_grad";
+    CONV2D_INPUT_GRAD_M128 = "conv_dgrad": "conv2d_input_grad_m128";
     CONV2D_INPUT_GRAD_ONEHOT = "conv_dgrad": "conv2d_input_grad_onehot";
     CONV2D_WEIGHT_GRAD = "conv_wgrad": "conv2d_weight_grad";
+    CONV2D_WEIGHT_GRAD_M128 = "conv_wgrad": "conv2d_weight_grad_m128";
     CONV2D_WEIGHT_GRAD_REDUCE = "conv_wgrad": "conv2d_weight_grad_reduce";
     CHANNEL_AFFINE = "affine": "channel_affine";
     CHANNEL_AFFINE_BACKWARD = "affine": "channel_affine_backward";
@@ -74,8 +77,10 @@ pub fn kernel_source(file: &str) -> Option<&'static str> {
 }
 
 // ---- conv tiling constants (must match the #defines in the .cu files) ----------------------------
-/// Output tile of the implicit-GEMM conv kernels (rows = filters/channels, cols = pixels).
+/// Output tile of the implicit-GEMM conv kernels (rows = filters/channels, cols = pixels); the
+/// `_m128` variants use CONV_TILE_M_LARGE rows.
 pub const CONV_TILE_M: u32 = 64;
+pub const CONV_TILE_M_LARGE: u32 = 128;
 pub const CONV_TILE_N: u32 = 64;
 /// K slab of the conv kernels.
 pub const CONV_TILE_K: u32 = 16;

@@ -143,6 +143,45 @@ fn check_conv(op: &'static str, p: &ConvParams) -> Result<()> {
     Ok(())
 }
 
+/// Row tile of a conv GEMM with `rows` output rows and `cols` output columns: 128 rows when there
+/// are enough rows and the larger tiles still give about two waves of blocks on a big GPU.
+fn pick_tile_m(rows: usize, cols: usize) -> u32 {
+    let large = k::CONV_TILE_M_LARGE as usize;
+    if rows >= large
+        && div_up(rows, large) * div_up(cols, k::CONV_TILE_N as usize) >= WGRAD_TARGET_BLOCKS
+    {
+        k::CONV_TILE_M_LARGE
+    } else {
+        k::CONV_TILE_M
+    }
+}
+
+/// The weight gradient splits K for parallelism, so it takes the large tile whenever c_out allows.
+fn wgrad_tile_m(p: &ConvParams) -> u32 {
+    if p.c_out >= k::CONV_TILE_M_LARGE as i32 {
+        k::CONV_TILE_M_LARGE
+    } else {
+        k::CONV_TILE_M
+    }
+}
+
+fn tiled_kernel(
+    op: &'static str,
+    tile_m: u32,
+    small: KernelId,
+    large: KernelId,
+) -> Result<KernelId> {
+    match tile_m {
+        k::CONV_TILE_M => Ok(small),
+        k::CONV_TILE_M_LARGE => Ok(large),
+        t => Err(crate::error::Error::InvalidArgument(format!(
+            "{op}: row tile {t} (expected {} or {})",
+            k::CONV_TILE_M,
+            k::CONV_TILE_M_LARGE
+        ))),
+    }
+}
+
 fn check_shape(op: &'static str, t: &Tensor, name: &str, want: &[usize]) -> Result<()> {
     ensure_shape!(
         t.shape() == want,
@@ -177,8 +216,84 @@ impl<R: Runner> GpuBackend<R> {
         by_blocks.min(by_chunk).clamp(1, WGRAD_MAX_SPLITS)
     }
 
-    /// Launch the weight-gradient kernel with an explicit split count (tests use this to cover
-    /// both the direct and the split-K path).
+    /// conv2d_forward with an explicit row tile (CONV_TILE_M or CONV_TILE_M_LARGE).
+    pub fn conv2d_forward_tiled(
+        &self,
+        p: &ConvParams,
+        x: &Tensor,
+        w: &Tensor,
+        y: &mut Tensor,
+        tile_m: u32,
+    ) -> Result<()> {
+        const OP: &str = "conv2d_forward";
+        check_conv(OP, p)?;
+        check_shape(OP, x, "x", &p.input_shape())?;
+        check_shape(OP, w, "w", &p.weight_shape())?;
+        check_shape(OP, y, "y", &p.output_shape())?;
+        let kernel = tiled_kernel(OP, tile_m, k::CONV2D_FORWARD, k::CONV2D_FORWARD_M128)?;
+        let ncols = (p.n * p.h_out * p.w_out) as usize;
+        let grid = [
+            div_up(ncols, k::CONV_TILE_N as usize) as u32,
+            div_up(p.c_out as usize, tile_m as usize) as u32,
+            1,
+        ];
+        let args = k::ConvFwdArgs {
+            x: self.ptr(x)?,
+            w: self.ptr(w)?,
+            y: self.ptr(y)?,
+            p: *p,
+        };
+        self.go(
+            kernel,
+            Launch {
+                grid,
+                block: [BLOCK, 1, 1],
+                shared_bytes: 0,
+            },
+            &args,
+        )
+    }
+
+    /// conv2d_input_grad with an explicit row tile (CONV_TILE_M or CONV_TILE_M_LARGE).
+    pub fn conv2d_input_grad_tiled(
+        &self,
+        p: &ConvParams,
+        dy: &Tensor,
+        w: &Tensor,
+        dx: &mut Tensor,
+        tile_m: u32,
+    ) -> Result<()> {
+        const OP: &str = "conv2d_input_grad";
+        check_conv(OP, p)?;
+        check_shape(OP, dy, "dy", &p.output_shape())?;
+        check_shape(OP, w, "w", &p.weight_shape())?;
+        check_shape(OP, dx, "dx", &p.input_shape())?;
+        let kernel = tiled_kernel(OP, tile_m, k::CONV2D_INPUT_GRAD, k::CONV2D_INPUT_GRAD_M128)?;
+        let ncols = (p.n * p.h_in * p.w_in) as usize;
+        let grid = [
+            div_up(ncols, k::CONV_TILE_N as usize) as u32,
+            div_up(p.c_in as usize, tile_m as usize) as u32,
+            1,
+        ];
+        let args = k::ConvDgradArgs {
+            dy: self.ptr(dy)?,
+            w: self.ptr(w)?,
+            dx: self.ptr(dx)?,
+            p: *p,
+        };
+        self.go(
+            kernel,
+            Launch {
+                grid,
+                block: [BLOCK, 1, 1],
+                shared_bytes: 0,
+            },
+            &args,
+        )
+    }
+
+    /// The weight-gradient kernel with an explicit split count (tests use this to cover both the
+    /// direct and the split-K path) and the automatic row tile.
     pub fn conv2d_weight_grad_split(
         &self,
         p: &ConvParams,
@@ -187,7 +302,26 @@ impl<R: Runner> GpuBackend<R> {
         dw: &mut Tensor,
         splits: usize,
     ) -> Result<()> {
+        self.conv2d_weight_grad_tiled(p, x, dy, dw, wgrad_tile_m(p), splits)
+    }
+
+    /// The weight-gradient kernel with an explicit row tile and split count.
+    pub fn conv2d_weight_grad_tiled(
+        &self,
+        p: &ConvParams,
+        x: &Tensor,
+        dy: &Tensor,
+        dw: &mut Tensor,
+        tile_m: u32,
+        splits: usize,
+    ) -> Result<()> {
         const OP: &str = "conv2d_weight_grad";
+        let kernel = tiled_kernel(
+            OP,
+            tile_m,
+            k::CONV2D_WEIGHT_GRAD,
+            k::CONV2D_WEIGHT_GRAD_M128,
+        )?;
         check_conv(OP, p)?;
         check_shape(OP, x, "x", &p.input_shape())?;
         check_shape(OP, dy, "dy", &p.output_shape())?;
@@ -201,7 +335,7 @@ impl<R: Runner> GpuBackend<R> {
         let splits = div_up(kdim, k_chunk);
         let grid = [
             div_up(ncols, k::CONV_TILE_N as usize) as u32,
-            div_up(p.c_out as usize, k::CONV_TILE_M as usize) as u32,
+            div_up(p.c_out as usize, tile_m as usize) as u32,
             splits as u32,
         ];
         let cfg = Launch {
@@ -218,7 +352,7 @@ impl<R: Runner> GpuBackend<R> {
                 k_chunk: k_chunk as i32,
                 splits: 1,
             };
-            return self.go(k::CONV2D_WEIGHT_GRAD, cfg, &args);
+            return self.go(kernel, cfg, &args);
         }
         i32_of(OP, "split workspace size", splits * count)?;
         let ws = self.runner.zeros(&[splits, count])?;
@@ -230,7 +364,7 @@ impl<R: Runner> GpuBackend<R> {
             k_chunk: k_chunk as i32,
             splits: splits as i32,
         };
-        self.go(k::CONV2D_WEIGHT_GRAD, cfg, &args)?;
+        self.go(kernel, cfg, &args)?;
         let r = k::WgradReduceArgs {
             ws: self.ptr(&ws)?,
             dw: self.ptr(dw)?,
@@ -315,32 +449,11 @@ impl<R: Runner> Backend for GpuBackend<R> {
     }
 
     fn conv2d_forward(&self, p: &ConvParams, x: &Tensor, w: &Tensor, y: &mut Tensor) -> Result<()> {
-        const OP: &str = "conv2d_forward";
-        check_conv(OP, p)?;
-        check_shape(OP, x, "x", &p.input_shape())?;
-        check_shape(OP, w, "w", &p.weight_shape())?;
-        check_shape(OP, y, "y", &p.output_shape())?;
-        let ncols = (p.n * p.h_out * p.w_out) as usize;
-        let grid = [
-            div_up(ncols, k::CONV_TILE_N as usize) as u32,
-            div_up(p.c_out as usize, k::CONV_TILE_M as usize) as u32,
-            1,
-        ];
-        let args = k::ConvFwdArgs {
-            x: self.ptr(x)?,
-            w: self.ptr(w)?,
-            y: self.ptr(y)?,
-            p: *p,
-        };
-        self.go(
-            k::CONV2D_FORWARD,
-            Launch {
-                grid,
-                block: [BLOCK, 1, 1],
-                shared_bytes: 0,
-            },
-            &args,
-        )
+        let tile = pick_tile_m(
+            p.c_out.max(0) as usize,
+            (p.n * p.h_out * p.w_out).max(0) as usize,
+        );
+        self.conv2d_forward_tiled(p, x, w, y, tile)
     }
 
     fn conv2d_input_grad(
@@ -350,32 +463,11 @@ impl<R: Runner> Backend for GpuBackend<R> {
         w: &Tensor,
         dx: &mut Tensor,
     ) -> Result<()> {
-        const OP: &str = "conv2d_input_grad";
-        check_conv(OP, p)?;
-        check_shape(OP, dy, "dy", &p.output_shape())?;
-        check_shape(OP, w, "w", &p.weight_shape())?;
-        check_shape(OP, dx, "dx", &p.input_shape())?;
-        let ncols = (p.n * p.h_in * p.w_in) as usize;
-        let grid = [
-            div_up(ncols, k::CONV_TILE_N as usize) as u32,
-            div_up(p.c_in as usize, k::CONV_TILE_M as usize) as u32,
-            1,
-        ];
-        let args = k::ConvDgradArgs {
-            dy: self.ptr(dy)?,
-            w: self.ptr(w)?,
-            dx: self.ptr(dx)?,
-            p: *p,
-        };
-        self.go(
-            k::CONV2D_INPUT_GRAD,
-            Launch {
-                grid,
-                block: [BLOCK, 1, 1],
-                shared_bytes: 0,
-            },
-            &args,
-        )
+        let tile = pick_tile_m(
+            p.c_in.max(0) as usize,
+            (p.n * p.h_in * p.w_in).max(0) as usize,
+        );
+        self.conv2d_input_grad_tiled(p, dy, w, dx, tile)
     }
 
     fn conv2d_weight_grad(
@@ -385,13 +477,14 @@ impl<R: Runner> Backend for GpuBackend<R> {
         dy: &Tensor,
         dw: &mut Tensor,
     ) -> Result<()> {
-        let tiles = div_up(p.c_out.max(0) as usize, k::CONV_TILE_M as usize)
+        let tile = wgrad_tile_m(p);
+        let tiles = div_up(p.c_out.max(0) as usize, tile as usize)
             * div_up(
                 (p.c_in.max(0) * p.kernel.max(0) * p.kernel.max(0)) as usize,
                 k::CONV_TILE_N as usize,
             );
         let kdim = (p.n.max(0) as usize) * (p.h_out.max(0) as usize) * (p.w_out.max(0) as usize);
-        self.conv2d_weight_grad_split(p, x, dy, dw, Self::wgrad_splits(tiles, kdim))
+        self.conv2d_weight_grad_tiled(p, x, dy, dw, tile, Self::wgrad_splits(tiles, kdim))
     }
 
     fn conv2d_input_grad_onehot(
