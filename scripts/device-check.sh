@@ -150,8 +150,24 @@ run() {
     step engine_throughput 150 env FMP_THROUGHPUT_BATCHES=128,256 "$DEV/tests/gpu_model" --ignored --exact gpu_model_throughput --nocapture
   fi
   # ---- HOOK(bench): the benchmark helper's suites. Adjust the command line here when they change.
+  # Engine kernels and scan, the PyTorch peers on the same shapes / weights, the ratios appended to
+  # summary.md; the JSON reports travel back as one archive (bench_results.tgz) to save file slots.
   if "$DEV/bin/fmp-engine" bench --help 2>/dev/null | grep -q kernels; then
-    step bench_kernels 150 "$DEV/bin/fmp-engine" bench kernels --device cuda --json "$OUT/bench_kernels.json"
+    local py="${PYTHON:-python3}" bj="$OUT/bench_json" w="${TMPDIR:-/tmp}/fmp-bench-weights.safetensors"
+    mkdir -p "$bj"
+    step bench_kernels 150 "$DEV/bin/fmp-engine" bench kernels --device cuda --json "$bj/kernels-cuda.json"
+    step bench_scan 90 "$DEV/bin/fmp-engine" bench scan --device cuda --channels 64 --save-weights "$w" --json "$bj/scan-cuda.json"
+    step peer_conv 90 "$py" benches/peers/conv_peer.py --device cuda --json "$bj/conv-peer-cuda.json"
+    step peer_frg 90 "$py" benches/peers/frg_reference.py --device cuda --channels 4 --weights "$w" --json "$bj/frg-peer-cuda.json"
+    {
+      echo; echo "## bench: engine vs PyTorch (convs)"
+      "$py" benches/peers/compare.py kernels "$bj/kernels-cuda.json" "$bj/conv-peer-cuda.json" 2>&1
+      echo; echo "## bench: engine vs PyTorch (FRG scan)"
+      "$py" benches/peers/compare.py scan "$bj/scan-cuda.json" "$bj/frg-peer-cuda.json" 2>&1
+      echo; grep -h '^#' "$OUT/bench_kernels.txt" "$OUT/bench_scan.txt" 2>/dev/null
+    } >>"$OUT/summary.md"
+    tar czf "$OUT/bench_results.tgz" -C "$OUT" bench_json bench_kernels.txt bench_scan.txt peer_conv.txt peer_frg.txt 2>/dev/null
+    rm -rf "$bj" "$OUT"/peer_conv.txt "$OUT"/peer_frg.txt
   fi
   # ---- end HOOK(bench)
   step pytorch_throughput 150 "${PYTHON:-python3}" benches/peers/model_throughput.py --batch 128,256 --json "$OUT/pytorch_throughput.json"

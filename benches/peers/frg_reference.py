@@ -59,7 +59,12 @@ def main():
 
     model = PreActResNet18(a.width, a.num_classes)
     if a.weights:
-        load_safetensors(model, a.weights)
+        try:
+            load_safetensors(model, a.weights)
+        except ImportError:
+            print("warning: no safetensors module: random weights instead of --weights", file=sys.stderr)
+            a.weights = None
+            randomise_bn(model, a.seed)
     else:
         randomise_bn(model, a.seed)
     if a.save_weights:

@@ -6,6 +6,7 @@ pub mod count;
 pub mod device;
 pub mod kernels;
 pub mod reference;
+pub mod scan;
 pub mod timing;
 
 pub use count::{Arch, OpCost};

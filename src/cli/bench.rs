@@ -5,7 +5,8 @@ use std::sync::Arc;
 use fmp_engine::backend::cpu::CpuBackend;
 use fmp_engine::backend::select::DeviceSpec;
 use fmp_engine::backend::Backend;
-use fmp_engine::bench::kernels::{run_and_report, SuiteConfig};
+use fmp_engine::bench::kernels::{run_and_report, write_json, SuiteConfig};
+use fmp_engine::bench::scan::{conv_line, run_scan_bench, summary, ScanBenchConfig};
 use fmp_engine::bench::timing::BenchDevice;
 use fmp_engine::{Error, Result};
 
@@ -21,6 +22,41 @@ pub struct Args {
 enum What {
     /// Every backend op at the PreActResNet18 shapes: checked, then timed; GFLOP/s, GB/s, roofline.
     Kernels(KernelArgs),
+    /// Time the batched FRG scan conv by conv; channel-samples/s, counted GFLOP/s, projected full scan.
+    Scan(ScanArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ScanArgs {
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Model stem width.
+    #[arg(long, default_value_t = 64)]
+    width: usize,
+    /// Images scored per channel (B).
+    #[arg(long, default_value_t = 32)]
+    samples: usize,
+    /// Only the first N convs (default all 20).
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Channels timed per conv (default: one chunk); the rest is projected.
+    #[arg(long)]
+    channels: Option<usize>,
+    /// Channels per chunk (default: from the backend's memory budget).
+    #[arg(long)]
+    chunk: Option<usize>,
+    /// Seed of the random model and images.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Weights to load (safetensors) instead of a random model.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Save the model's weights (for benches/peers/frg_reference.py --weights).
+    #[arg(long)]
+    save_weights: Option<PathBuf>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -50,7 +86,36 @@ struct KernelArgs {
 pub fn run(args: Args) -> Result<()> {
     match args.what {
         What::Kernels(a) => kernels(a),
+        What::Scan(a) => scan(a),
     }
+}
+
+fn scan(a: ScanArgs) -> Result<()> {
+    let cfg = ScanBenchConfig {
+        width: a.width.max(1),
+        samples: a.samples.max(1),
+        layers: a.layers,
+        channels: a.channels,
+        chunk: a.chunk,
+        seed: a.seed,
+        weights: a.weights,
+        save_weights: a.save_weights,
+        ..ScanBenchConfig::default()
+    };
+    let dev = BenchDevice::open(a.device.device.parse::<DeviceSpec>()?)?;
+    println!(
+        "# FRG scan on {} (B = {}, width {})",
+        dev.backend.name(),
+        cfg.samples,
+        cfg.width
+    );
+    let rep = run_scan_bench(&dev, &cfg, |r| println!("{}", conv_line(r)))?;
+    println!("{}", summary(&rep));
+    if let Some(p) = &a.json {
+        write_json(p, &rep)?;
+        println!("# wrote {}", p.display());
+    }
+    Ok(())
 }
 
 fn kernels(a: KernelArgs) -> Result<()> {
