@@ -142,12 +142,33 @@ impl Pack for Im2col<'_> {
                 && (1..NR).all(|jj| {
                     base[jj] == base[0] && ih0[jj] == ih0[0] && iw0[jj] == iw0[0] + jj as isize
                 });
+            // Whole output rows of one item (small images: wo divides NR).
+            let rows_mode = !contiguous
+                && nv == NR
+                && g.s == 1
+                && NR % g.wo == 0
+                && iw0[0] == -(g.p as isize)
+                && (1..NR).all(|jj| {
+                    base[jj] == base[0]
+                        && ih0[jj] == ih0[0] + (jj / g.wo) as isize
+                        && iw0[jj] == iw0[0] + (jj % g.wo) as isize
+                });
             for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
                 let pp = p0 + p;
                 let (ci, t) = (pp / kk, pp % kk);
                 let (kh, kw) = ((t / g.k) as isize, (t % g.k) as isize);
                 let plane = &self.x[ci * hwi..];
-                if contiguous {
+                if rows_mode {
+                    for (rr, seg) in dst.chunks_exact_mut(g.wo).enumerate() {
+                        let ih = ih0[0] + rr as isize + kh;
+                        if ih < 0 || ih >= hi {
+                            seg.fill(0.0);
+                        } else {
+                            let o = base[0] + ih as usize * g.wi;
+                            copy_window(seg, &plane[o..o + g.wi], iw0[0] + kw);
+                        }
+                    }
+                } else if contiguous {
                     let ih = ih0[0] + kh;
                     if ih < 0 || ih >= hi {
                         dst.fill(0.0);
@@ -204,12 +225,33 @@ impl Pack for IgradB<'_> {
                 && g.s == 1
                 && (1..NR)
                     .all(|jj| base[jj] == base[0] && a[jj] == a[0] && b[jj] == b[0] + jj as isize);
+            // Whole input rows of one item (small images: wi divides NR).
+            let rows_mode = !contiguous
+                && nv == NR
+                && g.s == 1
+                && NR % g.wi == 0
+                && b[0] == g.p as isize
+                && (1..NR).all(|jj| {
+                    base[jj] == base[0]
+                        && a[jj] == a[0] + (jj / g.wi) as isize
+                        && b[jj] == b[0] + (jj % g.wi) as isize
+                });
             for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
                 let pp = p0 + p;
                 let (co, t) = (pp / kk, pp % kk);
                 let (kh, kw) = ((t / g.k) as isize, (t % g.k) as isize);
                 let plane = &self.dy[co * hwo..];
-                if contiguous {
+                if rows_mode {
+                    for (rr, seg) in dst.chunks_exact_mut(g.wi).enumerate() {
+                        let oh = a[0] + rr as isize - kh;
+                        if oh < 0 || oh >= ho {
+                            seg.fill(0.0);
+                        } else {
+                            let o = base[0] + oh as usize * g.wo;
+                            copy_window(seg, &plane[o..o + g.wo], b[0] - kw);
+                        }
+                    }
+                } else if contiguous {
                     let oh = a[0] - kh;
                     if oh < 0 || oh >= ho {
                         dst.fill(0.0);
