@@ -277,3 +277,55 @@ fn emu_vs_cpu_other_ops() {
     pr.emu.fill(&mut ce, 0.75).unwrap();
     pr.check("fill", &cc, &ce, 0.0);
 }
+
+/// The real ResNet18 (width 64) conv layer shapes at batch 1-2, forward, input gradient and weight
+/// gradient, emulated kernels vs the CPU backend (both row tiles, automatic split-K).
+#[test]
+fn emu_vs_cpu_resnet18_layer_shapes() {
+    use fmp_engine::backend::gpu::kernels::{CONV_TILE_M, CONV_TILE_M_LARGE};
+    let pr = Pair::new();
+    let mut r = Rng(0x5eed_0f_1a7e_7000);
+    let cases = [
+        ConvParams::new(1, 3, 32, 32, 64, 3, 1, 1),    // stem
+        ConvParams::new(1, 64, 32, 32, 64, 3, 1, 1),   // layer1
+        ConvParams::new(1, 64, 32, 32, 128, 3, 2, 1),  // layer2.0.conv1
+        ConvParams::new(1, 64, 32, 32, 128, 1, 2, 0),  // layer2.0.shortcut
+        ConvParams::new(1, 128, 16, 16, 128, 3, 1, 1), // layer2 conv2
+        ConvParams::new(1, 128, 16, 16, 256, 3, 2, 1), // layer3.0.conv1
+        ConvParams::new(1, 256, 8, 8, 256, 3, 1, 1),   // layer3 conv2
+        ConvParams::new(2, 256, 8, 8, 512, 3, 2, 1),   // layer4.0.conv1
+        ConvParams::new(2, 256, 8, 8, 512, 1, 2, 0),   // layer4.0.shortcut
+        ConvParams::new(2, 512, 4, 4, 512, 3, 1, 1),   // layer4 conv2
+    ];
+    for p in cases {
+        let (is, ws, os) = (p.input_shape(), p.weight_shape(), p.output_shape());
+        let (xc, xe) = pr.up(&r.vec(is.iter().product()), &is);
+        let (wc, we) = pr.up(&r.vec(ws.iter().product()), &ws);
+        let (dyc, dye) = pr.up(&r.vec(os.iter().product()), &os);
+        let (mut yc, _) = pr.nan(&os);
+        pr.cpu.conv2d_forward(&p, &xc, &wc, &mut yc).unwrap();
+        let (mut dxc, _) = pr.nan(&is);
+        pr.cpu.conv2d_input_grad(&p, &dyc, &wc, &mut dxc).unwrap();
+        let (mut dwc, mut dwe) = pr.nan(&ws);
+        pr.cpu.conv2d_weight_grad(&p, &xc, &dyc, &mut dwc).unwrap();
+        for tile in [CONV_TILE_M, CONV_TILE_M_LARGE] {
+            let (_, mut ye) = pr.nan(&os);
+            pr.emu
+                .conv2d_forward_tiled(&p, &xe, &we, &mut ye, tile)
+                .unwrap();
+            pr.check(&format!("conv2d_forward {p:?} tile {tile}"), &yc, &ye, 1e-4);
+            let (_, mut dxe) = pr.nan(&is);
+            pr.emu
+                .conv2d_input_grad_tiled(&p, &dye, &we, &mut dxe, tile)
+                .unwrap();
+            pr.check(
+                &format!("conv2d_input_grad {p:?} tile {tile}"),
+                &dxc,
+                &dxe,
+                1e-4,
+            );
+        }
+        pr.emu.conv2d_weight_grad(&p, &xe, &dye, &mut dwe).unwrap();
+        pr.check(&format!("conv2d_weight_grad {p:?}"), &dwc, &dwe, 1e-4);
+    }
+}
