@@ -1,9 +1,115 @@
-//! `fmp-engine demo`.
+//! `fmp-engine demo`: the README's main job. Finds CIFAR-10 (`--data`, `$FMP_DATA`, `../shared/data`, the
+//! cache), trains a backdoored PreActResNet18 (small on a CPU, full size on a GPU), defends it with FMP and
+//! prints Acc / ASR / RA before and after.
+use std::path::PathBuf;
+use std::time::Instant;
+
+use fmp_engine::data::{DatasetKind, Split};
+use fmp_engine::fmp::attacks::{Attack, AttackKind};
+use fmp_engine::fmp::metrics::evaluate;
+use fmp_engine::fmp::pipeline::{eval_batch, find_data, load_split, no_data_help};
+use fmp_engine::fmp::train::{train_backdoored, BackdoorOptions};
+use fmp_engine::model::{ModelConfig, PreActResNet18};
 use fmp_engine::{Error, Result};
 
-#[derive(clap::Args, Debug)]
-pub struct Args {}
+use super::common::DeviceArgs;
+use super::defend::{defend, print_metrics_table};
+use super::finetune::FinetuneArgs;
+use super::scan::ScanArgs;
 
-pub fn run(_args: Args) -> Result<()> {
-    Err(Error::Msg("`demo` is not implemented yet".into()))
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// CIFAR-10 folder [default: $FMP_DATA, ../shared/data, the engine's cache].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    #[arg(long, default_value = "badnets")]
+    pub attack: AttackKind,
+    /// Base width [default: 8 on a CPU, 64 on a GPU].
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Training images [default: 4000 on a CPU, all on a GPU].
+    #[arg(long)]
+    pub train_images: Option<usize>,
+    /// Test images for Acc/ASR/RA [default: 2000 on a CPU, all on a GPU].
+    #[arg(long)]
+    pub test_images: Option<usize>,
+    /// Training epochs [default: 6 on a CPU, 100 on a GPU].
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Fine-tuning epochs after pruning.
+    #[arg(long, default_value_t = 10)]
+    pub ft_epochs: usize,
+    /// Training learning rate [default: 0.05 on a CPU (few epochs), 0.01 on a GPU (the spec's)].
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// Where the trained and defended weights go.
+    #[arg(long, default_value = "fmp-demo")]
+    pub workdir: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let backend = a.device.backend()?;
+    let gpu = backend.is_gpu();
+    let dir = find_data(a.data.as_deref()).map_err(|e| match (a.data.is_some(), e) {
+        (false, _) => Error::Msg(no_data_help()),
+        (true, e) => e,
+    })?;
+    let (train, kind) = load_split(&dir, Split::Train)?;
+    if kind != DatasetKind::Cifar10 {
+        return Err(Error::Data { path: dir, msg: format!("the demo runs on CIFAR-10; this folder holds {}", kind.name()) });
+    }
+    let (test, _) = load_split(&dir, Split::Test)?;
+    let width = a.width.unwrap_or(if gpu { 64 } else { 8 });
+    let train = train.truncate(a.train_images.unwrap_or(if gpu { usize::MAX } else { 4000 }));
+    let test = test.truncate(a.test_images.unwrap_or(if gpu { usize::MAX } else { 2000 }));
+    let epochs = a.epochs.unwrap_or(if gpu { 100 } else { 6 });
+    std::fs::create_dir_all(&a.workdir).map_err(|e| Error::io(&a.workdir, e))?;
+    let t_all = Instant::now();
+    println!(
+        "demo: {} backdoor (target 0, poison rate 0.1), PreActResNet18 width {width}, {} training / {} test images from {}, on {}",
+        a.attack,
+        train.len(),
+        test.len(),
+        dir.display(),
+        backend.name()
+    );
+
+    let mut model = PreActResNet18::new_random(backend.clone(), ModelConfig::cifar10(width), 0)?;
+    let mut opts = BackdoorOptions::backdoorbench(Some(a.attack), epochs, true);
+    opts.sgd.lr = a.lr.unwrap_or(if gpu { 0.01 } else { 0.05 });
+    println!("1/3 training ({epochs} epochs, lr {})", opts.sgd.lr);
+    train_backdoored(&mut model, &train, &opts, &mut |s| {
+        println!("  epoch {:>3}  loss {:.4}  train acc {:.3}  {:.1} s", s.epoch, s.loss, s.train_acc, s.seconds)
+    })?;
+    let trained = a.workdir.join(format!("{}-w{width}.safetensors", a.attack));
+    model.save(&trained)?;
+    let attack = Attack::new(a.attack, 0);
+    let before = evaluate(&model, &test, Some(&attack), eval_batch(backend.as_ref()))?;
+    print_metrics_table(&[("backdoored", before)]);
+
+    println!("2/3 FMP scan + prune (p = {width}: the paper's fraction of channels)");
+    let scan = ScanArgs {
+        samples: 32,
+        p: Some(width.min(64)),
+        alpha: 1.0 / 255.0,
+        eps: 4.0 / 255.0,
+        seed: 0,
+        reference_order: false,
+        chunk: None,
+        naive: false,
+    };
+    let ft = FinetuneArgs { epochs: a.ft_epochs, ratio: 0.1, lr: 0.01, batch: 256, momentum: 0.9, weight_decay: 0.0, eta_min: 1e-4, ft_seed: 0 };
+    let defended = a.workdir.join(format!("{}-w{width}-fmp.safetensors", a.attack));
+    let mut report = defended.as_os_str().to_owned();
+    report.push(".scan.json");
+    println!("3/3 fine-tuning is part of the defense");
+    defend(&mut model, &train, kind, &dir, &trained, &scan, &ft, false, &PathBuf::from(report), &backend)?;
+    model.save(&defended)?;
+    let after = evaluate(&model, &test, Some(&attack), eval_batch(backend.as_ref()))?;
+    println!("\nresult ({} test images, {:.0} s in all):", test.len(), t_all.elapsed().as_secs_f64());
+    print_metrics_table(&[("backdoored", before), ("after FMP", after)]);
+    println!("weights: {} -> {}", trained.display(), defended.display());
+    Ok(())
 }

@@ -1,9 +1,100 @@
-//! `fmp-engine train`.
+//! `fmp-engine train --data DIR --attack badnets|blended|lowfreq|wanet|none --out MODEL`: BackdoorBench-style
+//! training (spec section 7), then Acc/ASR/RA on the test split.
+use std::path::PathBuf;
+
+use fmp_engine::data::{DatasetKind, Split};
+use fmp_engine::fmp::attacks::{Attack, AttackKind};
+use fmp_engine::fmp::metrics::evaluate;
+use fmp_engine::fmp::pipeline::{eval_batch, find_data, load_split};
+use fmp_engine::fmp::train::{train_backdoored, BackdoorOptions};
+use fmp_engine::model::{ModelConfig, PreActResNet18};
 use fmp_engine::{Error, Result};
 
-#[derive(clap::Args, Debug)]
-pub struct Args {}
+use super::common::DeviceArgs;
+use super::defend::print_metrics_table;
 
-pub fn run(_args: Args) -> Result<()> {
-    Err(Error::Msg("`train` is not implemented yet".into()))
+/// `none` or an attack name.
+pub fn parse_attack_or_none(s: &str) -> Result<Option<AttackKind>> {
+    if s.eq_ignore_ascii_case("none") || s.eq_ignore_ascii_case("clean") {
+        return Ok(None);
+    }
+    s.parse::<AttackKind>().map(Some).map_err(|_| {
+        Error::InvalidArgument(format!("unknown attack '{s}': expected badnets, blended, lowfreq, wanet or none"))
+    })
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Dataset folder [default: $FMP_DATA, ../shared/data, the engine's cache].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// badnets, blended, lowfreq, wanet or none.
+    #[arg(long, value_parser = parse_attack_or_none)]
+    pub attack: Option<AttackKind>,
+    /// Trained weights (.safetensors).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Base width (64 is the paper's PreActResNet18).
+    #[arg(long, default_value_t = 64)]
+    pub width: usize,
+    #[arg(long, default_value_t = 100)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 0.1)]
+    pub poison_rate: f32,
+    #[arg(long, default_value_t = 0)]
+    pub target: u32,
+    /// Seed of the initial weights, the poisoned subset, batch order and augmentation.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 0.01)]
+    pub lr: f32,
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 5e-4)]
+    pub weight_decay: f32,
+    /// Train on the first N training images only.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Evaluate on the first N test images only.
+    #[arg(long)]
+    pub eval_limit: Option<usize>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let backend = a.device.backend()?;
+    let dir = find_data(a.data.as_deref())?;
+    let (train, kind) = load_split(&dir, Split::Train)?;
+    let train = train.truncate(a.limit.unwrap_or(usize::MAX));
+    let cfg = ModelConfig::for_dataset(kind, a.width);
+    let mut model = PreActResNet18::new_random(backend.clone(), cfg, a.seed)?;
+    let mut opts = BackdoorOptions::backdoorbench(a.attack, a.epochs, kind == DatasetKind::Cifar10);
+    opts.target = a.target;
+    opts.poison_rate = a.poison_rate;
+    opts.sgd.seed = a.seed;
+    opts.sgd.lr = a.lr;
+    opts.sgd.batch = a.batch;
+    opts.sgd.weight_decay = a.weight_decay;
+    println!(
+        "training PreActResNet18 width {} on {} {} images, attack {}, {} epochs on {}",
+        a.width,
+        train.len(),
+        kind.name(),
+        a.attack.map(|k| k.name()).unwrap_or("none"),
+        a.epochs,
+        backend.name()
+    );
+    train_backdoored(&mut model, &train, &opts, &mut |s| {
+        println!("  epoch {:>3}  lr {:.5}  loss {:.4}  train acc {:.3}  {:.1} s", s.epoch, s.lr, s.loss, s.train_acc, s.seconds)
+    })?;
+    model.save(&a.out)?;
+    println!("weights: {}", a.out.display());
+    if let Ok((test, _)) = load_split(&dir, Split::Test) {
+        let test = test.truncate(a.eval_limit.unwrap_or(usize::MAX));
+        let attack = a.attack.map(|k| Attack::new(k, a.target));
+        let m = evaluate(&model, &test, attack.as_ref(), eval_batch(backend.as_ref()))?;
+        print_metrics_table(&[("trained", m)]);
+    }
+    Ok(())
 }

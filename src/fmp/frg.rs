@@ -1,0 +1,244 @@
+//! Feature Reverse Generation scan (spec section 3), intended semantics: pixel space, normalisation inside the
+//! model, clamps in pixel space, eval-mode BN.
+//!
+//! `X0 = clamp(X + alpha * sign(U(-1,1)), 0, 1)` (one seeded draw shared by every feature map). For every conv
+//! `l` and channel `c`: `G_c = d/dX0 mean_(b,h,w) (A_l(X) - A_l(X0))[:, c]^2`,
+//! `Xadv_c = clamp(X0 + eps * sign(G_c), 0, 1)`, score = accuracy of the model on `Xadv_c`.
+//!
+//! Batched engine (`scan_layer_batched`): per layer, the prefix traces of X and X0 are computed once; channels
+//! are processed in chunks of K: `frg_seed` writes the [K*B,1,H,W] one-channel cotangents, one
+//! `input_grad(Cotangent::OneHot)` backward gives all K*B input gradients (the trace's B saved activations are
+//! broadcast), `sign_step` builds the K*B adversarial images and one forward scores them. K is sized from
+//! `Backend::memory_budget()` and the model's activation sizes.
+//!
+//! Naive engine (`scan_layer_naive`): one channel at a time, with a full [B,C,H,W] cotangent (the gradient of
+//! that channel's MSE, zero elsewhere), a plain `Cotangent::Full` backward, host-side sign step and scoring.
+//! Both give identical scores for the same seed (tests/fmp_scan.rs).
+use super::metrics::argmax;
+use super::rng::Rng;
+use super::select::{reference_order_remap, select_lowest, ConvReport};
+use crate::error::{Error, Result};
+use crate::model::{Cotangent, PreActResNet18};
+use crate::tensor::Tensor;
+
+/// Scan settings (spec defaults: alpha 1/255, eps 4/255, seed 0).
+#[derive(Clone, Debug)]
+pub struct ScanOptions {
+    pub p: usize,
+    pub alpha: f32,
+    pub eps: f32,
+    pub seed: u64,
+    pub reference_order: bool,
+    /// Channels per chunk; None: sized from the backend's memory budget.
+    pub chunk: Option<usize>,
+    /// Use the one-channel-at-a-time loop.
+    pub naive: bool,
+}
+
+impl Default for ScanOptions {
+    fn default() -> Self {
+        ScanOptions { p: 64, alpha: 1.0 / 255.0, eps: 4.0 / 255.0, seed: 0, reference_order: false, chunk: None, naive: false }
+    }
+}
+
+/// Per-channel results of one conv.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerScores {
+    pub scores: Vec<f32>,
+    pub true_prob: Vec<f32>,
+}
+
+/// `X0 = clamp(X + alpha * sign(U(-1,1)), 0, 1)`, signs from `Rng::derive(seed, "frg-x0")` in element order.
+pub fn make_x0(x: &[f32], alpha: f32, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::derive(seed, "frg-x0");
+    x.iter().map(|&v| (v + alpha * rng.sign()).clamp(0.0, 1.0)).collect()
+}
+
+/// Channels per chunk for conv `layer` with B samples: what fits in the backend's memory budget, counting
+/// per (channel, sample) item the seed, the input gradient, the adversarial image and a generous allowance for
+/// the backward's and the scoring forward's working activations (6 of the widest activation).
+pub fn chunk_channels(model: &PreActResNet18, layer: usize, b: usize) -> usize {
+    let convs = model.convs();
+    let out = convs[layer].params.output_shape();
+    let channels = out[1];
+    let widest = convs.iter().map(|c| c.params.output_shape()[1..].iter().product::<usize>()).max().unwrap_or(1);
+    let per_item = 4 * (out[2] * out[3] + 3 * 3 * 32 * 32 + 6 * widest);
+    let budget = model.backend().memory_budget();
+    (budget / (per_item * b.max(1))).clamp(1, channels.max(1))
+}
+
+/// Score every channel of conv `layer` with the batched engine.
+#[allow(clippy::too_many_arguments)]
+pub fn scan_layer_batched(
+    model: &PreActResNet18,
+    x: &Tensor,
+    x0: &Tensor,
+    labels: &[u32],
+    layer: usize,
+    eps: f32,
+    chunk: usize,
+    progress: &mut dyn FnMut(usize),
+) -> Result<LayerScores> {
+    let be = model.backend().clone();
+    let b = labels.len();
+    let tx = model.forward_trace(x, layer)?;
+    let tx0 = model.forward_trace(x0, layer)?;
+    let (ax, ax0) = (tx.tap(), tx0.tap());
+    let (_, channels, h, w) = ax.nchw();
+    let mut res = LayerScores { scores: Vec::with_capacity(channels), true_prob: Vec::with_capacity(channels) };
+    let mut c0 = 0;
+    while c0 < channels {
+        let k = chunk.max(1).min(channels - c0);
+        let mut seed = be.zeros(&[k * b, 1, h, w])?;
+        be.frg_seed(ax, ax0, c0, &mut seed)?;
+        let g = model.input_grad(&tx0, Cotangent::OneHot { seed: &seed, first_channel: c0, group: b })?;
+        drop(seed);
+        let mut xadv = be.zeros(&[k * b, 3, 32, 32])?;
+        be.sign_step(x0, &g, eps, &mut xadv)?;
+        drop(g);
+        let logits = be.to_host(&model.forward(&xadv)?)?;
+        score_chunk(&logits, labels, k, &mut res)?;
+        c0 += k;
+        progress(k);
+    }
+    Ok(res)
+}
+
+/// Score every channel of conv `layer` one channel at a time (the plain reference loop).
+pub fn scan_layer_naive(
+    model: &PreActResNet18,
+    x: &Tensor,
+    x0: &Tensor,
+    labels: &[u32],
+    layer: usize,
+    eps: f32,
+    progress: &mut dyn FnMut(usize),
+) -> Result<LayerScores> {
+    let be = model.backend().clone();
+    let b = labels.len();
+    let ax = be.to_host(model.forward_trace(x, layer)?.tap())?;
+    let x0h = be.to_host(x0)?;
+    let mut res = LayerScores { scores: Vec::new(), true_prob: Vec::new() };
+    let channels = model.convs()[layer].params.output_shape()[1];
+    for c in 0..channels {
+        let tx0 = model.forward_trace(x0, layer)?;
+        let a0 = tx0.tap();
+        let shape = a0.shape().to_vec();
+        let (_, cc, h, w) = a0.nchw();
+        let ax0 = be.to_host(a0)?;
+        // d/dA_x0 of mean_(b,h,w) (A_x - A_x0)[:, c]^2, zero outside channel c
+        let scale = 2.0 / (b * h * w) as f32;
+        let mut cot = vec![0f32; ax0.len()];
+        for bi in 0..b {
+            let base = (bi * cc + c) * h * w;
+            for i in base..base + h * w {
+                cot[i] = scale * (ax0[i] - ax[i]);
+            }
+        }
+        let cot = be.from_host(&cot, &shape)?;
+        let g = be.to_host(&model.input_grad(&tx0, Cotangent::Full(&cot))?)?;
+        let xadv: Vec<f32> = x0h
+            .iter()
+            .zip(&g)
+            .map(|(&v, &gi)| {
+                let s = if gi > 0.0 {
+                    1.0
+                } else if gi < 0.0 {
+                    -1.0
+                } else {
+                    0.0
+                };
+                (v + eps * s).clamp(0.0, 1.0)
+            })
+            .collect();
+        let xadv = be.from_host(&xadv, &[b, 3, 32, 32])?;
+        let logits = be.to_host(&model.forward(&xadv)?)?;
+        score_chunk(&logits, labels, 1, &mut res)?;
+        progress(1);
+    }
+    Ok(res)
+}
+
+/// Append the scores of k channels from logits [k*B, classes] (channel-major).
+fn score_chunk(logits: &[f32], labels: &[u32], k: usize, res: &mut LayerScores) -> Result<()> {
+    let b = labels.len();
+    if logits.len() % (k * b) != 0 {
+        return Err(Error::shape("frg scoring", format!("{} logits for {k} channels x {b} samples", logits.len())));
+    }
+    let nc = logits.len() / (k * b);
+    for ki in 0..k {
+        let (mut correct, mut prob) = (0usize, 0f64);
+        for (bi, &y) in labels.iter().enumerate() {
+            let row = &logits[(ki * b + bi) * nc..(ki * b + bi + 1) * nc];
+            if argmax(row) == y {
+                correct += 1;
+            }
+            let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let z: f64 = row.iter().map(|&v| ((v - m) as f64).exp()).sum();
+            prob += ((row[y as usize] - m) as f64).exp() / z;
+        }
+        res.scores.push(correct as f32 / b as f32);
+        res.true_prob.push((prob / b as f64) as f32);
+    }
+    Ok(())
+}
+
+/// The full scan: every conv, scores, then per-layer selection. `pixels`: B images [B,3,32,32] in [0,1].
+/// `progress(channels_done_now)` is called as channels finish.
+pub fn scan(
+    model: &PreActResNet18,
+    pixels: &[f32],
+    labels: &[u32],
+    opts: &ScanOptions,
+    progress: &mut dyn FnMut(usize),
+) -> Result<(Vec<ConvReport>, usize)> {
+    let be = model.backend().clone();
+    let b = labels.len();
+    if b == 0 || pixels.len() != b * 3 * 32 * 32 {
+        return Err(Error::InvalidArgument(format!("scan needs at least one image; got {} labels and {} pixels", b, pixels.len())));
+    }
+    let nc = model.config().num_classes;
+    if let Some(&bad) = labels.iter().find(|&&y| y as usize >= nc) {
+        return Err(Error::InvalidArgument(format!("label {bad} out of range for a {nc}-class model")));
+    }
+    let convs = model.convs().to_vec();
+    for cv in &convs {
+        let ch = cv.params.output_shape()[1];
+        if opts.p > ch {
+            return Err(Error::InvalidArgument(format!(
+                "--p {} is larger than the width of {} ({ch} channels): it would select nothing there; use --p {ch} or less",
+                opts.p, cv.name
+            )));
+        }
+    }
+    let x = be.from_host(pixels, &[b, 3, 32, 32])?;
+    let x0 = be.from_host(&make_x0(pixels, opts.alpha, opts.seed), &[b, 3, 32, 32])?;
+    let mut out = Vec::with_capacity(convs.len());
+    let mut chunk_used = 0;
+    for (l, cv) in convs.iter().enumerate() {
+        let ls = if opts.naive {
+            scan_layer_naive(model, &x, &x0, labels, l, opts.eps, progress)?
+        } else {
+            let k = opts.chunk.unwrap_or_else(|| chunk_channels(model, l, b));
+            chunk_used = chunk_used.max(k.min(cv.params.output_shape()[1]));
+            scan_layer_batched(model, &x, &x0, labels, l, opts.eps, k, progress)?
+        };
+        let selected = select_lowest(&ls.scores, &ls.true_prob, opts.p)?;
+        out.push(ConvReport {
+            index: cv.index,
+            name: cv.name.clone(),
+            channels: ls.scores.len(),
+            scores: ls.scores,
+            true_prob: ls.true_prob,
+            selected,
+        });
+    }
+    if opts.reference_order {
+        let names: Vec<String> = out.iter().map(|c| c.name.clone()).collect();
+        let sel: Vec<Vec<usize>> = out.iter().map(|c| c.selected.clone()).collect();
+        for (c, s) in out.iter_mut().zip(reference_order_remap(&names, &sel)) {
+            c.selected = s;
+        }
+    }
+    Ok((out, chunk_used))
+}
