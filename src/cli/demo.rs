@@ -79,7 +79,7 @@ pub fn run(a: Args) -> Result<()> {
     let mut model = PreActResNet18::new_random(backend.clone(), ModelConfig::cifar10(width), 0)?;
     let mut opts = BackdoorOptions::backdoorbench(Some(a.attack), epochs, true);
     opts.sgd.lr = a.lr.unwrap_or(if gpu { 0.01 } else { 0.05 });
-    println!("1/3 training ({epochs} epochs, lr {})", opts.sgd.lr);
+    println!("1/2 training the backdoored model ({epochs} epochs, lr {})", opts.sgd.lr);
     train_backdoored(&mut model, &train, &opts, &mut |s| {
         println!("  epoch {:>3}  loss {:.4}  train acc {:.3}  {:.1} s", s.epoch, s.loss, s.train_acc, s.seconds)
     })?;
@@ -89,7 +89,7 @@ pub fn run(a: Args) -> Result<()> {
     let before = evaluate(&model, &test, Some(&attack), eval_batch(backend.as_ref()))?;
     print_metrics_table(&[("backdoored", before)]);
 
-    println!("2/3 FMP scan + prune (p = {width}: the paper's fraction of channels)");
+    println!("2/2 FMP defense: scan (p = {}: the paper's fraction of channels), prune, fine-tune", width.min(64));
     let scan = ScanArgs {
         samples: 32,
         p: Some(width.min(64)),
@@ -104,7 +104,6 @@ pub fn run(a: Args) -> Result<()> {
     let defended = a.workdir.join(format!("{}-w{width}-fmp.safetensors", a.attack));
     let mut report = defended.as_os_str().to_owned();
     report.push(".scan.json");
-    println!("3/3 fine-tuning is part of the defense");
     defend(&mut model, &train, kind, &dir, &trained, &scan, &ft, false, &PathBuf::from(report), &backend)?;
     model.save(&defended)?;
     let after = evaluate(&model, &test, Some(&attack), eval_batch(backend.as_ref()))?;

@@ -14,13 +14,19 @@ use super::common::DeviceArgs;
 use super::defend::print_metrics_table;
 
 /// `none` or an attack name.
-pub fn parse_attack_or_none(s: &str) -> Result<Option<AttackKind>> {
-    if s.eq_ignore_ascii_case("none") || s.eq_ignore_ascii_case("clean") {
-        return Ok(None);
+#[derive(Clone, Copy, Debug)]
+pub struct AttackOrNone(pub Option<AttackKind>);
+
+impl std::str::FromStr for AttackOrNone {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        if s.eq_ignore_ascii_case("none") || s.eq_ignore_ascii_case("clean") {
+            return Ok(AttackOrNone(None));
+        }
+        s.parse::<AttackKind>().map(|k| AttackOrNone(Some(k))).map_err(|_| {
+            Error::InvalidArgument(format!("unknown attack '{s}': expected badnets, blended, lowfreq, wanet or none"))
+        })
     }
-    s.parse::<AttackKind>().map(Some).map_err(|_| {
-        Error::InvalidArgument(format!("unknown attack '{s}': expected badnets, blended, lowfreq, wanet or none"))
-    })
 }
 
 #[derive(clap::Args, Debug)]
@@ -29,8 +35,8 @@ pub struct Args {
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// badnets, blended, lowfreq, wanet or none.
-    #[arg(long, value_parser = parse_attack_or_none)]
-    pub attack: Option<AttackKind>,
+    #[arg(long)]
+    pub attack: AttackOrNone,
     /// Trained weights (.safetensors).
     #[arg(long)]
     pub out: PathBuf,
@@ -69,7 +75,8 @@ pub fn run(a: Args) -> Result<()> {
     let train = train.truncate(a.limit.unwrap_or(usize::MAX));
     let cfg = ModelConfig::for_dataset(kind, a.width);
     let mut model = PreActResNet18::new_random(backend.clone(), cfg, a.seed)?;
-    let mut opts = BackdoorOptions::backdoorbench(a.attack, a.epochs, kind == DatasetKind::Cifar10);
+    let attack_kind = a.attack.0;
+    let mut opts = BackdoorOptions::backdoorbench(attack_kind, a.epochs, kind == DatasetKind::Cifar10);
     opts.target = a.target;
     opts.poison_rate = a.poison_rate;
     opts.sgd.seed = a.seed;
@@ -81,7 +88,7 @@ pub fn run(a: Args) -> Result<()> {
         a.width,
         train.len(),
         kind.name(),
-        a.attack.map(|k| k.name()).unwrap_or("none"),
+        attack_kind.map(|k| k.name()).unwrap_or("none"),
         a.epochs,
         backend.name()
     );
@@ -92,7 +99,7 @@ pub fn run(a: Args) -> Result<()> {
     println!("weights: {}", a.out.display());
     if let Ok((test, _)) = load_split(&dir, Split::Test) {
         let test = test.truncate(a.eval_limit.unwrap_or(usize::MAX));
-        let attack = a.attack.map(|k| Attack::new(k, a.target));
+        let attack = attack_kind.map(|k| Attack::new(k, a.target));
         let m = evaluate(&model, &test, attack.as_ref(), eval_batch(backend.as_ref()))?;
         print_metrics_table(&[("trained", m)]);
     }
