@@ -6,7 +6,7 @@
 //! - input gradient, computed directly per input pixel (no col2im scatter):
 //!   dX[ci, (n,ih,iw)] = W'[ci, (co,kh,kw)] * D[(co,kh,kw), (n,ih,iw)], where D holds
 //!   dy[n, co, oh, ow] when ih = oh*s - p + kh and iw = ow*s - p + kw for some (oh, ow), else 0;
-//!   K blocks are multiples of k*k, so one filter's k*k terms always sit in one block;
+//!   K blocks are multiples of k*k, so one filter's k*k terms always sit in one block
 //!   (stride 1 only; with stride s that form multiplies (s*s - 1)/(s*s) structural zeros, so
 //!   strided convs use col = W^T * dy, one GEMM per chunk of items, then a col2im gather that
 //!   sums each input pixel's (kh, kw) terms in ascending order);

@@ -8,10 +8,14 @@
 //! as `ptr[i * rs + coff[j]]`, which lets one GEMM write a whole batch of NCHW outputs.
 //!
 //! Parallelism: rayon tasks own disjoint tiles of C (column tiles, then row groups when there
-//! are too few columns). Every C element is produced by one task that walks K in the same block
-//! order, so results are bitwise identical for any thread count. The micro-kernel keeps an
-//! MR x NR accumulator in registers and accumulates over p ascending with one multiply-add per
-//! term (fused when the CPU has FMA); the first K block overwrites C and later blocks add to it.
+//! are too few columns). With a pre-packed A each task packs its own B blocks; when both
+//! operands are packed on the fly (weight gradients: long K, small M and N) each K super-block
+//! of A and B is packed once, in parallel, before the tiles run. Every C element is produced by
+//! one task that walks K in the same block order, so results are bitwise identical for any
+//! thread count. The micro-kernel (AVX-512 12x16, AVX2+FMA 2 x 6x16, or portable; chosen at run
+//! time) keeps an accumulator tile in registers and accumulates over p ascending with one
+//! multiply-add per term (fused on AVX2/AVX-512); the first K block overwrites C and later
+//! blocks add to it.
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
