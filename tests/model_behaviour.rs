@@ -20,6 +20,13 @@ fn rand_vec(rng: &mut SplitMix64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
 }
 
 #[test]
+fn model_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<PreActResNet18>();
+    check::<fmp_engine::model::Trace>();
+}
+
+#[test]
 fn conv_order_names_and_pruned_bn() {
     let be: Arc<dyn Backend> = Arc::new(CpuBackend::new());
     let m = PreActResNet18::new_random(be, ModelConfig::cifar100(4), 3).unwrap();

@@ -88,6 +88,14 @@ fn parity_eval_logits_and_every_conv() {
     let k = model.conv_index("layer2.1.conv1").unwrap();
     let tr = model.forward_trace(&x, k).unwrap();
     assert_eq!(be.to_host(tr.tap()).unwrap(), be.to_host(&outs[k]).unwrap());
+    for k in [0, 5, 19] {
+        let t = model.forward_prefix(&x, k).unwrap();
+        assert_eq!(
+            be.to_host(&t).unwrap(),
+            be.to_host(&outs[k]).unwrap(),
+            "forward_prefix {k}"
+        );
+    }
 }
 
 #[test]

@@ -102,7 +102,7 @@ impl PreActResNet18 {
 
     /// The eval network, optionally stopping at conv `stop` (saving post-ReLU activations) and
     /// copying out the raw outputs of the convs in `taps`.
-    fn run_eval(&self, x: &Tensor, stop: Option<usize>, taps: &[usize]) -> Result<Run> {
+    fn run_eval(&self, x: &Tensor, stop: Option<usize>, taps: &[usize], save: bool) -> Result<Run> {
         self.check_input(x)?;
         for &t in taps.iter().chain(stop.iter()) {
             if t >= self.convs.len() {
@@ -114,7 +114,6 @@ impl PreActResNet18 {
         }
         let b = &self.backend;
         let aff = self.eval_affine()?;
-        let save = stop.is_some();
         let mut run = Run {
             logits: None,
             taps: Vec::new(),
@@ -144,7 +143,9 @@ impl PreActResNet18 {
                 Some(si) => {
                     let s = self.conv_fwd(si, &o)?;
                     if record(&mut run, si, &s)? {
-                        run.saved.push(super::forward::SavedBlock { o, a2: None });
+                        if save {
+                            run.saved.push(SavedBlock { o, a2: None });
+                        }
                         run.stop_tap = Some(s);
                         return Ok(run);
                     }
@@ -154,7 +155,9 @@ impl PreActResNet18 {
             };
             let c1 = self.conv_fwd(blk.conv1, &o)?;
             if record(&mut run, blk.conv1, &c1)? {
-                run.saved.push(SavedBlock { o, a2: None });
+                if save {
+                    run.saved.push(SavedBlock { o, a2: None });
+                }
                 run.stop_tap = Some(c1);
                 return Ok(run);
             }
@@ -164,7 +167,9 @@ impl PreActResNet18 {
             drop(c1);
             let mut c2 = self.conv_fwd(blk.conv2, &a2)?;
             if record(&mut run, blk.conv2, &c2)? {
-                run.saved.push(SavedBlock { o, a2: Some(a2) });
+                if save {
+                    run.saved.push(SavedBlock { o, a2: Some(a2) });
+                }
                 run.stop_tap = Some(c2);
                 return Ok(run);
             }
@@ -188,12 +193,15 @@ impl PreActResNet18 {
 
     /// Eval mode: pixel-space [N,3,32,32] -> logits [N,K].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.run_eval(x, None, &[])?.logits.expect("full run"))
+        Ok(self
+            .run_eval(x, None, &[], false)?
+            .logits
+            .expect("full run"))
     }
 
     /// Eval mode: logits and the raw outputs of convs `taps` (in the order asked).
     pub fn forward_taps(&self, x: &Tensor, taps: &[usize]) -> Result<(Tensor, Vec<Tensor>)> {
-        let mut run = self.run_eval(x, None, taps)?;
+        let mut run = self.run_eval(x, None, taps, false)?;
         let mut out = Vec::with_capacity(taps.len());
         for &t in taps {
             let pos = run
@@ -210,13 +218,21 @@ impl PreActResNet18 {
     /// Eval prefix up to conv `upto_conv`; keeps what `input_grad` needs. Cheaper than
     /// `forward_taps` when only one conv's output is wanted (`Trace::tap`).
     pub fn forward_trace(&self, x: &Tensor, upto_conv: usize) -> Result<Trace> {
-        let run = self.run_eval(x, Some(upto_conv), &[])?;
+        let run = self.run_eval(x, Some(upto_conv), &[], true)?;
         Ok(Trace {
             upto: upto_conv,
             batch: x.batch(),
             saved: run.saved,
             tap: run.stop_tap.expect("stopped at the tap"),
         })
+    }
+
+    /// Raw output of conv `conv` only (eval prefix, nothing saved): e.g. A_l(X) of the clean batch.
+    pub fn forward_prefix(&self, x: &Tensor, conv: usize) -> Result<Tensor> {
+        Ok(self
+            .run_eval(x, Some(conv), &[], false)?
+            .stop_tap
+            .expect("stopped at the tap"))
     }
 
     /// d<cot, A_upto(x)>/dx in pixel space, eval mode (BN affine with running statistics), no weight
