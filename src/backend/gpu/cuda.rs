@@ -289,9 +289,18 @@ impl CudaRunner {
         let cc = (maj * 10 + min) as u32;
         let supported = nvrtc::supported_archs()?;
         let (arch, target) = pick_target(cc, &supported)?;
+        // Compile in parallel (NVRTC allows concurrent compiles of different programs), then load.
+        let images: Vec<Result<Arc<(Target, Vec<u8>)>>> = {
+            use rayon::prelude::*;
+            sources
+                .files
+                .par_iter()
+                .map(|(stem, src)| compiled_image(stem, src, sources.headers, arch, target))
+                .collect()
+        };
         let mut modules = HashMap::new();
-        for (stem, src) in sources.files {
-            let img = compiled_image(stem, src, sources.headers, arch, target)?;
+        for ((stem, _), img) in sources.files.iter().zip(images) {
+            let img = img?;
             let ptx = match img.0 {
                 Target::Cubin => Ptx::from_binary(img.1.clone()),
                 Target::Ptx => Ptx::from_src(String::from_utf8_lossy(&img.1).into_owned()),

@@ -485,8 +485,10 @@ pub struct FileReport {
 /// Compile every `(stem, source)` of `files` (with `headers`) for `sm_{arch}` and report each
 /// kernel's resources. A failing file does not stop the others.
 pub fn report(files: &[(&str, &str)], headers: &[(&str, &str)], arch: u32) -> Vec<FileReport> {
+    use rayon::prelude::*;
+    // NVRTC allows concurrent compiles of different programs.
     files
-        .iter()
+        .par_iter()
         .map(|(stem, src)| FileReport {
             file: format!("{stem}.cu"),
             arch,
