@@ -91,22 +91,23 @@ step() {
   return $rc
 }
 
+# Sets NVRTC_WHERE and, when needed, LD_LIBRARY_PATH (no subshell, so the export sticks).
 find_nvrtc() {
+  NVRTC_WHERE="NOT FOUND"
   # Prefer what the loader finds; else the toolkit; else a pip wheel next to PyTorch.
-  if ldconfig -p 2>/dev/null | grep -q 'libnvrtc.so.13'; then echo "loader path"; return; fi
+  if ldconfig -p 2>/dev/null | grep -q 'libnvrtc.so.13'; then NVRTC_WHERE="loader path"; return; fi
   local d
   for d in "${CUDA_HOME:-}/lib64" /usr/local/cuda/lib64 /usr/local/cuda-13*/lib64 /usr/local/cuda-13*/targets/x86_64-linux/lib; do
-    if [ -e "$d/libnvrtc.so.13" ]; then export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; echo "$d"; return; fi
+    if [ -e "$d/libnvrtc.so.13" ]; then export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; NVRTC_WHERE="$d"; return; fi
   done
   local sp
   sp=$("${PYTHON:-python3}" -c 'import site,sys; print("\n".join(site.getsitepackages()+[site.getusersitepackages()]))' 2>/dev/null)
   for d in $sp; do
     for l in "$d/nvidia/cu13/lib" "$d/nvidia/cuda_nvrtc/lib"; do
-      if [ -e "$l/libnvrtc.so.13" ]; then export LD_LIBRARY_PATH="$l${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; echo "$l"; return; fi
+      if [ -e "$l/libnvrtc.so.13" ]; then export LD_LIBRARY_PATH="$l${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; NVRTC_WHERE="$l"; return; fi
     done
   done
-  if [ -e "$DEV/nvrtc/libnvrtc.so.13" ]; then export LD_LIBRARY_PATH="$DEV/nvrtc${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; echo "$DEV/nvrtc"; return; fi
-  echo "NOT FOUND"
+  if [ -e "$DEV/nvrtc/libnvrtc.so.13" ]; then export LD_LIBRARY_PATH="$DEV/nvrtc${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; NVRTC_WHERE="$DEV/nvrtc"; return; fi
 }
 
 run() {
@@ -118,7 +119,7 @@ run() {
   gpu=$(nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv,noheader 2>&1 | head -1)
   cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .')
   arch="sm_${cc:-90}"
-  nv=$(find_nvrtc)
+  find_nvrtc; nv="$NVRTC_WHERE"
   export FMP_REQUIRE_GPU=1 FMP_REQUIRE_NVRTC=1
   export FMP_KERNEL_CACHE="${TMPDIR:-/tmp}/fmp-kernel-cache"
   export FMP_DATA="$DEV/data"
