@@ -28,14 +28,39 @@ fn report_for(m: &PreActResNet18) -> ScanReport {
             if c.index % 4 == 0 && !selected.contains(&0) {
                 selected.push(0);
             }
-            ConvReport { index: c.index, name: c.name.clone(), channels: ch, scores: vec![1.0; ch], true_prob: vec![1.0; ch], selected }
+            ConvReport {
+                index: c.index,
+                name: c.name.clone(),
+                channels: ch,
+                scores: vec![1.0; ch],
+                true_prob: vec![1.0; ch],
+                selected,
+            }
         })
         .collect();
     let selected = convs.iter().map(|c| c.selected.len()).sum();
     ScanReport {
-        model: ReportModel { path: "test".into(), width: m.config().width, num_classes: 10 },
-        settings: ReportSettings { samples: 1, p: 1, alpha: 0.0, eps: 0.0, seed: 0, reference_order: false, data: String::new(), device: "cpu".into(), chunk_channels: 1 },
-        totals: ReportTotals { convs: convs.len(), feature_maps: convs.iter().map(|c| c.channels).sum(), selected },
+        model: ReportModel {
+            path: "test".into(),
+            width: m.config().width,
+            num_classes: 10,
+        },
+        settings: ReportSettings {
+            samples: 1,
+            p: 1,
+            alpha: 0.0,
+            eps: 0.0,
+            seed: 0,
+            reference_order: false,
+            data: String::new(),
+            device: "cpu".into(),
+            chunk_channels: 1,
+        },
+        totals: ReportTotals {
+            convs: convs.len(),
+            feature_maps: convs.iter().map(|c| c.channels).sum(),
+            selected,
+        },
         convs,
         seconds: 0.0,
     }
@@ -54,19 +79,32 @@ fn prune_zeroes_exactly_the_selected_filters_and_gammas() {
     let mut zeroed: Vec<(String, usize, usize)> = Vec::new();
     for &(ci, ch) in &pairs {
         let info = &m.convs()[ci];
-        let per = before.get(&format!("{}.weight", info.name)).unwrap().data.len() / info.params.c_out as usize;
+        let per = before
+            .get(&format!("{}.weight", info.name))
+            .unwrap()
+            .data
+            .len()
+            / info.params.c_out as usize;
         zeroed.push((format!("{}.weight", info.name), ch * per, (ch + 1) * per));
         if let Some(bn) = &info.pruned_bn {
             zeroed.push((format!("{bn}.weight"), ch, ch + 1));
         }
     }
-    assert!(zeroed.iter().any(|z| z.0.contains("bn2")), "some conv1 prunes its block's bn2 gamma");
+    assert!(
+        zeroed.iter().any(|z| z.0.contains("bn2")),
+        "some conv1 prunes its block's bn2 gamma"
+    );
     let mut changed = 0;
     for name in before.keys() {
-        let (a, b) = (&before.get(name).unwrap().data, &after.get(name).unwrap().data);
+        let (a, b) = (
+            &before.get(name).unwrap().data,
+            &after.get(name).unwrap().data,
+        );
         assert_eq!(a.len(), b.len());
         for i in 0..a.len() {
-            let must_zero = zeroed.iter().any(|(n, lo, hi)| n == name && (*lo..*hi).contains(&i));
+            let must_zero = zeroed
+                .iter()
+                .any(|(n, lo, hi)| n == name && (*lo..*hi).contains(&i));
             if must_zero {
                 assert_eq!(b[i], 0.0, "{name}[{i}] should be zero");
                 changed += (a[i] != 0.0) as usize;
@@ -86,7 +124,10 @@ fn mismatched_reports_are_clear_errors() {
     let err = |r: &ScanReport| selections(&m, r, path).unwrap_err().to_string();
     // a report made for a width-16 model
     let e = err(&report_for(&model(16, 1)));
-    assert!(e.contains("scan.json") && e.contains("channels in the report") && e.contains("this model"), "{e}");
+    assert!(
+        e.contains("scan.json") && e.contains("channels in the report") && e.contains("this model"),
+        "{e}"
+    );
     let mut r = report_for(&m);
     r.convs[3].name = "layer9.0.conv1".into();
     assert!(err(&r).contains("'layer9.0.conv1' of the report is not in the model"));
@@ -104,12 +145,18 @@ fn mismatched_reports_are_clear_errors() {
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.json");
     std::fs::write(&bad, "{\"model\": 1}").unwrap();
-    assert!(ScanReport::load(&bad).unwrap_err().to_string().contains("not a scan report"));
+    assert!(ScanReport::load(&bad)
+        .unwrap_err()
+        .to_string()
+        .contains("not a scan report"));
     let mut r = report_for(&m);
     r.convs[0].scores.pop();
     let p = dir.join("short.json");
     r.save(&p).unwrap();
-    assert!(ScanReport::load(&p).unwrap_err().to_string().contains("7 scores"));
+    assert!(ScanReport::load(&p)
+        .unwrap_err()
+        .to_string()
+        .contains("7 scores"));
     let ok = dir.join("ok.json");
     report_for(&m).save(&ok).unwrap();
     assert_eq!(ScanReport::load(&ok).unwrap(), report_for(&m));
@@ -136,7 +183,11 @@ fn mask_keeps_pruned_filters_at_zero_through_finetuning() {
     // a short fine-tuning run with the mask: pruned filters stay exactly zero, others move
     m.set_masks(&back).unwrap();
     let mut rng = Rng::new(1);
-    let data = LabeledImages { pixels: (0..40 * 3072).map(|_| rng.below(256) as u8).collect(), labels: (0..40).map(|i| i % 10).collect(), num_classes: 10 };
+    let data = LabeledImages {
+        pixels: (0..40 * 3072).map(|_| rng.below(256) as u8).collect(),
+        labels: (0..40).map(|i| i % 10).collect(),
+        num_classes: 10,
+    };
     let before = m.to_state_dict().unwrap();
     let mut opts = FinetuneOptions::spec(true);
     opts.ratio = 1.0;
@@ -149,11 +200,19 @@ fn mask_keeps_pruned_filters_at_zero_through_finetuning() {
         let info = &m.convs()[ci];
         let w = &after.get(&format!("{}.weight", info.name)).unwrap().data;
         let per = w.len() / info.params.c_out as usize;
-        assert!(w[ch * per..(ch + 1) * per].iter().all(|&v| v == 0.0), "{} filter {ch} revived", info.name);
+        assert!(
+            w[ch * per..(ch + 1) * per].iter().all(|&v| v == 0.0),
+            "{} filter {ch} revived",
+            info.name
+        );
         if let Some(bn) = &info.pruned_bn {
             assert_eq!(after.get(&format!("{bn}.weight")).unwrap().data[ch], 0.0);
         }
     }
-    let moved = before.keys().filter(|k| k.ends_with("conv2.weight")).filter(|k| before.get(k).unwrap().data != after.get(k).unwrap().data).count();
+    let moved = before
+        .keys()
+        .filter(|k| k.ends_with("conv2.weight"))
+        .filter(|k| before.get(k).unwrap().data != after.get(k).unwrap().data)
+        .count();
     assert!(moved > 0, "fine-tuning changed nothing");
 }

@@ -18,7 +18,12 @@ fn setup(width: usize, b: usize) -> (PreActResNet18, Vec<f32>, Vec<u32>) {
     let mut r = Rng::new(11);
     let x: Vec<f32> = (0..b * 3072).map(|_| r.uniform()).collect();
     // labels = the model's own clean predictions, so clean accuracy is 1 and adversarial scores vary
-    let labels: Vec<u32> = model.logits(&x, b).unwrap().chunks(10).map(argmax).collect();
+    let labels: Vec<u32> = model
+        .logits(&x, b)
+        .unwrap()
+        .chunks(10)
+        .map(argmax)
+        .collect();
     (model, x, labels)
 }
 
@@ -29,7 +34,10 @@ fn x0_is_a_clamped_sign_perturbation() {
     for (a, b) in x.iter().zip(&x0) {
         let d = (b - a).abs();
         assert!((0.0..=1.0).contains(b));
-        assert!((d - 1.0 / 255.0).abs() < 1e-6 || *b == 0.0 || *b == 1.0, "{a} -> {b}");
+        assert!(
+            (d - 1.0 / 255.0).abs() < 1e-6 || *b == 0.0 || *b == 1.0,
+            "{a} -> {b}"
+        );
     }
     assert_eq!(x0, make_x0(&x, 1.0 / 255.0, 3));
     let big: Vec<f32> = vec![0.5; 1000];
@@ -42,21 +50,34 @@ fn batched_equals_naive_on_every_conv() {
     let (model, x, labels) = setup(8, B);
     let be = model.backend().clone();
     let xt = be.from_host(&x, &[B, 3, 32, 32]).unwrap();
-    let x0t = be.from_host(&make_x0(&x, 1.0 / 255.0, 0), &[B, 3, 32, 32]).unwrap();
+    let x0t = be
+        .from_host(&make_x0(&x, 1.0 / 255.0, 0), &[B, 3, 32, 32])
+        .unwrap();
     let eps = 4.0 / 255.0;
     let mut varied = 0;
     // stem, a plain block conv1/conv2, every downsampling block's shortcut and conv1, and the last conv
     for l in [0, 2, 5, 6, 11, 15, 19] {
         let c = model.convs()[l].params.c_out as usize;
         let mut done_b = 0;
-        let batched = scan_layer_batched(&model, &xt, &x0t, &labels, l, eps, 3, &mut |k| done_b += k).unwrap();
+        let batched =
+            scan_layer_batched(&model, &xt, &x0t, &labels, l, eps, 3, &mut |k| done_b += k)
+                .unwrap();
         let mut done_n = 0;
-        let naive = scan_layer_naive(&model, &xt, &x0t, &labels, l, eps, &mut |k| done_n += k).unwrap();
+        let naive =
+            scan_layer_naive(&model, &xt, &x0t, &labels, l, eps, &mut |k| done_n += k).unwrap();
         assert_eq!((done_b, done_n), (c, c));
         assert_eq!(batched.scores.len(), c);
-        assert_eq!(batched.scores, naive.scores, "conv {l} ({})", model.convs()[l].name);
+        assert_eq!(
+            batched.scores,
+            naive.scores,
+            "conv {l} ({})",
+            model.convs()[l].name
+        );
         for (i, (a, b)) in batched.true_prob.iter().zip(&naive.true_prob).enumerate() {
-            assert!((a - b).abs() < 1e-4, "conv {l} channel {i}: prob {a} vs {b}");
+            assert!(
+                (a - b).abs() < 1e-4,
+                "conv {l} channel {i}: prob {a} vs {b}"
+            );
         }
         if batched.scores.iter().any(|&s| s != batched.scores[0]) {
             varied += 1;
@@ -70,7 +91,11 @@ fn batched_equals_naive_on_every_conv() {
 fn chunk_size_does_not_change_the_scan() {
     // width 4 (300 feature maps), 2 samples: three full scans stay cheap
     let (model, x, labels) = setup(4, 2);
-    let opts = |chunk| ScanOptions { p: 4, chunk, ..ScanOptions::default() };
+    let opts = |chunk| ScanOptions {
+        p: 4,
+        chunk,
+        ..ScanOptions::default()
+    };
     let (a, _) = scan(&model, &x, &labels, &opts(Some(1)), &mut |_| {}).unwrap();
     let (b, k) = scan(&model, &x, &labels, &opts(None), &mut |_| {}).unwrap();
     assert!(k >= 1);
@@ -82,12 +107,35 @@ fn chunk_size_does_not_change_the_scan() {
     let total: usize = a.iter().map(|c| c.selected.len()).sum();
     assert_eq!(total, 1 + 4 + 5 * 2 + 5 * 4 + 5 * 8);
     // --reference-order only moves selections inside the downsampling blocks
-    let (r, _) = scan(&model, &x, &labels, &ScanOptions { reference_order: true, ..opts(None) }, &mut |_| {}).unwrap();
-    let by = |v: &[fmp_engine::fmp::select::ConvReport], n: &str| v.iter().find(|c| c.name == n).unwrap().selected.clone();
+    let (r, _) = scan(
+        &model,
+        &x,
+        &labels,
+        &ScanOptions {
+            reference_order: true,
+            ..opts(None)
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    let by = |v: &[fmp_engine::fmp::select::ConvReport], n: &str| {
+        v.iter().find(|c| c.name == n).unwrap().selected.clone()
+    };
     assert_eq!(by(&r, "layer2.0.conv1"), by(&a, "layer2.0.shortcut.0"));
     assert_eq!(by(&r, "layer3.0.shortcut.0"), by(&a, "layer3.0.conv2"));
     assert_eq!(by(&r, "layer1.1.conv2"), by(&a, "layer1.1.conv2"));
     // p wider than a layer is an error naming it
-    let e = scan(&model, &x, &labels, &ScanOptions { p: 8, ..ScanOptions::default() }, &mut |_| {}).unwrap_err().to_string();
+    let e = scan(
+        &model,
+        &x,
+        &labels,
+        &ScanOptions {
+            p: 8,
+            ..ScanOptions::default()
+        },
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("--p 8") && e.contains("conv1"), "{e}");
 }

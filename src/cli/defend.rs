@@ -55,7 +55,11 @@ pub fn run(a: Args) -> Result<()> {
     let (clean, kind) = load_clean(&dir)?;
     let mut model = load_model(backend.clone(), &a.weights, kind)?;
     let test = match a.attack {
-        Some(_) => Some(load_split(&dir, Split::Test)?.0.truncate(a.eval_limit.unwrap_or(usize::MAX))),
+        Some(_) => Some(
+            load_split(&dir, Split::Test)?
+                .0
+                .truncate(a.eval_limit.unwrap_or(usize::MAX)),
+        ),
         None => None,
     };
     let attack = a.attack.map(|k| Attack::new(k, a.target));
@@ -69,9 +73,24 @@ pub fn run(a: Args) -> Result<()> {
         PathBuf::from(s)
     });
     let t0 = Instant::now();
-    defend(&mut model, &clean, kind, &dir, &a.weights, &a.scan, &a.ft, a.mask, &report_path, &backend)?;
+    defend(
+        &mut model,
+        &clean,
+        kind,
+        &dir,
+        &a.weights,
+        &a.scan,
+        &a.ft,
+        a.mask,
+        &report_path,
+        &backend,
+    )?;
     model.save(&a.out)?;
-    println!("defended weights: {} ({:.1} s)", a.out.display(), t0.elapsed().as_secs_f64());
+    println!(
+        "defended weights: {} ({:.1} s)",
+        a.out.display(),
+        t0.elapsed().as_secs_f64()
+    );
     if let (Some(t), Some(at), Some(b)) = (&test, &attack, before) {
         let after = evaluate(&model, t, Some(at), eval_batch(backend.as_ref()))?;
         print_metrics_table(&[("before", b), ("after FMP", after)]);
@@ -102,14 +121,31 @@ pub fn defend(
     if mask {
         model.set_masks(&pruned)?;
     }
-    println!("pruned {} feature maps{}", pruned.len(), if mask { " (masked during fine-tuning)" } else { "" });
+    println!(
+        "pruned {} feature maps{}",
+        pruned.len(),
+        if mask {
+            " (masked during fine-tuning)"
+        } else {
+            ""
+        }
+    );
     run_finetune(model, clean, ft, kind)
 }
 
 pub fn print_metrics_table(rows: &[(&str, Metrics)]) {
     println!("  {:<12} {:>8} {:>8} {:>8}", "", "Acc %", "ASR %", "RA %");
     for (name, m) in rows {
-        let pct = |v: Option<f64>| v.map(|v| format!("{:.2}", 100.0 * v)).unwrap_or_else(|| "-".into());
-        println!("  {:<12} {:>8.2} {:>8} {:>8}", name, 100.0 * m.acc, pct(m.asr), pct(m.ra));
+        let pct = |v: Option<f64>| {
+            v.map(|v| format!("{:.2}", 100.0 * v))
+                .unwrap_or_else(|| "-".into())
+        };
+        println!(
+            "  {:<12} {:>8.2} {:>8} {:>8}",
+            name,
+            100.0 * m.acc,
+            pct(m.asr),
+            pct(m.ra)
+        );
     }
 }

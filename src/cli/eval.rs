@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use fmp_engine::data::{self, DatasetKind, Split};
+use fmp_engine::fmp::attacks::{poisoned_test_set, Attack, AttackKind};
 use fmp_engine::model::{predict, PreActResNet18};
 use fmp_engine::{Error, Result};
 
@@ -24,6 +25,12 @@ pub struct Args {
     /// Images per forward pass.
     #[arg(long, default_value_t = 256)]
     pub batch: usize,
+    /// Also measure ASR and RA (spec section 6) under this attack: badnets, blended, lowfreq, wanet.
+    #[arg(long)]
+    pub attack: Option<AttackKind>,
+    /// The attack's target class.
+    #[arg(long, default_value_t = 0)]
+    pub target: u32,
     /// Print one JSON object (acc, n, correct, ...) instead of text.
     #[arg(long)]
     pub json: bool,
@@ -69,8 +76,25 @@ pub fn run(args: Args) -> Result<()> {
     let correct = preds.iter().zip(&ds.labels).filter(|(p, l)| p == l).count();
     let n = ds.len();
     let acc = correct as f64 / n as f64;
+    // ASR / RA: every test image whose label != target, trigger applied.
+    let mut attack_metrics = None;
+    if let Some(kind) = args.attack {
+        if args.target as usize >= info.num_classes {
+            return Err(Error::InvalidArgument(format!(
+                "--target {} out of range 0..{}",
+                args.target, info.num_classes
+            )));
+        }
+        let attack = Attack::new(kind, args.target);
+        let (img, lab) = poisoned_test_set(&ds.images, &ds.labels, &attack);
+        let pred = fmp_engine::fmp::metrics::predict(&model, &img, args.batch)?;
+        let np = lab.len().max(1) as f64;
+        let asr = pred.iter().filter(|&&p| p == args.target).count() as f64 / np;
+        let ra = pred.iter().zip(&lab).filter(|(p, y)| p == y).count() as f64 / np;
+        attack_metrics = Some((kind, asr, ra, lab.len()));
+    }
     if args.json {
-        let j = serde_json::json!({
+        let mut j = serde_json::json!({
             "acc": acc,
             "n": n,
             "correct": correct,
@@ -81,6 +105,13 @@ pub fn run(args: Args) -> Result<()> {
             "device": backend.name(),
             "seconds": secs,
         });
+        if let Some((kind, asr, ra, np)) = attack_metrics {
+            j["attack"] = kind.name().into();
+            j["target"] = args.target.into();
+            j["asr"] = asr.into();
+            j["ra"] = ra.into();
+            j["n_poisoned"] = np.into();
+        }
         println!("{j}");
     } else {
         println!(
@@ -93,6 +124,14 @@ pub fn run(args: Args) -> Result<()> {
             secs,
             n as f64 / secs
         );
+        if let Some((kind, asr, ra, np)) = attack_metrics {
+            println!(
+                "{kind} (target {}): ASR {:.2}%, RA {:.2}% on {np} poisoned test images",
+                args.target,
+                100.0 * asr,
+                100.0 * ra
+            );
+        }
     }
     Ok(())
 }

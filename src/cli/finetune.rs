@@ -3,10 +3,10 @@ use std::path::PathBuf;
 
 use fmp_engine::data::DatasetKind;
 use fmp_engine::fmp::finetune::{finetune, FinetuneOptions};
+use fmp_engine::fmp::pipeline::{find_data, load_clean, load_model};
 use fmp_engine::fmp::prune::PruneMask;
 use fmp_engine::fmp::train::SgdOptions;
 use fmp_engine::fmp::LabeledImages;
-use fmp_engine::fmp::pipeline::{find_data, load_clean, load_model};
 use fmp_engine::model::PreActResNet18;
 use fmp_engine::Result;
 
@@ -83,11 +83,18 @@ pub fn run(a: Args) -> Result<()> {
     let mut model = load_model(backend, &a.weights, kind)?;
     if !a.no_mask {
         let sidecar = PruneMask::sidecar(&a.weights);
-        let path = a.mask.clone().or_else(|| sidecar.is_file().then_some(sidecar));
+        let path = a
+            .mask
+            .clone()
+            .or_else(|| sidecar.is_file().then_some(sidecar));
         if let Some(p) = path {
             let pairs = PruneMask::load(&p)?.pairs(&model, &p)?;
             model.set_masks(&pairs)?;
-            println!("keeping {} pruned filters at zero ({})", pairs.len(), p.display());
+            println!(
+                "keeping {} pruned filters at zero ({})",
+                pairs.len(),
+                p.display()
+            );
         }
     }
     run_finetune(&mut model, &clean, &a.ft, kind)?;
@@ -96,13 +103,24 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
-pub fn run_finetune(model: &mut PreActResNet18, clean: &LabeledImages, ft: &FinetuneArgs, kind: DatasetKind) -> Result<()> {
+pub fn run_finetune(
+    model: &mut PreActResNet18,
+    clean: &LabeledImages,
+    ft: &FinetuneArgs,
+    kind: DatasetKind,
+) -> Result<()> {
     let opts = ft.options(kind);
     let n = fmp_engine::fmp::finetune::subset(clean, opts.ratio, opts.sgd.seed)?.len();
-    println!("fine-tuning on {n} clean images ({} per class), {} epochs", n / clean.num_classes.max(1), opts.sgd.epochs);
+    println!(
+        "fine-tuning on {n} clean images ({} per class), {} epochs",
+        n / clean.num_classes.max(1),
+        opts.sgd.epochs
+    );
     finetune(model, clean, &opts, &mut |s| {
-        println!("  epoch {:>3}  lr {:.5}  loss {:.4}  train acc {:.3}  {:.1} s", s.epoch, s.lr, s.loss, s.train_acc, s.seconds)
+        println!(
+            "  epoch {:>3}  lr {:.5}  loss {:.4}  train acc {:.3}  {:.1} s",
+            s.epoch, s.lr, s.loss, s.train_acc, s.seconds
+        )
     })?;
     Ok(())
 }
-

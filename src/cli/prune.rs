@@ -29,11 +29,21 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let report = ScanReport::load(&a.report)?;
     // Normalisation constants do not matter for pruning; the file's own shapes give width and classes.
-    let (mut model, _) = PreActResNet18::load(a.device.backend()?, &a.weights, DatasetKind::Cifar10)?;
+    let (mut model, _) =
+        PreActResNet18::load(a.device.backend()?, &a.weights, DatasetKind::Cifar10)?;
     let pruned = selections(&model, &report, &a.report)?;
     apply(&mut model, &pruned)?;
     model.save(&a.out)?;
-    println!("pruned {} feature maps in {} convs -> {}", pruned.len(), report.convs.iter().filter(|c| !c.selected.is_empty()).count(), a.out.display());
+    println!(
+        "pruned {} feature maps in {} convs -> {}",
+        pruned.len(),
+        report
+            .convs
+            .iter()
+            .filter(|c| !c.selected.is_empty())
+            .count(),
+        a.out.display()
+    );
     if a.mask {
         let path = PruneMask::sidecar(&a.out);
         PruneMask::from_pairs(&model, &pruned).save(&path)?;

@@ -6,7 +6,9 @@ use std::time::Instant;
 use fmp_engine::backend::Backend;
 use fmp_engine::fmp::frg::{scan, ScanOptions};
 use fmp_engine::fmp::pipeline::{find_data, load_clean, load_model, progress_bar, scan_samples};
-use fmp_engine::fmp::select::{parse_fraction, ReportModel, ReportSettings, ReportTotals, ScanReport};
+use fmp_engine::fmp::select::{
+    parse_fraction, ReportModel, ReportSettings, ReportTotals, ScanReport,
+};
 use fmp_engine::fmp::LabeledImages;
 use fmp_engine::model::PreActResNet18;
 use fmp_engine::Result;
@@ -83,16 +85,32 @@ pub fn run_scan(
     let width = model.config().width;
     let p = s.p.unwrap_or(width.min(64));
     let (pixels, labels) = scan_samples(clean, s.samples, s.seed)?;
-    let opts = ScanOptions { p, alpha: s.alpha, eps: s.eps, seed: s.seed, reference_order: s.reference_order, chunk: s.chunk, naive: s.naive };
+    let opts = ScanOptions {
+        p,
+        alpha: s.alpha,
+        eps: s.eps,
+        seed: s.seed,
+        reference_order: s.reference_order,
+        chunk: s.chunk,
+        naive: s.naive,
+    };
     let total: usize = model.convs().iter().map(|c| c.params.c_out as usize).sum();
     let pb = progress_bar(total as u64, "FRG scan");
     let t0 = Instant::now();
     let (convs, chunk) = scan(model, &pixels, &labels, &opts, &mut |k| pb.inc(k as u64))?;
     pb.finish_and_clear();
     let seconds = t0.elapsed().as_secs_f64();
-    let totals = ReportTotals { convs: convs.len(), feature_maps: total, selected: convs.iter().map(|c| c.selected.len()).sum() };
+    let totals = ReportTotals {
+        convs: convs.len(),
+        feature_maps: total,
+        selected: convs.iter().map(|c| c.selected.len()).sum(),
+    };
     Ok(ScanReport {
-        model: ReportModel { path: weights.display().to_string(), width, num_classes: model.config().num_classes },
+        model: ReportModel {
+            path: weights.display().to_string(),
+            width,
+            num_classes: model.config().num_classes,
+        },
         settings: ReportSettings {
             samples: s.samples,
             p,
@@ -115,12 +133,32 @@ pub fn print_summary(r: &ScanReport) {
         "FRG scan: {} feature maps in {} convs, {} samples, eps {:.5}, {:.1} s on {}; selected {} (p = {})",
         r.totals.feature_maps, r.totals.convs, r.settings.samples, r.settings.eps, r.seconds, r.settings.device, r.totals.selected, r.settings.p
     );
-    println!("  {:<22} {:>5} {:>9} {:>9}  selected (score)", "conv", "C", "mean acc", "min acc");
+    println!(
+        "  {:<22} {:>5} {:>9} {:>9}  selected (score)",
+        "conv", "C", "mean acc", "min acc"
+    );
     for c in &r.convs {
         let mean = c.scores.iter().sum::<f32>() / c.channels.max(1) as f32;
         let min = c.scores.iter().cloned().fold(f32::INFINITY, f32::min);
-        let sel: Vec<String> = c.selected.iter().take(6).map(|&i| format!("{i} ({:.2})", c.scores[i])).collect();
-        let more = if c.selected.len() > 6 { format!(" +{}", c.selected.len() - 6) } else { String::new() };
-        println!("  {:<22} {:>5} {:>9.3} {:>9.3}  {}{}", c.name, c.channels, mean, min, sel.join(", "), more);
+        let sel: Vec<String> = c
+            .selected
+            .iter()
+            .take(6)
+            .map(|&i| format!("{i} ({:.2})", c.scores[i]))
+            .collect();
+        let more = if c.selected.len() > 6 {
+            format!(" +{}", c.selected.len() - 6)
+        } else {
+            String::new()
+        };
+        println!(
+            "  {:<22} {:>5} {:>9.3} {:>9.3}  {}{}",
+            c.name,
+            c.channels,
+            mean,
+            min,
+            sel.join(", "),
+            more
+        );
     }
 }

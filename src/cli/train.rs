@@ -23,9 +23,13 @@ impl std::str::FromStr for AttackOrNone {
         if s.eq_ignore_ascii_case("none") || s.eq_ignore_ascii_case("clean") {
             return Ok(AttackOrNone(None));
         }
-        s.parse::<AttackKind>().map(|k| AttackOrNone(Some(k))).map_err(|_| {
-            Error::InvalidArgument(format!("unknown attack '{s}': expected badnets, blended, lowfreq, wanet or none"))
-        })
+        s.parse::<AttackKind>()
+            .map(|k| AttackOrNone(Some(k)))
+            .map_err(|_| {
+                Error::InvalidArgument(format!(
+                    "unknown attack '{s}': expected badnets, blended, lowfreq, wanet or none"
+                ))
+            })
     }
 }
 
@@ -58,6 +62,9 @@ pub struct Args {
     pub batch: usize,
     #[arg(long, default_value_t = 5e-4)]
     pub weight_decay: f32,
+    /// Skip RandomCrop + flip (CIFAR-10 trains with them by default).
+    #[arg(long)]
+    pub no_augment: bool,
     /// Train on the first N training images only.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -76,7 +83,11 @@ pub fn run(a: Args) -> Result<()> {
     let cfg = ModelConfig::for_dataset(kind, a.width);
     let mut model = PreActResNet18::new_random(backend.clone(), cfg, a.seed)?;
     let attack_kind = a.attack.0;
-    let mut opts = BackdoorOptions::backdoorbench(attack_kind, a.epochs, kind == DatasetKind::Cifar10);
+    let mut opts = BackdoorOptions::backdoorbench(
+        attack_kind,
+        a.epochs,
+        kind == DatasetKind::Cifar10 && !a.no_augment,
+    );
     opts.target = a.target;
     opts.poison_rate = a.poison_rate;
     opts.sgd.seed = a.seed;
@@ -93,7 +104,10 @@ pub fn run(a: Args) -> Result<()> {
         backend.name()
     );
     train_backdoored(&mut model, &train, &opts, &mut |s| {
-        println!("  epoch {:>3}  lr {:.5}  loss {:.4}  train acc {:.3}  {:.1} s", s.epoch, s.lr, s.loss, s.train_acc, s.seconds)
+        println!(
+            "  epoch {:>3}  lr {:.5}  loss {:.4}  train acc {:.3}  {:.1} s",
+            s.epoch, s.lr, s.loss, s.train_acc, s.seconds
+        )
     })?;
     model.save(&a.out)?;
     println!("weights: {}", a.out.display());

@@ -18,7 +18,16 @@ impl FinetuneOptions {
     pub fn spec(augment: bool) -> Self {
         FinetuneOptions {
             ratio: 0.1,
-            sgd: SgdOptions { epochs: 10, lr: 0.01, momentum: 0.9, weight_decay: 0.0, batch: 256, eta_min: 1e-4, augment, seed: 0 },
+            sgd: SgdOptions {
+                epochs: 10,
+                lr: 0.01,
+                momentum: 0.9,
+                weight_decay: 0.0,
+                batch: 256,
+                eta_min: 1e-4,
+                augment,
+                seed: 0,
+            },
         }
     }
 }
@@ -26,7 +35,9 @@ impl FinetuneOptions {
 /// The clean fine-tuning subset of `train` (class-balanced, seeded).
 pub fn subset(train: &LabeledImages, ratio: f32, seed: u64) -> Result<LabeledImages> {
     if !(ratio > 0.0 && ratio <= 1.0) {
-        return Err(Error::InvalidArgument(format!("--ratio {ratio} must be in (0, 1]")));
+        return Err(Error::InvalidArgument(format!(
+            "--ratio {ratio} must be in (0, 1]"
+        )));
     }
     let idx = balanced_subset(&train.labels, train.num_classes, ratio, seed);
     if idx.len() < 2 {

@@ -37,7 +37,15 @@ pub struct ScanOptions {
 
 impl Default for ScanOptions {
     fn default() -> Self {
-        ScanOptions { p: 64, alpha: 1.0 / 255.0, eps: 4.0 / 255.0, seed: 0, reference_order: false, chunk: None, naive: false }
+        ScanOptions {
+            p: 64,
+            alpha: 1.0 / 255.0,
+            eps: 4.0 / 255.0,
+            seed: 0,
+            reference_order: false,
+            chunk: None,
+            naive: false,
+        }
     }
 }
 
@@ -51,7 +59,9 @@ pub struct LayerScores {
 /// `X0 = clamp(X + alpha * sign(U(-1,1)), 0, 1)`, signs from `Rng::derive(seed, "frg-x0")` in element order.
 pub fn make_x0(x: &[f32], alpha: f32, seed: u64) -> Vec<f32> {
     let mut rng = Rng::derive(seed, "frg-x0");
-    x.iter().map(|&v| (v + alpha * rng.sign()).clamp(0.0, 1.0)).collect()
+    x.iter()
+        .map(|&v| (v + alpha * rng.sign()).clamp(0.0, 1.0))
+        .collect()
 }
 
 /// Channels per chunk for conv `layer` with B samples: what fits in the backend's memory budget, counting
@@ -61,7 +71,11 @@ pub fn chunk_channels(model: &PreActResNet18, layer: usize, b: usize) -> usize {
     let convs = model.convs();
     let out = convs[layer].params.output_shape();
     let channels = out[1];
-    let widest = convs.iter().map(|c| c.params.output_shape()[1..].iter().product::<usize>()).max().unwrap_or(1);
+    let widest = convs
+        .iter()
+        .map(|c| c.params.output_shape()[1..].iter().product::<usize>())
+        .max()
+        .unwrap_or(1);
     let per_item = 4 * (out[2] * out[3] + 3 * 3 * 32 * 32 + 6 * widest);
     let budget = model.backend().memory_budget();
     (budget / (per_item * b.max(1))).clamp(1, channels.max(1))
@@ -85,13 +99,23 @@ pub fn scan_layer_batched(
     let tx0 = model.forward_trace(x0, layer)?;
     let (ax, ax0) = (tx.tap(), tx0.tap());
     let (_, channels, h, w) = ax.nchw();
-    let mut res = LayerScores { scores: Vec::with_capacity(channels), true_prob: Vec::with_capacity(channels) };
+    let mut res = LayerScores {
+        scores: Vec::with_capacity(channels),
+        true_prob: Vec::with_capacity(channels),
+    };
     let mut c0 = 0;
     while c0 < channels {
         let k = chunk.max(1).min(channels - c0);
         let mut seed = be.zeros(&[k * b, 1, h, w])?;
         be.frg_seed(ax, ax0, c0, &mut seed)?;
-        let g = model.input_grad(&tx0, Cotangent::OneHot { seed: &seed, first_channel: c0, group: b })?;
+        let g = model.input_grad(
+            &tx0,
+            Cotangent::OneHot {
+                seed: &seed,
+                first_channel: c0,
+                group: b,
+            },
+        )?;
         drop(seed);
         let mut xadv = be.zeros(&[k * b, 3, 32, 32])?;
         be.sign_step(x0, &g, eps, &mut xadv)?;
@@ -118,7 +142,10 @@ pub fn scan_layer_naive(
     let b = labels.len();
     let ax = be.to_host(model.forward_trace(x, layer)?.tap())?;
     let x0h = be.to_host(x0)?;
-    let mut res = LayerScores { scores: Vec::new(), true_prob: Vec::new() };
+    let mut res = LayerScores {
+        scores: Vec::new(),
+        true_prob: Vec::new(),
+    };
     let channels = model.convs()[layer].params.output_shape()[1];
     for c in 0..channels {
         let tx0 = model.forward_trace(x0, layer)?;
@@ -163,7 +190,10 @@ pub fn scan_layer_naive(
 fn score_chunk(logits: &[f32], labels: &[u32], k: usize, res: &mut LayerScores) -> Result<()> {
     let b = labels.len();
     if logits.len() % (k * b) != 0 {
-        return Err(Error::shape("frg scoring", format!("{} logits for {k} channels x {b} samples", logits.len())));
+        return Err(Error::shape(
+            "frg scoring",
+            format!("{} logits for {k} channels x {b} samples", logits.len()),
+        ));
     }
     let nc = logits.len() / (k * b);
     for ki in 0..k {
@@ -195,11 +225,17 @@ pub fn scan(
     let be = model.backend().clone();
     let b = labels.len();
     if b == 0 || pixels.len() != b * 3 * 32 * 32 {
-        return Err(Error::InvalidArgument(format!("scan needs at least one image; got {} labels and {} pixels", b, pixels.len())));
+        return Err(Error::InvalidArgument(format!(
+            "scan needs at least one image; got {} labels and {} pixels",
+            b,
+            pixels.len()
+        )));
     }
     let nc = model.config().num_classes;
     if let Some(&bad) = labels.iter().find(|&&y| y as usize >= nc) {
-        return Err(Error::InvalidArgument(format!("label {bad} out of range for a {nc}-class model")));
+        return Err(Error::InvalidArgument(format!(
+            "label {bad} out of range for a {nc}-class model"
+        )));
     }
     let convs = model.convs().to_vec();
     for cv in &convs {

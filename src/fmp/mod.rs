@@ -3,15 +3,16 @@
 //! fine-tuning and BackdoorBench-style training. Host-side data is u8 images in CIFAR layout
 //! (`attacks::IMG` bytes each) with u32 labels.
 pub mod attacks;
+pub mod augment;
+pub mod download;
 pub mod finetune;
 pub mod frg;
+pub mod metrics;
 pub mod pipeline;
 pub mod prune;
-pub mod train;
-pub mod augment;
-pub mod metrics;
 pub mod rng;
 pub mod select;
+pub mod train;
 
 use std::path::Path;
 

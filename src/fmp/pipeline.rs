@@ -17,7 +17,11 @@ use crate::model::PreActResNet18;
 
 impl From<data::Dataset> for LabeledImages {
     fn from(d: data::Dataset) -> Self {
-        LabeledImages { pixels: d.images, labels: d.labels, num_classes: d.num_classes }
+        LabeledImages {
+            pixels: d.images,
+            labels: d.labels,
+            num_classes: d.num_classes,
+        }
     }
 }
 
@@ -49,7 +53,9 @@ pub fn cache_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("XDG_CACHE_HOME") {
         return PathBuf::from(p).join("fmp-engine");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("fmp-engine")
 }
 
@@ -63,7 +69,10 @@ fn dataset_in(dir: &Path) -> Option<PathBuf> {
     if data::detect(dir).is_ok() {
         return Some(dir.to_path_buf());
     }
-    ["cifar10", "cifar-10-batches-bin"].iter().map(|s| dir.join(s)).find(|d| data::detect(d).is_ok())
+    ["cifar10", "cifar-10-batches-bin"]
+        .iter()
+        .map(|s| dir.join(s))
+        .find(|d| data::detect(d).is_ok())
 }
 
 /// What to tell a user who has no data.
@@ -82,8 +91,14 @@ pub fn no_data_help() -> String {
 pub fn find_data(explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(d) = explicit {
         return dataset_in(d).ok_or_else(|| {
-            let why = data::detect(d).err().map(|e| e.to_string()).unwrap_or_default();
-            Error::Data { path: d.into(), msg: format!("no dataset here or in its cifar10/ subfolder ({why})") }
+            let why = data::detect(d)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            Error::Data {
+                path: d.into(),
+                msg: format!("no dataset here or in its cifar10/ subfolder ({why})"),
+            }
         });
     }
     let mut cands = Vec::new();
@@ -92,7 +107,10 @@ pub fn find_data(explicit: Option<&Path>) -> Result<PathBuf> {
     }
     cands.push(PathBuf::from("../shared/data"));
     cands.push(cache_dir());
-    cands.iter().find_map(|d| dataset_in(d)).ok_or_else(|| Error::Msg(no_data_help()))
+    cands
+        .iter()
+        .find_map(|d| dataset_in(d))
+        .ok_or_else(|| Error::Msg(no_data_help()))
 }
 
 /// Load a split; the kind is detected from the files.
@@ -105,14 +123,21 @@ pub fn load_split(dir: &Path, split: Split) -> Result<(LabeledImages, DatasetKin
 pub fn load_clean(dir: &Path) -> Result<(LabeledImages, DatasetKind)> {
     let kind = data::detect(dir)?;
     if data::split_files(dir, kind, Split::Train).is_empty() {
-        eprintln!("fmp-engine: {} has no training split; using its test split as clean data", dir.display());
+        eprintln!(
+            "fmp-engine: {} has no training split; using its test split as clean data",
+            dir.display()
+        );
         return load_split(dir, Split::Test);
     }
     load_split(dir, Split::Train)
 }
 
 /// Load weights with `kind`'s normalisation and check the class count against the dataset's.
-pub fn load_model(backend: Arc<dyn Backend>, weights: &Path, kind: DatasetKind) -> Result<PreActResNet18> {
+pub fn load_model(
+    backend: Arc<dyn Backend>,
+    weights: &Path,
+    kind: DatasetKind,
+) -> Result<PreActResNet18> {
     let (model, _info) = PreActResNet18::load(backend, weights, kind)?;
     if model.config().num_classes != kind.num_classes() {
         return Err(Error::Weights {
@@ -132,7 +157,10 @@ pub fn load_model(backend: Arc<dyn Backend>, weights: &Path, kind: DatasetKind) 
 /// of all indices, first n. Returns pixel-space images and labels.
 pub fn scan_samples(clean: &LabeledImages, n: usize, seed: u64) -> Result<(Vec<f32>, Vec<u32>)> {
     if n == 0 || n > clean.len() {
-        return Err(Error::InvalidArgument(format!("--samples {n}: must be between 1 and {} (images available)", clean.len())));
+        return Err(Error::InvalidArgument(format!(
+            "--samples {n}: must be between 1 and {} (images available)",
+            clean.len()
+        )));
     }
     let mut idx: Vec<usize> = (0..clean.len()).collect();
     Rng::derive(seed, "scan-samples").shuffle(&mut idx);

@@ -16,22 +16,44 @@ use crate::model::PreActResNet18;
 
 /// (conv index, channel) pairs to prune, checked against the model: every conv of the model must be in the
 /// report under the same name with the same channel count, and nothing else.
-pub fn selections(model: &PreActResNet18, report: &ScanReport, report_path: &Path) -> Result<Vec<(usize, usize)>> {
-    let err = |msg: String| Error::File { path: report_path.into(), msg: format!("{msg}; was this report made for this model?") };
+pub fn selections(
+    model: &PreActResNet18,
+    report: &ScanReport,
+    report_path: &Path,
+) -> Result<Vec<(usize, usize)>> {
+    let err = |msg: String| Error::File {
+        path: report_path.into(),
+        msg: format!("{msg}; was this report made for this model?"),
+    };
     let convs = model.convs();
     if report.convs.len() != convs.len() {
-        return Err(err(format!("report lists {} convs, the model has {}", report.convs.len(), convs.len())));
+        return Err(err(format!(
+            "report lists {} convs, the model has {}",
+            report.convs.len(),
+            convs.len()
+        )));
     }
     let mut out = Vec::new();
     for rc in &report.convs {
-        let ci = model.conv_index(&rc.name).ok_or_else(|| err(format!("conv '{}' of the report is not in the model", rc.name)))?;
+        let ci = model.conv_index(&rc.name).ok_or_else(|| {
+            err(format!(
+                "conv '{}' of the report is not in the model",
+                rc.name
+            ))
+        })?;
         let ch = convs[ci].params.c_out as usize;
         if rc.channels != ch {
-            return Err(err(format!("conv '{}' has {} channels in the report but {ch} in the model", rc.name, rc.channels)));
+            return Err(err(format!(
+                "conv '{}' has {} channels in the report but {ch} in the model",
+                rc.name, rc.channels
+            )));
         }
         for &c in &rc.selected {
             if c >= ch {
-                return Err(err(format!("conv '{}': selected channel {c} out of range 0..{ch}", rc.name)));
+                return Err(err(format!(
+                    "conv '{}': selected channel {c} out of range 0..{ch}",
+                    rc.name
+                )));
             }
             out.push((ci, c));
         }
@@ -64,7 +86,10 @@ impl PruneMask {
     pub fn from_pairs(model: &PreActResNet18, pruned: &[(usize, usize)]) -> Self {
         let mut m = PruneMask::default();
         for &(conv, ch) in pruned {
-            m.pruned.entry(model.convs()[conv].name.clone()).or_default().push(ch);
+            m.pruned
+                .entry(model.convs()[conv].name.clone())
+                .or_default()
+                .push(ch);
         }
         m
     }
@@ -72,11 +97,17 @@ impl PruneMask {
     pub fn pairs(&self, model: &PreActResNet18, path: &Path) -> Result<Vec<(usize, usize)>> {
         let mut out = Vec::new();
         for (name, chs) in &self.pruned {
-            let ci = model.conv_index(name).ok_or_else(|| Error::File { path: path.into(), msg: format!("mask names conv '{name}', which the model lacks") })?;
+            let ci = model.conv_index(name).ok_or_else(|| Error::File {
+                path: path.into(),
+                msg: format!("mask names conv '{name}', which the model lacks"),
+            })?;
             let cout = model.convs()[ci].params.c_out as usize;
             for &c in chs {
                 if c >= cout {
-                    return Err(Error::File { path: path.into(), msg: format!("mask channel {c} out of range 0..{cout} of {name}") });
+                    return Err(Error::File {
+                        path: path.into(),
+                        msg: format!("mask channel {c} out of range 0..{cout} of {name}"),
+                    });
                 }
                 out.push((ci, c));
             }
@@ -90,11 +121,15 @@ impl PruneMask {
         PathBuf::from(s)
     }
     pub fn save(&self, path: &Path) -> Result<()> {
-        let text = serde_json::to_string_pretty(self).map_err(|e| Error::Msg(format!("serialising mask: {e}")))?;
+        let text = serde_json::to_string_pretty(self)
+            .map_err(|e| Error::Msg(format!("serialising mask: {e}")))?;
         super::write_atomic(path, text.as_bytes())
     }
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::File { path: path.into(), msg: format!("not a prune mask: {e}") })
+        serde_json::from_str(&text).map_err(|e| Error::File {
+            path: path.into(),
+            msg: format!("not a prune mask: {e}"),
+        })
     }
 }

@@ -31,7 +31,8 @@ impl SgdOptions {
     /// Learning rate of epoch `e` (PyTorch CosineAnnealingLR with T_max = epochs, stepped per epoch).
     pub fn lr_at(&self, e: usize) -> f32 {
         let t = self.epochs.max(1) as f32;
-        self.eta_min + (self.lr - self.eta_min) * (1.0 + (std::f32::consts::PI * e as f32 / t).cos()) / 2.0
+        self.eta_min
+            + (self.lr - self.eta_min) * (1.0 + (std::f32::consts::PI * e as f32 / t).cos()) / 2.0
     }
 }
 
@@ -56,7 +57,10 @@ pub fn sgd_epochs(
     on_epoch: &mut dyn FnMut(&EpochStats),
 ) -> Result<Vec<EpochStats>> {
     if data.len() < 2 {
-        return Err(Error::InvalidArgument(format!("training needs at least 2 images, got {}", data.len())));
+        return Err(Error::InvalidArgument(format!(
+            "training needs at least 2 images, got {}",
+            data.len()
+        )));
     }
     let be = model.backend().clone();
     let k = model.config().num_classes;
@@ -84,11 +88,16 @@ pub fn sgd_epochs(
             }
             let mut x = vec![0f32; n * IMG];
             for j in 0..n {
-                let (src, dst) = (&imgs[j * IMG..(j + 1) * IMG], &mut x[j * IMG..(j + 1) * IMG]);
+                let (src, dst) = (
+                    &imgs[j * IMG..(j + 1) * IMG],
+                    &mut x[j * IMG..(j + 1) * IMG],
+                );
                 if opts.augment {
                     crop_flip(src, &mut rng, dst);
                 } else {
-                    dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s as f32 / 255.0);
+                    dst.iter_mut()
+                        .zip(src)
+                        .for_each(|(d, &s)| *d = s as f32 / 255.0);
                 }
             }
             let xt = be.from_host(&x, &[n, 3, 32, 32])?;
@@ -101,14 +110,27 @@ pub fn sgd_epochs(
             model.sgd_step(&grads, &mut state, lr, opts.momentum, opts.weight_decay)?;
             let lh = be.to_host(&loss)?;
             if lh.iter().any(|v| !v.is_finite()) {
-                return Err(Error::Msg(format!("training diverged at epoch {} (non-finite loss); lower --lr", e + 1)));
+                return Err(Error::Msg(format!(
+                    "training diverged at epoch {} (non-finite loss); lower --lr",
+                    e + 1
+                )));
             }
             loss_sum += lh.iter().map(|&v| v as f64).sum::<f64>();
             let lg = be.to_host(&logits)?;
-            correct += lg.chunks(k).zip(&labels).filter(|(r, &y)| super::metrics::argmax(r) == y).count();
+            correct += lg
+                .chunks(k)
+                .zip(&labels)
+                .filter(|(r, &y)| super::metrics::argmax(r) == y)
+                .count();
             seen += n;
         }
-        let s = EpochStats { epoch: e + 1, lr, loss: loss_sum / seen.max(1) as f64, train_acc: correct as f64 / seen.max(1) as f64, seconds: t0.elapsed().as_secs_f64() };
+        let s = EpochStats {
+            epoch: e + 1,
+            lr,
+            loss: loss_sum / seen.max(1) as f64,
+            train_acc: correct as f64 / seen.max(1) as f64,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
         on_epoch(&s);
         stats.push(s);
     }
@@ -131,7 +153,16 @@ impl BackdoorOptions {
             attack,
             target: 0,
             poison_rate: 0.1,
-            sgd: SgdOptions { epochs, lr: 0.01, momentum: 0.9, weight_decay: 5e-4, batch: 128, eta_min: 0.0, augment, seed: 0 },
+            sgd: SgdOptions {
+                epochs,
+                lr: 0.01,
+                momentum: 0.9,
+                weight_decay: 5e-4,
+                batch: 128,
+                eta_min: 0.0,
+                augment,
+                seed: 0,
+            },
         }
     }
 }
@@ -143,11 +174,22 @@ pub fn train_backdoored(
     opts: &BackdoorOptions,
     on_epoch: &mut dyn FnMut(&EpochStats),
 ) -> Result<Vec<EpochStats>> {
-    if let Some(&bad) = data.labels.iter().find(|&&y| y as usize >= model.config().num_classes) {
-        return Err(Error::InvalidArgument(format!("label {bad} out of range for a {}-class model", model.config().num_classes)));
+    if let Some(&bad) = data
+        .labels
+        .iter()
+        .find(|&&y| y as usize >= model.config().num_classes)
+    {
+        return Err(Error::InvalidArgument(format!(
+            "label {bad} out of range for a {}-class model",
+            model.config().num_classes
+        )));
     }
     if opts.target as usize >= model.config().num_classes {
-        return Err(Error::InvalidArgument(format!("--target {} out of range 0..{}", opts.target, model.config().num_classes)));
+        return Err(Error::InvalidArgument(format!(
+            "--target {} out of range 0..{}",
+            opts.target,
+            model.config().num_classes
+        )));
     }
     match opts.attack {
         None => sgd_epochs(model, data, &opts.sgd, None, on_epoch),
