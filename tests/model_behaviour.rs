@@ -196,6 +196,16 @@ fn training_from_scratch_reduces_the_loss() {
         .filter(|(p, l)| p == l)
         .count();
     assert!(acc >= n * 2 / 3, "eval accuracy {acc}/{n}");
+    // A batch of one image trains too (the last partial batch of an epoch).
+    let one = be.from_host(&xs[..3072], &[1, 3, 32, 32]).unwrap();
+    let (l1, tr1) = m.forward_train(&one).unwrap();
+    let g1 = m
+        .backward_train(&tr1, &be.from_host(&[0.1, -0.2, 0.1], &[1, 3]).unwrap())
+        .unwrap();
+    assert!(be.to_host(&l1).unwrap().iter().all(|v| v.is_finite()));
+    assert!(g1
+        .iter()
+        .all(|(_, g)| be.to_host(g).unwrap().iter().all(|v| v.is_finite())));
 }
 
 #[test]

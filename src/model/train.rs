@@ -97,12 +97,13 @@ impl PreActResNet18 {
     }
 
     /// Training-mode forward: BN with batch statistics; updates the running statistics (momentum
-    /// 0.1) and `num_batches_tracked`. Returns logits [N,K] and the trace for `backward_train`.
+    /// 0.1) and `num_batches_tracked`. N = 1 works (every BN still sees >= 16 values per channel),
+    /// as in PyTorch, so a last partial batch of one image is fine. Returns logits [N,K] and the trace for `backward_train`.
     pub fn forward_train(&mut self, x: &Tensor) -> Result<(Tensor, TrainTrace)> {
         ensure_shape!(
-            x.shape().len() == 4 && x.shape()[1..] == [3, 32, 32] && x.batch() > 1,
+            x.shape().len() == 4 && x.shape()[1..] == [3, 32, 32] && x.batch() > 0,
             "forward_train",
-            "expected [N>1, 3, 32, 32] pixel-space images, got {:?}",
+            "expected [N, 3, 32, 32] pixel-space images, got {:?}",
             x.shape()
         );
         self.invalidate();
