@@ -19,7 +19,10 @@ pub enum Error {
     #[error("shape mismatch in {op}: {msg}")]
     Shape { op: &'static str, msg: String },
     #[error("backend {backend} does not hold this tensor (tensor lives on {found})")]
-    WrongBackend { backend: &'static str, found: &'static str },
+    WrongBackend {
+        backend: &'static str,
+        found: &'static str,
+    },
     #[error("not compiled with CUDA support: {0}")]
     NotCompiledWithCuda(String),
     #[error("CUDA unavailable: {0}")]
@@ -40,10 +43,16 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
     pub fn shape(op: &'static str, msg: impl Into<String>) -> Self {
-        Error::Shape { op, msg: msg.into() }
+        Error::Shape {
+            op,
+            msg: msg.into(),
+        }
     }
 }
 

@@ -62,12 +62,24 @@ impl Tensor {
     }
     /// Reinterpret with a new shape of the same element count.
     pub fn reshape(mut self, shape: &[usize]) -> Self {
-        assert_eq!(shape.iter().product::<usize>(), self.numel(), "reshape {:?} -> {:?}", self.shape, shape);
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            self.numel(),
+            "reshape {:?} -> {:?}",
+            self.shape,
+            shape
+        );
         self.shape = shape.to_vec();
         self
     }
     pub fn set_shape(&mut self, shape: &[usize]) {
-        assert_eq!(shape.iter().product::<usize>(), self.numel(), "set_shape {:?} -> {:?}", self.shape, shape);
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            self.numel(),
+            "set_shape {:?} -> {:?}",
+            self.shape,
+            shape
+        );
         self.shape = shape.to_vec();
     }
 }

@@ -11,8 +11,8 @@
 //!   (channel, sample) pairs channel-major, so one copy of the B saved activations serves all pairs.
 pub mod cpu;
 pub mod gpu;
-pub mod select;
 pub mod params;
+pub mod select;
 
 pub use params::ConvParams;
 
@@ -41,9 +41,21 @@ pub trait Backend: Send + Sync {
     /// y[n,co,oh,ow] = sum_{ci,kh,kw} x[n,ci,oh*s-p+kh,ow*s-p+kw] * w[co,ci,kh,kw]
     fn conv2d_forward(&self, p: &ConvParams, x: &Tensor, w: &Tensor, y: &mut Tensor) -> Result<()>;
     /// dx = d(sum y*dy)/dx.
-    fn conv2d_input_grad(&self, p: &ConvParams, dy: &Tensor, w: &Tensor, dx: &mut Tensor) -> Result<()>;
+    fn conv2d_input_grad(
+        &self,
+        p: &ConvParams,
+        dy: &Tensor,
+        w: &Tensor,
+        dx: &mut Tensor,
+    ) -> Result<()>;
     /// dw = d(sum y*dy)/dw, overwritten.
-    fn conv2d_weight_grad(&self, p: &ConvParams, x: &Tensor, dy: &Tensor, dw: &mut Tensor) -> Result<()>;
+    fn conv2d_weight_grad(
+        &self,
+        p: &ConvParams,
+        x: &Tensor,
+        dy: &Tensor,
+        dw: &mut Tensor,
+    ) -> Result<()>;
     /// Input gradient of a cotangent that is non-zero in a single output channel per item:
     /// `seed` is [N, 1, h_out, w_out]; item i uses filter `first_channel + i / group`.
     /// Equals `conv2d_input_grad` of the one-hot-expanded cotangent. `p.n` is N, `p.c_out` the
@@ -60,10 +72,23 @@ pub trait Backend: Send + Sync {
 
     // ---- per-channel affine: eval-mode batchnorm and input normalisation -------------------------
     /// y = x * scale[c] + shift[c], then max(., 0) when `relu`.
-    fn channel_affine(&self, x: &Tensor, scale: &Tensor, shift: &Tensor, relu: bool, y: &mut Tensor) -> Result<()>;
+    fn channel_affine(
+        &self,
+        x: &Tensor,
+        scale: &Tensor,
+        shift: &Tensor,
+        relu: bool,
+        y: &mut Tensor,
+    ) -> Result<()>;
     /// dx = dy * scale[c], masked by (y_saved > 0) when `y_saved` (the forward output of a fused
     /// affine+ReLU) is given. y_saved's batch may divide dy's batch (see module docs).
-    fn channel_affine_backward(&self, y_saved: Option<&Tensor>, dy: &Tensor, scale: &Tensor, dx: &mut Tensor) -> Result<()>;
+    fn channel_affine_backward(
+        &self,
+        y_saved: Option<&Tensor>,
+        dy: &Tensor,
+        scale: &Tensor,
+        dx: &mut Tensor,
+    ) -> Result<()>;
 
     // ---- training-mode batchnorm ----------------------------------------------------------------
     /// Normalises with batch statistics (biased variance), writes save_mean/save_invstd [C]
@@ -116,10 +141,22 @@ pub trait Backend: Send + Sync {
     fn linear_forward(&self, x: &Tensor, w: &Tensor, b: &Tensor, y: &mut Tensor) -> Result<()>;
     fn linear_backward_input(&self, dy: &Tensor, w: &Tensor, dx: &mut Tensor) -> Result<()>;
     /// dw = dy^T x, db = sum_n dy (overwritten).
-    fn linear_backward_params(&self, x: &Tensor, dy: &Tensor, dw: &mut Tensor, db: &mut Tensor) -> Result<()>;
+    fn linear_backward_params(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        dw: &mut Tensor,
+        db: &mut Tensor,
+    ) -> Result<()>;
     /// Per-sample loss[n] = -log softmax(logits[n])[label[n]] and dlogits = (softmax - onehot) / N
     /// (the gradient of the *mean* loss).
-    fn softmax_cross_entropy(&self, logits: &Tensor, labels: &Indices, loss: &mut Tensor, dlogits: &mut Tensor) -> Result<()>;
+    fn softmax_cross_entropy(
+        &self,
+        logits: &Tensor,
+        labels: &Indices,
+        loss: &mut Tensor,
+        dlogits: &mut Tensor,
+    ) -> Result<()>;
 
     // ---- FRG ------------------------------------------------------------------------------------
     /// loss[c] = mean over (n,h,w) of (a - b)^2, for every channel c.
@@ -127,10 +164,24 @@ pub trait Backend: Send + Sync {
     /// Batched FRG cotangent: a_x, a_x0 are [B,C,H,W] activations of X and X0 at a conv output;
     /// seed is [K*B,1,H,W] with seed[k*B+b] = 2/(B*H*W) * (a_x0[b,c] - a_x[b,c]), c = first_channel+k:
     /// the gradient of channel c's `channel_mse(a_x, a_x0)` with respect to a_x0[:, c].
-    fn frg_seed(&self, a_x: &Tensor, a_x0: &Tensor, first_channel: usize, seed: &mut Tensor) -> Result<()>;
+    fn frg_seed(
+        &self,
+        a_x: &Tensor,
+        a_x0: &Tensor,
+        first_channel: usize,
+        seed: &mut Tensor,
+    ) -> Result<()>;
     /// y[i] = clamp(x0[i % B] + eps * sign(g[i]), 0, 1), sign(0) = 0; x0 has batch B dividing N.
     fn sign_step(&self, x0: &Tensor, g: &Tensor, eps: f32, y: &mut Tensor) -> Result<()>;
     /// PyTorch SGD (dampening 0, no Nesterov): g = grad + wd * param; buf = momentum * buf + g;
     /// param -= lr * buf. `momentum_buf` starts at zero.
-    fn sgd_step(&self, param: &mut Tensor, grad: &Tensor, momentum_buf: &mut Tensor, lr: f32, momentum: f32, weight_decay: f32) -> Result<()>;
+    fn sgd_step(
+        &self,
+        param: &mut Tensor,
+        grad: &Tensor,
+        momentum_buf: &mut Tensor,
+        lr: f32,
+        momentum: f32,
+        weight_decay: f32,
+    ) -> Result<()>;
 }

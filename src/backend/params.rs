@@ -20,7 +20,16 @@ pub struct ConvParams {
 }
 
 impl ConvParams {
-    pub fn new(n: usize, c_in: usize, h_in: usize, w_in: usize, c_out: usize, kernel: usize, stride: usize, pad: usize) -> Self {
+    pub fn new(
+        n: usize,
+        c_in: usize,
+        h_in: usize,
+        w_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Self {
         let h_out = (h_in + 2 * pad - kernel) / stride + 1;
         let w_out = (w_in + 2 * pad - kernel) / stride + 1;
         ConvParams {
@@ -42,13 +51,28 @@ impl ConvParams {
         self
     }
     pub fn input_shape(&self) -> [usize; 4] {
-        [self.n as usize, self.c_in as usize, self.h_in as usize, self.w_in as usize]
+        [
+            self.n as usize,
+            self.c_in as usize,
+            self.h_in as usize,
+            self.w_in as usize,
+        ]
     }
     pub fn output_shape(&self) -> [usize; 4] {
-        [self.n as usize, self.c_out as usize, self.h_out as usize, self.w_out as usize]
+        [
+            self.n as usize,
+            self.c_out as usize,
+            self.h_out as usize,
+            self.w_out as usize,
+        ]
     }
     pub fn weight_shape(&self) -> [usize; 4] {
-        [self.c_out as usize, self.c_in as usize, self.kernel as usize, self.kernel as usize]
+        [
+            self.c_out as usize,
+            self.c_in as usize,
+            self.kernel as usize,
+            self.kernel as usize,
+        ]
     }
     /// Multiply-adds x 2 of the forward pass (also of the input-gradient and weight-gradient passes).
     pub fn flops(&self) -> u64 {

@@ -39,7 +39,7 @@ pub struct Args {
     /// Fine-tuning epochs after pruning.
     #[arg(long, default_value_t = 10)]
     pub ft_epochs: usize,
-    /// Training learning rate [default: 0.02 on a CPU, 0.01 on a GPU (the spec's)].
+    /// Training learning rate [default: 0.05 on a CPU, 0.01 on a GPU (the spec's)].
     #[arg(long)]
     pub lr: Option<f32>,
     /// Training batch size [default: 32 on a CPU (more steps in few epochs), 128 on a GPU (the spec's)].

@@ -21,8 +21,9 @@ pub struct ScanArgs {
     /// Clean images scoring every feature map (the reference uses one batch of 32).
     #[arg(long, default_value_t = 32)]
     pub samples: usize,
-    /// Prune floor(C/p) channels per conv [default: 64 for the paper's width-64 model; the base width for
-    /// narrower models, the same fraction].
+    /// Prune floor(C/p) channels per conv [default: min(64, base width): 64 for the paper's width-64
+    /// model; for narrower models the base width, so each conv loses as many channels as in the paper
+    /// (1, 2, 4, 8 per conv of layers 1-4: 75 in all)].
     #[arg(long)]
     pub p: Option<usize>,
     /// Initial random step alpha (`1/255` or `0.0039`).
