@@ -2,8 +2,9 @@
 //! given) weights, counts its FLOPs (`count::Arch::scan`), and projects the full 4,800-channel scan.
 //!
 //! Per conv: the prefix traces of X and X0 are timed once; then `channels` channels (default: one
-//! chunk) are scored in chunks of K: `frg_seed` -> `input_grad(OneHot)` -> `sign_step` -> `forward`
-//! -> logits to the host and argmax, the same steps as `fmp::frg`'s batched scan. The projection for
+//! chunk) are scored in chunks of K (sized by `fmp::frg::chunk_channels`) with the scan's own step,
+//! `fmp::frg::score_channels`: `frg_seed` -> `input_grad(OneHot)` -> `sign_step` -> `forward` -> logits
+//! to the host, argmax and true-class probability. The projection for
 //! a conv is prefix time + C x (measured time per channel); the full-scan projection is their sum.
 //! Timing is host wall clock around `synchronize()` (each chunk ends with a device-to-host copy).
 use std::path::PathBuf;
@@ -16,7 +17,8 @@ use super::reference::Rng;
 use super::timing::BenchDevice;
 use crate::data::DatasetKind;
 use crate::error::{Error, Result};
-use crate::model::{Cotangent, ModelConfig, PreActResNet18};
+use crate::fmp::frg::{chunk_channels, score_channels, LayerScores};
+use crate::model::{ModelConfig, PreActResNet18};
 use crate::tensor::Tensor;
 
 /// What to time.
@@ -103,21 +105,6 @@ pub struct ScanBenchReport {
     pub per_conv: Vec<ScanConvResult>,
 }
 
-/// Channels per chunk when not given: what fits in the backend's memory budget, counting per
-/// (channel, sample) item the seed, the input gradient, the adversarial image and six of the widest
-/// activation for the backward's and the scoring forward's working buffers.
-pub fn default_chunk(model: &PreActResNet18, conv: usize, b: usize) -> usize {
-    let convs = model.convs();
-    let out = convs[conv].params.output_shape();
-    let widest = convs
-        .iter()
-        .map(|c| c.params.output_shape()[1..].iter().product::<usize>())
-        .max()
-        .unwrap_or(1);
-    let per_item = 4 * (out[2] * out[3] + 2 * 3 * 32 * 32 + 6 * widest);
-    (model.backend().memory_budget() / (per_item * b.max(1))).clamp(1, out[1].max(1))
-}
-
 fn now_unix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -125,7 +112,8 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
-/// Score channels `c0..c0+k` of the traced conv: returns the per-channel accuracies.
+/// Score channels `c0..c0+k` of the traced conv with the scan's own chunk step; returns the accuracies.
+#[allow(clippy::too_many_arguments)]
 fn score_chunk(
     model: &PreActResNet18,
     tx: &crate::model::Trace,
@@ -136,40 +124,12 @@ fn score_chunk(
     k: usize,
     eps: f32,
 ) -> Result<Vec<f32>> {
-    let be = model.backend();
-    let b = labels.len();
-    let (_, _, h, w) = tx.tap().nchw();
-    let mut seed = be.zeros(&[k * b, 1, h, w])?;
-    be.frg_seed(tx.tap(), tx0.tap(), c0, &mut seed)?;
-    let g = model.input_grad(
-        tx0,
-        Cotangent::OneHot {
-            seed: &seed,
-            first_channel: c0,
-            group: b,
-        },
-    )?;
-    drop(seed);
-    let mut xadv = be.zeros(&[k * b, 3, 32, 32])?;
-    be.sign_step(x0, &g, eps, &mut xadv)?;
-    drop(g);
-    let logits = be.to_host(&model.forward(&xadv)?)?;
-    let nc = logits.len() / (k * b);
-    Ok((0..k)
-        .map(|ki| {
-            let hits = (0..b)
-                .filter(|&bi| {
-                    let row = &logits[(ki * b + bi) * nc..(ki * b + bi + 1) * nc];
-                    let am = row
-                        .iter()
-                        .enumerate()
-                        .fold(0, |m, (j, v)| if *v > row[m] { j } else { m });
-                    am == labels[bi] as usize
-                })
-                .count();
-            hits as f32 / b as f32
-        })
-        .collect())
+    let mut res = LayerScores {
+        scores: Vec::with_capacity(k),
+        true_prob: Vec::with_capacity(k),
+    };
+    score_channels(model, tx, tx0, x0, labels, c0, k, eps, &mut res)?;
+    Ok(res.scores)
 }
 
 /// Build the model for `cfg` on `dev`.
@@ -233,7 +193,7 @@ pub fn run_scan_bench(
         let c_out = info.params.c_out as usize;
         let chunk = cfg
             .chunk
-            .unwrap_or_else(|| default_chunk(&model, l, b))
+            .unwrap_or_else(|| chunk_channels(&model, l, b))
             .clamp(1, c_out);
         let n = cfg.channels.unwrap_or(chunk).clamp(1, c_out);
         be.synchronize()?;

@@ -18,7 +18,7 @@ use super::metrics::argmax;
 use super::rng::Rng;
 use super::select::{reference_order_remap, select_lowest, ConvReport};
 use crate::error::{Error, Result};
-use crate::model::{Cotangent, PreActResNet18};
+use crate::model::{Cotangent, PreActResNet18, Trace};
 use crate::tensor::Tensor;
 
 /// Scan settings (spec defaults: alpha 1/255, eps 4/255, seed 0).
@@ -93,12 +93,9 @@ pub fn scan_layer_batched(
     chunk: usize,
     progress: &mut dyn FnMut(usize),
 ) -> Result<LayerScores> {
-    let be = model.backend().clone();
-    let b = labels.len();
     let tx = model.forward_trace(x, layer)?;
     let tx0 = model.forward_trace(x0, layer)?;
-    let (ax, ax0) = (tx.tap(), tx0.tap());
-    let (_, channels, h, w) = ax.nchw();
+    let channels = tx.tap().nchw().1;
     let mut res = LayerScores {
         scores: Vec::with_capacity(channels),
         true_prob: Vec::with_capacity(channels),
@@ -106,26 +103,47 @@ pub fn scan_layer_batched(
     let mut c0 = 0;
     while c0 < channels {
         let k = chunk.max(1).min(channels - c0);
-        let mut seed = be.zeros(&[k * b, 1, h, w])?;
-        be.frg_seed(ax, ax0, c0, &mut seed)?;
-        let g = model.input_grad(
-            &tx0,
-            Cotangent::OneHot {
-                seed: &seed,
-                first_channel: c0,
-                group: b,
-            },
-        )?;
-        drop(seed);
-        let mut xadv = be.zeros(&[k * b, 3, 32, 32])?;
-        be.sign_step(x0, &g, eps, &mut xadv)?;
-        drop(g);
-        let logits = be.to_host(&model.forward(&xadv)?)?;
-        score_chunk(&logits, labels, k, &mut res)?;
+        score_channels(model, &tx, &tx0, x0, labels, c0, k, eps, &mut res)?;
         c0 += k;
         progress(k);
     }
     Ok(res)
+}
+
+/// One batched chunk: channels `c0..c0+k` of the traced conv (`tx`, `tx0`: traces of X and X0 up to
+/// it), stacked with the B samples channel-major: `frg_seed` -> one-hot input gradient -> `sign_step`
+/// -> scoring forward. Appends k scores and mean true-class probabilities to `res`.
+#[allow(clippy::too_many_arguments)]
+pub fn score_channels(
+    model: &PreActResNet18,
+    tx: &Trace,
+    tx0: &Trace,
+    x0: &Tensor,
+    labels: &[u32],
+    c0: usize,
+    k: usize,
+    eps: f32,
+    res: &mut LayerScores,
+) -> Result<()> {
+    let be = model.backend();
+    let b = labels.len();
+    let (_, _, h, w) = tx.tap().nchw();
+    let mut seed = be.zeros(&[k * b, 1, h, w])?;
+    be.frg_seed(tx.tap(), tx0.tap(), c0, &mut seed)?;
+    let g = model.input_grad(
+        tx0,
+        Cotangent::OneHot {
+            seed: &seed,
+            first_channel: c0,
+            group: b,
+        },
+    )?;
+    drop(seed);
+    let mut xadv = be.zeros(&[k * b, 3, 32, 32])?;
+    be.sign_step(x0, &g, eps, &mut xadv)?;
+    drop(g);
+    let logits = be.to_host(&model.forward(&xadv)?)?;
+    score_chunk(&logits, labels, k, res)
 }
 
 /// Score every channel of conv `layer` one channel at a time (the plain reference loop).
