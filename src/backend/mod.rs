@@ -13,6 +13,7 @@ pub mod cpu;
 pub mod gpu;
 pub mod params;
 pub mod select;
+pub mod shapes;
 
 pub use params::ConvParams;
 

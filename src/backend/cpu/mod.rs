@@ -99,21 +99,7 @@ pub(crate) fn dims4(
     }
 }
 
-pub(crate) fn same_shape(
-    op: &'static str,
-    a_name: &str,
-    a: &Tensor,
-    b_name: &str,
-    b: &Tensor,
-) -> Result<()> {
-    if a.shape != b.shape {
-        return Err(Error::shape(
-            op,
-            format!("{a_name} {:?} and {b_name} {:?} differ", a.shape, b.shape),
-        ));
-    }
-    Ok(())
-}
+pub(crate) use super::shapes::{broadcast_batch, same_shape};
 
 pub(crate) fn numel_is(op: &'static str, what: &str, t: &Tensor, n: usize) -> Result<()> {
     if t.numel() != n {
@@ -127,32 +113,6 @@ pub(crate) fn numel_is(op: &'static str, what: &str, t: &Tensor, n: usize) -> Re
         ));
     }
     Ok(())
-}
-
-/// Saved tensor with batch B dividing the gradient batch N and the same per-item shape.
-pub(crate) fn broadcast_batch(
-    op: &'static str,
-    saved_name: &str,
-    saved: &Tensor,
-    grad_name: &str,
-    grad: &Tensor,
-) -> Result<usize> {
-    let b = saved.batch();
-    let n = grad.batch();
-    if saved.shape.len() != grad.shape.len()
-        || saved.shape[1..] != grad.shape[1..]
-        || b == 0
-        || n % b != 0
-    {
-        return Err(Error::shape(
-            op,
-            format!(
-                "{saved_name} {:?} must have the per-item shape of {grad_name} {:?} and a batch dividing its batch",
-                saved.shape, grad.shape
-            ),
-        ));
-    }
-    Ok(b)
 }
 
 impl Backend for CpuBackend {

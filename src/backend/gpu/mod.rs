@@ -19,6 +19,7 @@ use bytemuck::Pod;
 
 use self::kernels as k;
 use self::runner::{KernelId, Launch, Runner};
+use super::shapes::{broadcast_batch, same_shape};
 use super::{Backend, ConvParams};
 use crate::ensure_shape;
 use crate::error::Result;
@@ -67,38 +68,6 @@ fn i32_of(op: &'static str, what: &str, n: usize) -> Result<i32> {
         "{what} = {n} exceeds the 32-bit indexing of the kernels"
     );
     Ok(n as i32)
-}
-
-fn check_same(op: &'static str, a: &Tensor, an: &str, b: &Tensor, bn: &str) -> Result<()> {
-    ensure_shape!(
-        a.shape() == b.shape(),
-        op,
-        "{an} {:?} and {bn} {:?} differ",
-        a.shape(),
-        b.shape()
-    );
-    Ok(())
-}
-
-/// `saved` must have `full`'s item shape and a batch dividing `full`'s batch.
-fn check_broadcast(
-    op: &'static str,
-    saved: &Tensor,
-    sn: &str,
-    full: &Tensor,
-    fname: &str,
-) -> Result<()> {
-    ensure_shape!(
-        saved.shape().len() == full.shape().len()
-            && saved.shape()[1..] == full.shape()[1..]
-            && saved.batch() > 0
-            && full.batch() % saved.batch() == 0,
-        op,
-        "{sn} {:?} must have the item shape of {fname} {:?} and a batch dividing it",
-        saved.shape(),
-        full.shape()
-    );
-    Ok(())
 }
 
 fn check_rank(op: &'static str, t: &Tensor, name: &str, ranks: &[usize]) -> Result<()> {
@@ -550,7 +519,7 @@ impl<R: Runner> Backend for GpuBackend<R> {
     ) -> Result<()> {
         const OP: &str = "channel_affine";
         check_rank(OP, x, "x", &[2, 4])?;
-        check_same(OP, x, "x", y, "y")?;
+        same_shape(OP, "x", x, "y", y)?;
         let (_, c, hw) = nc_hw(x);
         ensure_shape!(
             scale.numel() == c && shift.numel() == c,
@@ -585,7 +554,7 @@ impl<R: Runner> Backend for GpuBackend<R> {
     ) -> Result<()> {
         const OP: &str = "channel_affine_backward";
         check_rank(OP, dy, "dy", &[2, 4])?;
-        check_same(OP, dy, "dy", dx, "dx")?;
+        same_shape(OP, "dy", dy, "dx", dx)?;
         let (_, c, hw) = nc_hw(dy);
         ensure_shape!(
             scale.numel() == c,
@@ -594,7 +563,7 @@ impl<R: Runner> Backend for GpuBackend<R> {
             scale.shape()
         );
         if let Some(s) = y_saved {
-            check_broadcast(OP, s, "y_saved", dy, "dy")?;
+            broadcast_batch(OP, "y_saved", s, "dy", dy)?;
         }
         let n = i32_of(OP, "numel", dy.numel())?;
         if n == 0 {
@@ -631,7 +600,7 @@ impl<R: Runner> Backend for GpuBackend<R> {
     ) -> Result<()> {
         const OP: &str = "batchnorm_train_forward";
         check_rank(OP, x, "x", &[2, 4])?;
-        check_same(OP, x, "x", y, "y")?;
+        same_shape(OP, "x", x, "y", y)?;
         let (n, c, hw) = nc_hw(x);
         for (t, name) in [
             (gamma, "gamma"),
@@ -691,8 +660,8 @@ impl<R: Runner> Backend for GpuBackend<R> {
     ) -> Result<()> {
         const OP: &str = "batchnorm_train_backward";
         check_rank(OP, x, "x", &[2, 4])?;
-        check_same(OP, x, "x", dy, "dy")?;
-        check_same(OP, x, "x", dx, "dx")?;
+        same_shape(OP, "x", x, "dy", dy)?;
+        same_shape(OP, "x", x, "dx", dx)?;
         let (n, c, hw) = nc_hw(x);
         for (t, name) in [
             (gamma, "gamma"),
@@ -736,14 +705,14 @@ impl<R: Runner> Backend for GpuBackend<R> {
     }
 
     fn relu(&self, x: &Tensor, y: &mut Tensor) -> Result<()> {
-        check_same("relu", x, "x", y, "y")?;
+        same_shape("relu", "x", x, "y", y)?;
         self.unary(k::RELU_FORWARD, x, y)
     }
 
     fn relu_backward(&self, y_saved: &Tensor, dy: &Tensor, dx: &mut Tensor) -> Result<()> {
         const OP: &str = "relu_backward";
-        check_same(OP, dy, "dy", dx, "dx")?;
-        check_broadcast(OP, y_saved, "y_saved", dy, "dy")?;
+        same_shape(OP, "dy", dy, "dx", dx)?;
+        broadcast_batch(OP, "y_saved", y_saved, "dy", dy)?;
         let n = i32_of(OP, "numel", dy.numel())?;
         if n == 0 {
             return Ok(());
@@ -760,8 +729,8 @@ impl<R: Runner> Backend for GpuBackend<R> {
 
     fn add(&self, a: &Tensor, b: &Tensor, y: &mut Tensor) -> Result<()> {
         const OP: &str = "add";
-        check_same(OP, a, "a", b, "b")?;
-        check_same(OP, a, "a", y, "y")?;
+        same_shape(OP, "a", a, "b", b)?;
+        same_shape(OP, "a", a, "y", y)?;
         let n = i32_of(OP, "numel", y.numel())?;
         if n == 0 {
             return Ok(());
@@ -777,12 +746,12 @@ impl<R: Runner> Backend for GpuBackend<R> {
     }
 
     fn add_assign(&self, y: &mut Tensor, x: &Tensor) -> Result<()> {
-        check_same("add_assign", y, "y", x, "x")?;
+        same_shape("add_assign", "y", y, "x", x)?;
         self.unary(k::ADD_ASSIGN, x, y)
     }
 
     fn mul_assign(&self, y: &mut Tensor, m: &Tensor) -> Result<()> {
-        check_same("mul_assign", y, "y", m, "m")?;
+        same_shape("mul_assign", "y", y, "m", m)?;
         self.unary(k::MUL_ASSIGN, m, y)
     }
 
@@ -947,7 +916,7 @@ impl<R: Runner> Backend for GpuBackend<R> {
             labels.len
         );
         check_shape(OP, loss, "loss", &[n])?;
-        check_same(OP, logits, "logits", dlogits, "dlogits")?;
+        same_shape(OP, "logits", logits, "dlogits", dlogits)?;
         ensure_shape!(kc > 0, OP, "no classes");
         i32_of(OP, "numel", n * kc)?;
         if n == 0 {
@@ -967,7 +936,7 @@ impl<R: Runner> Backend for GpuBackend<R> {
     fn channel_mse(&self, a: &Tensor, b: &Tensor, loss: &mut Tensor) -> Result<()> {
         const OP: &str = "channel_mse";
         check_rank(OP, a, "a", &[2, 4])?;
-        check_same(OP, a, "a", b, "b")?;
+        same_shape(OP, "a", a, "b", b)?;
         let (n, c, hw) = nc_hw(a);
         ensure_shape!(
             loss.numel() == c,
@@ -1006,7 +975,7 @@ impl<R: Runner> Backend for GpuBackend<R> {
     ) -> Result<()> {
         const OP: &str = "frg_seed";
         check_rank(OP, a_x, "a_x", &[4])?;
-        check_same(OP, a_x, "a_x", a_x0, "a_x0")?;
+        same_shape(OP, "a_x", a_x, "a_x0", a_x0)?;
         let (b, c, h, w) = a_x.nchw();
         check_rank(OP, seed, "seed", &[4])?;
         let kb = seed.batch();
@@ -1043,8 +1012,8 @@ impl<R: Runner> Backend for GpuBackend<R> {
 
     fn sign_step(&self, x0: &Tensor, g: &Tensor, eps: f32, y: &mut Tensor) -> Result<()> {
         const OP: &str = "sign_step";
-        check_same(OP, g, "g", y, "y")?;
-        check_broadcast(OP, x0, "x0", g, "g")?;
+        same_shape(OP, "g", g, "y", y)?;
+        broadcast_batch(OP, "x0", x0, "g", g)?;
         let n = i32_of(OP, "numel", g.numel())?;
         if n == 0 {
             return Ok(());
@@ -1071,8 +1040,8 @@ impl<R: Runner> Backend for GpuBackend<R> {
         weight_decay: f32,
     ) -> Result<()> {
         const OP: &str = "sgd_step";
-        check_same(OP, param, "param", grad, "grad")?;
-        check_same(OP, param, "param", momentum_buf, "momentum_buf")?;
+        same_shape(OP, "param", param, "grad", grad)?;
+        same_shape(OP, "param", param, "momentum_buf", momentum_buf)?;
         let n = i32_of(OP, "numel", param.numel())?;
         if n == 0 {
             return Ok(());
