@@ -18,6 +18,7 @@
 //!   running over the whole batch in a fixed order (deterministic for any thread count).
 use rayon::prelude::*;
 
+use super::direct;
 use super::gemm::{gemm, ASrc, COut, Pack, PackedA, RowMajor, MR, NR};
 use super::{host, host_mut};
 use crate::backend::ConvParams;
@@ -638,6 +639,10 @@ pub fn forward(p: &ConvParams, x: &Tensor, w: &Tensor, y: &mut Tensor) -> Result
     let xs = host(OP, "x", x)?;
     let ws = host(OP, "w", w)?;
     let ys = host_mut(OP, "y", y)?;
+    if direct::suits(&g) {
+        direct::forward(&g, xs, ws, ys);
+        return Ok(());
+    }
     let (hwo, kdim) = (g.ho * g.wo, g.ci * g.k * g.k);
     let pa = PackedA::new(
         g.co,
@@ -676,6 +681,10 @@ pub fn input_grad(p: &ConvParams, dy: &Tensor, w: &Tensor, dx: &mut Tensor) -> R
     let gs = host(OP, "dy", dy)?;
     let ws = host(OP, "w", w)?;
     let o = host_mut(OP, "dx", dx)?;
+    if direct::suits_input_grad(&g) {
+        direct::input_grad(&g, gs, ws, o);
+        return Ok(());
+    }
     if g.s > 1 {
         input_grad_strided(&g, gs, ws, o);
         return Ok(());
@@ -735,6 +744,10 @@ pub fn input_grad_onehot(
     let ss = host(OP, "seed", seed)?;
     let ws = host(OP, "w", w)?;
     let o = host_mut(OP, "dx", dx)?;
+    if direct::suits_input_grad(&g) {
+        direct::input_grad_onehot(&g, ss, ws, first_channel, group, o);
+        return Ok(());
+    }
     if g.s > 1 {
         input_grad_onehot_strided(&g, ss, ws, first_channel, group, o);
         return Ok(());
