@@ -5,6 +5,7 @@
 pub mod count;
 pub mod device;
 pub mod kernels;
+pub mod profile;
 pub mod reference;
 pub mod scan;
 pub mod timing;

@@ -7,12 +7,15 @@
 //! to the host, argmax and true-class probability. The projection for
 //! a conv is prefix time + C x (measured time per channel); the full-scan projection is their sum.
 //! Timing is host wall clock around `synchronize()` (each chunk ends with a device-to-host copy).
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::count::{Arch, OpCost};
 use super::device::{ceilings_for, Ceilings};
 use super::kernels::{fmt_time, git_commit};
+use super::profile::{ProfileEntry, ProfiledBackend};
 use super::reference::Rng;
 use super::timing::BenchDevice;
 use crate::data::DatasetKind;
@@ -40,6 +43,8 @@ pub struct ScanBenchConfig {
     pub weights: Option<PathBuf>,
     /// Save the model used (e.g. for `benches/peers/frg_reference.py --weights`).
     pub save_weights: Option<PathBuf>,
+    /// Record the chunk steps op by op (`bench::profile`); costs a sync per op on a GPU.
+    pub profile: bool,
 }
 
 impl Default for ScanBenchConfig {
@@ -55,6 +60,7 @@ impl Default for ScanBenchConfig {
             seed: 0,
             weights: None,
             save_weights: None,
+            profile: false,
         }
     }
 }
@@ -103,6 +109,8 @@ pub struct ScanBenchReport {
     /// Counted full-scan FLOPs / peak FLOP/s: the compute roofline's lower bound on the scan's time.
     pub roofline_full_scan_s: f64,
     pub per_conv: Vec<ScanConvResult>,
+    /// With `profile`: the timed chunk steps (prefixes excluded) by op and shape.
+    pub profile: Option<Vec<ProfileEntry>>,
 }
 
 fn now_unix() -> u64 {
@@ -154,6 +162,21 @@ pub fn run_scan_bench(
     cfg: &ScanBenchConfig,
     mut progress: impl FnMut(&ScanConvResult),
 ) -> Result<ScanBenchReport> {
+    let prof = cfg
+        .profile
+        .then(|| Arc::new(ProfiledBackend::new(dev.backend.clone())));
+    let profiled;
+    let dev = match &prof {
+        Some(p) => {
+            profiled = BenchDevice {
+                backend: p.clone(),
+                events: None,
+            };
+            &profiled
+        }
+        None => dev,
+    };
+    let mut recorded: BTreeMap<(String, String), ProfileEntry> = BTreeMap::new();
     let be = dev.backend.clone();
     let model = bench_model(dev, cfg)?;
     let mc = model.config().clone();
@@ -202,6 +225,9 @@ pub fn run_scan_bench(
         let tx0 = model.forward_trace(&x0, l)?;
         be.synchronize()?;
         let prefix_s = t.elapsed().as_secs_f64();
+        if let Some(p) = &prof {
+            p.take(); // the warm-up and the prefixes are not the chunk step
+        }
         let t = Instant::now();
         let mut scores = Vec::with_capacity(n);
         let mut c0 = 0;
@@ -214,6 +240,20 @@ pub fn run_scan_bench(
         }
         be.synchronize()?;
         let channels_s = t.elapsed().as_secs_f64();
+        if let Some(p) = &prof {
+            for e in p.take() {
+                let r = recorded
+                    .entry((e.op.clone(), e.shape.clone()))
+                    .or_insert_with(|| ProfileEntry {
+                        op: e.op.clone(),
+                        shape: e.shape.clone(),
+                        ..Default::default()
+                    });
+                r.calls += e.calls;
+                r.seconds += e.seconds;
+                r.counted += e.counted;
+            }
+        }
         let counted = arch.scan(b as u64, &[l], Some(n)).total();
         let per_channel_s = channels_s / n as f64;
         let r = ScanConvResult {
@@ -257,6 +297,11 @@ pub fn run_scan_bench(
         ceilings: ceil,
         config: cfg.clone(),
         per_conv,
+        profile: prof.map(|_| {
+            let mut v: Vec<ProfileEntry> = recorded.into_values().collect();
+            v.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+            v
+        }),
     })
 }
 

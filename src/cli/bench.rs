@@ -6,6 +6,7 @@ use fmp_engine::backend::cpu::CpuBackend;
 use fmp_engine::backend::select::DeviceSpec;
 use fmp_engine::backend::Backend;
 use fmp_engine::bench::kernels::{run_and_report, write_json, SuiteConfig};
+use fmp_engine::bench::profile::profile_table;
 use fmp_engine::bench::scan::{conv_line, run_scan_bench, summary, ScanBenchConfig};
 use fmp_engine::bench::timing::BenchDevice;
 use fmp_engine::{Error, Result};
@@ -57,6 +58,9 @@ struct ScanArgs {
     /// Write the JSON report here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Print the chunk step's time by op and shape (counted GFLOP/s and GB/s per op).
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -100,6 +104,7 @@ fn scan(a: ScanArgs) -> Result<()> {
         seed: a.seed,
         weights: a.weights,
         save_weights: a.save_weights,
+        profile: a.profile,
         ..ScanBenchConfig::default()
     };
     let dev = BenchDevice::open(a.device.device.parse::<DeviceSpec>()?)?;
@@ -111,6 +116,9 @@ fn scan(a: ScanArgs) -> Result<()> {
     );
     let rep = run_scan_bench(&dev, &cfg, |r| println!("{}", conv_line(r)))?;
     println!("{}", summary(&rep));
+    if let Some(p) = &rep.profile {
+        print!("{}", profile_table(p, rep.ceilings.peak_flops));
+    }
     if let Some(p) = &a.json {
         write_json(p, &rep)?;
         println!("# wrote {}", p.display());

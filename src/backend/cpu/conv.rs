@@ -490,7 +490,7 @@ fn copy_fixed<const N: usize>(dst: &mut [f32], src: &[f32]) {
 }
 
 /// Floats of column buffer per chunk of items on the strided input-gradient path.
-const COL_BUDGET: usize = 1 << 22;
+const COL_BUDGET: usize = 1 << 18;
 
 /// A operand W^T of the strided input gradient: A[(ci, kh, kw), co] = w[co, ci, kh, kw].
 struct ColMajor<'a> {
