@@ -156,8 +156,16 @@ impl Backend for CpuBackend {
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
+    /// A cache-sized working set, not a memory limit: the scan's chunk of stacked (channel,
+    /// sample) pairs is sized from it, and on a CPU smaller chunks whose activations stay in the
+    /// caches beat large ones (the per-item work is the same; see benches/RESULTS.md).
+    /// `FMP_CPU_WORKSET` (bytes) overrides the 16 MiB default.
     fn memory_budget(&self) -> usize {
-        1 << 30
+        std::env::var("FMP_CPU_WORKSET")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&v| v > 0)
+            .unwrap_or(16 << 20)
     }
 
     fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
