@@ -9,6 +9,7 @@ pub mod profile;
 pub mod reference;
 pub mod scan;
 pub mod timing;
+pub mod train;
 
 pub use count::{Arch, OpCost};
 pub use device::Ceilings;

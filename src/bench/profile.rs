@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::count::{self, OpCost};
+use super::timing::BenchDevice;
 use crate::backend::{Backend, ConvParams};
 use crate::error::Result;
 use crate::tensor::{Indices, Tensor};
@@ -96,6 +97,45 @@ impl ProfiledBackend {
     pub fn take(&self) -> Vec<ProfileEntry> {
         let mut m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let mut v: Vec<ProfileEntry> = std::mem::take(&mut *m).into_values().collect();
+        v.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+        v
+    }
+}
+
+/// `dev` with its backend wrapped in a profiler (host-clock timing; events are not used).
+pub fn profiled(dev: &BenchDevice) -> (BenchDevice, Arc<ProfiledBackend>) {
+    let p = Arc::new(ProfiledBackend::new(dev.backend.clone()));
+    (
+        BenchDevice {
+            backend: p.clone(),
+            events: None,
+        },
+        p,
+    )
+}
+
+/// Totals over several `take()`s, most expensive first.
+#[derive(Default)]
+pub struct ProfileTotals(BTreeMap<(String, String), ProfileEntry>);
+
+impl ProfileTotals {
+    pub fn add(&mut self, entries: Vec<ProfileEntry>) {
+        for e in entries {
+            let r = self
+                .0
+                .entry((e.op.clone(), e.shape.clone()))
+                .or_insert_with(|| ProfileEntry {
+                    op: e.op.clone(),
+                    shape: e.shape.clone(),
+                    ..Default::default()
+                });
+            r.calls += e.calls;
+            r.seconds += e.seconds;
+            r.counted += e.counted;
+        }
+    }
+    pub fn into_sorted(self) -> Vec<ProfileEntry> {
+        let mut v: Vec<ProfileEntry> = self.0.into_values().collect();
         v.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
         v
     }

@@ -7,15 +7,13 @@
 //! to the host, argmax and true-class probability. The projection for
 //! a conv is prefix time + C x (measured time per channel); the full-scan projection is their sum.
 //! Timing is host wall clock around `synchronize()` (each chunk ends with a device-to-host copy).
-use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
 use super::count::{Arch, OpCost};
 use super::device::{ceilings_for, Ceilings};
 use super::kernels::{fmt_time, git_commit};
-use super::profile::{ProfileEntry, ProfiledBackend};
+use super::profile::{profiled, ProfileEntry, ProfileTotals};
 use super::reference::Rng;
 use super::timing::BenchDevice;
 use crate::data::DatasetKind;
@@ -162,21 +160,15 @@ pub fn run_scan_bench(
     cfg: &ScanBenchConfig,
     mut progress: impl FnMut(&ScanConvResult),
 ) -> Result<ScanBenchReport> {
-    let prof = cfg
-        .profile
-        .then(|| Arc::new(ProfiledBackend::new(dev.backend.clone())));
-    let profiled;
-    let dev = match &prof {
-        Some(p) => {
-            profiled = BenchDevice {
-                backend: p.clone(),
-                events: None,
-            };
-            &profiled
+    let (profiled, prof) = match cfg.profile {
+        true => {
+            let (d, p) = profiled(dev);
+            (Some(d), Some(p))
         }
-        None => dev,
+        false => (None, None),
     };
-    let mut recorded: BTreeMap<(String, String), ProfileEntry> = BTreeMap::new();
+    let dev = profiled.as_ref().unwrap_or(dev);
+    let mut recorded = ProfileTotals::default();
     let be = dev.backend.clone();
     let model = bench_model(dev, cfg)?;
     let mc = model.config().clone();
@@ -241,18 +233,7 @@ pub fn run_scan_bench(
         be.synchronize()?;
         let channels_s = t.elapsed().as_secs_f64();
         if let Some(p) = &prof {
-            for e in p.take() {
-                let r = recorded
-                    .entry((e.op.clone(), e.shape.clone()))
-                    .or_insert_with(|| ProfileEntry {
-                        op: e.op.clone(),
-                        shape: e.shape.clone(),
-                        ..Default::default()
-                    });
-                r.calls += e.calls;
-                r.seconds += e.seconds;
-                r.counted += e.counted;
-            }
+            recorded.add(p.take());
         }
         let counted = arch.scan(b as u64, &[l], Some(n)).total();
         let per_channel_s = channels_s / n as f64;
@@ -297,11 +278,7 @@ pub fn run_scan_bench(
         ceilings: ceil,
         config: cfg.clone(),
         per_conv,
-        profile: prof.map(|_| {
-            let mut v: Vec<ProfileEntry> = recorded.into_values().collect();
-            v.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
-            v
-        }),
+        profile: prof.map(|_| recorded.into_sorted()),
     })
 }
 

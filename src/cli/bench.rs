@@ -9,6 +9,7 @@ use fmp_engine::bench::kernels::{run_and_report, write_json, SuiteConfig};
 use fmp_engine::bench::profile::profile_table;
 use fmp_engine::bench::scan::{conv_line, run_scan_bench, summary, ScanBenchConfig};
 use fmp_engine::bench::timing::BenchDevice;
+use fmp_engine::bench::train::{run_train_bench, summary as train_summary, TrainBenchConfig};
 use fmp_engine::{Error, Result};
 
 use super::common::DeviceArgs;
@@ -25,6 +26,32 @@ enum What {
     Kernels(KernelArgs),
     /// Time the batched FRG scan conv by conv; channel-samples/s, counted GFLOP/s, projected full scan.
     Scan(ScanArgs),
+    /// Time the fine-tuning step (train-mode forward, backward, SGD) at a batch; projects fine-tuning.
+    Train(TrainArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct TrainArgs {
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Model stem width.
+    #[arg(long, default_value_t = 16)]
+    width: usize,
+    /// Images per step.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Timed steps (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Print the timed steps' time by op and shape.
+    #[arg(long)]
+    profile: bool,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -91,7 +118,31 @@ pub fn run(args: Args) -> Result<()> {
     match args.what {
         What::Kernels(a) => kernels(a),
         What::Scan(a) => scan(a),
+        What::Train(a) => train(a),
     }
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    let cfg = TrainBenchConfig {
+        width: a.width,
+        batch: a.batch,
+        steps: a.steps,
+        warmup: a.warmup,
+        profile: a.profile,
+        ..TrainBenchConfig::default()
+    };
+    let dev = BenchDevice::open(a.device.device.parse::<DeviceSpec>()?)?;
+    println!("# fine-tuning step on {}", dev.backend.name());
+    let rep = run_train_bench(&dev, &cfg)?;
+    println!("{}", train_summary(&rep));
+    if let Some(p) = &rep.profile {
+        print!("{}", profile_table(p, rep.ceilings.peak_flops));
+    }
+    if let Some(p) = &a.json {
+        write_json(p, &rep)?;
+        println!("# wrote {}", p.display());
+    }
+    Ok(())
 }
 
 fn scan(a: ScanArgs) -> Result<()> {
