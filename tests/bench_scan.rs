@@ -95,6 +95,14 @@ fn scan_bench_profile_records_the_chunk_step_by_op() {
     let table = fmp_engine::bench::profile::profile_table(prof, rep.ceilings.peak_flops);
     assert!(table.contains("conv_dgrad_onehot") && table.contains("## by op and shape"));
     // without --profile nothing is recorded
-    let plain = run_scan_bench(&dev, &ScanBenchConfig { profile: false, ..cfg }, |_| {}).unwrap();
+    let plain = run_scan_bench(
+        &dev,
+        &ScanBenchConfig {
+            profile: false,
+            ..cfg
+        },
+        |_| {},
+    )
+    .unwrap();
     assert!(plain.profile.is_none());
 }

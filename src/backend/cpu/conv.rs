@@ -821,6 +821,10 @@ pub fn weight_grad(p: &ConvParams, x: &Tensor, dy: &Tensor, dw: &mut Tensor) -> 
     let xs = host(OP, "x", x)?;
     let gs = host(OP, "dy", dy)?;
     let o = host_mut(OP, "dw", dw)?;
+    if direct::suits_weight_grad(&g) {
+        direct::weight_grad(&g, xs, gs, o);
+        return Ok(());
+    }
     let r = g.ci * g.k * g.k;
     let coff: Vec<usize> = (0..r).collect();
     let c = COut {

@@ -533,3 +533,224 @@ fn kernel() -> (DMicroFn, &'static str) {
 pub fn kernel_name() -> &'static str {
     kernel().1
 }
+
+/// Output channels per weight-gradient pass (x 3 taps = 12 accumulators).
+const WR: usize = 4;
+
+/// Which shapes take the direct weight gradient: the direct forward's shapes, 3x3 filters.
+pub(crate) fn suits_weight_grad(g: &Geom) -> bool {
+    g.k == 3 && suits(g)
+}
+
+/// (per 16-lane vector j: x offset in the padded plane, dy offset in the lane buffer)
+fn lane_offsets(d: &DGeom) -> Vec<(u32, u32)> {
+    (0..d.vectors())
+        .map(|j| (d.in_off(j) as u32, (j * V) as u32))
+        .collect()
+}
+
+/// dy laid out in lanes, all items: whole rows (row layout: dy itself) or the padded grid with
+/// zeros in the dropped lanes, so those lanes add exact zeros. Returns the floats per plane.
+fn dy_lanes<'a>(d: &DGeom, n: usize, dy: &'a [f32], buf: &'a mut Vec<f32>) -> (&'a [f32], usize) {
+    let hw = d.ho * d.wo;
+    if d.row_layout() {
+        return (dy, hw);
+    }
+    let (wp, lanes) = (d.wp(), d.vectors() * V);
+    *buf = vec![0.0; n * d.co * lanes];
+    buf.par_chunks_mut(lanes)
+        .zip(dy.par_chunks(hw))
+        .for_each(|(dst, src)| {
+            for oh in 0..d.ho {
+                dst[oh * wp..][..d.wo].copy_from_slice(&src[oh * d.wo..][..d.wo]);
+            }
+        });
+    (buf, lanes)
+}
+
+/// Lane-wise partial sums acc[r][kw][lane] += sum_j dy[r][dyo_j + lane] * x[xo_j + kw + lane]
+/// over the vectors j, for WR channels and 3 taps of one filter row.
+type WMicroFn = unsafe fn(&[(u32, u32)], [*const f32; WR], *const f32, &mut [[[f32; V]; 3]; WR]);
+
+unsafe fn wmicro_plain(
+    offs: &[(u32, u32)],
+    dy: [*const f32; WR],
+    x: *const f32,
+    acc: &mut [[[f32; V]; 3]; WR],
+) {
+    for &(xo, dyo) in offs {
+        for (r, a) in acc.iter_mut().enumerate() {
+            for (kw, ak) in a.iter_mut().enumerate() {
+                for (l, al) in ak.iter_mut().enumerate() {
+                    // SAFETY: the caller guarantees in-bounds vectors at every offset.
+                    let (dv, xv) =
+                        unsafe { (*dy[r].add(dyo as usize + l), *x.add(xo as usize + kw + l)) };
+                    *al += dv * xv;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn wmicro_avx2(
+    offs: &[(u32, u32)],
+    dy: [*const f32; WR],
+    x: *const f32,
+    acc: &mut [[[f32; V]; 3]; WR],
+) {
+    use std::arch::x86_64::*;
+    for half in 0..2 {
+        let h = half * 8;
+        let mut a = [[_mm256_setzero_ps(); 3]; WR];
+        for &(xo, dyo) in offs {
+            // SAFETY: the caller guarantees in-bounds vectors at every offset.
+            unsafe {
+                let xp = x.add(xo as usize + h);
+                let xv = [
+                    _mm256_loadu_ps(xp),
+                    _mm256_loadu_ps(xp.add(1)),
+                    _mm256_loadu_ps(xp.add(2)),
+                ];
+                for r in 0..WR {
+                    let dv = _mm256_loadu_ps(dy[r].add(dyo as usize + h));
+                    for kw in 0..3 {
+                        a[r][kw] = _mm256_fmadd_ps(dv, xv[kw], a[r][kw]);
+                    }
+                }
+            }
+        }
+        for r in 0..WR {
+            for kw in 0..3 {
+                let mut t = [0f32; 8];
+                // SAFETY: t holds 8 floats.
+                unsafe { _mm256_storeu_ps(t.as_mut_ptr(), a[r][kw]) };
+                for (l, v) in t.iter().enumerate() {
+                    acc[r][kw][h + l] += v;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn wmicro_avx512(
+    offs: &[(u32, u32)],
+    dy: [*const f32; WR],
+    x: *const f32,
+    acc: &mut [[[f32; V]; 3]; WR],
+) {
+    use std::arch::x86_64::*;
+    let mut a = [[_mm512_setzero_ps(); 3]; WR];
+    for &(xo, dyo) in offs {
+        // SAFETY: the caller guarantees in-bounds vectors at every offset.
+        unsafe {
+            let xp = x.add(xo as usize);
+            let xv = [
+                _mm512_loadu_ps(xp),
+                _mm512_loadu_ps(xp.add(1)),
+                _mm512_loadu_ps(xp.add(2)),
+            ];
+            for r in 0..WR {
+                let dv = _mm512_loadu_ps(dy[r].add(dyo as usize));
+                for kw in 0..3 {
+                    a[r][kw] = _mm512_fmadd_ps(dv, xv[kw], a[r][kw]);
+                }
+            }
+        }
+    }
+    for r in 0..WR {
+        for kw in 0..3 {
+            let mut t = [0f32; V];
+            // SAFETY: t holds 16 floats.
+            unsafe { _mm512_storeu_ps(t.as_mut_ptr(), a[r][kw]) };
+            for (l, v) in t.iter().enumerate() {
+                acc[r][kw][l] += v;
+            }
+        }
+    }
+}
+
+fn wkernel() -> WMicroFn {
+    static K: OnceLock<WMicroFn> = OnceLock::new();
+    *K.get_or_init(|| {
+        let force = std::env::var("FMP_CPU_KERNEL").unwrap_or_default();
+        if force == "portable" {
+            return wmicro_plain as WMicroFn;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            let fma = std::is_x86_feature_detected!("fma");
+            if force != "avx2" && fma && std::is_x86_feature_detected!("avx512f") {
+                return wmicro_avx512 as WMicroFn;
+            }
+            if fma && std::is_x86_feature_detected!("avx2") {
+                return wmicro_avx2 as WMicroFn;
+            }
+        }
+        wmicro_plain as WMicroFn
+    })
+}
+
+/// Weight gradient, stride 1, 3x3: dw[co, ci, kh, kw] = sum over items and output pixels of
+/// dy[n, co, oh, ow] * x[n, ci, oh - p + kh, ow - p + kw], with no im2col panels: one task per
+/// input channel pads its plane once per item and walks the lanes of every output channel;
+/// per-lane partial sums run over items and vectors in order and are summed across lanes at the
+/// end in lane order, so the result does not depend on the thread count.
+pub(crate) fn weight_grad(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    let d = dgeom(g);
+    let micro = wkernel();
+    let offs = lane_offsets(&d);
+    let (plane_in, kk) = (g.hi * g.wi, g.k * g.k);
+    let one = DGeom { ci: 1, ..d };
+    let groups = g.co.div_ceil(WR);
+    let mut dybuf = Vec::new();
+    let (lanes_all, stride) = dy_lanes(&d, g.n, dy, &mut dybuf);
+    let per_ci: Vec<Vec<f32>> = (0..g.ci)
+        .into_par_iter()
+        .map_init(Vec::new, |xbuf, ci| {
+            let mut acc = vec![[[[0f32; V]; 3]; WR]; groups * 3];
+            for n in 0..g.n {
+                let xi = &x[(n * g.ci + ci) * plane_in..][..plane_in];
+                pad_item(&one, xi, xbuf);
+                let lanes = &lanes_all[n * g.co * stride..][..g.co * stride];
+                for (gi, chunk) in acc.chunks_exact_mut(3).enumerate() {
+                    // Rows past co (a partial last group) read channel 0 and are dropped.
+                    let dyp: [*const f32; WR] = std::array::from_fn(|r| {
+                        let co = gi * WR + r;
+                        lanes[if co < g.co { co * stride } else { 0 }..].as_ptr()
+                    });
+                    for (kh, a) in chunk.iter_mut().enumerate() {
+                        let xb = xbuf[kh * one.wp()..].as_ptr();
+                        // SAFETY: every x read is inside the padded plane's buffer (lane base
+                        // + kh * wp + kw + 16 <= buf_len, as in the forward), every dy read
+                        // inside the item's lane planes; the kernel's features were detected.
+                        unsafe { micro(&offs, dyp, xb, a) };
+                    }
+                }
+            }
+            // dw[co][ci][kh][kw] for this ci: lane sums in lane order.
+            let mut out = vec![0f32; g.co * kk];
+            for (gi, chunk) in acc.chunks_exact(3).enumerate() {
+                for (kh, a) in chunk.iter().enumerate() {
+                    for r in 0..WR {
+                        let co = gi * WR + r;
+                        if co < g.co {
+                            for kw in 0..3 {
+                                out[co * kk + kh * 3 + kw] = a[r][kw].iter().sum();
+                            }
+                        }
+                    }
+                }
+            }
+            out
+        })
+        .collect();
+    for (ci, vals) in per_ci.iter().enumerate() {
+        for co in 0..g.co {
+            dw[(co * g.ci + ci) * kk..][..kk].copy_from_slice(&vals[co * kk..][..kk]);
+        }
+    }
+}
