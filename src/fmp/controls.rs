@@ -187,13 +187,34 @@ pub fn trigger_overlap(
             sensitivity.len()
         )));
     }
+    let pairs: Vec<(usize, usize)> = convs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, c)| c.selected.iter().map(move |&m| (i, m)))
+        .collect();
+    trigger_overlap_pairs(&pairs, sensitivity, attack, images)
+}
+
+/// The same for a selection given as (conv index, map) pairs.
+pub fn trigger_overlap_pairs(
+    pairs: &[(usize, usize)],
+    sensitivity: &[Vec<f32>],
+    attack: &Attack,
+    images: usize,
+) -> Result<TriggerDiagnostic> {
     let (mut hits, mut selected, mut chance) = (0, 0, 0.0);
-    for (c, s) in convs.iter().zip(sensitivity) {
-        let k = c.selected.len();
+    for (i, s) in sensitivity.iter().enumerate() {
+        let sel: Vec<usize> = pairs.iter().filter(|p| p.0 == i).map(|p| p.1).collect();
+        let k = sel.len();
         let top = top_k(s, k);
-        hits += c.selected.iter().filter(|m| top.contains(m)).count();
+        hits += sel.iter().filter(|m| top.contains(m)).count();
         selected += k;
         chance += (k * k) as f64 / s.len().max(1) as f64;
+    }
+    if pairs.iter().any(|p| p.0 >= sensitivity.len()) {
+        return Err(Error::InvalidArgument(
+            "trigger diagnostic: a selected conv was not measured".into(),
+        ));
     }
     Ok(TriggerDiagnostic {
         attack: attack.kind.name().into(),
