@@ -231,7 +231,7 @@ pub fn print_summary(r: &ScanReport) {
     );
     let rep = r.stability.is_some();
     println!(
-        "  {:<22} {:>5} {:>9} {:>9}{}  selected (score)",
+        "  {:<22} {:>5} {:>9} {:>9}{}  selected ({} score)",
         "conv",
         "C",
         "mean acc",
@@ -240,7 +240,8 @@ pub fn print_summary(r: &ScanReport) {
             "    spread  common     tau"
         } else {
             ""
-        }
+        },
+        st.score
     );
     for c in &r.convs {
         let mean = c.scores.iter().sum::<f32>() / c.channels.max(1) as f32;
@@ -259,7 +260,14 @@ pub fn print_summary(r: &ScanReport) {
             .selected
             .iter()
             .take(6)
-            .map(|&i| format!("{i} ({:.2})", c.scores[i]))
+            .map(|&i| {
+                let v = match st.score.as_str() {
+                    "prob" => c.true_prob.get(i),
+                    "margin" => c.margin.get(i),
+                    _ => c.scores.get(i),
+                };
+                format!("{i} ({:.2})", v.copied().unwrap_or(f32::NAN))
+            })
             .collect();
         let more = if c.selected.len() > 6 {
             format!(" +{}", c.selected.len() - 6)

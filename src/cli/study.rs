@@ -87,8 +87,20 @@ impl std::str::FromStr for Recipe {
                 "samples" => r.samples = num(v)?,
                 "repeats" => r.repeats = num(v)?,
                 "steps" => r.steps = num(v)?,
-                "score" => r.score = v.parse::<ScoreKind>()?.name().into(),
-                "aggregate" => r.aggregate = v.parse::<Aggregate>()?.name().into(),
+                "score" => {
+                    r.score = v
+                        .parse::<ScoreKind>()
+                        .map_err(|e| bad(e.to_string()))?
+                        .name()
+                        .into()
+                }
+                "aggregate" => {
+                    r.aggregate = v
+                        .parse::<Aggregate>()
+                        .map_err(|e| bad(e.to_string()))?
+                        .name()
+                        .into()
+                }
                 _ => {
                     return Err(bad(format!(
                         "unknown key '{k}' (samples, score, repeats, steps, aggregate)"
@@ -690,4 +702,51 @@ fn write_outputs(
         ));
     }
     write_atomic(&a.out, md.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipes_parse_with_defaults_and_errors() {
+        let r: Recipe = "paper".parse().unwrap();
+        assert_eq!(
+            (r.samples, r.score.as_str(), r.repeats, r.steps),
+            (32, "acc", 1, 1)
+        );
+        let r: Recipe = "m4:samples=64,score=margin,repeats=4,steps=2,aggregate=median"
+            .parse()
+            .unwrap();
+        assert_eq!(r.name, "m4");
+        assert_eq!((r.samples, r.repeats, r.steps), (64, 4, 2));
+        assert_eq!(
+            (r.score.as_str(), r.aggregate.as_str()),
+            ("margin", "median")
+        );
+        let s = r.scan_args(7, Some(8)).unwrap();
+        assert_eq!((s.seed, s.p, s.samples, s.repeats), (7, Some(8), 64, 4));
+        for bad in [
+            ":score=acc",
+            "x:samples=0",
+            "x:foo=1",
+            "x:score=best",
+            "x:samples",
+        ] {
+            let e = bad.parse::<Recipe>().unwrap_err().to_string();
+            assert!(e.contains("--fmp"), "{bad}: {e}");
+        }
+        assert!(seeds("0, 1,2").unwrap() == vec![0, 1, 2]);
+        assert!(seeds("0,x").is_err());
+    }
+
+    #[test]
+    fn stats_and_overlap() {
+        let s = stat(&[1.0, 3.0]).unwrap();
+        assert_eq!((s.mean, s.n), (2.0, 2));
+        assert!((s.sd - 2f64.sqrt()).abs() < 1e-12);
+        assert_eq!(stat(&[5.0]).unwrap().sd, 0.0);
+        assert!(stat(&[]).is_none());
+        assert_eq!(share(&[(0, 1), (2, 3)], &[(2, 3), (4, 4)]), 0.5);
+    }
 }
