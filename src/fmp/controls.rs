@@ -106,12 +106,12 @@ fn tap_means(
             let (_, c, h, w) = clean[l].nchw();
             let hw = h * w;
             for i in 0..m {
-                for ch in 0..c {
+                for (ch, sum) in sums[l].iter_mut().enumerate().take(c) {
                     let base = (i * c + ch) * hw;
                     let s: f64 = (base..base + hw)
                         .map(|j| f(a[j], b.as_ref().map_or(0.0, |b| b[j])) as f64)
                         .sum();
-                    sums[l][ch] += s;
+                    *sum += s;
                 }
             }
             counts[l] += m * hw;
