@@ -47,7 +47,7 @@ pub struct Args {
     #[arg(long, default_value = "fmp")]
     pub method: Method,
     /// Also run the controls (fine-tuning only; random maps with FMP's counts, seed --seed) and print
-    /// their rows beside FMP's (after pruning alone and after fine-tuning). The weights written are FMP's.
+    /// their rows beside FMP's (after pruning alone and after fine-tuning). The weights written are --method's.
     #[arg(long)]
     pub controls: bool,
     /// CLP: prune maps whose channel Lipschitz bound exceeds mean + u * std of their conv.
