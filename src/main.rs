@@ -28,6 +28,8 @@ enum Command {
     Train(cli::train::Args),
     /// Train a small backdoored model, defend it, print Acc/ASR/RA before and after.
     Demo(cli::demo::Args),
+    /// Train backdoored models and compare every defense over scan seeds; writes a Markdown table and JSON.
+    Study(cli::study::Args),
     /// Download datasets into the engine's cache.
     Data(cli::data::Args),
     /// Compile every CUDA kernel with NVRTC and print its resource usage.
@@ -47,6 +49,7 @@ fn main() {
         Command::Defend(a) => cli::defend::run(a),
         Command::Train(a) => cli::train::run(a),
         Command::Demo(a) => cli::demo::run(a),
+        Command::Study(a) => cli::study::run(a),
         Command::Data(a) => cli::data::run(a),
         Command::Kernels(a) => cli::kernels::run(a),
         Command::Bench(a) => cli::bench::run(a),

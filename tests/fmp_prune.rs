@@ -34,7 +34,9 @@ fn report_for(m: &PreActResNet18) -> ScanReport {
                 channels: ch,
                 scores: vec![1.0; ch],
                 true_prob: vec![1.0; ch],
+                margin: Vec::new(),
                 selected,
+                stability: None,
             }
         })
         .collect();
@@ -55,6 +57,10 @@ fn report_for(m: &PreActResNet18) -> ScanReport {
             data: String::new(),
             device: "cpu".into(),
             chunk_channels: 1,
+            score: "acc".into(),
+            repeats: 1,
+            aggregate: "mean".into(),
+            steps: 1,
         },
         totals: ReportTotals {
             convs: convs.len(),
@@ -63,6 +69,8 @@ fn report_for(m: &PreActResNet18) -> ScanReport {
         },
         convs,
         seconds: 0.0,
+        stability: None,
+        trigger: None,
     }
 }
 

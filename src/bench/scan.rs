@@ -130,10 +130,7 @@ fn score_chunk(
     k: usize,
     eps: f32,
 ) -> Result<Vec<f32>> {
-    let mut res = LayerScores {
-        scores: Vec::with_capacity(k),
-        true_prob: Vec::with_capacity(k),
-    };
+    let mut res = LayerScores::default();
     score_channels(model, tx, tx0, x0, labels, c0, k, eps, &mut res)?;
     Ok(res.scores)
 }

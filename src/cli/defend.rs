@@ -15,6 +15,7 @@ use fmp_engine::Result;
 
 use super::common::DeviceArgs;
 use super::finetune::{run_finetune, FinetuneArgs};
+use super::methods::{run_method, Ctx, Method};
 use super::scan::{print_summary, run_scan, ScanArgs};
 
 #[derive(clap::Args, Debug)]
@@ -41,6 +42,20 @@ pub struct Args {
     /// Evaluate on the first N test images only.
     #[arg(long)]
     pub eval_limit: Option<usize>,
+    /// The defense: fmp, random (random maps, FMP's counts per conv, seed --seed), finetune-only,
+    /// fine-pruning (least active maps on clean data, FMP's counts) or clp (data-free, no fine-tuning).
+    #[arg(long, default_value = "fmp")]
+    pub method: Method,
+    /// Also run the controls (fine-tuning only; random maps with FMP's counts, seed --seed) and print
+    /// their rows beside FMP's (after pruning alone and after fine-tuning). The weights written are --method's.
+    #[arg(long)]
+    pub controls: bool,
+    /// CLP: prune maps whose channel Lipschitz bound exceeds mean + u * std of their conv.
+    #[arg(long, default_value_t = 3.0)]
+    pub clp_u: f32,
+    /// Fine-Pruning: clean images its activity is measured on.
+    #[arg(long, default_value_t = 256)]
+    pub fp_images: usize,
     #[command(flatten)]
     pub scan: ScanArgs,
     #[command(flatten)]
@@ -72,6 +87,20 @@ pub fn run(a: Args) -> Result<()> {
         s.push(".scan.json");
         PathBuf::from(s)
     });
+    if a.controls || a.method != Method::Fmp {
+        return run_methods(
+            &a,
+            &model,
+            &clean,
+            kind,
+            &dir,
+            &backend,
+            test.as_ref(),
+            attack.as_ref(),
+            before,
+            &report_path,
+        );
+    }
     let t0 = Instant::now();
     defend(
         &mut model,
@@ -95,6 +124,70 @@ pub fn run(a: Args) -> Result<()> {
         let after = evaluate(&model, t, Some(at), eval_batch(backend.as_ref()))?;
         print_metrics_table(&[("before", b), ("after FMP", after)]);
     }
+    Ok(())
+}
+
+/// `--method` other than fmp, or `--controls`: each defense on a copy of the model, a row per result.
+#[allow(clippy::too_many_arguments)]
+fn run_methods(
+    a: &Args,
+    model: &PreActResNet18,
+    clean: &LabeledImages,
+    kind: DatasetKind,
+    dir: &std::path::Path,
+    backend: &Arc<dyn Backend>,
+    test: Option<&LabeledImages>,
+    attack: Option<&Attack>,
+    before: Option<Metrics>,
+    report_path: &std::path::Path,
+) -> Result<()> {
+    let ctx = Ctx {
+        clean,
+        kind,
+        data_dir: dir,
+        weights: &a.weights,
+        scan: &a.scan,
+        ft: &a.ft,
+        mask: a.mask,
+        backend,
+        test: test.map(|t| (t, attack)),
+        seed: a.scan.seed,
+        clp_u: a.clp_u,
+        fp_images: a.fp_images,
+        report_path: Some(report_path),
+    };
+    let mut list = vec![a.method];
+    if a.controls {
+        for m in [Method::Fmp, Method::FinetuneOnly, Method::Random] {
+            if !list.contains(&m) {
+                list.push(m);
+            }
+        }
+    }
+    let mut rows: Vec<(String, Metrics)> = before
+        .map(|b| ("before".to_string(), b))
+        .into_iter()
+        .collect();
+    let mut times = Vec::new();
+    for (i, &m) in list.iter().enumerate() {
+        let (defended, out) = run_method(model, m, &ctx)?;
+        if i == 0 {
+            defended.save(&a.out)?;
+            println!("defended weights ({}): {}", m.name(), a.out.display());
+        }
+        if let Some(p) = out.after_prune.filter(|_| m.fine_tunes()) {
+            rows.push((format!("{} pruned", m.name()), p));
+        }
+        if let Some(x) = out.after {
+            rows.push((m.name().to_string(), x));
+        }
+        times.push(format!("{} {:.1} s", m.name(), out.seconds));
+    }
+    if !rows.is_empty() {
+        let r: Vec<(&str, Metrics)> = rows.iter().map(|(n, m)| (n.as_str(), *m)).collect();
+        print_metrics_table(&r);
+    }
+    println!("time: {}", times.join(", "));
     Ok(())
 }
 
@@ -134,14 +227,14 @@ pub fn defend(
 }
 
 pub fn print_metrics_table(rows: &[(&str, Metrics)]) {
-    println!("  {:<12} {:>8} {:>8} {:>8}", "", "Acc %", "ASR %", "RA %");
+    println!("  {:<20} {:>8} {:>8} {:>8}", "", "Acc %", "ASR %", "RA %");
     for (name, m) in rows {
         let pct = |v: Option<f64>| {
             v.map(|v| format!("{:.2}", 100.0 * v))
                 .unwrap_or_else(|| "-".into())
         };
         println!(
-            "  {:<12} {:>8.2} {:>8} {:>8}",
+            "  {:<20} {:>8.2} {:>8} {:>8}",
             name,
             100.0 * m.acc,
             pct(m.asr),

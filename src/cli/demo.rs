@@ -123,16 +123,7 @@ pub fn run(a: Args) -> Result<()> {
         "2/2 FMP defense: scan (p = {}: as many channels per conv as the paper prunes), prune, fine-tune",
         width.min(64)
     );
-    let scan = ScanArgs {
-        samples: 32,
-        p: Some(width.min(64)),
-        alpha: 1.0 / 255.0,
-        eps: 4.0 / 255.0,
-        seed: 0,
-        reference_order: false,
-        chunk: None,
-        naive: false,
-    };
+    let scan = ScanArgs::paper(0, Some(width.min(64)));
     let ft = FinetuneArgs {
         epochs: a.ft_epochs,
         ratio: 0.1,

@@ -8,6 +8,8 @@ pub mod eval;
 pub mod finetune;
 pub mod info;
 pub mod kernels;
+pub mod methods;
 pub mod prune;
 pub mod scan;
+pub mod study;
 pub mod train;

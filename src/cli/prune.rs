@@ -2,6 +2,8 @@
 use std::path::PathBuf;
 
 use fmp_engine::data::DatasetKind;
+use fmp_engine::fmp::baselines::counts_of;
+use fmp_engine::fmp::controls::{counts_for_p, random_selection};
 use fmp_engine::fmp::prune::{apply, selections, PruneMask};
 use fmp_engine::fmp::select::ScanReport;
 use fmp_engine::model::PreActResNet18;
@@ -13,9 +15,16 @@ use super::common::DeviceArgs;
 pub struct Args {
     /// Model weights (.safetensors).
     pub weights: PathBuf,
-    /// Scan report from `fmp-engine scan`.
+    /// Scan report from `fmp-engine scan` (with --random: only its per-conv counts are used).
+    #[arg(long, required_unless_present = "random")]
+    pub report: Option<PathBuf>,
+    /// Control: prune random maps instead, seeded, with the same count per conv as the report (or, without
+    /// --report, floor(C/p) per conv as FMP).
     #[arg(long)]
-    pub report: PathBuf,
+    pub random: Option<u64>,
+    /// With --random and no --report: p of floor(C/p) [default: min(64, base width)].
+    #[arg(long)]
+    pub p: Option<usize>,
     /// Pruned weights.
     #[arg(long)]
     pub out: PathBuf,
@@ -27,21 +36,34 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let report = ScanReport::load(&a.report)?;
     // Normalisation constants do not matter for pruning; the file's own shapes give width and classes.
     let (mut model, _) =
         PreActResNet18::load(a.device.backend()?, &a.weights, DatasetKind::Cifar10)?;
-    let pruned = selections(&model, &report, &a.report)?;
+    let from_report = match &a.report {
+        Some(path) => Some(selections(&model, &ScanReport::load(path)?, path)?),
+        None => None,
+    };
+    let pruned = match (a.random, from_report) {
+        (Some(seed), r) => {
+            let counts = match r {
+                Some(sel) => counts_of(&model, &sel),
+                None => counts_for_p(&model, a.p.unwrap_or(model.config().width.min(64)))?,
+            };
+            random_selection(&model, &counts, seed)?
+        }
+        (None, Some(sel)) => sel,
+        (None, None) => unreachable!("clap requires --report without --random"),
+    };
     apply(&mut model, &pruned)?;
     model.save(&a.out)?;
+    let convs = counts_of(&model, &pruned)
+        .iter()
+        .filter(|&&c| c > 0)
+        .count();
     println!(
-        "pruned {} feature maps in {} convs -> {}",
+        "pruned {} {}feature maps in {convs} convs -> {}",
         pruned.len(),
-        report
-            .convs
-            .iter()
-            .filter(|c| !c.selected.is_empty())
-            .count(),
+        if a.random.is_some() { "random " } else { "" },
         a.out.display()
     );
     if a.mask {

@@ -33,6 +33,8 @@ pub struct ScanOptions {
     pub chunk: Option<usize>,
     /// Use the one-channel-at-a-time loop.
     pub naive: bool,
+    /// FRG sign steps per feature map (1: the spec's single step; more: `frg_steps`).
+    pub steps: usize,
 }
 
 impl Default for ScanOptions {
@@ -45,15 +47,18 @@ impl Default for ScanOptions {
             reference_order: false,
             chunk: None,
             naive: false,
+            steps: 1,
         }
     }
 }
 
 /// Per-channel results of one conv.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct LayerScores {
     pub scores: Vec<f32>,
     pub true_prob: Vec<f32>,
+    /// Mean logit margin: true-class logit minus the largest other logit (negative: misclassified).
+    pub margin: Vec<f32>,
 }
 
 /// `X0 = clamp(X + alpha * sign(U(-1,1)), 0, 1)`, signs from `Rng::derive(seed, "frg-x0")` in element order.
@@ -96,10 +101,7 @@ pub fn scan_layer_batched(
     let tx = model.forward_trace(x, layer)?;
     let tx0 = model.forward_trace(x0, layer)?;
     let channels = tx.tap().nchw().1;
-    let mut res = LayerScores {
-        scores: Vec::with_capacity(channels),
-        true_prob: Vec::with_capacity(channels),
-    };
+    let mut res = LayerScores::default();
     let mut c0 = 0;
     while c0 < channels {
         let k = chunk.max(1).min(channels - c0);
@@ -160,10 +162,7 @@ pub fn scan_layer_naive(
     let b = labels.len();
     let ax = be.to_host(model.forward_trace(x, layer)?.tap())?;
     let x0h = be.to_host(x0)?;
-    let mut res = LayerScores {
-        scores: Vec::new(),
-        true_prob: Vec::new(),
-    };
+    let mut res = LayerScores::default();
     let channels = model.convs()[layer].params.output_shape()[1];
     for c in 0..channels {
         let tx0 = model.forward_trace(x0, layer)?;
@@ -204,8 +203,9 @@ pub fn scan_layer_naive(
     Ok(res)
 }
 
-/// Append the scores of k channels from logits [k*B, classes] (channel-major).
-fn score_chunk(logits: &[f32], labels: &[u32], k: usize, res: &mut LayerScores) -> Result<()> {
+/// Append the scores of k channels from logits [k*B, classes] (channel-major): accuracy, mean true-class
+/// probability and mean logit margin.
+pub fn score_chunk(logits: &[f32], labels: &[u32], k: usize, res: &mut LayerScores) -> Result<()> {
     let b = labels.len();
     if logits.len() % (k * b) != 0 {
         return Err(Error::shape(
@@ -215,7 +215,7 @@ fn score_chunk(logits: &[f32], labels: &[u32], k: usize, res: &mut LayerScores) 
     }
     let nc = logits.len() / (k * b);
     for ki in 0..k {
-        let (mut correct, mut prob) = (0usize, 0f64);
+        let (mut correct, mut prob, mut margin) = (0usize, 0f64, 0f64);
         for (bi, &y) in labels.iter().enumerate() {
             let row = &logits[(ki * b + bi) * nc..(ki * b + bi + 1) * nc];
             if argmax(row) == y {
@@ -224,9 +224,17 @@ fn score_chunk(logits: &[f32], labels: &[u32], k: usize, res: &mut LayerScores) 
             let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
             let z: f64 = row.iter().map(|&v| ((v - m) as f64).exp()).sum();
             prob += ((row[y as usize] - m) as f64).exp() / z;
+            let other = row
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != y as usize)
+                .map(|(_, &v)| v)
+                .fold(f32::NEG_INFINITY, f32::max);
+            margin += (row[y as usize] - other) as f64;
         }
         res.scores.push(correct as f32 / b as f32);
         res.true_prob.push((prob / b as f64) as f32);
+        res.margin.push((margin / b as f64) as f32);
     }
     Ok(())
 }
@@ -270,7 +278,15 @@ pub fn scan(
     let mut out = Vec::with_capacity(convs.len());
     let mut chunk_used = 0;
     for (l, cv) in convs.iter().enumerate() {
-        let ls = if opts.naive {
+        let ls = if opts.steps > 1 {
+            let k = opts
+                .chunk
+                .unwrap_or_else(|| super::frg_steps::chunk_channels(model, l, b));
+            if !opts.naive {
+                chunk_used = chunk_used.max(k.min(cv.params.output_shape()[1]));
+            }
+            super::frg_steps::scan_layer_steps(model, &x, &x0, labels, l, opts, k, progress)?
+        } else if opts.naive {
             scan_layer_naive(model, &x, &x0, labels, l, opts.eps, progress)?
         } else {
             let k = opts.chunk.unwrap_or_else(|| chunk_channels(model, l, b));
@@ -284,7 +300,9 @@ pub fn scan(
             channels: ls.scores.len(),
             scores: ls.scores,
             true_prob: ls.true_prob,
+            margin: ls.margin,
             selected,
+            stability: None,
         });
     }
     if opts.reference_order {
