@@ -7,7 +7,7 @@ use std::time::Instant;
 use fmp_engine::data::{DatasetKind, Split};
 use fmp_engine::fmp::attacks::{Attack, AttackKind};
 use fmp_engine::fmp::metrics::evaluate;
-use fmp_engine::fmp::pipeline::{eval_batch, find_data, load_split, no_data_help};
+use fmp_engine::fmp::pipeline::{eval_batch, find_data, load_split};
 use fmp_engine::fmp::train::{train_backdoored, BackdoorOptions};
 use fmp_engine::model::{ModelConfig, PreActResNet18};
 use fmp_engine::{Error, Result};
@@ -59,10 +59,8 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let backend = a.device.backend()?;
     let gpu = backend.is_gpu();
-    let dir = find_data(a.data.as_deref()).map_err(|e| match (a.data.is_some(), e) {
-        (false, _) => Error::Msg(no_data_help()),
-        (true, e) => e,
-    })?;
+    // finds the data or, with none anywhere, downloads CIFAR-10 into the cache (unless --offline)
+    let dir = find_data(a.data.as_deref())?;
     let (train, kind) = load_split(&dir, Split::Train)?;
     if kind != DatasetKind::Cifar10 {
         return Err(Error::Data {
