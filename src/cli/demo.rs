@@ -157,6 +157,7 @@ pub fn run(a: Args) -> Result<()> {
         false,
         &PathBuf::from(report),
         &backend,
+        &mut |_| Ok(()),
     )?;
     model.save(&defended)?;
     let after = evaluate(&model, &test, Some(&attack), eval_batch(backend.as_ref()))?;

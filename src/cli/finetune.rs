@@ -13,7 +13,7 @@ use fmp_engine::Result;
 use super::common::DeviceArgs;
 
 /// Fine-tuning settings shared by `finetune`, `defend` and `demo`.
-#[derive(clap::Args, Clone, Debug)]
+#[derive(clap::Args, Clone, Debug, serde::Serialize)]
 pub struct FinetuneArgs {
     #[arg(long, default_value_t = 10)]
     pub epochs: usize,

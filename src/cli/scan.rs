@@ -58,6 +58,10 @@ pub struct Args {
     /// Report file.
     #[arg(long, default_value = "report.json")]
     pub out: PathBuf,
+    /// Also draw the scores as an SVG: a row per conv (execution order), every feature map's score, the
+    /// selected ones marked.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -71,6 +75,10 @@ pub fn run(a: Args) -> Result<()> {
     report.save(&a.out)?;
     print_summary(&report);
     println!("report: {}", a.out.display());
+    if let Some(p) = &a.plot {
+        fmp_engine::report::plot::write_scan_plot(&report, p)?;
+        println!("plot: {}", p.display());
+    }
     Ok(())
 }
 
