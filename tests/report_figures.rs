@@ -304,3 +304,167 @@ fn report_folder_gets_page_plot_and_summary() {
     assert!(e.contains("report.html") && e.contains("folder"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A CIFAR-10 look-alike folder: `n_train` / `n_test` records, labels i % 10, pixels a fixed pattern.
+fn tiny_dataset(dir: &std::path::Path, n_train: usize, n_test: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, n) in [("data_batch_1.bin", n_train), ("test_batch.bin", n_test)] {
+        let mut bytes = Vec::new();
+        for i in 0..n {
+            bytes.push((i % 10) as u8);
+            bytes.extend((0..3072).map(|j| ((i * 37 + j * 11) % 251) as u8));
+        }
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+}
+
+fn engine(cwd: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fmp-engine"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("FMP_DATA")
+        .env("FMP_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The commands end to end on a width-2 model and 60 made-up images: `scan --plot` writes an SVG with a
+/// row per conv; `defend --report DIR --json` writes the report folder and prints only the summary.
+#[test]
+fn scan_plot_and_defend_report_from_the_command_line() {
+    let root = std::env::temp_dir().join(format!("fmp-report-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    tiny_dataset(&root.join("data"), 40, 20);
+    let common = ["--data", "data", "--device", "cpu"];
+    let mut train = vec![
+        "train",
+        "--attack",
+        "badnets",
+        "--out",
+        "m.safetensors",
+        "--width",
+        "2",
+        "--epochs",
+        "1",
+        "--batch",
+        "10",
+    ];
+    train.extend(common);
+    engine(&root, &train);
+    let mut scan = vec![
+        "scan",
+        "m.safetensors",
+        "--samples",
+        "4",
+        "--out",
+        "s.json",
+        "--plot",
+        "s.svg",
+    ];
+    scan.extend(common);
+    engine(&root, &scan);
+    let report = ScanReport::load(&root.join("s.json")).unwrap();
+    let svg = std::fs::read_to_string(root.join("s.svg")).unwrap();
+    let doc = roxmltree::Document::parse(&svg).unwrap();
+    let t = texts(doc.root_element());
+    assert_eq!(report.convs.len(), 20);
+    for c in &report.convs {
+        let label = format!("{}  ({}/{})", c.name, c.selected.len(), c.channels);
+        assert_eq!(t.iter().filter(|s| **s == label).count(), 1, "{label}");
+    }
+    assert_eq!(
+        circles_of(doc.root_element(), &hex(SELECTED)),
+        report.totals.selected + 1
+    );
+
+    let mut defend = vec![
+        "defend",
+        "m.safetensors",
+        "--out",
+        "d.safetensors",
+        "--samples",
+        "4",
+        "--epochs",
+        "1",
+        "--ratio",
+        "1",
+        "--batch",
+        "20",
+        "--attack",
+        "badnets",
+        "--report",
+        "rep",
+        "--json",
+    ];
+    defend.extend(common);
+    let out = engine(&root, &defend);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "stdout must hold only the JSON:\n{stdout}"
+    );
+    let j: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(j["schema"], DEFEND_SCHEMA);
+    let stages: Vec<&str> = j["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["before", "after pruning", "after fine-tuning"]);
+    assert_eq!(j["stages"][0]["n"], 20);
+    assert!(j["reproduce"][0]
+        .as_str()
+        .unwrap()
+        .starts_with("fmp-engine scan m.safetensors"));
+    // the progress text went to stderr
+    assert!(String::from_utf8_lossy(&out.stderr).contains("FRG scan:"));
+    let html = std::fs::read_to_string(root.join("rep/report.html")).unwrap();
+    let doc = roxmltree::Document::parse_with_options(
+        &html,
+        roxmltree::ParsingOptions {
+            allow_dtd: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for id in ["fig-metrics", "fig-scan"] {
+        assert!(
+            by_id(&doc, id).descendants().any(|n| n.has_tag_name("svg")),
+            "{id}"
+        );
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("rep/summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary, j);
+    assert!(root.join("d.safetensors").is_file() && root.join("d.safetensors.scan.json").is_file());
+    // the old meaning of --report (a JSON path) is a clear error before any work
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_fmp-engine"))
+        .args([
+            "defend",
+            "m.safetensors",
+            "--out",
+            "x.safetensors",
+            "--report",
+            "r.json",
+        ])
+        .args(common)
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && err.contains("--scan-report"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}

@@ -264,7 +264,8 @@ pub fn metrics_chart_svg(rows: &[(String, Metrics)]) -> Result<String> {
     if rows.is_empty() {
         return Err(Error::InvalidArgument("no metrics to plot".into()));
     }
-    let series: [(&str, RGBColor, fn(&Metrics) -> Option<f64>); 3] = [
+    type Series = (&'static str, RGBColor, fn(&Metrics) -> Option<f64>);
+    let series: [Series; 3] = [
         ("Acc", RGBColor(44, 160, 44), |m| Some(m.acc)),
         ("ASR", SELECTED, |m| m.asr),
         ("RA", KEPT, |m| m.ra),
