@@ -1,9 +1,12 @@
 //! The pictures, drawn from a synthetic scan report (no scan run): the scan plot is an SVG that parses, has
 //! one row label per conv in execution order and one red dot per selected feature map; the defense report
 //! page is well-formed, holds both figures, the metrics table, the settings and the reproducing commands.
+mod cli_support;
+use cli_support::{engine, tiny_dataset};
+
 use fmp_engine::fmp::metrics::Metrics;
 use fmp_engine::fmp::select::{
-    select_lowest, ConvReport, ReportModel, ReportSettings, ReportTotals, ScanReport,
+    select_lowest, ConvReport, ReportModel, ReportSettings, ReportTotals, ScanReport, SCAN_SCHEMA,
 };
 use fmp_engine::report::html::defend_report_html;
 use fmp_engine::report::plot::{scan_plot_svg, KEPT, SELECTED};
@@ -62,6 +65,7 @@ fn synthetic(w: usize, p: usize) -> ScanReport {
         selected: out.iter().map(|c| c.selected.len()).sum(),
     };
     ScanReport {
+        schema: SCAN_SCHEMA,
         model: ReportModel {
             path: "m.safetensors".into(),
             width: w,
@@ -303,36 +307,6 @@ fn report_folder_gets_page_plot_and_summary() {
     let e = write_defend_report(&page, &s, &r).unwrap_err().to_string();
     assert!(e.contains("report.html") && e.contains("folder"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-/// A CIFAR-10 look-alike folder: `n_train` / `n_test` records, labels i % 10, pixels a fixed pattern.
-fn tiny_dataset(dir: &std::path::Path, n_train: usize, n_test: usize) {
-    std::fs::create_dir_all(dir).unwrap();
-    for (name, n) in [("data_batch_1.bin", n_train), ("test_batch.bin", n_test)] {
-        let mut bytes = Vec::new();
-        for i in 0..n {
-            bytes.push((i % 10) as u8);
-            bytes.extend((0..3072).map(|j| ((i * 37 + j * 11) % 251) as u8));
-        }
-        std::fs::write(dir.join(name), bytes).unwrap();
-    }
-}
-
-fn engine(cwd: &std::path::Path, args: &[&str]) -> std::process::Output {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fmp-engine"))
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("FMP_DATA")
-        .env("FMP_OFFLINE", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}\nstdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 /// The commands end to end on a width-2 model and 60 made-up images: `scan --plot` writes an SVG with a

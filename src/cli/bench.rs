@@ -10,7 +10,7 @@ use fmp_engine::bench::scan::{conv_line, run_scan_bench, summary, ScanBenchConfi
 use fmp_engine::bench::timing::BenchDevice;
 use fmp_engine::{Error, Result};
 
-use super::common::DeviceArgs;
+use super::common::{DeviceArgs, JsonOut};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -54,7 +54,7 @@ struct ScanArgs {
     /// Save the model's weights (for benches/peers/frg_reference.py --weights).
     #[arg(long)]
     save_weights: Option<PathBuf>,
-    /// Write the JSON report here.
+    /// Write the JSON report here (`-`: print it on stdout, the text going to stderr).
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -78,7 +78,7 @@ struct KernelArgs {
     /// Only cases whose name contains this.
     #[arg(long)]
     filter: Option<String>,
-    /// Write the JSON report here.
+    /// Write the JSON report here (`-`: print it on stdout, the text going to stderr).
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -90,7 +90,14 @@ pub fn run(args: Args) -> Result<()> {
     }
 }
 
+/// `--json -`: the report goes to stdout (returns the output and no path), else to the file.
+fn json_target(p: &Option<PathBuf>) -> Result<(JsonOut, Option<&std::path::Path>)> {
+    let stdout = p.as_deref() == Some(std::path::Path::new("-"));
+    Ok((JsonOut::begin(stdout)?, p.as_deref().filter(|_| !stdout)))
+}
+
 fn scan(a: ScanArgs) -> Result<()> {
+    let (json, json_file) = json_target(&a.json)?;
     let cfg = ScanBenchConfig {
         width: a.width.max(1),
         samples: a.samples.max(1),
@@ -111,14 +118,15 @@ fn scan(a: ScanArgs) -> Result<()> {
     );
     let rep = run_scan_bench(&dev, &cfg, |r| println!("{}", conv_line(r)))?;
     println!("{}", summary(&rep));
-    if let Some(p) = &a.json {
+    if let Some(p) = json_file {
         write_json(p, &rep)?;
         println!("# wrote {}", p.display());
     }
-    Ok(())
+    json.emit(&rep)
 }
 
 fn kernels(a: KernelArgs) -> Result<()> {
+    let (json, json_file) = json_target(&a.json)?;
     let mut cfg = if a.quick {
         SuiteConfig::quick()
     } else {
@@ -137,7 +145,8 @@ fn kernels(a: KernelArgs) -> Result<()> {
         .backend
         .is_gpu()
         .then(|| Arc::new(CpuBackend::new()) as Arc<dyn Backend>);
-    let report = run_and_report(&dev, cpu.as_deref(), &cfg, a.json.as_deref())?;
+    let report = run_and_report(&dev, cpu.as_deref(), &cfg, json_file)?;
+    json.emit(&report)?;
     let failed = report.failures().len();
     if failed > 0 {
         return Err(Error::Msg(format!(

@@ -7,7 +7,7 @@ use fmp_engine::fmp::select::ScanReport;
 use fmp_engine::model::PreActResNet18;
 use fmp_engine::Result;
 
-use super::common::DeviceArgs;
+use super::common::{DeviceArgs, JsonOut};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -22,11 +22,15 @@ pub struct Args {
     /// Also write `<out>.mask.json`, so `finetune` keeps the pruned filters at zero.
     #[arg(long)]
     pub mask: bool,
+    /// Print one JSON object on stdout (progress text goes to stderr); fields in docs/report.md.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
+    let json = JsonOut::begin(a.json)?;
     let report = ScanReport::load(&a.report)?;
     // Normalisation constants do not matter for pruning; the file's own shapes give width and classes.
     let (mut model, _) =
@@ -44,10 +48,19 @@ pub fn run(a: Args) -> Result<()> {
             .count(),
         a.out.display()
     );
+    let mut mask = None;
     if a.mask {
         let path = PruneMask::sidecar(&a.out);
         PruneMask::from_pairs(&model, &pruned).save(&path)?;
         println!("mask: {}", path.display());
+        mask = Some(path.display().to_string());
     }
-    Ok(())
+    json.emit(&serde_json::json!({
+        "weights": a.weights.display().to_string(),
+        "report": a.report.display().to_string(),
+        "out": a.out.display().to_string(),
+        "pruned": pruned.len(),
+        "convs": report.convs.iter().filter(|c| !c.selected.is_empty()).count(),
+        "mask": mask,
+    }))
 }

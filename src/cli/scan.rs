@@ -7,13 +7,13 @@ use fmp_engine::backend::Backend;
 use fmp_engine::fmp::frg::{scan, ScanOptions};
 use fmp_engine::fmp::pipeline::{find_data, load_clean, load_model, progress_bar, scan_samples};
 use fmp_engine::fmp::select::{
-    parse_fraction, ReportModel, ReportSettings, ReportTotals, ScanReport,
+    parse_fraction, ReportModel, ReportSettings, ReportTotals, ScanReport, SCAN_SCHEMA,
 };
 use fmp_engine::fmp::LabeledImages;
 use fmp_engine::model::PreActResNet18;
 use fmp_engine::Result;
 
-use super::common::DeviceArgs;
+use super::common::{DeviceArgs, JsonOut};
 
 /// Scan settings shared by `scan`, `defend` and `demo`.
 #[derive(clap::Args, Clone, Debug)]
@@ -62,11 +62,15 @@ pub struct Args {
     /// selected ones marked.
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
+    /// Print one JSON object on stdout (progress text goes to stderr); fields in docs/report.md.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
+    let json = JsonOut::begin(a.json)?;
     let backend = a.device.backend()?;
     let dir = find_data(a.data.as_deref())?;
     let (clean, kind) = load_clean(&dir)?;
@@ -79,7 +83,20 @@ pub fn run(a: Args) -> Result<()> {
         fmp_engine::report::plot::write_scan_plot(&report, p)?;
         println!("plot: {}", p.display());
     }
-    Ok(())
+    json.emit(&serde_json::json!({
+        "schema": report.schema,
+        "report": a.out.display().to_string(),
+        "plot": a.plot.as_ref().map(|p| p.display().to_string()),
+        "model": report.model,
+        "settings": report.settings,
+        "totals": report.totals,
+        "seconds": report.seconds,
+        "selected": report
+            .convs
+            .iter()
+            .map(|c| (c.name.clone(), serde_json::json!(c.selected)))
+            .collect::<serde_json::Map<String, serde_json::Value>>(),
+    }))
 }
 
 /// Scan `model` with images drawn from `clean`; prints nothing but the progress bar.
@@ -115,6 +132,7 @@ pub fn run_scan(
         selected: convs.iter().map(|c| c.selected.len()).sum(),
     };
     Ok(ScanReport {
+        schema: SCAN_SCHEMA,
         model: ReportModel {
             path: weights.display().to_string(),
             width,
