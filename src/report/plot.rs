@@ -349,6 +349,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tukey_box_whiskers_stop_at_data_within_the_fences() {
+        // q1 = 2, median 3, q3 = 4 (IQR 2, fences -1 and 7): 100 is an outlier, 0 is not
+        let v = [0.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0, 100.0, f32::NAN];
+        assert_eq!(tukey_box(&v), Some([0.0, 2.0, 3.0, 4.0, 4.0]));
+        assert_eq!(tukey_box(&[f32::NAN]), None);
+        assert_eq!(tukey_box(&[0.5]), Some([0.5; 5]));
+    }
+
+    #[test]
     fn jitter_stays_inside_the_row() {
         for i in 0..10_000 {
             assert!(jitter(i).abs() <= 0.28, "{i}");
@@ -358,7 +367,9 @@ mod tests {
     #[test]
     fn categories_tick_at_their_centres() {
         let r = Categories(4);
-        assert_eq!(r.key_points(2), vec![0.0, 1.0, 2.0, 3.0]);
+        use plotters::coord::ranged1d::{BoldPoints, LightPoints};
+        assert_eq!(r.key_points(BoldPoints(2)), vec![0.0, 1.0, 2.0, 3.0]);
+        assert!(r.key_points(LightPoints::new(2, 10)).is_empty());
         assert_eq!(r.map(&-0.6, (0, 100)), 0);
         assert_eq!(r.map(&3.6, (0, 100)), 100);
         let l: Vec<String> = ["a", "b"].iter().map(|s| s.to_string()).collect();
