@@ -6,6 +6,9 @@ mod cli;
 #[derive(Parser)]
 #[command(name = "fmp-engine", version, about)]
 struct Cli {
+    /// Never download (also FMP_OFFLINE=1): without a dataset, say how to point at a local copy.
+    #[arg(long, global = true)]
+    offline: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -40,6 +43,7 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    fmp_engine::fmp::download::set_offline(cli.offline);
     let result = match cli.command {
         Command::Info(a) => cli::info::run(a),
         Command::Eval(a) => cli::eval::run(a),

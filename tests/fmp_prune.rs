@@ -8,7 +8,9 @@ use fmp_engine::backend::Backend;
 use fmp_engine::fmp::finetune::{finetune, FinetuneOptions};
 use fmp_engine::fmp::prune::{apply, selections, PruneMask};
 use fmp_engine::fmp::rng::Rng;
-use fmp_engine::fmp::select::{ConvReport, ReportModel, ReportSettings, ReportTotals, ScanReport};
+use fmp_engine::fmp::select::{
+    ConvReport, ReportModel, ReportSettings, ReportTotals, ScanReport, SCAN_SCHEMA,
+};
 use fmp_engine::fmp::LabeledImages;
 use fmp_engine::model::{ModelConfig, PreActResNet18};
 
@@ -42,6 +44,7 @@ fn report_for(m: &PreActResNet18) -> ScanReport {
         .collect();
     let selected = convs.iter().map(|c| c.selected.len()).sum();
     ScanReport {
+        schema: SCAN_SCHEMA,
         model: ReportModel {
             path: "test".into(),
             width: m.config().width,

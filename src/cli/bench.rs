@@ -12,7 +12,7 @@ use fmp_engine::bench::timing::BenchDevice;
 use fmp_engine::bench::train::{run_train_bench, summary as train_summary, TrainBenchConfig};
 use fmp_engine::{Error, Result};
 
-use super::common::DeviceArgs;
+use super::common::{DeviceArgs, JsonOut};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -82,7 +82,7 @@ struct ScanArgs {
     /// Save the model's weights (for benches/peers/frg_reference.py --weights).
     #[arg(long)]
     save_weights: Option<PathBuf>,
-    /// Write the JSON report here.
+    /// Write the JSON report here (`-`: print it on stdout, the text going to stderr).
     #[arg(long)]
     json: Option<PathBuf>,
     /// Print the chunk step's time by op and shape (counted GFLOP/s and GB/s per op).
@@ -109,7 +109,7 @@ struct KernelArgs {
     /// Only cases whose name contains this.
     #[arg(long)]
     filter: Option<String>,
-    /// Write the JSON report here.
+    /// Write the JSON report here (`-`: print it on stdout, the text going to stderr).
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -131,6 +131,7 @@ fn train(a: TrainArgs) -> Result<()> {
         profile: a.profile,
         ..TrainBenchConfig::default()
     };
+    let (json, json_file) = json_target(&a.json)?;
     let dev = BenchDevice::open(a.device.device.parse::<DeviceSpec>()?)?;
     println!("# fine-tuning step on {}", dev.backend.name());
     let rep = run_train_bench(&dev, &cfg)?;
@@ -138,14 +139,21 @@ fn train(a: TrainArgs) -> Result<()> {
     if let Some(p) = &rep.profile {
         print!("{}", profile_table(p, rep.ceilings.peak_flops));
     }
-    if let Some(p) = &a.json {
+    if let Some(p) = json_file {
         write_json(p, &rep)?;
         println!("# wrote {}", p.display());
     }
-    Ok(())
+    json.emit(&rep)
+}
+
+/// `--json -`: the report goes to stdout (returns the output and no path), else to the file.
+fn json_target(p: &Option<PathBuf>) -> Result<(JsonOut, Option<&std::path::Path>)> {
+    let stdout = p.as_deref() == Some(std::path::Path::new("-"));
+    Ok((JsonOut::begin(stdout)?, p.as_deref().filter(|_| !stdout)))
 }
 
 fn scan(a: ScanArgs) -> Result<()> {
+    let (json, json_file) = json_target(&a.json)?;
     let cfg = ScanBenchConfig {
         width: a.width.max(1),
         samples: a.samples.max(1),
@@ -170,14 +178,15 @@ fn scan(a: ScanArgs) -> Result<()> {
     if let Some(p) = &rep.profile {
         print!("{}", profile_table(p, rep.ceilings.peak_flops));
     }
-    if let Some(p) = &a.json {
+    if let Some(p) = json_file {
         write_json(p, &rep)?;
         println!("# wrote {}", p.display());
     }
-    Ok(())
+    json.emit(&rep)
 }
 
 fn kernels(a: KernelArgs) -> Result<()> {
+    let (json, json_file) = json_target(&a.json)?;
     let mut cfg = if a.quick {
         SuiteConfig::quick()
     } else {
@@ -196,7 +205,8 @@ fn kernels(a: KernelArgs) -> Result<()> {
         .backend
         .is_gpu()
         .then(|| Arc::new(CpuBackend::new()) as Arc<dyn Backend>);
-    let report = run_and_report(&dev, cpu.as_deref(), &cfg, a.json.as_deref())?;
+    let report = run_and_report(&dev, cpu.as_deref(), &cfg, json_file)?;
+    json.emit(&report)?;
     let failed = report.failures().len();
     if failed > 0 {
         return Err(Error::Msg(format!(

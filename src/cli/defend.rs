@@ -9,11 +9,13 @@ use fmp_engine::fmp::attacks::{Attack, AttackKind};
 use fmp_engine::fmp::metrics::{evaluate, Metrics};
 use fmp_engine::fmp::pipeline::{eval_batch, find_data, load_clean, load_model, load_split};
 use fmp_engine::fmp::prune::{apply, selections};
+use fmp_engine::fmp::select::ScanReport;
 use fmp_engine::fmp::LabeledImages;
 use fmp_engine::model::PreActResNet18;
+use fmp_engine::report::write_defend_report;
 use fmp_engine::Result;
 
-use super::common::DeviceArgs;
+use super::common::{DeviceArgs, JsonOut};
 use super::finetune::{run_finetune, FinetuneArgs};
 use super::methods::{run_method, Ctx, Method};
 use super::scan::{print_summary, run_scan, ScanArgs};
@@ -30,7 +32,15 @@ pub struct Args {
     pub out: PathBuf,
     /// Scan report [default: `<OUT>.scan.json`].
     #[arg(long)]
+    pub scan_report: Option<PathBuf>,
+    /// Write a report folder: report.html (Acc/ASR/RA before, after pruning and after fine-tuning, the
+    /// scan plot, the settings, the commands to reproduce it), scan.svg and summary.json.
+    #[arg(long, value_name = "DIR")]
     pub report: Option<PathBuf>,
+    /// Print one JSON object (the summary: metrics at each stage, settings, commands) on stdout; the
+    /// progress text goes to stderr.
+    #[arg(long)]
+    pub json: bool,
     /// Keep pruned filters at zero during fine-tuning (the reference does not).
     #[arg(long)]
     pub mask: bool,
@@ -65,24 +75,38 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    let json = JsonOut::begin(a.json)?;
+    if let Some(r) = &a.report {
+        super::defend_report::check_report_dir(r)?;
+    }
     let backend = a.device.backend()?;
     let dir = find_data(a.data.as_deref())?;
     let (clean, kind) = load_clean(&dir)?;
     let mut model = load_model(backend.clone(), &a.weights, kind)?;
-    let test = match a.attack {
-        Some(_) => Some(
+    // the test split: for ASR/RA under --attack, and for the clean accuracy a report or --json shows
+    let summarise = a.report.is_some() || a.json;
+    let test = match a.attack.is_some() || summarise {
+        true => Some(
             load_split(&dir, Split::Test)?
                 .0
                 .truncate(a.eval_limit.unwrap_or(usize::MAX)),
         ),
-        None => None,
+        false => None,
     };
     let attack = a.attack.map(|k| Attack::new(k, a.target));
-    let before = match (&test, &attack) {
-        (Some(t), Some(at)) => Some(evaluate(&model, t, Some(at), eval_batch(backend.as_ref()))?),
-        _ => None,
+    let eval = |m: &PreActResNet18| -> Result<Option<Metrics>> {
+        match &test {
+            Some(t) => Ok(Some(evaluate(
+                m,
+                t,
+                attack.as_ref(),
+                eval_batch(backend.as_ref()),
+            )?)),
+            None => Ok(None),
+        }
     };
-    let report_path = a.report.clone().unwrap_or_else(|| {
+    let before = eval(&model)?;
+    let report_path = a.scan_report.clone().unwrap_or_else(|| {
         let mut s = a.out.as_os_str().to_owned();
         s.push(".scan.json");
         PathBuf::from(s)
@@ -102,7 +126,9 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     let t0 = Instant::now();
-    defend(
+    let mut after_prune = None;
+    let mut eval_seconds = 0.0;
+    let (report, pruned) = defend(
         &mut model,
         &clean,
         kind,
@@ -113,16 +139,51 @@ pub fn run(a: Args) -> Result<()> {
         a.mask,
         &report_path,
         &backend,
+        &mut |m| {
+            if summarise {
+                let t = Instant::now();
+                after_prune = eval(m)?;
+                eval_seconds = t.elapsed().as_secs_f64();
+            }
+            Ok(())
+        },
     )?;
+    let defend_seconds = t0.elapsed().as_secs_f64() - eval_seconds;
     model.save(&a.out)?;
     println!(
         "defended weights: {} ({:.1} s)",
         a.out.display(),
-        t0.elapsed().as_secs_f64()
+        defend_seconds
     );
-    if let (Some(t), Some(at), Some(b)) = (&test, &attack, before) {
-        let after = evaluate(&model, t, Some(at), eval_batch(backend.as_ref()))?;
-        print_metrics_table(&[("before", b), ("after FMP", after)]);
+    let after = eval(&model)?;
+    if let (Some(_), Some(b), Some(af)) = (&attack, before, after) {
+        let mut rows = vec![("before", b)];
+        rows.extend(after_prune.map(|m| ("pruned", m)));
+        rows.push(("after FMP", af));
+        print_metrics_table(&rows);
+    }
+    if summarise {
+        let stages = [
+            ("before", before),
+            ("after pruning", after_prune),
+            ("after fine-tuning", after),
+        ];
+        let summary = super::defend_report::summary(
+            &a,
+            &dir,
+            kind,
+            &report_path,
+            &report,
+            pruned,
+            &stages,
+            defend_seconds,
+            &backend.name(),
+        );
+        if let Some(r) = &a.report {
+            let page = write_defend_report(r, &summary, &report)?;
+            println!("report: {}", page.display());
+        }
+        json.emit(&summary)?;
     }
     Ok(())
 }
@@ -191,7 +252,8 @@ fn run_methods(
     Ok(())
 }
 
-/// Scan (report written to `report_path`), prune, optionally mask, fine-tune; `model` is changed in place.
+/// Scan (report written to `report_path`), prune, optionally mask, `after_prune(model)`, fine-tune; `model`
+/// is changed in place. Returns the scan report and the number of feature maps pruned.
 #[allow(clippy::too_many_arguments)]
 pub fn defend(
     model: &mut PreActResNet18,
@@ -204,7 +266,8 @@ pub fn defend(
     mask: bool,
     report_path: &std::path::Path,
     backend: &Arc<dyn Backend>,
-) -> Result<()> {
+    after_prune: &mut dyn FnMut(&PreActResNet18) -> Result<()>,
+) -> Result<(ScanReport, usize)> {
     let report = run_scan(model, weights, clean, data_dir, scan, backend)?;
     report.save(report_path)?;
     print_summary(&report);
@@ -223,7 +286,9 @@ pub fn defend(
             ""
         }
     );
-    run_finetune(model, clean, ft, kind)
+    after_prune(model)?;
+    run_finetune(model, clean, ft, kind)?;
+    Ok((report, pruned.len()))
 }
 
 pub fn print_metrics_table(rows: &[(&str, Metrics)]) {

@@ -7,12 +7,12 @@ use std::time::Instant;
 use fmp_engine::data::{DatasetKind, Split};
 use fmp_engine::fmp::attacks::{Attack, AttackKind};
 use fmp_engine::fmp::metrics::evaluate;
-use fmp_engine::fmp::pipeline::{eval_batch, find_data, load_split, no_data_help};
+use fmp_engine::fmp::pipeline::{eval_batch, find_data, load_split};
 use fmp_engine::fmp::train::{train_backdoored, BackdoorOptions};
 use fmp_engine::model::{ModelConfig, PreActResNet18};
 use fmp_engine::{Error, Result};
 
-use super::common::DeviceArgs;
+use super::common::{DeviceArgs, JsonOut};
 use super::defend::{defend, print_metrics_table};
 use super::finetune::FinetuneArgs;
 use super::scan::ScanArgs;
@@ -52,17 +52,19 @@ pub struct Args {
     /// Where the trained and defended weights go.
     #[arg(long, default_value = "fmp-demo")]
     pub workdir: PathBuf,
+    /// Print one JSON object on stdout (progress text goes to stderr); fields in docs/report.md.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
+    let json = JsonOut::begin(a.json)?;
     let backend = a.device.backend()?;
     let gpu = backend.is_gpu();
-    let dir = find_data(a.data.as_deref()).map_err(|e| match (a.data.is_some(), e) {
-        (false, _) => Error::Msg(no_data_help()),
-        (true, e) => e,
-    })?;
+    // finds the data or, with none anywhere, downloads CIFAR-10 into the cache (unless --offline)
+    let dir = find_data(a.data.as_deref())?;
     let (train, kind) = load_split(&dir, Split::Train)?;
     if kind != DatasetKind::Cifar10 {
         return Err(Error::Data {
@@ -139,6 +141,7 @@ pub fn run(a: Args) -> Result<()> {
         .join(format!("{}-w{width}-fmp.safetensors", a.attack));
     let mut report = defended.as_os_str().to_owned();
     report.push(".scan.json");
+    let report_path = PathBuf::from(report);
     defend(
         &mut model,
         &defender_pool,
@@ -148,8 +151,9 @@ pub fn run(a: Args) -> Result<()> {
         &scan,
         &ft,
         false,
-        &PathBuf::from(report),
+        &report_path,
         &backend,
+        &mut |_| Ok(()),
     )?;
     model.save(&defended)?;
     let after = evaluate(&model, &test, Some(&attack), eval_batch(backend.as_ref()))?;
@@ -160,5 +164,19 @@ pub fn run(a: Args) -> Result<()> {
     );
     print_metrics_table(&[("backdoored", before), ("after FMP", after)]);
     println!("weights: {} -> {}", trained.display(), defended.display());
-    Ok(())
+    json.emit(&serde_json::json!({
+        "attack": a.attack.name(),
+        "target": 0,
+        "width": width,
+        "train_images": train.len(),
+        "test_images": test.len(),
+        "data": dir.display().to_string(),
+        "device": backend.name(),
+        "trained": trained.display().to_string(),
+        "defended": defended.display().to_string(),
+        "scan_report": report_path.display().to_string(),
+        "before": before,
+        "after": after,
+        "seconds": t_all.elapsed().as_secs_f64(),
+    }))
 }

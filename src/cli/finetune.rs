@@ -5,15 +5,15 @@ use fmp_engine::data::DatasetKind;
 use fmp_engine::fmp::finetune::{finetune, FinetuneOptions};
 use fmp_engine::fmp::pipeline::{find_data, load_clean, load_model};
 use fmp_engine::fmp::prune::PruneMask;
-use fmp_engine::fmp::train::SgdOptions;
+use fmp_engine::fmp::train::{EpochStats, SgdOptions};
 use fmp_engine::fmp::LabeledImages;
 use fmp_engine::model::PreActResNet18;
 use fmp_engine::Result;
 
-use super::common::DeviceArgs;
+use super::common::{DeviceArgs, JsonOut};
 
 /// Fine-tuning settings shared by `finetune`, `defend` and `demo`.
-#[derive(clap::Args, Clone, Debug)]
+#[derive(clap::Args, Clone, Debug, serde::Serialize)]
 pub struct FinetuneArgs {
     #[arg(long, default_value_t = 10)]
     pub epochs: usize,
@@ -72,15 +72,20 @@ pub struct Args {
     /// Ignore any mask sidecar.
     #[arg(long, conflicts_with = "mask")]
     pub no_mask: bool,
+    /// Print one JSON object on stdout (progress text goes to stderr); fields in docs/report.md.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
+    let json = JsonOut::begin(a.json)?;
     let backend = a.device.backend()?;
     let dir = find_data(a.data.as_deref())?;
     let (clean, kind) = load_clean(&dir)?;
     let mut model = load_model(backend, &a.weights, kind)?;
+    let mut mask = None;
     if !a.no_mask {
         let sidecar = PruneMask::sidecar(&a.weights);
         let path = a
@@ -95,12 +100,23 @@ pub fn run(a: Args) -> Result<()> {
                 pairs.len(),
                 p.display()
             );
+            mask = Some((p.display().to_string(), pairs.len()));
         }
     }
-    run_finetune(&mut model, &clean, &a.ft, kind)?;
+    let epochs = run_finetune(&mut model, &clean, &a.ft, kind)?;
     model.save(&a.out)?;
     println!("fine-tuned weights: {}", a.out.display());
-    Ok(())
+    let images = fmp_engine::fmp::finetune::subset(&clean, a.ft.ratio, a.ft.ft_seed)?.len();
+    json.emit(&serde_json::json!({
+        "weights": a.weights.display().to_string(),
+        "out": a.out.display().to_string(),
+        "data": dir.display().to_string(),
+        "images": images,
+        "mask": mask.as_ref().map(|m| &m.0),
+        "masked_filters": mask.as_ref().map(|m| m.1).unwrap_or(0),
+        "settings": a.ft,
+        "epochs": epochs,
+    }))
 }
 
 pub fn run_finetune(
@@ -108,7 +124,7 @@ pub fn run_finetune(
     clean: &LabeledImages,
     ft: &FinetuneArgs,
     kind: DatasetKind,
-) -> Result<()> {
+) -> Result<Vec<EpochStats>> {
     let opts = ft.options(kind);
     let n = fmp_engine::fmp::finetune::subset(clean, opts.ratio, opts.sgd.seed)?.len();
     println!(
@@ -121,6 +137,5 @@ pub fn run_finetune(
             "  epoch {:>3}  lr {:.5}  loss {:.4}  train acc {:.3}  {:.1} s",
             s.epoch, s.lr, s.loss, s.train_acc, s.seconds
         )
-    })?;
-    Ok(())
+    })
 }

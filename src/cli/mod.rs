@@ -3,6 +3,7 @@ pub mod bench;
 pub mod common;
 pub mod data;
 pub mod defend;
+pub mod defend_report;
 pub mod demo;
 pub mod eval;
 pub mod finetune;

@@ -9,7 +9,7 @@ use fmp_engine::fmp::select::ScanReport;
 use fmp_engine::model::PreActResNet18;
 use fmp_engine::Result;
 
-use super::common::DeviceArgs;
+use super::common::{DeviceArgs, JsonOut};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -31,11 +31,15 @@ pub struct Args {
     /// Also write `<out>.mask.json`, so `finetune` keeps the pruned filters at zero.
     #[arg(long)]
     pub mask: bool,
+    /// Print one JSON object on stdout (progress text goes to stderr); fields in docs/report.md.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
+    let json = JsonOut::begin(a.json)?;
     // Normalisation constants do not matter for pruning; the file's own shapes give width and classes.
     let (mut model, _) =
         PreActResNet18::load(a.device.backend()?, &a.weights, DatasetKind::Cifar10)?;
@@ -66,10 +70,20 @@ pub fn run(a: Args) -> Result<()> {
         if a.random.is_some() { "random " } else { "" },
         a.out.display()
     );
+    let mut mask = None;
     if a.mask {
         let path = PruneMask::sidecar(&a.out);
         PruneMask::from_pairs(&model, &pruned).save(&path)?;
         println!("mask: {}", path.display());
+        mask = Some(path.display().to_string());
     }
-    Ok(())
+    json.emit(&serde_json::json!({
+        "weights": a.weights.display().to_string(),
+        "report": a.report.as_ref().map(|p| p.display().to_string()),
+        "random": a.random,
+        "out": a.out.display().to_string(),
+        "pruned": pruned.len(),
+        "convs": convs,
+        "mask": mask,
+    }))
 }

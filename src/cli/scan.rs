@@ -10,14 +10,14 @@ use fmp_engine::fmp::frg::ScanOptions;
 use fmp_engine::fmp::pipeline::{eval_batch, find_data, load_clean, load_model, progress_bar};
 use fmp_engine::fmp::rng::Rng;
 use fmp_engine::fmp::select::{
-    parse_fraction, ReportModel, ReportSettings, ReportTotals, ScanReport,
+    parse_fraction, ReportModel, ReportSettings, ReportTotals, ScanReport, SCAN_SCHEMA,
 };
 use fmp_engine::fmp::stability::{scan_repeated, Aggregate, RepeatOptions, ScoreKind};
 use fmp_engine::fmp::LabeledImages;
 use fmp_engine::model::PreActResNet18;
 use fmp_engine::{Error, Result};
 
-use super::common::DeviceArgs;
+use super::common::{DeviceArgs, JsonOut};
 
 /// Scan settings shared by `scan`, `defend` and `demo`.
 #[derive(clap::Args, Clone, Debug)]
@@ -103,11 +103,19 @@ pub struct Args {
     /// Report file.
     #[arg(long, default_value = "report.json")]
     pub out: PathBuf,
+    /// Also draw the scores as an SVG: a row per conv (execution order), every feature map's score, the
+    /// selected ones marked.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Print one JSON object on stdout (progress text goes to stderr); fields in docs/report.md.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
+    let json = JsonOut::begin(a.json)?;
     let backend = a.device.backend()?;
     let dir = find_data(a.data.as_deref())?;
     let (clean, kind) = load_clean(&dir)?;
@@ -126,7 +134,24 @@ pub fn run(a: Args) -> Result<()> {
     report.save(&a.out)?;
     print_summary(&report);
     println!("report: {}", a.out.display());
-    Ok(())
+    if let Some(p) = &a.plot {
+        fmp_engine::report::plot::write_scan_plot(&report, p)?;
+        println!("plot: {}", p.display());
+    }
+    json.emit(&serde_json::json!({
+        "schema": report.schema,
+        "report": a.out.display().to_string(),
+        "plot": a.plot.as_ref().map(|p| p.display().to_string()),
+        "model": report.model,
+        "settings": report.settings,
+        "totals": report.totals,
+        "seconds": report.seconds,
+        "selected": report
+            .convs
+            .iter()
+            .map(|c| (c.name.clone(), serde_json::json!(c.selected)))
+            .collect::<serde_json::Map<String, serde_json::Value>>(),
+    }))
 }
 
 /// Scan `model` with images drawn from `clean`; prints nothing but the progress bar.
@@ -172,6 +197,7 @@ pub fn run_scan(
         selected: convs.iter().map(|c| c.selected.len()).sum(),
     };
     Ok(ScanReport {
+        schema: SCAN_SCHEMA,
         model: ReportModel {
             path: weights.display().to_string(),
             width,

@@ -10,7 +10,7 @@ use fmp_engine::fmp::train::{train_backdoored, BackdoorOptions};
 use fmp_engine::model::{ModelConfig, PreActResNet18};
 use fmp_engine::{Error, Result};
 
-use super::common::DeviceArgs;
+use super::common::{DeviceArgs, JsonOut};
 use super::defend::print_metrics_table;
 
 /// `none` or an attack name.
@@ -71,11 +71,15 @@ pub struct Args {
     /// Evaluate on the first N test images only.
     #[arg(long)]
     pub eval_limit: Option<usize>,
+    /// Print one JSON object on stdout (progress text goes to stderr); fields in docs/report.md.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
+    let json = JsonOut::begin(a.json)?;
     let backend = a.device.backend()?;
     let dir = find_data(a.data.as_deref())?;
     let (train, kind) = load_split(&dir, Split::Train)?;
@@ -103,7 +107,7 @@ pub fn run(a: Args) -> Result<()> {
         a.epochs,
         backend.name()
     );
-    train_backdoored(&mut model, &train, &opts, &mut |s| {
+    let epochs = train_backdoored(&mut model, &train, &opts, &mut |s| {
         println!(
             "  epoch {:>3}  lr {:.5}  loss {:.4}  train acc {:.3}  {:.1} s",
             s.epoch, s.lr, s.loss, s.train_acc, s.seconds
@@ -111,11 +115,26 @@ pub fn run(a: Args) -> Result<()> {
     })?;
     model.save(&a.out)?;
     println!("weights: {}", a.out.display());
+    let mut metrics = None;
     if let Ok((test, _)) = load_split(&dir, Split::Test) {
         let test = test.truncate(a.eval_limit.unwrap_or(usize::MAX));
         let attack = attack_kind.map(|k| Attack::new(k, a.target));
         let m = evaluate(&model, &test, attack.as_ref(), eval_batch(backend.as_ref()))?;
         print_metrics_table(&[("trained", m)]);
+        metrics = Some(m);
     }
-    Ok(())
+    json.emit(&serde_json::json!({
+        "out": a.out.display().to_string(),
+        "data": dir.display().to_string(),
+        "dataset": kind.name(),
+        "width": a.width,
+        "images": train.len(),
+        "attack": attack_kind.map(|k| k.name()),
+        "target": a.target,
+        "poison_rate": a.poison_rate,
+        "seed": a.seed,
+        "device": backend.name(),
+        "epochs": epochs,
+        "metrics": metrics,
+    }))
 }

@@ -184,8 +184,18 @@ pub struct ReportTotals {
     pub selected: usize,
 }
 
+/// Version of the scan report's JSON layout (docs/report.md). A report without the field is version 1.
+pub const SCAN_SCHEMA: u32 = 1;
+
+fn schema_1() -> u32 {
+    1
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ScanReport {
+    /// `SCAN_SCHEMA` of the engine that wrote it.
+    #[serde(default = "schema_1")]
+    pub schema: u32,
     pub model: ReportModel,
     pub settings: ReportSettings,
     pub convs: Vec<ConvReport>,
@@ -206,6 +216,15 @@ impl ScanReport {
             path: path.into(),
             msg: format!("not a scan report: {e}"),
         })?;
+        if r.schema > SCAN_SCHEMA {
+            return Err(Error::File {
+                path: path.into(),
+                msg: format!(
+                    "scan report schema {} is newer than this engine reads ({SCAN_SCHEMA}): use a newer fmp-engine",
+                    r.schema
+                ),
+            });
+        }
         for c in &r.convs {
             if c.scores.len() != c.channels
                 || c.true_prob.len() != c.channels
