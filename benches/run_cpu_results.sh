@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# Measure the CPU section of benches/RESULTS.md: the engine's kernel suite and FRG scan, and the
-# PyTorch peers on the same shapes and weights, then the ratio tables (Markdown) in $OUTD/compare.md.
+# Measure the CPU section of benches/RESULTS.md, engine and PyTorch peer side by side in one run:
+#   1. the FRG scan at width 16, every one of the 1,200 feature maps, B = 32 (engine batched scan vs
+#      the reference per-channel loop, same weights);
+#   2. the FRG scan at width 64, SCAN_CHANNELS per conv, projected conv by conv to 4,800 maps;
+#   3. the fine-tuning SGD step (batch 256) at widths 16 and 64;
+#   4. `bench scan --profile` at widths 8, 16 and 64 (the chunk step by op);
+#   5. optionally (KERNELS=1) the per-op kernel suite and its conv peer.
+# Tables go to $OUTD/compare.md, each with the `uptime` load before and after it. The script refuses
+# to measure when the 1-minute load is above MAX_LOAD (1.5): such numbers are not evidence.
 #
-#   benches/run_cpu_results.sh            # OUTD=target/bench/cpu-<UTC time>, SCAN_CHANNELS=2
+#   benches/run_cpu_results.sh            # OUTD=target/bench/cpu-<UTC time>
 #
-# Environment: PYTHON (default /work/venv/bin/python, else python3), OUTD, SCAN_CHANNELS (channels
-# timed per conv, also the chunk), THREADS (PyTorch threads, default 2), FMP_BENCH_CPU_GBPS /
-# FMP_BENCH_CPU_PEAK_GFLOPS (fixed ceilings).
+# Environment: PYTHON (default /work/venv/bin/python, else python3), OUTD, SCAN_CHANNELS (width-64
+# channels timed per conv, default 2), THREADS (PyTorch threads, default 2), MAX_LOAD, KERNELS=1,
+# FMP_BENCH_CPU_GBPS / FMP_BENCH_CPU_PEAK_GFLOPS (fixed ceilings).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-/work/venv/bin/python}"
@@ -14,29 +21,98 @@ PY="${PYTHON:-/work/venv/bin/python}"
 OUTD="${OUTD:-target/bench/cpu-$(date -u +%Y%m%dT%H%M)}"
 CH="${SCAN_CHANNELS:-2}"
 TH="${THREADS:-2}"
+MAX_LOAD="${MAX_LOAD:-1.5}"
 mkdir -p "$OUTD"
 cargo build --release --bin fmp-engine
 E=target/release/fmp-engine
+load() { cut -d' ' -f1-3 /proc/loadavg; }
+quiet() {
+  local l
+  l=$(cut -d' ' -f1 /proc/loadavg)
+  if awk -v l="$l" -v m="$MAX_LOAD" 'BEGIN { exit !(l > m) }'; then
+    echo "refusing to measure $1: load $l > $MAX_LOAD (wait for a quiet machine, or raise MAX_LOAD)" >&2
+    exit 3
+  fi
+}
+step() { quiet "$1"; echo "== $1 ($(date -u +%T), load $(load))" >&2; echo "$1: load before $(load)" >>"$OUTD/loads.txt"; }
+done_step() { echo "$1: load after $(load)" >>"$OUTD/loads.txt"; }
 {
   echo "date: $(date -u +%FT%TZ); commit: $(git rev-parse --short HEAD)"
-  echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) cpus; load: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) cpus"
+  echo "flags: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx2|fma|avx512f|avx512bw|avx512vl|avx_vnni|amx_tile)$' | tr '\n' ' ')"
+  echo "engine: $("$E" info 2>/dev/null | grep -i -m1 cpu || true)"
+  echo "torch: $("$PY" -c 'import torch; print(torch.__version__, torch.backends.mkldnn.is_available())' 2>/dev/null || echo none)"
+  echo "load at start: $(load)"
 } | tee "$OUTD/env.txt"
-step() { echo "== $1 ($(date -u +%T))" >&2; }
-step "engine kernels"
-"$E" bench kernels --device cpu --json "$OUTD/kernels-cpu.json" >"$OUTD/kernels-cpu.txt"
-step "PyTorch convs"
-"$PY" benches/peers/conv_peer.py --device cpu --threads "$TH" --json "$OUTD/conv-peer-cpu.json" >/dev/null 2>"$OUTD/conv-peer-cpu.txt"
-step "engine scan"
-"$E" bench scan --device cpu --samples 32 --channels "$CH" --chunk "$CH" \
-  --save-weights "$OUTD/weights.safetensors" --json "$OUTD/scan-cpu.json" >"$OUTD/scan-cpu.txt"
-step "PyTorch reference FRG loop"
-"$PY" benches/peers/frg_reference.py --device cpu --threads "$TH" --samples 32 --channels "$CH" \
-  --weights "$OUTD/weights.safetensors" --json "$OUTD/frg-peer-cpu.json" >/dev/null 2>"$OUTD/frg-peer-cpu.txt"
-echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUTD/env.txt"
+
+step "scan width 16 (engine)"
+"$E" bench scan --device cpu --width 16 --samples 32 --channels 100000 \
+  --save-weights "$OUTD/w16.safetensors" --json "$OUTD/scan16-cpu.json" >"$OUTD/scan16-cpu.txt"
+done_step "scan width 16 (engine)"
+step "scan width 16 (PyTorch reference loop)"
+"$PY" benches/peers/frg_reference.py --device cpu --threads "$TH" --samples 32 --width 16 --channels 0 \
+  --weights "$OUTD/w16.safetensors" --json "$OUTD/frg16-peer-cpu.json" >/dev/null 2>"$OUTD/frg16-peer-cpu.txt"
+done_step "scan width 16 (PyTorch reference loop)"
+
+step "scan width 16 (engine, AVX2 kernels forced)"
+FMP_CPU_KERNEL=avx2 "$E" bench scan --device cpu --width 16 --samples 32 --channels 100000 \
+  --weights "$OUTD/w16.safetensors" --json "$OUTD/scan16-avx2-cpu.json" >"$OUTD/scan16-avx2-cpu.txt"
+done_step "scan width 16 (engine, AVX2 kernels forced)"
+
+step "scan width 64 (engine)"
+"$E" bench scan --device cpu --width 64 --samples 32 --channels "$CH" --chunk 1 \
+  --save-weights "$OUTD/w64.safetensors" --json "$OUTD/scan64-cpu.json" >"$OUTD/scan64-cpu.txt"
+done_step "scan width 16 (engine, AVX2 kernels forced)"
+FMP_CPU_KERNEL=avx2 "$E" bench scan --device cpu --width 16 --samples 32 --channels 100000 \
+  --weights "$OUTD/w16.safetensors" --json "$OUTD/scan16-avx2-cpu.json" >"$OUTD/scan16-avx2-cpu.txt"
+done_step "scan width 16 (engine, AVX2 kernels forced)"
+
+step "scan width 64 (engine)"
+step "scan width 64 (PyTorch reference loop)"
+"$PY" benches/peers/frg_reference.py --device cpu --threads "$TH" --samples 32 --width 64 --channels "$CH" \
+  --weights "$OUTD/w64.safetensors" --json "$OUTD/frg64-peer-cpu.json" >/dev/null 2>"$OUTD/frg64-peer-cpu.txt"
+done_step "scan width 64 (PyTorch reference loop)"
+
+for W in 16 64; do
+  S=5; [ "$W" = 64 ] && S=3
+  step "fine-tuning step width $W (engine)"
+  "$E" bench train --device cpu --width "$W" --batch 256 --steps "$S" --json "$OUTD/train$W-cpu.json" >"$OUTD/train$W-cpu.txt"
+  done_step "fine-tuning step width $W (engine)"
+  step "fine-tuning step width $W (PyTorch)"
+  "$PY" benches/peers/finetune_peer.py --threads "$TH" --width "$W" --batch 256 --steps "$S" \
+    --json "$OUTD/finetune$W-peer-cpu.json" >/dev/null 2>"$OUTD/finetune$W-peer-cpu.txt"
+  done_step "fine-tuning step width $W (PyTorch)"
+done
+
+for W in 8 16 64; do
+  step "profile width $W"
+  "$E" bench scan --device cpu --width "$W" --samples 32 --channels 2 --profile >"$OUTD/profile$W.txt"
+  done_step "profile width $W"
+done
+
+if [ "${KERNELS:-0}" = 1 ]; then
+  step "engine kernels"
+  "$E" bench kernels --device cpu --json "$OUTD/kernels-cpu.json" >"$OUTD/kernels-cpu.txt"
+  "$PY" benches/peers/conv_peer.py --device cpu --threads "$TH" --json "$OUTD/conv-peer-cpu.json" >/dev/null 2>"$OUTD/conv-peer-cpu.txt"
+  done_step "engine kernels"
+fi
+
 {
   cat "$OUTD/env.txt"; echo
-  "$PY" benches/peers/compare.py kernels "$OUTD/kernels-cpu.json" "$OUTD/conv-peer-cpu.json"; echo
-  "$PY" benches/peers/compare.py scan "$OUTD/scan-cpu.json" "$OUTD/frg-peer-cpu.json"; echo
-  grep '^#' "$OUTD/kernels-cpu.txt" "$OUTD/scan-cpu.txt" | sed 's/^[^:]*:/    /'
+  echo "### FRG scan, width 16, all 1,200 maps"; echo
+  "$PY" benches/peers/compare.py scan "$OUTD/scan16-cpu.json" "$OUTD/frg16-peer-cpu.json"; echo
+  echo "### FRG scan, width 16, engine with AVX2 kernels forced (FMP_CPU_KERNEL=avx2)"; echo
+  "$PY" benches/peers/compare.py scan "$OUTD/scan16-avx2-cpu.json" "$OUTD/frg16-peer-cpu.json"; echo
+  echo "### FRG scan, width 64, $CH maps per conv, projected to 4,800"; echo
+  "$PY" benches/peers/compare.py scan "$OUTD/scan64-cpu.json" "$OUTD/frg64-peer-cpu.json"; echo
+  for W in 16 64; do
+    echo "### Fine-tuning step, width $W"; echo
+    "$PY" benches/peers/compare.py train "$OUTD/train$W-cpu.json" "$OUTD/finetune$W-peer-cpu.json"; echo
+  done
+  if [ -f "$OUTD/kernels-cpu.json" ]; then
+    "$PY" benches/peers/compare.py kernels "$OUTD/kernels-cpu.json" "$OUTD/conv-peer-cpu.json"; echo
+  fi
+  echo "### Loads"; echo; sed 's/^/    /' "$OUTD/loads.txt"; echo
+  grep -h '^#' "$OUTD"/scan*-cpu.txt | sed 's/^/    /'
 } >"$OUTD/compare.md"
 echo "wrote $OUTD/compare.md" >&2

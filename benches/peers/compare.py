@@ -3,6 +3,7 @@
 
     python benches/peers/compare.py kernels target/bench/kernels-cpu.json target/bench/conv-peer-cpu.json
     python benches/peers/compare.py scan target/bench/scan-cpu.json target/bench/frg-peer-cpu.json
+    python benches/peers/compare.py train target/bench/train-cpu.json target/bench/finetune-peer-cpu.json
 
 `kernels` pairs the engine's conv cases (from `cargo bench --bench kernels` or `fmp-engine bench
 kernels --json`) with conv_peer.py's by name (same naming scheme) and prints both medians, both
@@ -73,7 +74,24 @@ def scan(engine_path, peer_path):
         print(f"| counted scan GFLOP/s | {eng['achieved_gflops']:.2f} | | |")
 
 
+def train(engine_path, peer_path):
+    eng = json.load(open(engine_path))
+    peer = json.load(open(peer_path))
+    cfg = eng["config"]
+    print(f"| fine-tuning step, width {cfg['width']}, batch {cfg['batch']} | engine | PyTorch | speedup |")
+    print("|---|---:|---:|---:|")
+    print(f"| device | {eng['backend']} | {peer['device']} ({peer['threads']} threads) | |")
+    e, p = eng["median_step_s"], peer["median_step_s"]
+    print(f"| median step | {fmt_t(e)} | {fmt_t(p)} | {p / e:.2f} |")
+    print(f"| images/s | {eng['images_per_s']:.1f} | {peer['images_per_s']:.1f} | {eng['images_per_s'] / peer['images_per_s']:.2f} |")
+    ep, pp = eng["projected_finetune_s"], peer["projected_finetune_s"]
+    print(f"| projected fine-tuning ({cfg['images']} images x {cfg['epochs']} epochs) | {fmt_t(ep)} | {fmt_t(pp)} | {pp / ep:.2f} |")
+    print(f"| counted GFLOP/s (% of peak) | {eng['gflops']:.1f} ({100 * eng['frac_peak_flops']:.1f}%) | | |")
+
+
+MODES = {"kernels": kernels, "scan": scan, "train": train}
+
 if __name__ == "__main__":
-    if len(sys.argv) != 4 or sys.argv[1] not in ("kernels", "scan"):
+    if len(sys.argv) != 4 or sys.argv[1] not in MODES:
         sys.exit(__doc__)
-    {"kernels": kernels, "scan": scan}[sys.argv[1]](sys.argv[2], sys.argv[3])
+    MODES[sys.argv[1]](sys.argv[2], sys.argv[3])
