@@ -10,10 +10,11 @@ use std::collections::BTreeMap;
 
 use super::count::{self, Arch, OpCost};
 use super::device::Ceilings;
-use super::reference::{self as r, Expect, Rng};
+use super::reference::{self as r, Expect};
 use super::timing::{time_op, BenchDevice, Repeats, Stats};
 use crate::backend::{Backend, ConvParams};
 use crate::error::{Error, Result};
+use crate::rng::{Rng, Stream};
 use crate::tensor::{Indices, Tensor};
 
 /// What to run.
@@ -177,7 +178,7 @@ fn draw(rng: &mut Rng, shape: &[usize], init: Init) -> Vec<f32> {
     let n: usize = shape.iter().product();
     (0..n)
         .map(|_| match init {
-            Init::Normal(s) => s * rng.normal(),
+            Init::Normal(s) => s * rng.normal_approx(),
             Init::Uniform(lo, hi) => rng.range(lo, hi),
             Init::Mask(p) => (rng.uniform() < p) as u32 as f32,
         })
@@ -188,9 +189,11 @@ impl Case {
     pub fn gen(&self, rng: &mut Rng) -> HostData {
         let mut ins: Vec<Vec<f32>> = self.ins.iter().map(|(s, i)| draw(rng, s, *i)).collect();
         let outs = self.outs.iter().map(|(s, i)| draw(rng, s, *i)).collect();
-        let labels = self
-            .labels
-            .map(|k| (0..self.ins[0].0[0]).map(|_| rng.below(k) as u32).collect());
+        let labels = self.labels.map(|k| {
+            (0..self.ins[0].0[0])
+                .map(|_| rng.below_mod(k) as u32)
+                .collect()
+        });
         if let Op::BnTrainBwd = self.op {
             // save_mean / save_invstd must be the batch statistics of x.
             let [n, c, h, w] = shape4(&self.ins[0].0);
@@ -1093,7 +1096,10 @@ pub fn run_case(
         error: None,
     };
     let be = dev.backend.as_ref();
-    let mut rng = Rng::new(cfg.seed.wrapping_mul(1000).wrapping_add(index as u64));
+    let mut rng = Rng::stream(
+        Stream::Bench,
+        cfg.seed.wrapping_mul(1000).wrapping_add(index as u64),
+    );
     let h = case.gen(&mut rng);
     let outcome = (|| -> Result<Stats> {
         let got = run_once(be, case, &h)?;

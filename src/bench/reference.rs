@@ -5,6 +5,7 @@
 //! so a check can allow an f32 rounding error proportional to the work behind each element. Cheap
 //! ops are checked at every element, convolutions at sampled elements.
 use crate::backend::ConvParams;
+use crate::rng::Rng;
 
 /// Expected value of one output element.
 #[derive(Clone, Copy, Debug)]
@@ -12,39 +13,6 @@ pub struct Expect {
     pub index: usize,
     pub value: f64,
     pub scale: f64,
-}
-
-/// Small deterministic generator (SplitMix64) for inputs and sample points.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-    /// Uniform in [lo, hi).
-    pub fn range(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * self.uniform()
-    }
-    /// Uniform in [0, n).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-    /// Approximately standard normal (sum of 4 uniforms, rescaled); never exactly zero in practice.
-    pub fn normal(&mut self) -> f32 {
-        let s: f32 = (0..4).map(|_| self.uniform()).sum::<f32>() - 2.0;
-        s * 1.732_050_8
-    }
 }
 
 /// Flat index -> (n, c, h, w) for a [N, C, H, W] tensor.
@@ -64,7 +32,7 @@ pub fn flat(ix: [usize; 4], s: [usize; 4]) -> usize {
 pub fn sample_indices(rng: &mut Rng, n: usize, count: usize) -> Vec<usize> {
     let mut v = vec![0, n - 1];
     while v.len() < count.min(n) {
-        v.push(rng.below(n));
+        v.push(rng.below_mod(n));
     }
     v.sort_unstable();
     v.dedup();
