@@ -15,6 +15,22 @@ pub struct Expect {
     pub scale: f64,
 }
 
+impl Expect {
+    /// An empty sum for output element `index`.
+    fn at(index: usize) -> Self {
+        Expect {
+            index,
+            value: 0.0,
+            scale: 0.0,
+        }
+    }
+    /// Add one term of the element's sum.
+    fn add(&mut self, t: f64) {
+        self.value += t;
+        self.scale += t.abs();
+    }
+}
+
 /// Flat index -> (n, c, h, w) for a [N, C, H, W] tensor.
 pub fn unflat(i: usize, s: [usize; 4]) -> [usize; 4] {
     let w = i % s[3];
@@ -69,7 +85,7 @@ fn p4(
 pub fn conv_forward_at(p: &ConvParams, x: &[f32], w: &[f32], index: usize) -> Expect {
     let (ci_n, hi, wi, _, _, _, k, s, pad) = p4(p);
     let [n, co, oh, ow] = unflat(index, p.output_shape());
-    let (mut v, mut sc) = (0.0f64, 0.0f64);
+    let mut e = Expect::at(index);
     for ci in 0..ci_n {
         for kh in 0..k {
             for kw in 0..k {
@@ -80,16 +96,11 @@ pub fn conv_forward_at(p: &ConvParams, x: &[f32], w: &[f32], index: usize) -> Ex
                 }
                 let t = x[flat([n, ci, ih as usize, iw as usize], p.input_shape())] as f64
                     * w[flat([co, ci, kh, kw], p.weight_shape())] as f64;
-                v += t;
-                sc += t.abs();
+                e.add(t);
             }
         }
     }
-    Expect {
-        index,
-        value: v,
-        scale: sc,
-    }
+    e
 }
 
 /// The input position (ih, iw) receives output (oh, ow) through tap kh: oh*s - pad + kh = ih.
@@ -106,7 +117,7 @@ fn out_of(i: usize, kidx: usize, s: usize, pad: usize, out: usize) -> Option<usi
 pub fn conv_input_grad_at(p: &ConvParams, dy: &[f32], w: &[f32], index: usize) -> Expect {
     let (_, _, _, co_n, ho, wo, k, s, pad) = p4(p);
     let [n, ci, ih, iw] = unflat(index, p.input_shape());
-    let (mut v, mut sc) = (0.0f64, 0.0f64);
+    let mut e = Expect::at(index);
     for co in 0..co_n {
         for kh in 0..k {
             let Some(oh) = out_of(ih, kh, s, pad, ho) else {
@@ -118,23 +129,18 @@ pub fn conv_input_grad_at(p: &ConvParams, dy: &[f32], w: &[f32], index: usize) -
                 };
                 let t = dy[flat([n, co, oh, ow], p.output_shape())] as f64
                     * w[flat([co, ci, kh, kw], p.weight_shape())] as f64;
-                v += t;
-                sc += t.abs();
+                e.add(t);
             }
         }
     }
-    Expect {
-        index,
-        value: v,
-        scale: sc,
-    }
+    e
 }
 
 /// dw[co,ci,kh,kw] of `conv2d_weight_grad`.
 pub fn conv_weight_grad_at(p: &ConvParams, x: &[f32], dy: &[f32], index: usize) -> Expect {
     let (_, hi, wi, _, ho, wo, _, s, pad) = p4(p);
     let [co, ci, kh, kw] = unflat(index, p.weight_shape());
-    let (mut v, mut sc) = (0.0f64, 0.0f64);
+    let mut e = Expect::at(index);
     for n in 0..p.n as usize {
         for oh in 0..ho {
             let ih = (oh * s + kh) as isize - pad as isize;
@@ -148,16 +154,11 @@ pub fn conv_weight_grad_at(p: &ConvParams, x: &[f32], dy: &[f32], index: usize) 
                 }
                 let t = x[flat([n, ci, ih as usize, iw as usize], p.input_shape())] as f64
                     * dy[flat([n, co, oh, ow], p.output_shape())] as f64;
-                v += t;
-                sc += t.abs();
+                e.add(t);
             }
         }
     }
-    Expect {
-        index,
-        value: v,
-        scale: sc,
-    }
+    e
 }
 
 /// dx[i,ci,ih,iw] of `conv2d_input_grad_onehot`: item i uses filter first + i / group.
@@ -172,7 +173,7 @@ pub fn conv_onehot_at(
     let (_, _, _, _, ho, wo, k, s, pad) = p4(p);
     let [n, ci, ih, iw] = unflat(index, p.input_shape());
     let f = first + n / group;
-    let (mut v, mut sc) = (0.0f64, 0.0f64);
+    let mut e = Expect::at(index);
     for kh in 0..k {
         let Some(oh) = out_of(ih, kh, s, pad, ho) else {
             continue;
@@ -183,15 +184,10 @@ pub fn conv_onehot_at(
             };
             let t = seed[(n * ho + oh) * wo + ow] as f64
                 * w[flat([f, ci, kh, kw], p.weight_shape())] as f64;
-            v += t;
-            sc += t.abs();
+            e.add(t);
         }
     }
-    Expect {
-        index,
-        value: v,
-        scale: sc,
-    }
+    e
 }
 
 /// Per-channel mean and biased variance of [N, C, HW] data, in f64.
