@@ -5,6 +5,8 @@ use fmp_engine::backend::cpu::CpuBackend;
 use fmp_engine::backend::{Backend, ConvParams};
 use fmp_engine::{Error, Tensor};
 
+mod op_refs;
+
 /// xorshift64* uniform in [lo, hi).
 struct Rng(u64);
 impl Rng {
@@ -51,6 +53,22 @@ fn rel_err(a: &[f32], b: &[f64]) -> f64 {
 fn assert_close(what: &str, a: &[f32], b: &[f64], tol: f64) {
     let e = rel_err(a, b);
     assert!(e < tol, "{what}: normalised max error {e:e} >= {tol:e}");
+}
+
+/// `grad` agrees with central differences (step 1e-3) of `loss` at about `points` entries of `at`
+/// (every len/points + 1-th), to 1e-3 * (1 + |fd|).
+fn assert_fd(what: &str, at: &[f64], points: usize, grad: &[f32], loss: impl Fn(&[f64]) -> f64) {
+    for j in (0..at.len()).step_by(at.len() / points + 1) {
+        let (mut p, mut m) = (at.to_vec(), at.to_vec());
+        p[j] += 1e-3;
+        m[j] -= 1e-3;
+        let fd = (loss(&p) - loss(&m)) / 2e-3;
+        assert!(
+            (fd - grad[j] as f64).abs() < 1e-3 * (1.0 + fd.abs()),
+            "{what}[{j}]: fd {fd} vs {}",
+            grad[j]
+        );
+    }
 }
 
 // ---- f64 reference convolution -------------------------------------------------------------
@@ -128,6 +146,10 @@ impl G {
         let mut dx = vec![0.0; self.xs().iter().product()];
         self.each(|xi, wi, yi| dx[xi] += dy[yi] * w[wi]);
         dx
+    }
+    /// L(x, w) = sum(conv(x, w) * dy), whose gradients the input- and weight-gradient ops are.
+    fn loss(&self, x: &[f64], w: &[f64], dy: &[f64]) -> f64 {
+        self.fwd(x, w).iter().zip(dy).map(|(a, b)| a * b).sum()
     }
     fn wgrad(&self, x: &[f64], dy: &[f64]) -> Vec<f64> {
         let mut dw = vec![0.0; self.ws().iter().product()];
@@ -216,24 +238,9 @@ fn conv_input_grad_matches_f64_and_fd() {
         // Central differences of L(x) = sum(conv(x, w) * dy) at a few points.
         let x = f64v(&r.vec(g.xs().iter().product(), -1.0, 1.0));
         let (dy64, w64) = (f64v(&dy), f64v(&w));
-        let loss = |x: &[f64]| {
-            g.fwd(x, &w64)
-                .iter()
-                .zip(&dy64)
-                .map(|(a, b)| a * b)
-                .sum::<f64>()
-        };
-        for j in (0..x.len()).step_by(x.len() / 7 + 1) {
-            let (mut xp, mut xm) = (x.clone(), x.clone());
-            xp[j] += 1e-3;
-            xm[j] -= 1e-3;
-            let fd = (loss(&xp) - loss(&xm)) / 2e-3;
-            assert!(
-                (fd - dx[j] as f64).abs() < 1e-3 * (1.0 + fd.abs()),
-                "case {i} x[{j}]: fd {fd} vs {}",
-                dx[j]
-            );
-        }
+        assert_fd(&format!("case {i} x"), &x, 7, &dx, |x| {
+            g.loss(x, &w64, &dy64)
+        });
     }
 }
 
@@ -262,24 +269,9 @@ fn conv_weight_grad_matches_f64_and_fd() {
         );
         let w = f64v(&r.vec(g.ws().iter().product(), -1.0, 1.0));
         let (x64, dy64) = (f64v(&x), f64v(&dy));
-        let loss = |w: &[f64]| {
-            g.fwd(&x64, w)
-                .iter()
-                .zip(&dy64)
-                .map(|(a, b)| a * b)
-                .sum::<f64>()
-        };
-        for j in (0..w.len()).step_by(w.len() / 5 + 1) {
-            let (mut wp, mut wm) = (w.clone(), w.clone());
-            wp[j] += 1e-3;
-            wm[j] -= 1e-3;
-            let fd = (loss(&wp) - loss(&wm)) / 2e-3;
-            assert!(
-                (fd - dw[j] as f64).abs() < 1e-3 * (1.0 + fd.abs()),
-                "case {i} w[{j}]: fd {fd} vs {}",
-                dw[j]
-            );
-        }
+        assert_fd(&format!("case {i} w"), &w, 5, &dw, |w| {
+            g.loss(&x64, w, &dy64)
+        });
     }
 }
 
@@ -925,26 +917,13 @@ fn linear_forward_and_backward() {
         &mut y,
     )
     .unwrap();
-    let want: Vec<f64> = (0..n * fo)
-        .map(|k| {
-            (0..fi)
-                .map(|i| x[(k / fo) * fi + i] as f64 * w[(k % fo) * fi + i] as f64)
-                .sum::<f64>()
-                + bias[k % fo] as f64
-        })
-        .collect();
+    let want = op_refs::linear_forward(&x, &w, &bias, n, fi, fo);
     assert_close("linear fwd", &h(&b, &y), &want, 1e-6);
     let dy = r.vec(n * fo, -1.0, 1.0);
     let mut dx = z(&b, &[n, fi]);
     b.linear_backward_input(&t(&b, &dy, &[n, fo]), &t(&b, &w, &[fo, fi]), &mut dx)
         .unwrap();
-    let want: Vec<f64> = (0..n * fi)
-        .map(|k| {
-            (0..fo)
-                .map(|o| dy[(k / fi) * fo + o] as f64 * w[o * fi + k % fi] as f64)
-                .sum()
-        })
-        .collect();
+    let want = op_refs::linear_backward_input(&dy, &w, n, fi, fo);
     assert_close("linear dx", &h(&b, &dx), &want, 1e-6);
     let (mut dw, mut db) = (z(&b, &[fo, fi]), z(&b, &[fo]));
     b.linear_backward_params(
@@ -954,18 +933,9 @@ fn linear_forward_and_backward() {
         &mut db,
     )
     .unwrap();
-    let want: Vec<f64> = (0..fo * fi)
-        .map(|k| {
-            (0..n)
-                .map(|i| dy[i * fo + k / fi] as f64 * x[i * fi + k % fi] as f64)
-                .sum()
-        })
-        .collect();
+    let (want, want_db) = op_refs::linear_backward_params(&x, &dy, n, fi, fo);
     assert_close("linear dw", &h(&b, &dw), &want, 1e-6);
-    let want: Vec<f64> = (0..fo)
-        .map(|o| (0..n).map(|i| dy[i * fo + o] as f64).sum())
-        .collect();
-    assert_close("linear db", &h(&b, &db), &want, 1e-6);
+    assert_close("linear db", &h(&b, &db), &want_db, 1e-6);
     assert!(matches!(
         b.linear_forward(
             &t(&b, &x, &[n, fi]),

@@ -9,6 +9,8 @@ use fmp_engine::backend::{Backend, ConvParams};
 use fmp_engine::error::Error;
 use fmp_engine::tensor::Tensor;
 
+mod op_refs;
+
 struct Rng(u64);
 impl Rng {
     fn new(seed: u64) -> Self {
@@ -572,43 +574,21 @@ fn emu_pool_and_linear() {
         let (xt, wt) = (t(&b, &x, &[n, i]), t(&b, &w, &[o, i]));
         b.linear_forward(&xt, &wt, &t(&b, &bias, &[o]), &mut y)
             .unwrap();
-        let want: Vec<f64> = (0..n * o)
-            .map(|k| {
-                (0..i)
-                    .map(|j| x[k / o * i + j] as f64 * w[k % o * i + j] as f64)
-                    .sum::<f64>()
-                    + bias[k % o] as f64
-            })
-            .collect();
+        let want = op_refs::linear_forward(&x, &w, &bias, n, i, o);
         assert_close("linear_forward", &host(&b, &y), &want, 1e-5);
 
         let dyt = t(&b, &dy, &[n, o]);
         let mut dx = b.zeros(&[n, i]).unwrap();
         b.linear_backward_input(&dyt, &wt, &mut dx).unwrap();
-        let want: Vec<f64> = (0..n * i)
-            .map(|k| {
-                (0..o)
-                    .map(|q| dy[k / i * o + q] as f64 * w[q * i + k % i] as f64)
-                    .sum()
-            })
-            .collect();
+        let want = op_refs::linear_backward_input(&dy, &w, n, i, o);
         assert_close("linear_backward_input", &host(&b, &dx), &want, 1e-5);
 
         let (mut dw, mut db) = (b.zeros(&[o, i]).unwrap(), b.zeros(&[o]).unwrap());
         b.linear_backward_params(&xt, &dyt, &mut dw, &mut db)
             .unwrap();
-        let want: Vec<f64> = (0..o * i)
-            .map(|k| {
-                (0..n)
-                    .map(|s| dy[s * o + k / i] as f64 * x[s * i + k % i] as f64)
-                    .sum()
-            })
-            .collect();
+        let (want, want_db) = op_refs::linear_backward_params(&x, &dy, n, i, o);
         assert_close("linear_backward_params dw", &host(&b, &dw), &want, 1e-5);
-        let want: Vec<f64> = (0..o)
-            .map(|q| (0..n).map(|s| dy[s * o + q] as f64).sum())
-            .collect();
-        assert_close("linear_backward_params db", &host(&b, &db), &want, 1e-5);
+        assert_close("linear_backward_params db", &host(&b, &db), &want_db, 1e-5);
     }
 }
 
