@@ -32,12 +32,7 @@ __device__ __forceinline__ void conv_dgrad_body(const ConvDgradArgs& a) {
     const int col = n0 + b_col;
     const bool col_ok = col < NC;
     int bn = 0, bih = 0, biw = 0;
-    if (col_ok) {
-        bn = col / hwi;
-        const int r = col - bn * hwi;
-        bih = r / p.w_in;
-        biw = r - bih * p.w_in;
-    }
+    if (col_ok) conv_split(col, hwi, p.w_in, bn, bih, biw);
     const float* dyb = a.dy + bn * p.c_out * hwo;
 
     auto load = [&](int k0, float (&ra)[MI], float (&rb)[4]) {
@@ -54,10 +49,8 @@ __device__ __forceinline__ void conv_dgrad_body(const ConvDgradArgs& a) {
             const int kb = k0 + b_k + 4 * r;
             float v = 0.f;
             if (col_ok && kb < K) {
-                const int co = kb / kk;
-                const int rem = kb - co * kk;
-                const int kh = rem / p.kernel;
-                const int kw = rem - kh * p.kernel;
+                int co, kh, kw;
+                conv_tap(kb, kk, p.kernel, co, kh, kw);
                 const int hn = bih + p.pad - kh, wn = biw + p.pad - kw;
                 if (hn >= 0 && wn >= 0) {
                     const int oh = hn / p.stride, ow = wn / p.stride;

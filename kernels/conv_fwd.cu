@@ -22,12 +22,7 @@ __device__ __forceinline__ void conv_fwd_body(const ConvFwdArgs& a) {
     const int col = n0 + b_col;
     const bool col_ok = col < NC;
     int bn = 0, boh = 0, bow = 0;
-    if (col_ok) {
-        bn = col / hwo;
-        const int r = col - bn * hwo;
-        boh = r / p.w_out;
-        bow = r - boh * p.w_out;
-    }
+    if (col_ok) conv_split(col, hwo, p.w_out, bn, boh, bow);
     const int ih0 = boh * p.stride - p.pad, iw0 = bow * p.stride - p.pad;
     const float* xb = a.x + bn * p.c_in * p.h_in * p.w_in;
 
@@ -43,10 +38,8 @@ __device__ __forceinline__ void conv_fwd_body(const ConvFwdArgs& a) {
             const int kb = k0 + b_k + 4 * r;
             float v = 0.f;
             if (col_ok && kb < K) {
-                const int ci = kb / kk;
-                const int rem = kb - ci * kk;
-                const int kh = rem / p.kernel;
-                const int kw = rem - kh * p.kernel;
+                int ci, kh, kw;
+                conv_tap(kb, kk, p.kernel, ci, kh, kw);
                 const int ih = ih0 + kh, iw = iw0 + kw;
                 if (ih >= 0 && ih < p.h_in && iw >= 0 && iw < p.w_in) v = __ldg(xb + (ci * p.h_in + ih) * p.w_in + iw);
             }

@@ -25,6 +25,23 @@
 
 enum class ConvB { Cols, K };
 
+// (n, h, w) of a flat index over [N][H][W] (plane = H*W, width = W); returns the in-plane offset.
+__device__ __forceinline__ int conv_split(int i, int plane, int width, int& n, int& h, int& w) {
+    n = i / plane;
+    const int r = i - n * plane;
+    h = r / width;
+    w = r - h * width;
+    return r;
+}
+
+// (c, kh, kw) of a filter-tap index over [C][kernel][kernel] (kk = kernel * kernel).
+__device__ __forceinline__ void conv_tap(int i, int kk, int kernel, int& c, int& kh, int& kw) {
+    c = i / kk;
+    const int rem = i - c * kk;
+    kh = rem / kernel;
+    kw = rem - kh * kernel;
+}
+
 // acc = A[rows of this tile][kbeg, kend) * B[kbeg, kend)[cols of this tile], kend - kbeg any size.
 template <int MI, ConvB BL, class Load>
 __device__ __forceinline__ void conv_tile_gemm(int kbeg, int kend, Load load, float (&acc)[MI][4]) {

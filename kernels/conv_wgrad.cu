@@ -28,12 +28,7 @@ __device__ __forceinline__ void conv_wgrad_body(const ConvWgradArgs& a) {
         const int k = k0 + l_k;
         const bool k_ok = k < kend;
         int n = 0, oh = 0, ow = 0, r = 0;
-        if (k_ok) {
-            n = k / hwo;
-            r = k - n * hwo;
-            oh = r / p.w_out;
-            ow = r - oh * p.w_out;
-        }
+        if (k_ok) r = conv_split(k, hwo, p.w_out, n, oh, ow);
 #pragma unroll
         for (int q = 0; q < MI; ++q) {
             const int m = m0 + l_r + 16 * q;
@@ -45,10 +40,8 @@ __device__ __forceinline__ void conv_wgrad_body(const ConvWgradArgs& a) {
             const int c = n0 + l_r + 16 * q;
             float v = 0.f;
             if (k_ok && c < NC) {
-                const int ci = c / kk;
-                const int rem = c - ci * kk;
-                const int kh = rem / p.kernel;
-                const int kw = rem - kh * p.kernel;
+                int ci, kh, kw;
+                conv_tap(c, kk, p.kernel, ci, kh, kw);
                 const int ih = ih0 + kh, iw = iw0 + kw;
                 if (ih >= 0 && ih < p.h_in && iw >= 0 && iw < p.w_in)
                     v = __ldg(a.x + (n * p.c_in + ci) * hwi + ih * p.w_in + iw);
