@@ -14,14 +14,12 @@ extern "C" __global__ void __launch_bounds__(256) batchnorm_train_forward(const 
     const int cnt = a.n * a.hw;
     float s = 0.f;
     for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
-        const int n = e / a.hw;
-        s += a.x[(n * a.c + c) * a.hw + (e - n * a.hw)];
+        s += a.x[fmp_channel_at(e, c, a.c, a.hw)];
     }
     const float mean = fmp_block_sum(s, red) / (float)cnt;
     float q = 0.f;
     for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
-        const int n = e / a.hw;
-        const float d = a.x[(n * a.c + c) * a.hw + (e - n * a.hw)] - mean;
+        const float d = a.x[fmp_channel_at(e, c, a.c, a.hw)] - mean;
         q = fmaf(d, d, q);
     }
     const float m2 = fmp_block_sum(q, red);
@@ -29,8 +27,7 @@ extern "C" __global__ void __launch_bounds__(256) batchnorm_train_forward(const 
     const float invstd = rsqrtf(var + a.eps);
     const float g = a.gamma[c] * invstd, b = a.beta[c];
     for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
-        const int n = e / a.hw;
-        const int idx = (n * a.c + c) * a.hw + (e - n * a.hw);
+        const int idx = fmp_channel_at(e, c, a.c, a.hw);
         a.y[idx] = fmaf(a.x[idx] - mean, g, b);
     }
     if (threadIdx.x == 0) {
@@ -49,8 +46,7 @@ extern "C" __global__ void __launch_bounds__(256) batchnorm_train_backward(const
     const float mean = a.save_mean[c], invstd = a.save_invstd[c];
     float sdy = 0.f, sdyx = 0.f;
     for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
-        const int n = e / a.hw;
-        const int idx = (n * a.c + c) * a.hw + (e - n * a.hw);
+        const int idx = fmp_channel_at(e, c, a.c, a.hw);
         const float dy = a.dy[idx];
         sdy += dy;
         sdyx = fmaf(dy, (a.x[idx] - mean) * invstd, sdyx);
@@ -59,8 +55,7 @@ extern "C" __global__ void __launch_bounds__(256) batchnorm_train_backward(const
     const float dgamma = fmp_block_sum(sdyx, red);
     const float k = a.gamma[c] * invstd / (float)cnt;
     for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
-        const int n = e / a.hw;
-        const int idx = (n * a.c + c) * a.hw + (e - n * a.hw);
+        const int idx = fmp_channel_at(e, c, a.c, a.hw);
         const float xhat = (a.x[idx] - mean) * invstd;
         a.dx[idx] = k * ((float)cnt * a.dy[idx] - dbeta - xhat * dgamma);
     }

@@ -3,9 +3,8 @@
 //   M = c_in, N = n * h_in * w_in (input pixels), K = c_out * k * k;
 //   A[ci][(co,kh,kw)] = w[co][ci][kh][kw], B[(co,kh,kw)][(n,ih,iw)] = dy[n][co][oh][ow] where
 //   oh = (ih + pad - kh) / stride when that divides exactly and lands inside the output (else 0).
-//   Same tiling as conv_fwd.cu: 256 threads, (16*MI)x64 tile (MI = 4 or 8, `_m128`), K slabs of 16
-//   in shared memory with register prefetch of the next slab, MIx4 micro-tiles at rows ty + 16i /
-//   cols tx + 16j. Grid: (ceil(N/64), ceil(c_in/(16*MI)), 1).
+//   On the tile machinery of conv_tile.cuh, loaders as in conv_fwd.cu (B along columns: one fixed
+//   input pixel per thread). Grid: (ceil(N/64), ceil(c_in/(16*MI)), 1).
 // conv2d_input_grad_onehot: the cotangent of item i is non-zero only in channel
 //   c_i = first_channel + i / group, given as seed[i][0][oh][ow], so
 //   dx[i][ci][ih][iw] = sum_{kh,kw} seed[i][0][oh][ow] * w[c_i][ci][kh][kw] (K = k*k only).
@@ -13,42 +12,30 @@
 //   w[c_i][ci0 .. ci0+OH_CT][:][:] is staged in dynamic shared memory (OH_CT*k*k floats); each
 //   thread reads its k*k seed values once and accumulates OH_CT outputs in registers.
 //   Grid: (ceil(h_in*w_in/256), ceil(c_in/OH_CT), n).
-#include "params.cuh"
+#include "conv_tile.cuh"
 
-#define CD_TN 64
-#define CD_TK 16
 #define OH_CT 16
 
 template <int MI>
 __device__ __forceinline__ void conv_dgrad_body(const ConvDgradArgs& a) {
-    constexpr int TM = 16 * MI;
     const ConvParams p = a.p;
     const int kk = p.kernel * p.kernel;
     const int K = p.c_out * kk;
     const int hwi = p.h_in * p.w_in;
     const int hwo = p.h_out * p.w_out;
     const int NC = p.n * hwi;
-    const int m0 = blockIdx.y * TM;
-    const int n0 = blockIdx.x * CD_TN;
-    __shared__ float As[CD_TK][TM + 4];
-    __shared__ float Bs[CD_TK][CD_TN];
+    const int m0 = blockIdx.y * (16 * MI);
+    const int n0 = blockIdx.x * CONV_TN;
     const int t = threadIdx.x;
-    const int tx = t % 16, ty = t / 16;
-    const int a_k = t % CD_TK, a_m = t / CD_TK;
-    const int b_col = t % CD_TN, b_k = t / CD_TN;
+    const int a_k = t % CONV_TK, a_m = t / CONV_TK;
+    const int b_col = t % CONV_TN, b_k = t / CONV_TN;
     const int col = n0 + b_col;
     const bool col_ok = col < NC;
     int bn = 0, bih = 0, biw = 0;
-    if (col_ok) {
-        bn = col / hwi;
-        const int r = col - bn * hwi;
-        bih = r / p.w_in;
-        biw = r - bih * p.w_in;
-    }
+    if (col_ok) conv_split(col, hwi, p.w_in, bn, bih, biw);
     const float* dyb = a.dy + bn * p.c_out * hwo;
 
-    float ra[MI], rb[4];
-    auto load = [&](int k0) {
+    auto load = [&](int k0, float (&ra)[MI], float (&rb)[4]) {
         const int ka = k0 + a_k;
         const int co_a = ka / kk;
         const int khw_a = ka - co_a * kk;
@@ -62,10 +49,8 @@ __device__ __forceinline__ void conv_dgrad_body(const ConvDgradArgs& a) {
             const int kb = k0 + b_k + 4 * r;
             float v = 0.f;
             if (col_ok && kb < K) {
-                const int co = kb / kk;
-                const int rem = kb - co * kk;
-                const int kh = rem / p.kernel;
-                const int kw = rem - kh * p.kernel;
+                int co, kh, kw;
+                conv_tap(kb, kk, p.kernel, co, kh, kw);
                 const int hn = bih + p.pad - kh, wn = biw + p.pad - kw;
                 if (hn >= 0 && wn >= 0) {
                     const int oh = hn / p.stride, ow = wn / p.stride;
@@ -76,48 +61,9 @@ __device__ __forceinline__ void conv_dgrad_body(const ConvDgradArgs& a) {
             rb[r] = v;
         }
     };
-
     float acc[MI][4];
-#pragma unroll
-    for (int i = 0; i < MI; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
-
-    load(0);
-    for (int k0 = 0; k0 < K; k0 += CD_TK) {
-#pragma unroll
-        for (int r = 0; r < MI; ++r) As[a_k][a_m + 16 * r] = ra[r];
-#pragma unroll
-        for (int r = 0; r < 4; ++r) Bs[b_k + 4 * r][b_col] = rb[r];
-        __syncthreads();
-        if (k0 + CD_TK < K) load(k0 + CD_TK);
-#pragma unroll
-        for (int q = 0; q < CD_TK; ++q) {
-            float av[MI], bv[4];
-#pragma unroll
-            for (int i = 0; i < MI; ++i) av[i] = As[q][ty + 16 * i];
-#pragma unroll
-            for (int j = 0; j < 4; ++j) bv[j] = Bs[q][tx + 16 * j];
-#pragma unroll
-            for (int i = 0; i < MI; ++i)
-#pragma unroll
-                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
-        }
-        __syncthreads();
-    }
-
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        const int c = n0 + tx + 16 * j;
-        if (c >= NC) continue;
-        const int n = c / hwi;
-        const int r = c - n * hwi;
-#pragma unroll
-        for (int i = 0; i < MI; ++i) {
-            const int m = m0 + ty + 16 * i;
-            if (m < p.c_in) a.dx[(n * p.c_in + m) * hwi + r] = acc[i][j];
-        }
-    }
+    conv_tile_gemm<MI, ConvB::Cols>(0, K, load, acc);
+    conv_tile_store_nchw<MI>(acc, a.dx, m0, n0, p.c_in, hwi, NC);
 }
 
 extern "C" __global__ void __launch_bounds__(256) conv2d_input_grad(const ConvDgradArgs a) { conv_dgrad_body<4>(a); }

@@ -1,49 +1,34 @@
 // conv2d weight gradient as an implicit GEMM with a deterministic split-K.
 //   M = c_out, N = c_in * k * k (filter taps), K = n * h_out * w_out (output pixels);
 //   A[co][(n,oh,ow)] = dy[n][co][oh][ow], B[(n,oh,ow)][(ci,kh,kw)] = x[n][ci][oh*s-p+kh][ow*s-p+kw].
-// Tiling as in conv_fwd.cu (256 threads, (16*MI)x64 tile with MI = 4 or 8 (`_m128`), K slabs of 16
-// in shared memory with register prefetch of the next slab, MIx4 micro-tiles),
-// but both loaders run along K (consecutive threads read consecutive output pixels, so global reads
-// are coalesced), with padded shared rows against bank conflicts.
+// On the tile machinery of conv_tile.cuh, with both loaders running along K (ConvB::K: consecutive
+// threads read consecutive output pixels, so global reads are coalesced).
 // K is huge for early layers and M*N small, so blockIdx.z takes K chunk z ([z*k_chunk, (z+1)*k_chunk))
 // and writes its partial product to workspace slice z; conv2d_weight_grad_reduce then sums the
 // slices in a fixed order (no atomics: bit-reproducible). With splits == 1 the GEMM writes dw directly.
 // Grid: (ceil(N/64), ceil(c_out/(16*MI)), splits); reduce: 1-D grid-stride over c_out*c_in*k*k.
-#include "params.cuh"
-
-#define CW_TN 64
-#define CW_TK 16
+#include "conv_tile.cuh"
 
 template <int MI>
 __device__ __forceinline__ void conv_wgrad_body(const ConvWgradArgs& a) {
-    constexpr int TM = 16 * MI;
     const ConvParams p = a.p;
     const int kk = p.kernel * p.kernel;
     const int hwo = p.h_out * p.w_out;
     const int hwi = p.h_in * p.w_in;
     const int K = p.n * hwo;
     const int NC = p.c_in * kk;
-    const int m0 = blockIdx.y * TM;
-    const int n0 = blockIdx.x * CW_TN;
+    const int m0 = blockIdx.y * (16 * MI);
+    const int n0 = blockIdx.x * CONV_TN;
     const int kbeg = blockIdx.z * a.k_chunk;
     const int kend = min(K, kbeg + a.k_chunk);
-    __shared__ float As[CW_TK][TM + 4];
-    __shared__ float Bs[CW_TK][CW_TN + 4];
     const int t = threadIdx.x;
-    const int tx = t % 16, ty = t / 16;
-    const int l_k = t % CW_TK, l_r = t / CW_TK;  // both loaders: column l_k, rows l_r + 16 r
+    const int l_k = t % CONV_TK, l_r = t / CONV_TK;  // both loaders: column l_k, rows l_r + 16 r
 
-    float ra[MI], rb[4];
-    auto load = [&](int k0) {
+    auto load = [&](int k0, float (&ra)[MI], float (&rb)[4]) {
         const int k = k0 + l_k;
         const bool k_ok = k < kend;
         int n = 0, oh = 0, ow = 0, r = 0;
-        if (k_ok) {
-            n = k / hwo;
-            r = k - n * hwo;
-            oh = r / p.w_out;
-            ow = r - oh * p.w_out;
-        }
+        if (k_ok) r = conv_split(k, hwo, p.w_out, n, oh, ow);
 #pragma unroll
         for (int q = 0; q < MI; ++q) {
             const int m = m0 + l_r + 16 * q;
@@ -55,10 +40,8 @@ __device__ __forceinline__ void conv_wgrad_body(const ConvWgradArgs& a) {
             const int c = n0 + l_r + 16 * q;
             float v = 0.f;
             if (k_ok && c < NC) {
-                const int ci = c / kk;
-                const int rem = c - ci * kk;
-                const int kh = rem / p.kernel;
-                const int kw = rem - kh * p.kernel;
+                int ci, kh, kw;
+                conv_tap(c, kk, p.kernel, ci, kh, kw);
                 const int ih = ih0 + kh, iw = iw0 + kw;
                 if (ih >= 0 && ih < p.h_in && iw >= 0 && iw < p.w_in)
                     v = __ldg(a.x + (n * p.c_in + ci) * hwi + ih * p.w_in + iw);
@@ -66,36 +49,10 @@ __device__ __forceinline__ void conv_wgrad_body(const ConvWgradArgs& a) {
             rb[q] = v;
         }
     };
-
     float acc[MI][4];
-#pragma unroll
-    for (int i = 0; i < MI; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
+    conv_tile_gemm<MI, ConvB::K>(kbeg, kend, load, acc);
 
-    if (kbeg < kend) load(kbeg);
-    for (int k0 = kbeg; k0 < kend; k0 += CW_TK) {
-#pragma unroll
-        for (int q = 0; q < MI; ++q) As[l_k][l_r + 16 * q] = ra[q];
-#pragma unroll
-        for (int q = 0; q < 4; ++q) Bs[l_k][l_r + 16 * q] = rb[q];
-        __syncthreads();
-        if (k0 + CW_TK < kend) load(k0 + CW_TK);
-#pragma unroll
-        for (int q = 0; q < CW_TK; ++q) {
-            float av[MI], bv[4];
-#pragma unroll
-            for (int i = 0; i < MI; ++i) av[i] = As[q][ty + 16 * i];
-#pragma unroll
-            for (int j = 0; j < 4; ++j) bv[j] = Bs[q][tx + 16 * j];
-#pragma unroll
-            for (int i = 0; i < MI; ++i)
-#pragma unroll
-                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
-        }
-        __syncthreads();
-    }
-
+    const int tx = t % 16, ty = t / 16;
     float* out = a.out + blockIdx.z * p.c_out * NC;
 #pragma unroll
     for (int i = 0; i < MI; ++i) {

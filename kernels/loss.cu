@@ -34,8 +34,7 @@ extern "C" __global__ void __launch_bounds__(256) channel_mse(const ChannelMseAr
     const int cnt = a.n * a.hw;
     float s = 0.f;
     for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
-        const int n = e / a.hw;
-        const int idx = (n * a.c + c) * a.hw + (e - n * a.hw);
+        const int idx = fmp_channel_at(e, c, a.c, a.hw);
         const float d = a.a[idx] - a.b[idx];
         s = fmaf(d, d, s);
     }

@@ -145,6 +145,13 @@ __device__ __forceinline__ float fmp_warp_max(float v) {
     return v;
 }
 
+// NCHW index of element e (in (item, pixel) order) of channel c, for the per-channel reductions
+// (batchnorm, channel_mse): element e of channel c is item e / hw, pixel e % hw.
+__device__ __forceinline__ int fmp_channel_at(int e, int c, int channels, int hw) {
+    const int n = e / hw;
+    return (n * channels + c) * hw + (e - n * hw);
+}
+
 // Sum over a block (blockDim.x a multiple of 32, at most 1024); every thread gets the same total.
 // `red` is a __shared__ float[33] scratch owned by the caller; calls may follow each other.
 __device__ __forceinline__ float fmp_block_sum(float v, float* red) {

@@ -11,6 +11,7 @@ pub mod error;
 pub mod fmp;
 pub mod model;
 pub mod report;
+pub mod rng;
 pub mod tensor;
 pub mod weights;
 

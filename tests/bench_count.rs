@@ -2,7 +2,8 @@
 //! PreActResNet18, and adjoint identities that tie the three conv references together.
 use fmp_engine::backend::ConvParams;
 use fmp_engine::bench::count::{self, Arch};
-use fmp_engine::bench::reference::{self as r, Rng};
+use fmp_engine::bench::reference as r;
+use fmp_engine::rng::{Rng, Stream};
 
 #[test]
 fn conv_counts_tiny() {
@@ -136,11 +137,17 @@ fn conv_references_are_adjoint() {
         ConvParams::new(2, 3, 7, 5, 4, 3, 2, 1),
         ConvParams::new(3, 2, 5, 5, 3, 1, 2, 0),
     ] {
-        let mut rng = Rng::new(11);
+        let mut rng = Rng::stream(Stream::Bench, 11);
         let len = |s: [usize; 4]| s.iter().product::<usize>();
-        let x: Vec<f32> = (0..len(p.input_shape())).map(|_| rng.normal()).collect();
-        let w: Vec<f32> = (0..len(p.weight_shape())).map(|_| rng.normal()).collect();
-        let dy: Vec<f32> = (0..len(p.output_shape())).map(|_| rng.normal()).collect();
+        let x: Vec<f32> = (0..len(p.input_shape()))
+            .map(|_| rng.normal_approx())
+            .collect();
+        let w: Vec<f32> = (0..len(p.weight_shape()))
+            .map(|_| rng.normal_approx())
+            .collect();
+        let dy: Vec<f32> = (0..len(p.output_shape()))
+            .map(|_| rng.normal_approx())
+            .collect();
         let y: Vec<f64> = (0..dy.len())
             .map(|i| r::conv_forward_at(&p, &x, &w, i).value)
             .collect();
@@ -160,7 +167,9 @@ fn conv_references_are_adjoint() {
         let k = 2;
         let po = p.with_batch(k * group);
         let plane = (p.h_out * p.w_out) as usize;
-        let seed: Vec<f32> = (0..k * group * plane).map(|_| rng.normal()).collect();
+        let seed: Vec<f32> = (0..k * group * plane)
+            .map(|_| rng.normal_approx())
+            .collect();
         for i in [0, len(po.input_shape()) / 2, len(po.input_shape()) - 1] {
             let item = i / len(p.with_batch(1).input_shape());
             let mut full = vec![0.0f32; len(po.output_shape())];

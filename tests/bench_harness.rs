@@ -6,9 +6,9 @@ use fmp_engine::bench::device::Ceilings;
 use fmp_engine::bench::kernels::{
     cases, check_outputs, run_once, run_suite, write_json, SuiteConfig,
 };
-use fmp_engine::bench::reference::Rng;
 use fmp_engine::bench::timing::BenchDevice;
 use fmp_engine::bench::Repeats;
+use fmp_engine::rng::{Rng, Stream};
 
 fn tiny() -> SuiteConfig {
     SuiteConfig {
@@ -73,16 +73,16 @@ fn corrupted_outputs_fail_the_check() {
         cfg.filter = Some(want.into());
         let cs = cases(&cfg);
         let case = &cs[0];
-        let mut rng = Rng::new(3);
+        let mut rng = Rng::stream(Stream::Bench, 3);
         let h = case.gen(&mut rng);
         let got = run_once(&be as &dyn Backend, case, &h).unwrap();
-        let (points, worst) = check_outputs(case, &h, &got, &mut Rng::new(4), 8);
+        let (points, worst) = check_outputs(case, &h, &got, &mut Rng::stream(Stream::Bench, 4), 8);
         assert!(points > 0 && worst <= 1.0, "{}: worst {worst}", case.name);
         // Element 0 of the last output is always compared.
         let mut bad = got.clone();
         let last = bad.len() - 1;
         bad[last][0] += 0.02 * (1.0 + bad[last][0].abs());
-        let (_, worst) = check_outputs(case, &h, &bad, &mut Rng::new(4), 8);
+        let (_, worst) = check_outputs(case, &h, &bad, &mut Rng::stream(Stream::Bench, 4), 8);
         assert!(
             worst > 1.0,
             "{}: corrupted output passed (worst {worst})",

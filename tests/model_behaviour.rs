@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use fmp_engine::backend::cpu::CpuBackend;
 use fmp_engine::backend::Backend;
-use fmp_engine::model::rng::SplitMix64;
 use fmp_engine::model::{Cotangent, ModelConfig, PreActResNet18, SgdState};
+use fmp_engine::rng::{Rng, Stream};
 use fmp_engine::weights;
 use fmp_engine::{Error, Tensor};
 
@@ -15,8 +15,8 @@ fn fixture_model(be: &Arc<dyn Backend>) -> PreActResNet18 {
     PreActResNet18::from_state_dict(be.clone(), &sd, ModelConfig::cifar10(8)).unwrap()
 }
 
-fn rand_vec(rng: &mut SplitMix64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-    (0..n).map(|_| rng.uniform_range(lo, hi)).collect()
+fn rand_vec(rng: &mut Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.range_f64(lo, hi)).collect()
 }
 
 #[test]
@@ -69,7 +69,7 @@ fn zero_channel_and_masks_survive_sgd() {
     let c1 = m.conv_index("layer2.0.conv1").unwrap();
     let c2 = m.conv_index("layer1.1.conv2").unwrap();
     let sc = m.conv_index("layer3.0.shortcut.0").unwrap();
-    let mut rng = SplitMix64::new(5);
+    let mut rng = Rng::stream(Stream::Init, 5);
     let x = be
         .from_host(&rand_vec(&mut rng, 4 * 3072, 0.0, 1.0), &[4, 3, 32, 32])
         .unwrap();
@@ -155,7 +155,7 @@ fn training_from_scratch_reduces_the_loss() {
     let mut m =
         PreActResNet18::new_random(be.clone(), ModelConfig::gtsrb(4).with_classes(3), 42).unwrap();
     // Three separable classes: a bright vertical bar at one of three positions, plus noise.
-    let mut rng = SplitMix64::new(9);
+    let mut rng = Rng::stream(Stream::Init, 9);
     let n = 24;
     let mut xs = rand_vec(&mut rng, n * 3072, 0.0, 0.3);
     let labels: Vec<u32> = (0..n).map(|i| (i % 3) as u32).collect();

@@ -26,8 +26,10 @@ fn cpu_throughput_full_width() {
     );
     let be: Arc<dyn Backend> = Arc::new(CpuBackend::new());
     let mut model = PreActResNet18::new_random(be.clone(), ModelConfig::cifar10(w), 1).unwrap();
-    let mut rng = fmp_engine::model::rng::SplitMix64::new(2);
-    let xs: Vec<f32> = (0..n * 3 * 32 * 32).map(|_| rng.uniform() as f32).collect();
+    let mut rng = fmp_engine::rng::Rng::stream(fmp_engine::rng::Stream::Init, 2);
+    let xs: Vec<f32> = (0..n * 3 * 32 * 32)
+        .map(|_| rng.uniform_f64() as f32)
+        .collect();
     let x = be.from_host(&xs, &[n, 3, 32, 32]).unwrap();
     let labels: Vec<u32> = (0..n).map(|i| (i % 10) as u32).collect();
     let lab = be.indices_from_host(&labels).unwrap();

@@ -5,6 +5,7 @@
 //! so a check can allow an f32 rounding error proportional to the work behind each element. Cheap
 //! ops are checked at every element, convolutions at sampled elements.
 use crate::backend::ConvParams;
+use crate::rng::Rng;
 
 /// Expected value of one output element.
 #[derive(Clone, Copy, Debug)]
@@ -14,36 +15,19 @@ pub struct Expect {
     pub scale: f64,
 }
 
-/// Small deterministic generator (SplitMix64) for inputs and sample points.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+impl Expect {
+    /// An empty sum for output element `index`.
+    fn at(index: usize) -> Self {
+        Expect {
+            index,
+            value: 0.0,
+            scale: 0.0,
+        }
     }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-    /// Uniform in [lo, hi).
-    pub fn range(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * self.uniform()
-    }
-    /// Uniform in [0, n).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-    /// Approximately standard normal (sum of 4 uniforms, rescaled); never exactly zero in practice.
-    pub fn normal(&mut self) -> f32 {
-        let s: f32 = (0..4).map(|_| self.uniform()).sum::<f32>() - 2.0;
-        s * 1.732_050_8
+    /// Add one term of the element's sum.
+    fn add(&mut self, t: f64) {
+        self.value += t;
+        self.scale += t.abs();
     }
 }
 
@@ -64,7 +48,7 @@ pub fn flat(ix: [usize; 4], s: [usize; 4]) -> usize {
 pub fn sample_indices(rng: &mut Rng, n: usize, count: usize) -> Vec<usize> {
     let mut v = vec![0, n - 1];
     while v.len() < count.min(n) {
-        v.push(rng.below(n));
+        v.push(rng.below_mod(n));
     }
     v.sort_unstable();
     v.dedup();
@@ -101,7 +85,7 @@ fn p4(
 pub fn conv_forward_at(p: &ConvParams, x: &[f32], w: &[f32], index: usize) -> Expect {
     let (ci_n, hi, wi, _, _, _, k, s, pad) = p4(p);
     let [n, co, oh, ow] = unflat(index, p.output_shape());
-    let (mut v, mut sc) = (0.0f64, 0.0f64);
+    let mut e = Expect::at(index);
     for ci in 0..ci_n {
         for kh in 0..k {
             for kw in 0..k {
@@ -112,16 +96,11 @@ pub fn conv_forward_at(p: &ConvParams, x: &[f32], w: &[f32], index: usize) -> Ex
                 }
                 let t = x[flat([n, ci, ih as usize, iw as usize], p.input_shape())] as f64
                     * w[flat([co, ci, kh, kw], p.weight_shape())] as f64;
-                v += t;
-                sc += t.abs();
+                e.add(t);
             }
         }
     }
-    Expect {
-        index,
-        value: v,
-        scale: sc,
-    }
+    e
 }
 
 /// The input position (ih, iw) receives output (oh, ow) through tap kh: oh*s - pad + kh = ih.
@@ -138,7 +117,7 @@ fn out_of(i: usize, kidx: usize, s: usize, pad: usize, out: usize) -> Option<usi
 pub fn conv_input_grad_at(p: &ConvParams, dy: &[f32], w: &[f32], index: usize) -> Expect {
     let (_, _, _, co_n, ho, wo, k, s, pad) = p4(p);
     let [n, ci, ih, iw] = unflat(index, p.input_shape());
-    let (mut v, mut sc) = (0.0f64, 0.0f64);
+    let mut e = Expect::at(index);
     for co in 0..co_n {
         for kh in 0..k {
             let Some(oh) = out_of(ih, kh, s, pad, ho) else {
@@ -150,23 +129,18 @@ pub fn conv_input_grad_at(p: &ConvParams, dy: &[f32], w: &[f32], index: usize) -
                 };
                 let t = dy[flat([n, co, oh, ow], p.output_shape())] as f64
                     * w[flat([co, ci, kh, kw], p.weight_shape())] as f64;
-                v += t;
-                sc += t.abs();
+                e.add(t);
             }
         }
     }
-    Expect {
-        index,
-        value: v,
-        scale: sc,
-    }
+    e
 }
 
 /// dw[co,ci,kh,kw] of `conv2d_weight_grad`.
 pub fn conv_weight_grad_at(p: &ConvParams, x: &[f32], dy: &[f32], index: usize) -> Expect {
     let (_, hi, wi, _, ho, wo, _, s, pad) = p4(p);
     let [co, ci, kh, kw] = unflat(index, p.weight_shape());
-    let (mut v, mut sc) = (0.0f64, 0.0f64);
+    let mut e = Expect::at(index);
     for n in 0..p.n as usize {
         for oh in 0..ho {
             let ih = (oh * s + kh) as isize - pad as isize;
@@ -180,16 +154,11 @@ pub fn conv_weight_grad_at(p: &ConvParams, x: &[f32], dy: &[f32], index: usize) 
                 }
                 let t = x[flat([n, ci, ih as usize, iw as usize], p.input_shape())] as f64
                     * dy[flat([n, co, oh, ow], p.output_shape())] as f64;
-                v += t;
-                sc += t.abs();
+                e.add(t);
             }
         }
     }
-    Expect {
-        index,
-        value: v,
-        scale: sc,
-    }
+    e
 }
 
 /// dx[i,ci,ih,iw] of `conv2d_input_grad_onehot`: item i uses filter first + i / group.
@@ -204,7 +173,7 @@ pub fn conv_onehot_at(
     let (_, _, _, _, ho, wo, k, s, pad) = p4(p);
     let [n, ci, ih, iw] = unflat(index, p.input_shape());
     let f = first + n / group;
-    let (mut v, mut sc) = (0.0f64, 0.0f64);
+    let mut e = Expect::at(index);
     for kh in 0..k {
         let Some(oh) = out_of(ih, kh, s, pad, ho) else {
             continue;
@@ -215,15 +184,10 @@ pub fn conv_onehot_at(
             };
             let t = seed[(n * ho + oh) * wo + ow] as f64
                 * w[flat([f, ci, kh, kw], p.weight_shape())] as f64;
-            v += t;
-            sc += t.abs();
+            e.add(t);
         }
     }
-    Expect {
-        index,
-        value: v,
-        scale: sc,
-    }
+    e
 }
 
 /// Per-channel mean and biased variance of [N, C, HW] data, in f64.

@@ -14,12 +14,12 @@ use super::count::{Arch, OpCost};
 use super::device::{ceilings_for, Ceilings};
 use super::kernels::{fmt_time, git_commit};
 use super::profile::{profiled, ProfileEntry, ProfileTotals};
-use super::reference::Rng;
 use super::timing::BenchDevice;
 use crate::data::DatasetKind;
 use crate::error::{Error, Result};
 use crate::fmp::frg::{chunk_channels, score_channels, LayerScores};
 use crate::model::{ModelConfig, PreActResNet18};
+use crate::rng::{Rng, Stream};
 use crate::tensor::Tensor;
 
 /// What to time.
@@ -180,9 +180,11 @@ pub fn run_scan_bench(
         return Err(Error::Msg("bench scan: the model's convs differ from bench::count::Arch; the FLOP counts would be wrong".into()));
     }
     let b = cfg.samples.max(1);
-    let mut rng = Rng::new(cfg.seed ^ 0x5CA7);
+    let mut rng = Rng::stream(Stream::Bench, cfg.seed ^ 0x5CA7);
     let pixels: Vec<f32> = (0..b * 3 * 1024).map(|_| rng.uniform()).collect();
-    let labels: Vec<u32> = (0..b).map(|_| rng.below(mc.num_classes) as u32).collect();
+    let labels: Vec<u32> = (0..b)
+        .map(|_| rng.below_mod(mc.num_classes) as u32)
+        .collect();
     let x0h: Vec<f32> = pixels
         .iter()
         .map(|&v| (v + cfg.alpha * if rng.uniform() < 0.5 { -1.0 } else { 1.0 }).clamp(0.0, 1.0))

@@ -9,10 +9,10 @@ use super::count::{Arch, OpCost};
 use super::device::{ceilings_for, Ceilings};
 use super::kernels::git_commit;
 use super::profile::{profiled, ProfileEntry};
-use super::reference::Rng;
 use super::timing::BenchDevice;
 use crate::error::{Error, Result};
 use crate::model::{ModelConfig, PreActResNet18, SgdState};
+use crate::rng::{Rng, Stream};
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct TrainBenchConfig {
@@ -79,10 +79,10 @@ pub fn run_train_bench(dev: &BenchDevice, cfg: &TrainBenchConfig) -> Result<Trai
     let mc = ModelConfig::cifar10(cfg.width);
     let k = mc.num_classes;
     let mut model = PreActResNet18::new_random(be.clone(), mc, cfg.seed)?;
-    let mut rng = Rng::new(cfg.seed ^ 0x7EA1);
+    let mut rng = Rng::stream(Stream::Bench, cfg.seed ^ 0x7EA1);
     let n = cfg.batch;
     let pixels: Vec<f32> = (0..n * 3 * 1024).map(|_| rng.uniform()).collect();
-    let labels: Vec<u32> = (0..n).map(|_| rng.below(k) as u32).collect();
+    let labels: Vec<u32> = (0..n).map(|_| rng.below_mod(k) as u32).collect();
     let x = be.from_host(&pixels, &[n, 3, 32, 32])?;
     let y = be.indices_from_host(&labels)?;
     let mut state = SgdState::new();

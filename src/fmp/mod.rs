@@ -13,7 +13,8 @@ pub mod frg_steps;
 pub mod metrics;
 pub mod pipeline;
 pub mod prune;
-pub mod rng;
+/// The engine's one RNG (`crate::rng`); the pipeline draws from `Rng::new` / `Rng::derive` streams.
+pub use crate::rng;
 pub mod select;
 pub mod stability;
 pub mod train;

@@ -21,7 +21,6 @@
 //!   filter's and gamma's gradients are zero, so SGD without weight decay never revives the channel.
 //!   For conv2/shortcut/stem only `--mask` (`set_masks`) gives that guarantee.
 mod forward;
-pub mod rng;
 mod train;
 
 use std::sync::{Arc, RwLock};
@@ -32,6 +31,7 @@ pub use train::{Grads, SgdState, TrainTrace};
 use crate::backend::{Backend, ConvParams};
 use crate::data::DatasetKind;
 use crate::error::{Error, Result};
+use crate::rng::{Rng, Stream};
 use crate::tensor::Tensor;
 use crate::weights::{self, StateDict, BN_EPS};
 
@@ -321,7 +321,7 @@ impl PreActResNet18 {
     /// as torchvision's ResNet), linear PyTorch default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight
     /// and bias, BN gamma 1, beta 0, running mean 0, var 1.
     pub fn new_random(backend: Arc<dyn Backend>, cfg: ModelConfig, seed: u64) -> Result<Self> {
-        let mut rng = rng::SplitMix64::new(seed);
+        let mut rng = Rng::stream(Stream::Init, seed);
         let mut sd = StateDict::new();
         for (name, shape) in weights::expected_keys(cfg.width, cfg.num_classes) {
             let n: usize = shape.iter().product();
@@ -333,7 +333,7 @@ impl PreActResNet18 {
                 (0..n).map(|_| rng.normal() * std).collect()
             } else if name.starts_with("linear.") {
                 let b = 1.0 / ((8 * cfg.width) as f32).sqrt();
-                (0..n).map(|_| rng.uniform_range(-b, b)).collect()
+                (0..n).map(|_| rng.range_f64(-b, b)).collect()
             } else if name.ends_with(".weight") || name.ends_with("running_var") {
                 vec![1.0; n]
             } else {

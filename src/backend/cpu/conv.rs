@@ -21,8 +21,8 @@ use rayon::prelude::*;
 use super::direct;
 use super::gemm::{gemm, ASrc, COut, Pack, PackedA, RowMajor, MR, NR};
 use super::{host, host_mut};
-use crate::backend::ConvParams;
-use crate::error::{Error, Result};
+use crate::backend::{shapes, ConvParams};
+use crate::error::Result;
 use crate::tensor::Tensor;
 
 /// Validated convolution geometry in usize.
@@ -41,16 +41,9 @@ pub(crate) struct Geom {
 }
 
 impl Geom {
+    /// Checked by `shapes::conv_params` (the rule every backend applies).
     pub fn new(op: &'static str, p: &ConvParams) -> Result<Self> {
-        let vals = [
-            p.n, p.c_in, p.h_in, p.w_in, p.c_out, p.h_out, p.w_out, p.kernel, p.stride, p.pad,
-        ];
-        if vals.iter().any(|&v| v < 0) || p.kernel < 1 || p.stride < 1 {
-            return Err(Error::shape(
-                op,
-                format!("invalid conv params {p:?} (negative size, kernel < 1 or stride < 1)"),
-            ));
-        }
+        shapes::conv_params(op, p)?;
         let g = Geom {
             n: p.n as usize,
             ci: p.c_in as usize,
@@ -63,40 +56,8 @@ impl Geom {
             s: p.stride as usize,
             p: p.pad as usize,
         };
-        let out = |i: usize| (i + 2 * g.p).checked_sub(g.k).map(|v| v / g.s + 1);
-        if out(g.hi) != Some(g.ho) || out(g.wi) != Some(g.wo) {
-            return Err(Error::shape(
-                op,
-                format!(
-                    "conv params {p:?}: output {}x{} does not match input {}x{} with kernel {}, stride {}, pad {}",
-                    g.ho, g.wo, g.hi, g.wi, g.k, g.s, g.p
-                ),
-            ));
-        }
         Ok(g)
     }
-    pub fn x_shape(&self) -> [usize; 4] {
-        [self.n, self.ci, self.hi, self.wi]
-    }
-    pub fn y_shape(&self) -> [usize; 4] {
-        [self.n, self.co, self.ho, self.wo]
-    }
-    pub fn w_shape(&self) -> [usize; 4] {
-        [self.co, self.ci, self.k, self.k]
-    }
-}
-
-pub(crate) fn check(op: &'static str, what: &str, t: &Tensor, want: [usize; 4]) -> Result<()> {
-    if t.shape != want {
-        return Err(Error::shape(
-            op,
-            format!(
-                "{what} must be {want:?} for these conv params, got {:?}",
-                t.shape
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// Raw output pointer that may cross rayon tasks (each task writes a disjoint part).
@@ -660,9 +621,7 @@ fn input_grad_onehot_strided(
 pub fn forward(p: &ConvParams, x: &Tensor, w: &Tensor, y: &mut Tensor) -> Result<()> {
     const OP: &str = "conv2d_forward";
     let g = Geom::new(OP, p)?;
-    check(OP, "x", x, g.x_shape())?;
-    check(OP, "w", w, g.w_shape())?;
-    check(OP, "y", y, g.y_shape())?;
+    shapes::conv_forward(p, x, w, y)?;
     let xs = host(OP, "x", x)?;
     let ws = host(OP, "w", w)?;
     let ys = host_mut(OP, "y", y)?;
@@ -702,9 +661,7 @@ pub fn forward(p: &ConvParams, x: &Tensor, w: &Tensor, y: &mut Tensor) -> Result
 pub fn input_grad(p: &ConvParams, dy: &Tensor, w: &Tensor, dx: &mut Tensor) -> Result<()> {
     const OP: &str = "conv2d_input_grad";
     let g = Geom::new(OP, p)?;
-    check(OP, "dy", dy, g.y_shape())?;
-    check(OP, "w", w, g.w_shape())?;
-    check(OP, "dx", dx, g.x_shape())?;
+    shapes::conv_input_grad(p, dy, w, dx)?;
     let gs = host(OP, "dy", dy)?;
     let ws = host(OP, "w", w)?;
     let o = host_mut(OP, "dx", dx)?;
@@ -751,23 +708,7 @@ pub fn input_grad_onehot(
 ) -> Result<()> {
     const OP: &str = "conv2d_input_grad_onehot";
     let g = Geom::new(OP, p)?;
-    check(OP, "seed", seed, [g.n, 1, g.ho, g.wo])?;
-    check(OP, "w", w, g.w_shape())?;
-    check(OP, "dx", dx, g.x_shape())?;
-    if group == 0 {
-        return Err(Error::shape(OP, "group must be at least 1"));
-    }
-    if g.n > 0 && first_channel + (g.n - 1) / group >= g.co {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "items 0..{} with group {group} need filters {first_channel}..={} but w has {}",
-                g.n,
-                first_channel + (g.n - 1) / group,
-                g.co
-            ),
-        ));
-    }
+    shapes::conv_input_grad_onehot(p, seed, w, first_channel, group, dx)?;
     let ss = host(OP, "seed", seed)?;
     let ws = host(OP, "w", w)?;
     let o = host_mut(OP, "dx", dx)?;
@@ -815,9 +756,7 @@ pub fn input_grad_onehot(
 pub fn weight_grad(p: &ConvParams, x: &Tensor, dy: &Tensor, dw: &mut Tensor) -> Result<()> {
     const OP: &str = "conv2d_weight_grad";
     let g = Geom::new(OP, p)?;
-    check(OP, "x", x, g.x_shape())?;
-    check(OP, "dy", dy, g.y_shape())?;
-    check(OP, "dw", dw, g.w_shape())?;
+    shapes::conv_weight_grad(p, x, dy, dw)?;
     let xs = host(OP, "x", x)?;
     let gs = host(OP, "dy", dy)?;
     let o = host_mut(OP, "dw", dw)?;

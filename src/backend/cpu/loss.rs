@@ -3,23 +3,14 @@
 //! accumulators in a fixed order, parallel over rows/channels where it pays.
 use rayon::prelude::*;
 
-use super::{dims4, host, host_mut, numel_is, same_shape};
+use super::{host, host_mut};
+use crate::backend::shapes;
 use crate::error::{Error, Result};
 use crate::tensor::{Indices, Storage, Tensor};
 
 pub fn global_avg_pool(x: &Tensor, y: &mut Tensor) -> Result<()> {
     const OP: &str = "global_avg_pool";
-    let (n, c, h, w) = dims4(OP, "x", x)?;
-    if y.shape != [n, c] {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "y must be [{n}, {c}] for x {:?}, got {:?}",
-                x.shape, y.shape
-            ),
-        ));
-    }
-    let hw = h * w;
+    let (_, _, hw) = shapes::global_avg_pool(x, y)?;
     let xs = host(OP, "x", x)?;
     let ys = host_mut(OP, "y", y)?;
     if hw == 0 {
@@ -35,17 +26,7 @@ pub fn global_avg_pool(x: &Tensor, y: &mut Tensor) -> Result<()> {
 
 pub fn global_avg_pool_backward(dy: &Tensor, dx: &mut Tensor) -> Result<()> {
     const OP: &str = "global_avg_pool_backward";
-    let (n, c, h, w) = dims4(OP, "dx", dx)?;
-    if dy.shape != [n, c] {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "dy must be [{n}, {c}] for dx {:?}, got {:?}",
-                dx.shape, dy.shape
-            ),
-        ));
-    }
-    let hw = h * w;
+    let (_, _, hw) = shapes::global_avg_pool_backward(dy, dx)?;
     let g = host(OP, "dy", dy)?;
     let o = host_mut(OP, "dx", dx)?;
     if hw == 0 {
@@ -58,37 +39,9 @@ pub fn global_avg_pool_backward(dy: &Tensor, dx: &mut Tensor) -> Result<()> {
     Ok(())
 }
 
-/// [N, F] view of a tensor of rank >= 2 (trailing dims flattened).
-fn rows(op: &'static str, what: &str, t: &Tensor) -> Result<(usize, usize)> {
-    if t.shape.len() < 2 {
-        return Err(Error::shape(
-            op,
-            format!("{what} must be [N, F], got {:?}", t.shape),
-        ));
-    }
-    Ok((t.batch(), t.item_numel()))
-}
-
 pub fn linear_forward(x: &Tensor, w: &Tensor, b: &Tensor, y: &mut Tensor) -> Result<()> {
     const OP: &str = "linear_forward";
-    let (n, fi) = rows(OP, "x", x)?;
-    let (fo, wi) = rows(OP, "w", w)?;
-    if w.shape.len() != 2 || wi != fi {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "w must be [out, {fi}] for x {:?}, got {:?}",
-                x.shape, w.shape
-            ),
-        ));
-    }
-    numel_is(OP, "b", b, fo)?;
-    if y.shape != [n, fo] {
-        return Err(Error::shape(
-            OP,
-            format!("y must be [{n}, {fo}], got {:?}", y.shape),
-        ));
-    }
+    let (_, fi, fo) = shapes::linear_forward(x, w, b, y)?;
     let xs = host(OP, "x", x)?;
     let ws = host(OP, "w", w)?;
     let bs = host(OP, "b", b)?;
@@ -105,24 +58,7 @@ pub fn linear_forward(x: &Tensor, w: &Tensor, b: &Tensor, y: &mut Tensor) -> Res
 
 pub fn linear_backward_input(dy: &Tensor, w: &Tensor, dx: &mut Tensor) -> Result<()> {
     const OP: &str = "linear_backward_input";
-    let (n, fo) = rows(OP, "dy", dy)?;
-    let (wo, fi) = rows(OP, "w", w)?;
-    if w.shape.len() != 2 || wo != fo || dy.shape.len() != 2 {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "dy {:?} must be [N, out] and w {:?} [out, in]",
-                dy.shape, w.shape
-            ),
-        ));
-    }
-    let (dn, dfi) = rows(OP, "dx", dx)?;
-    if dn != n || dfi != fi {
-        return Err(Error::shape(
-            OP,
-            format!("dx must be [{n}, {fi}], got {:?}", dx.shape),
-        ));
-    }
+    let (_, fi, fo) = shapes::linear_backward_input(dy, w, dx)?;
     let g = host(OP, "dy", dy)?;
     let ws = host(OP, "w", w)?;
     let o = host_mut(OP, "dx", dx)?;
@@ -144,24 +80,7 @@ pub fn linear_backward_params(
     db: &mut Tensor,
 ) -> Result<()> {
     const OP: &str = "linear_backward_params";
-    let (n, fi) = rows(OP, "x", x)?;
-    let (gn, fo) = rows(OP, "dy", dy)?;
-    if gn != n || dy.shape.len() != 2 {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "dy must be [{n}, out] for x {:?}, got {:?}",
-                x.shape, dy.shape
-            ),
-        ));
-    }
-    if dw.shape != [fo, fi] {
-        return Err(Error::shape(
-            OP,
-            format!("dw must be [{fo}, {fi}], got {:?}", dw.shape),
-        ));
-    }
-    numel_is(OP, "db", db, fo)?;
+    let (n, fi, fo) = shapes::linear_backward_params(x, dy, dw, db)?;
     let xs = host(OP, "x", x)?;
     let g = host(OP, "dy", dy)?;
     host_mut(OP, "dw", dw)?
@@ -188,15 +107,7 @@ pub fn softmax_cross_entropy(
     dlogits: &mut Tensor,
 ) -> Result<()> {
     const OP: &str = "softmax_cross_entropy";
-    if logits.shape.len() != 2 {
-        return Err(Error::shape(
-            OP,
-            format!("logits must be [N, K], got {:?}", logits.shape),
-        ));
-    }
-    let (n, k) = (logits.shape[0], logits.shape[1]);
-    same_shape(OP, "logits", logits, "dlogits", dlogits)?;
-    numel_is(OP, "loss", loss, n)?;
+    let (n, k) = shapes::softmax_cross_entropy(logits, labels.len, loss, dlogits)?;
     let lab = match &labels.storage {
         Storage::Host(v) => v,
         s => {
@@ -206,7 +117,7 @@ pub fn softmax_cross_entropy(
             })
         }
     };
-    if lab.len() != n || labels.len != n {
+    if lab.len() != n {
         return Err(Error::shape(
             OP,
             format!("{} labels for {n} logit rows", lab.len()),
@@ -220,9 +131,6 @@ pub fn softmax_cross_entropy(
     let xs = host(OP, "logits", logits)?;
     let ls = host_mut(OP, "loss", loss)?;
     let ds = host_mut(OP, "dlogits", dlogits)?;
-    if k == 0 {
-        return Err(Error::shape(OP, "logits have zero classes"));
-    }
     let inv_n = 1.0 / n as f64;
     ds.par_chunks_mut(k)
         .zip(ls.par_iter_mut())
@@ -245,10 +153,7 @@ pub fn softmax_cross_entropy(
 
 pub fn channel_mse(a: &Tensor, b: &Tensor, loss: &mut Tensor) -> Result<()> {
     const OP: &str = "channel_mse";
-    let (n, c, h, w) = dims4(OP, "a", a)?;
-    same_shape(OP, "a", a, "b", b)?;
-    numel_is(OP, "loss", loss, c)?;
-    let hw = h * w;
+    let (n, c, hw) = shapes::channel_mse(a, b, loss)?;
     let av = host(OP, "a", a)?;
     let bv = host(OP, "b", b)?;
     let cnt = (n * hw) as f64;
@@ -276,33 +181,7 @@ pub fn frg_seed(
     seed: &mut Tensor,
 ) -> Result<()> {
     const OP: &str = "frg_seed";
-    let (b, c, h, w) = dims4(OP, "a_x", a_x)?;
-    same_shape(OP, "a_x", a_x, "a_x0", a_x0)?;
-    let ok = seed.shape.len() == 4
-        && seed.shape[1] == 1
-        && seed.shape[2] == h
-        && seed.shape[3] == w
-        && b > 0
-        && seed.shape[0] % b == 0;
-    if !ok {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "seed must be [K*{b}, 1, {h}, {w}] for activations {:?}, got {:?}",
-                a_x.shape, seed.shape
-            ),
-        ));
-    }
-    let k = seed.shape[0] / b;
-    if first_channel + k > c {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "channels {first_channel}..{} out of range for {c} channels",
-                first_channel + k
-            ),
-        ));
-    }
+    let (b, c, h, w, _) = shapes::frg_seed(a_x, a_x0, first_channel, seed)?;
     let hw = h * w;
     let xv = host(OP, "a_x", a_x)?;
     let x0v = host(OP, "a_x0", a_x0)?;

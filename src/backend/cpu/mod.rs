@@ -109,37 +109,7 @@ pub(crate) fn host_mut<'a>(
     }
 }
 
-/// (N, C, H, W) of a rank-4 tensor, or (N, F, 1, 1) of a rank-2 one; error otherwise.
-pub(crate) fn dims4(
-    op: &'static str,
-    what: &str,
-    t: &Tensor,
-) -> Result<(usize, usize, usize, usize)> {
-    match t.shape.as_slice() {
-        [n, c, h, w] => Ok((*n, *c, *h, *w)),
-        [n, f] => Ok((*n, *f, 1, 1)),
-        s => Err(Error::shape(
-            op,
-            format!("{what} must be [N,C,H,W] or [N,F], got {s:?}"),
-        )),
-    }
-}
-
-pub(crate) use super::shapes::{broadcast_batch, same_shape};
-
-pub(crate) fn numel_is(op: &'static str, what: &str, t: &Tensor, n: usize) -> Result<()> {
-    if t.numel() != n {
-        return Err(Error::shape(
-            op,
-            format!(
-                "{what} has shape {:?} ({} elements), expected {n} elements",
-                t.shape,
-                t.numel()
-            ),
-        ));
-    }
-    Ok(())
-}
+pub(crate) use super::shapes::{broadcast_batch, numel_is, same_shape};
 
 impl Backend for CpuBackend {
     fn name(&self) -> String {

@@ -4,8 +4,9 @@
 use rayon::prelude::*;
 
 use super::elementwise::broadcast_zip;
-use super::{broadcast_batch, dims4, host, host_mut, numel_is, same_shape};
-use crate::error::{Error, Result};
+use super::{broadcast_batch, host, host_mut};
+use crate::backend::shapes;
+use crate::error::Result;
 use crate::tensor::Tensor;
 
 pub fn channel_affine(
@@ -16,15 +17,11 @@ pub fn channel_affine(
     y: &mut Tensor,
 ) -> Result<()> {
     const OP: &str = "channel_affine";
-    let (_, c, h, w) = dims4(OP, "x", x)?;
-    same_shape(OP, "x", x, "y", y)?;
-    numel_is(OP, "scale", scale, c)?;
-    numel_is(OP, "shift", shift, c)?;
+    let (_, c, hw) = shapes::channel_affine(x, scale, shift, y)?;
     let xs = host(OP, "x", x)?;
     let sc = host(OP, "scale", scale)?;
     let sh = host(OP, "shift", shift)?;
     let ys = host_mut(OP, "y", y)?;
-    let hw = h * w;
     if xs.is_empty() || hw == 0 {
         return Ok(());
     }
@@ -57,12 +54,9 @@ pub fn channel_affine_backward(
     dx: &mut Tensor,
 ) -> Result<()> {
     const OP: &str = "channel_affine_backward";
-    let (_, c, h, w) = dims4(OP, "dy", dy)?;
-    same_shape(OP, "dy", dy, "dx", dx)?;
-    numel_is(OP, "scale", scale, c)?;
+    let (_, c, hw) = shapes::channel_affine_backward(y_saved, dy, scale, dx)?;
     let sc = host(OP, "scale", scale)?;
     let g = host(OP, "dy", dy)?;
-    let hw = h * w;
     match y_saved {
         None => {
             let o = host_mut(OP, "dx", dx)?;
@@ -154,30 +148,16 @@ pub fn bn_train_forward(
     y: &mut Tensor,
 ) -> Result<()> {
     const OP: &str = "batchnorm_train_forward";
-    let (n, c, h, w) = dims4(OP, "x", x)?;
-    same_shape(OP, "x", x, "y", y)?;
-    for (name, t) in [("gamma", gamma), ("beta", beta)] {
-        numel_is(OP, name, t, c)?;
-    }
-    for (name, t) in [
-        ("running_mean", &*running_mean),
-        ("running_var", &*running_var),
-        ("save_mean", &*save_mean),
-        ("save_invstd", &*save_invstd),
-    ] {
-        numel_is(OP, name, t, c)?;
-    }
-    let hw = h * w;
+    let stats = [
+        gamma,
+        beta,
+        running_mean,
+        running_var,
+        save_mean,
+        save_invstd,
+    ];
+    let (n, c, hw) = shapes::batchnorm_train_forward(x, y, stats)?;
     let m = n * hw;
-    if m < 2 {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "training batchnorm needs more than 1 value per channel, x is {:?}",
-                x.shape
-            ),
-        ));
-    }
     let xs = host(OP, "x", x)?;
     let gs = host(OP, "gamma", gamma)?;
     let bs = host(OP, "beta", beta)?;
@@ -245,19 +225,8 @@ pub fn bn_train_backward(
     dbeta: &mut Tensor,
 ) -> Result<()> {
     const OP: &str = "batchnorm_train_backward";
-    let (n, c, h, w) = dims4(OP, "x", x)?;
-    same_shape(OP, "x", x, "dy", dy)?;
-    same_shape(OP, "x", x, "dx", dx)?;
-    for (name, t) in [
-        ("gamma", gamma),
-        ("save_mean", save_mean),
-        ("save_invstd", save_invstd),
-    ] {
-        numel_is(OP, name, t, c)?;
-    }
-    numel_is(OP, "dgamma", dgamma, c)?;
-    numel_is(OP, "dbeta", dbeta, c)?;
-    let hw = h * w;
+    let stats = [gamma, save_mean, save_invstd, dgamma, dbeta];
+    let (n, c, hw) = shapes::batchnorm_train_backward(x, dy, dx, stats)?;
     let m = n * hw;
     let xs = host(OP, "x", x)?;
     let gs = host(OP, "dy", dy)?;

@@ -44,7 +44,7 @@ pub struct KernelSources {
 }
 
 /// Headers the engine's kernels include by name.
-pub const ENGINE_HEADERS: &[(&str, &str)] = &[kernels::PARAMS_HEADER];
+pub const ENGINE_HEADERS: &[(&str, &str)] = &[kernels::PARAMS_HEADER, kernels::CONV_TILE_HEADER];
 
 /// The engine's kernel files (`kernels/*.cu`) and headers.
 pub fn engine_sources() -> KernelSources {

@@ -11,6 +11,12 @@ use crate::backend::params::ConvParams;
 /// The header every kernel includes (register it with NVRTC under this name).
 pub const PARAMS_HEADER: (&str, &str) = ("params.cuh", include_str!("../../../kernels/params.cuh"));
 
+/// The implicit-GEMM tile machinery of the three conv kernels (included by conv_*.cu).
+pub const CONV_TILE_HEADER: (&str, &str) = (
+    "conv_tile.cuh",
+    include_str!("../../../kernels/conv_tile.cuh"),
+);
+
 /// (file stem, source) of every kernel file.
 pub const KERNEL_FILES: &[(&str, &str)] = &[
     ("affine", include_str!("../../../kernels/affine.cu")),
@@ -76,7 +82,7 @@ pub fn kernel_source(file: &str) -> Option<&'static str> {
         .map(|(_, s)| *s)
 }
 
-// ---- conv tiling constants (must match the #defines in the .cu files) ----------------------------
+// ---- conv tiling constants (must match kernels/conv_tile.cuh and OH_CT in conv_dgrad.cu) ---------
 /// Output tile of the implicit-GEMM conv kernels (rows = filters/channels, cols = pixels); the
 /// `_m128` variants use CONV_TILE_M_LARGE rows.
 pub const CONV_TILE_M: u32 = 64;

@@ -1,14 +1,17 @@
-//! GPU-style backend generic over a kernel runner (CUDA driver or CPU emulator) (issues 3, 4).
+//! GPU-style backend generic over a kernel runner (CUDA driver or CPU emulator) (issues 3, 4, 14).
 //!
-//! `GpuBackend<R>` implements `Backend` with one typed launcher per kernel: it validates shapes
-//! exactly like the CPU backend (`Error::Shape`), fills the `#[repr(C)]` args struct of
-//! `kernels.rs` (mirrored in `kernels/params.cuh`), picks the launch configuration and hands
-//! (kernel id, config, args bytes) to the runner. Memory comes from the runner. The launch
-//! configurations here are the ones the kernels were written for (256-thread blocks, 64x64 conv
-//! tiles), so the emulator exercises exactly what the GPU runs.
+//! `GpuBackend<R>` implements `Backend` with one launcher per kernel. A launcher states only what
+//! differs between kernels: the op's shape check (`backend::shapes`, the same one the CPU backend
+//! runs), the kernel id, its `#[repr(C)]` params struct (`kernels.rs`, mirrored in
+//! `kernels/params.cuh`) and its grid rule (`Grid`). Everything else -- skipping empty problems,
+//! the 32-bit indexing limit of the kernels, launch configurations, the params bytes -- lives in
+//! `GpuBackend::launch`. Memory comes from the runner. The launch configurations are the ones the
+//! kernels were written for (256-thread blocks, 64x64 conv tiles), so the emulator exercises
+//! exactly what the GPU runs.
 pub mod cuda;
 pub mod kernel_cache;
 pub mod kernels;
+mod launch;
 pub mod nvrtc;
 pub mod runner;
 
@@ -18,148 +21,20 @@ pub mod emu;
 use bytemuck::Pod;
 
 use self::kernels as k;
-use self::runner::{KernelId, Launch, Runner};
-use super::shapes::{broadcast_batch, same_shape};
+use self::runner::{KernelId, Runner};
+use super::shapes::{self, broadcast_batch, numel_is, same_shape};
 use super::{Backend, ConvParams};
 use crate::ensure_shape;
 use crate::error::Result;
 use crate::tensor::{Indices, Tensor};
 
-/// Threads per block of every 1-D kernel.
-const BLOCK: u32 = 256;
-/// Cap on 1-D grids (the kernels use grid-stride loops beyond it).
-const MAX_GRID_1D: usize = 1 << 16;
-/// Target block count when splitting the weight-gradient reduction (about 2 waves on a big GPU).
-const WGRAD_TARGET_BLOCKS: usize = 264;
-/// Minimum K elements per weight-gradient split.
-const WGRAD_MIN_CHUNK: usize = 256;
-const WGRAD_MAX_SPLITS: usize = 64;
+use self::launch::{
+    conv_fits_i32, div_up, i32_of, non_empty, pick_tile_m, tiled_kernel, us, wgrad_splits,
+    wgrad_tile_m, Grid, BLOCK,
+};
 
 pub struct GpuBackend<R: Runner> {
     runner: R,
-}
-
-fn div_up(a: usize, b: usize) -> usize {
-    a.div_ceil(b)
-}
-
-/// 1-D launch of `n` elements (grid-stride beyond MAX_GRID_1D blocks).
-fn launch_1d(n: usize) -> Launch {
-    Launch {
-        grid: [div_up(n, BLOCK as usize).clamp(1, MAX_GRID_1D) as u32, 1, 1],
-        block: [BLOCK, 1, 1],
-        shared_bytes: 0,
-    }
-}
-
-/// Launch with one warp per row, 8 rows per 256-thread block.
-fn launch_warp_rows(rows: usize) -> Launch {
-    Launch {
-        grid: [div_up(rows, (BLOCK / 32) as usize).max(1) as u32, 1, 1],
-        block: [BLOCK, 1, 1],
-        shared_bytes: 0,
-    }
-}
-
-fn i32_of(op: &'static str, what: &str, n: usize) -> Result<i32> {
-    ensure_shape!(
-        n <= i32::MAX as usize,
-        op,
-        "{what} = {n} exceeds the 32-bit indexing of the kernels"
-    );
-    Ok(n as i32)
-}
-
-fn check_rank(op: &'static str, t: &Tensor, name: &str, ranks: &[usize]) -> Result<()> {
-    ensure_shape!(
-        ranks.contains(&t.shape().len()),
-        op,
-        "{name} has shape {:?}, expected rank {:?}",
-        t.shape(),
-        ranks
-    );
-    Ok(())
-}
-
-fn check_conv(op: &'static str, p: &ConvParams) -> Result<()> {
-    ensure_shape!(
-        p.n > 0
-            && p.c_in > 0
-            && p.c_out > 0
-            && p.kernel > 0
-            && p.stride > 0
-            && p.pad >= 0
-            && p.h_in > 0
-            && p.w_in > 0,
-        op,
-        "invalid conv params {p:?}"
-    );
-    ensure_shape!(
-        p.h_in + 2 * p.pad >= p.kernel
-            && p.w_in + 2 * p.pad >= p.kernel
-            && p.h_out == (p.h_in + 2 * p.pad - p.kernel) / p.stride + 1
-            && p.w_out == (p.w_in + 2 * p.pad - p.kernel) / p.stride + 1,
-        op,
-        "inconsistent conv output size in {p:?}"
-    );
-    let big = [p.input_shape(), p.output_shape()]
-        .iter()
-        .map(|s| s.iter().product::<usize>())
-        .max()
-        .unwrap_or(0);
-    let wn: usize = p.weight_shape().iter().product();
-    i32_of(op, "tensor size", big.max(wn))?;
-    Ok(())
-}
-
-/// Row tile of a conv GEMM with `rows` output rows and `cols` output columns: 128 rows when there
-/// are enough rows and the larger tiles still give about two waves of blocks on a big GPU.
-fn pick_tile_m(rows: usize, cols: usize) -> u32 {
-    let large = k::CONV_TILE_M_LARGE as usize;
-    if rows >= large
-        && div_up(rows, large) * div_up(cols, k::CONV_TILE_N as usize) >= WGRAD_TARGET_BLOCKS
-    {
-        k::CONV_TILE_M_LARGE
-    } else {
-        k::CONV_TILE_M
-    }
-}
-
-/// The weight gradient splits K for parallelism, so it takes the large tile whenever c_out allows.
-fn wgrad_tile_m(p: &ConvParams) -> u32 {
-    if p.c_out >= k::CONV_TILE_M_LARGE as i32 {
-        k::CONV_TILE_M_LARGE
-    } else {
-        k::CONV_TILE_M
-    }
-}
-
-fn tiled_kernel(
-    op: &'static str,
-    tile_m: u32,
-    small: KernelId,
-    large: KernelId,
-) -> Result<KernelId> {
-    match tile_m {
-        k::CONV_TILE_M => Ok(small),
-        k::CONV_TILE_M_LARGE => Ok(large),
-        t => Err(crate::error::Error::InvalidArgument(format!(
-            "{op}: row tile {t} (expected {} or {})",
-            k::CONV_TILE_M,
-            k::CONV_TILE_M_LARGE
-        ))),
-    }
-}
-
-fn check_shape(op: &'static str, t: &Tensor, name: &str, want: &[usize]) -> Result<()> {
-    ensure_shape!(
-        t.shape() == want,
-        op,
-        "{name} has shape {:?}, expected {:?}",
-        t.shape(),
-        want
-    );
-    Ok(())
 }
 
 impl<R: Runner> GpuBackend<R> {
@@ -170,19 +45,48 @@ impl<R: Runner> GpuBackend<R> {
         &self.runner
     }
 
-    fn ptr(&self, t: &Tensor) -> Result<u64> {
-        self.runner.ptr(t)
+    /// Device addresses of tensors, in order, for a params struct.
+    fn ptrs<const N: usize>(&self, ts: [&Tensor; N]) -> Result<[u64; N]> {
+        let mut out = [0u64; N];
+        for (o, t) in out.iter_mut().zip(ts) {
+            *o = self.runner.ptr(t)?;
+        }
+        Ok(out)
     }
 
-    fn go<A: Pod>(&self, kernel: KernelId, cfg: Launch, args: &A) -> Result<()> {
-        self.runner.launch(kernel, cfg, bytemuck::bytes_of(args))
+    /// The one launch path: nothing to do for an empty grid; the 1-D work count must fit the
+    /// kernels' 32-bit indexing; `args` builds the params struct (only when there is work).
+    fn launch<A: Pod>(
+        &self,
+        kernel: KernelId,
+        grid: Grid,
+        args: impl FnOnce() -> Result<A>,
+    ) -> Result<()> {
+        let work = grid.work();
+        if work == 0 {
+            return Ok(());
+        }
+        if !matches!(grid, Grid::Tiles { .. } | Grid::Shared { .. }) {
+            i32_of(kernel.name, "work size", work)?;
+        }
+        let a = args()?;
+        self.runner
+            .launch(kernel, grid.config(), bytemuck::bytes_of(&a))
     }
 
-    /// Weight-gradient split count for a GEMM of `tiles` output tiles over `kdim` reduction elements.
-    fn wgrad_splits(tiles: usize, kdim: usize) -> usize {
-        let by_blocks = div_up(WGRAD_TARGET_BLOCKS, tiles.max(1));
-        let by_chunk = (kdim / WGRAD_MIN_CHUNK).max(1);
-        by_blocks.min(by_chunk).clamp(1, WGRAD_MAX_SPLITS)
+    /// A one-in, one-out elementwise kernel over y's elements (UnaryArgs).
+    fn unary(&self, kernel: KernelId, x: &Tensor, y: &Tensor) -> Result<()> {
+        let n = y.numel();
+        self.launch(kernel, Grid::Elems(n), || {
+            let [x, y] = self.ptrs([x, y])?;
+            let numel = n as i32;
+            Ok(k::UnaryArgs {
+                x,
+                y,
+                numel,
+                pad_: 0,
+            })
+        })
     }
 
     /// conv2d_forward with an explicit row tile (CONV_TILE_M or CONV_TILE_M_LARGE).
@@ -195,32 +99,20 @@ impl<R: Runner> GpuBackend<R> {
         tile_m: u32,
     ) -> Result<()> {
         const OP: &str = "conv2d_forward";
-        check_conv(OP, p)?;
-        check_shape(OP, x, "x", &p.input_shape())?;
-        check_shape(OP, w, "w", &p.weight_shape())?;
-        check_shape(OP, y, "y", &p.output_shape())?;
+        shapes::conv_forward(p, x, w, y)?;
+        conv_fits_i32(OP, p)?;
         let kernel = tiled_kernel(OP, tile_m, k::CONV2D_FORWARD, k::CONV2D_FORWARD_M128)?;
-        let ncols = (p.n * p.h_out * p.w_out) as usize;
-        let grid = [
-            div_up(ncols, k::CONV_TILE_N as usize) as u32,
-            div_up(p.c_out as usize, tile_m as usize) as u32,
-            1,
-        ];
-        let args = k::ConvFwdArgs {
-            x: self.ptr(x)?,
-            w: self.ptr(w)?,
-            y: self.ptr(y)?,
-            p: *p,
+        let cols = us(p.n) * us(p.h_out) * us(p.w_out);
+        let grid = Grid::Tiles {
+            cols,
+            rows: us(p.c_out),
+            tile_m,
+            z: 1,
         };
-        self.go(
-            kernel,
-            Launch {
-                grid,
-                block: [BLOCK, 1, 1],
-                shared_bytes: 0,
-            },
-            &args,
-        )
+        self.launch(kernel, grid, || {
+            let [x, w, y] = self.ptrs([x, w, y])?;
+            Ok(k::ConvFwdArgs { x, w, y, p: *p })
+        })
     }
 
     /// conv2d_input_grad with an explicit row tile (CONV_TILE_M or CONV_TILE_M_LARGE).
@@ -233,32 +125,20 @@ impl<R: Runner> GpuBackend<R> {
         tile_m: u32,
     ) -> Result<()> {
         const OP: &str = "conv2d_input_grad";
-        check_conv(OP, p)?;
-        check_shape(OP, dy, "dy", &p.output_shape())?;
-        check_shape(OP, w, "w", &p.weight_shape())?;
-        check_shape(OP, dx, "dx", &p.input_shape())?;
+        shapes::conv_input_grad(p, dy, w, dx)?;
+        conv_fits_i32(OP, p)?;
         let kernel = tiled_kernel(OP, tile_m, k::CONV2D_INPUT_GRAD, k::CONV2D_INPUT_GRAD_M128)?;
-        let ncols = (p.n * p.h_in * p.w_in) as usize;
-        let grid = [
-            div_up(ncols, k::CONV_TILE_N as usize) as u32,
-            div_up(p.c_in as usize, tile_m as usize) as u32,
-            1,
-        ];
-        let args = k::ConvDgradArgs {
-            dy: self.ptr(dy)?,
-            w: self.ptr(w)?,
-            dx: self.ptr(dx)?,
-            p: *p,
+        let cols = us(p.n) * us(p.h_in) * us(p.w_in);
+        let grid = Grid::Tiles {
+            cols,
+            rows: us(p.c_in),
+            tile_m,
+            z: 1,
         };
-        self.go(
-            kernel,
-            Launch {
-                grid,
-                block: [BLOCK, 1, 1],
-                shared_bytes: 0,
-            },
-            &args,
-        )
+        self.launch(kernel, grid, || {
+            let [dy, w, dx] = self.ptrs([dy, w, dx])?;
+            Ok(k::ConvDgradArgs { dy, w, dx, p: *p })
+        })
     }
 
     /// The weight-gradient kernel with an explicit split count (tests use this to cover both the
@@ -274,7 +154,9 @@ impl<R: Runner> GpuBackend<R> {
         self.conv2d_weight_grad_tiled(p, x, dy, dw, wgrad_tile_m(p), splits)
     }
 
-    /// The weight-gradient kernel with an explicit row tile and split count.
+    /// The weight-gradient kernel with an explicit row tile and split count. With more than one
+    /// split, each K chunk writes its own slice of a [splits, c_out, c_in*k*k] workspace and a
+    /// second kernel sums the slices in a fixed order.
     pub fn conv2d_weight_grad_tiled(
         &self,
         p: &ConvParams,
@@ -291,80 +173,55 @@ impl<R: Runner> GpuBackend<R> {
             k::CONV2D_WEIGHT_GRAD,
             k::CONV2D_WEIGHT_GRAD_M128,
         )?;
-        check_conv(OP, p)?;
-        check_shape(OP, x, "x", &p.input_shape())?;
-        check_shape(OP, dy, "dy", &p.output_shape())?;
-        check_shape(OP, dw, "dw", &p.weight_shape())?;
-        let kdim = (p.n * p.h_out * p.w_out) as usize;
-        let ncols = (p.c_in * p.kernel * p.kernel) as usize;
-        let count = p.c_out as usize * ncols;
+        shapes::conv_weight_grad(p, x, dy, dw)?;
+        conv_fits_i32(OP, p)?;
+        let kdim = us(p.n) * us(p.h_out) * us(p.w_out);
+        let cols = us(p.c_in) * us(p.kernel) * us(p.kernel);
+        let count = us(p.c_out) * cols;
+        if kdim == 0 {
+            // An empty batch contributes nothing: dw is overwritten with zeros.
+            return self.fill(dw, 0.0);
+        }
         let tk = k::CONV_TILE_K as usize;
         let splits = splits.clamp(1, div_up(kdim, tk));
         let k_chunk = div_up(div_up(kdim, splits), tk) * tk;
         let splits = div_up(kdim, k_chunk);
-        let grid = [
-            div_up(ncols, k::CONV_TILE_N as usize) as u32,
-            div_up(p.c_out as usize, tile_m as usize) as u32,
-            splits as u32,
-        ];
-        let cfg = Launch {
-            grid,
-            block: [BLOCK, 1, 1],
-            shared_bytes: 0,
+        let grid = Grid::Tiles {
+            cols,
+            rows: us(p.c_out),
+            tile_m,
+            z: splits,
+        };
+        let args = |out: &Tensor| {
+            let [x, dy, out] = self.ptrs([x, dy, out])?;
+            let (k_chunk, splits) = (k_chunk as i32, splits as i32);
+            Ok(k::ConvWgradArgs {
+                x,
+                dy,
+                out,
+                p: *p,
+                k_chunk,
+                splits,
+            })
         };
         if splits == 1 {
-            let args = k::ConvWgradArgs {
-                x: self.ptr(x)?,
-                dy: self.ptr(dy)?,
-                out: self.ptr(dw)?,
-                p: *p,
-                k_chunk: k_chunk as i32,
-                splits: 1,
-            };
-            return self.go(kernel, cfg, &args);
+            return self.launch(kernel, grid, || args(dw));
         }
         i32_of(OP, "split workspace size", splits * count)?;
         let ws = self.runner.zeros(&[splits, count])?;
-        let args = k::ConvWgradArgs {
-            x: self.ptr(x)?,
-            dy: self.ptr(dy)?,
-            out: self.ptr(&ws)?,
-            p: *p,
-            k_chunk: k_chunk as i32,
-            splits: splits as i32,
-        };
-        self.go(kernel, cfg, &args)?;
-        let r = k::WgradReduceArgs {
-            ws: self.ptr(&ws)?,
-            dw: self.ptr(dw)?,
-            count: count as i32,
-            splits: splits as i32,
-        };
-        self.go(k::CONV2D_WEIGHT_GRAD_REDUCE, launch_1d(count), &r)?;
+        self.launch(kernel, grid, || args(&ws))?;
+        self.launch(k::CONV2D_WEIGHT_GRAD_REDUCE, Grid::Elems(count), || {
+            let [ws, dw] = self.ptrs([&ws, dw])?;
+            let (count, splits) = (count as i32, splits as i32);
+            Ok(k::WgradReduceArgs {
+                ws,
+                dw,
+                count,
+                splits,
+            })
+        })
         // The workspace is freed when `ws` drops; the runner orders frees after queued work.
-        drop(ws);
-        Ok(())
     }
-
-    fn unary(&self, kernel: KernelId, x: &Tensor, y: &mut Tensor) -> Result<()> {
-        let n = i32_of(kernel.name, "numel", y.numel())?;
-        if n == 0 {
-            return Ok(());
-        }
-        let args = k::UnaryArgs {
-            x: self.ptr(x)?,
-            y: self.ptr(y)?,
-            numel: n,
-            pad_: 0,
-        };
-        self.go(kernel, launch_1d(n as usize), &args)
-    }
-}
-
-/// (N, C, HW) of a rank-4 or rank-2 tensor.
-fn nc_hw(t: &Tensor) -> (usize, usize, usize) {
-    let (n, c, h, w) = t.nchw();
-    (n, c, h * w)
 }
 
 impl<R: Runner> Backend for GpuBackend<R> {
@@ -394,34 +251,22 @@ impl<R: Runner> Backend for GpuBackend<R> {
     }
 
     fn copy(&self, src: &Tensor, dst: &mut Tensor) -> Result<()> {
-        ensure_shape!(
-            src.numel() == dst.numel(),
-            "copy",
-            "src {:?} and dst {:?} differ in element count",
-            src.shape(),
-            dst.shape()
-        );
+        numel_is("copy", "dst", dst, src.numel())?;
         self.unary(k::COPY_F32, src, dst)
     }
 
     fn fill(&self, t: &mut Tensor, value: f32) -> Result<()> {
-        let n = i32_of("fill", "numel", t.numel())?;
-        if n == 0 {
-            return Ok(());
-        }
-        let args = k::FillArgs {
-            y: self.ptr(t)?,
-            numel: n,
-            value,
-        };
-        self.go(k::FILL_F32, launch_1d(n as usize), &args)
+        let n = t.numel();
+        self.launch(k::FILL_F32, Grid::Elems(n), || {
+            let [y] = self.ptrs([t])?;
+            let numel = n as i32;
+            Ok(k::FillArgs { y, numel, value })
+        })
     }
 
     fn conv2d_forward(&self, p: &ConvParams, x: &Tensor, w: &Tensor, y: &mut Tensor) -> Result<()> {
-        let tile = pick_tile_m(
-            p.c_out.max(0) as usize,
-            (p.n * p.h_out * p.w_out).max(0) as usize,
-        );
+        let cols = us(p.n) * us(p.h_out) * us(p.w_out);
+        let tile = pick_tile_m(us(p.c_out), cols);
         self.conv2d_forward_tiled(p, x, w, y, tile)
     }
 
@@ -432,10 +277,8 @@ impl<R: Runner> Backend for GpuBackend<R> {
         w: &Tensor,
         dx: &mut Tensor,
     ) -> Result<()> {
-        let tile = pick_tile_m(
-            p.c_in.max(0) as usize,
-            (p.n * p.h_in * p.w_in).max(0) as usize,
-        );
+        let cols = us(p.n) * us(p.h_in) * us(p.w_in);
+        let tile = pick_tile_m(us(p.c_in), cols);
         self.conv2d_input_grad_tiled(p, dy, w, dx, tile)
     }
 
@@ -447,13 +290,10 @@ impl<R: Runner> Backend for GpuBackend<R> {
         dw: &mut Tensor,
     ) -> Result<()> {
         let tile = wgrad_tile_m(p);
-        let tiles = div_up(p.c_out.max(0) as usize, tile as usize)
-            * div_up(
-                (p.c_in.max(0) * p.kernel.max(0) * p.kernel.max(0)) as usize,
-                k::CONV_TILE_N as usize,
-            );
-        let kdim = (p.n.max(0) as usize) * (p.h_out.max(0) as usize) * (p.w_out.max(0) as usize);
-        self.conv2d_weight_grad_tiled(p, x, dy, dw, tile, Self::wgrad_splits(tiles, kdim))
+        let cols = us(p.c_in) * us(p.kernel) * us(p.kernel);
+        let tiles = div_up(us(p.c_out), tile as usize) * div_up(cols, k::CONV_TILE_N as usize);
+        let kdim = us(p.n) * us(p.h_out) * us(p.w_out);
+        self.conv2d_weight_grad_tiled(p, x, dy, dw, tile, wgrad_splits(tiles, kdim))
     }
 
     fn conv2d_input_grad_onehot(
@@ -466,47 +306,39 @@ impl<R: Runner> Backend for GpuBackend<R> {
         dx: &mut Tensor,
     ) -> Result<()> {
         const OP: &str = "conv2d_input_grad_onehot";
-        check_conv(OP, p)?;
-        let (n, h_out, w_out) = (p.n as usize, p.h_out as usize, p.w_out as usize);
-        check_shape(OP, seed, "seed", &[n, 1, h_out, w_out])?;
-        check_shape(OP, w, "w", &p.weight_shape())?;
-        check_shape(OP, dx, "dx", &p.input_shape())?;
-        ensure_shape!(group > 0, OP, "group must be positive");
-        ensure_shape!(
-            first_channel + (n - 1) / group < p.c_out as usize,
-            OP,
-            "channels {first_channel}..={} exceed the {} filters",
-            first_channel + (n - 1) / group,
-            p.c_out
-        );
-        let kk = (p.kernel * p.kernel) as u32;
-        let ct = k::ONEHOT_CHANNEL_TILE;
-        let hwi = (p.h_in * p.w_in) as usize;
+        shapes::conv_input_grad_onehot(p, seed, w, first_channel, group, dx)?;
+        conv_fits_i32(OP, p)?;
+        let n = us(p.n);
         ensure_shape!(n <= 65535, OP, "batch {n} exceeds the grid z limit 65535");
-        let cfg = Launch {
-            grid: [
-                div_up(hwi, BLOCK as usize) as u32,
-                div_up(p.c_in as usize, ct as usize) as u32,
-                n as u32,
-            ],
-            block: [BLOCK, 1, 1],
-            shared_bytes: ct * kk * 4,
-        };
+        let ct = k::ONEHOT_CHANNEL_TILE;
+        let bytes = ct * (p.kernel * p.kernel) as u32 * 4;
         ensure_shape!(
-            cfg.shared_bytes <= 48 * 1024,
+            bytes <= 48 * 1024,
             OP,
             "kernel size {} needs too much shared memory",
             p.kernel
         );
-        let args = k::ConvDgradOnehotArgs {
-            seed: self.ptr(seed)?,
-            w: self.ptr(w)?,
-            dx: self.ptr(dx)?,
-            p: *p,
-            first_channel: first_channel as i32,
-            group: group as i32,
-        };
-        self.go(k::CONV2D_INPUT_GRAD_ONEHOT, cfg, &args)
+        let grid = [
+            div_up(us(p.h_in) * us(p.w_in), BLOCK as usize) as u32,
+            div_up(us(p.c_in), ct as usize) as u32,
+            n as u32,
+        ];
+        self.launch(
+            k::CONV2D_INPUT_GRAD_ONEHOT,
+            Grid::Shared { grid, bytes },
+            || {
+                let [seed, w, dx] = self.ptrs([seed, w, dx])?;
+                let (first_channel, group) = (first_channel as i32, group as i32);
+                Ok(k::ConvDgradOnehotArgs {
+                    seed,
+                    w,
+                    dx,
+                    p: *p,
+                    first_channel,
+                    group,
+                })
+            },
+        )
     }
 
     fn channel_affine(
@@ -517,32 +349,22 @@ impl<R: Runner> Backend for GpuBackend<R> {
         relu: bool,
         y: &mut Tensor,
     ) -> Result<()> {
-        const OP: &str = "channel_affine";
-        check_rank(OP, x, "x", &[2, 4])?;
-        same_shape(OP, "x", x, "y", y)?;
-        let (_, c, hw) = nc_hw(x);
-        ensure_shape!(
-            scale.numel() == c && shift.numel() == c,
-            OP,
-            "scale {:?} / shift {:?} must have {c} elements",
-            scale.shape(),
-            shift.shape()
-        );
-        let n = i32_of(OP, "numel", x.numel())?;
-        if n == 0 {
-            return Ok(());
-        }
-        let args = k::ChannelAffineArgs {
-            x: self.ptr(x)?,
-            scale: self.ptr(scale)?,
-            shift: self.ptr(shift)?,
-            y: self.ptr(y)?,
-            numel: n,
-            c: c as i32,
-            hw: hw as i32,
-            relu: relu as i32,
-        };
-        self.go(k::CHANNEL_AFFINE, launch_1d(n as usize), &args)
+        let (_, c, hw) = shapes::channel_affine(x, scale, shift, y)?;
+        let n = x.numel();
+        self.launch(k::CHANNEL_AFFINE, Grid::Elems(n), || {
+            let [x, scale, shift, y] = self.ptrs([x, scale, shift, y])?;
+            let (numel, c, hw, relu) = (n as i32, c as i32, hw as i32, relu as i32);
+            Ok(k::ChannelAffineArgs {
+                x,
+                scale,
+                shift,
+                y,
+                numel,
+                c,
+                hw,
+                relu,
+            })
+        })
     }
 
     fn channel_affine_backward(
@@ -552,37 +374,24 @@ impl<R: Runner> Backend for GpuBackend<R> {
         scale: &Tensor,
         dx: &mut Tensor,
     ) -> Result<()> {
-        const OP: &str = "channel_affine_backward";
-        check_rank(OP, dy, "dy", &[2, 4])?;
-        same_shape(OP, "dy", dy, "dx", dx)?;
-        let (_, c, hw) = nc_hw(dy);
-        ensure_shape!(
-            scale.numel() == c,
-            OP,
-            "scale {:?} must have {c} elements",
-            scale.shape()
-        );
-        if let Some(s) = y_saved {
-            broadcast_batch(OP, "y_saved", s, "dy", dy)?;
-        }
-        let n = i32_of(OP, "numel", dy.numel())?;
-        if n == 0 {
-            return Ok(());
-        }
-        let args = k::ChannelAffineBwdArgs {
-            y_saved: match y_saved {
-                Some(s) => self.ptr(s)?,
-                None => 0,
-            },
-            dy: self.ptr(dy)?,
-            scale: self.ptr(scale)?,
-            dx: self.ptr(dx)?,
-            numel: n,
-            c: c as i32,
-            hw: hw as i32,
-            saved_numel: y_saved.map_or(1, |s| s.numel().max(1)) as i32,
-        };
-        self.go(k::CHANNEL_AFFINE_BACKWARD, launch_1d(n as usize), &args)
+        let (_, c, hw) = shapes::channel_affine_backward(y_saved, dy, scale, dx)?;
+        let n = dy.numel();
+        let saved_numel = y_saved.map_or(1, |s| s.numel().max(1)) as i32;
+        self.launch(k::CHANNEL_AFFINE_BACKWARD, Grid::Elems(n), || {
+            let [dy, scale, dx] = self.ptrs([dy, scale, dx])?;
+            // 0: no ReLU mask
+            let y_saved = y_saved.map_or(Ok(0), |s| self.runner.ptr(s))?;
+            Ok(k::ChannelAffineBwdArgs {
+                y_saved,
+                dy,
+                scale,
+                dx,
+                numel: n as i32,
+                c: c as i32,
+                hw: hw as i32,
+                saved_numel,
+            })
+        })
     }
 
     fn batchnorm_train_forward(
@@ -598,53 +407,46 @@ impl<R: Runner> Backend for GpuBackend<R> {
         save_invstd: &mut Tensor,
         y: &mut Tensor,
     ) -> Result<()> {
-        const OP: &str = "batchnorm_train_forward";
-        check_rank(OP, x, "x", &[2, 4])?;
-        same_shape(OP, "x", x, "y", y)?;
-        let (n, c, hw) = nc_hw(x);
-        for (t, name) in [
-            (gamma, "gamma"),
-            (beta, "beta"),
-            (&*running_mean, "running_mean"),
-            (&*running_var, "running_var"),
-            (&*save_mean, "save_mean"),
-            (&*save_invstd, "save_invstd"),
-        ] {
-            ensure_shape!(
-                t.numel() == c,
-                OP,
-                "{name} {:?} must have {c} elements",
-                t.shape()
-            );
-        }
-        ensure_shape!(n * hw > 0, OP, "empty batch {:?}", x.shape());
-        i32_of(OP, "numel", x.numel())?;
-        ensure_shape!(c <= i32::MAX as usize, OP, "too many channels");
-        let args = k::BnFwdArgs {
-            x: self.ptr(x)?,
-            gamma: self.ptr(gamma)?,
-            beta: self.ptr(beta)?,
-            running_mean: self.ptr(running_mean)?,
-            running_var: self.ptr(running_var)?,
-            save_mean: self.ptr(save_mean)?,
-            save_invstd: self.ptr(save_invstd)?,
-            y: self.ptr(y)?,
-            n: n as i32,
-            c: c as i32,
-            hw: hw as i32,
-            eps,
-            momentum,
-            pad_: 0,
-        };
-        self.go(
-            k::BATCHNORM_TRAIN_FORWARD,
-            Launch {
-                grid: [c as u32, 1, 1],
-                block: [BLOCK, 1, 1],
-                shared_bytes: 0,
-            },
-            &args,
-        )
+        let stats = [
+            gamma,
+            beta,
+            running_mean,
+            running_var,
+            save_mean,
+            save_invstd,
+        ];
+        let (n, c, hw) = shapes::batchnorm_train_forward(x, y, stats)?;
+        i32_of("batchnorm_train_forward", "numel", x.numel())?;
+        self.launch(k::BATCHNORM_TRAIN_FORWARD, Grid::Channels(c), || {
+            let [x, gamma, beta, running_mean, running_var, save_mean, save_invstd, y] = self
+                .ptrs([
+                    x,
+                    gamma,
+                    beta,
+                    running_mean,
+                    running_var,
+                    save_mean,
+                    save_invstd,
+                    y,
+                ])?;
+            let (n, c, hw) = (n as i32, c as i32, hw as i32);
+            Ok(k::BnFwdArgs {
+                x,
+                gamma,
+                beta,
+                running_mean,
+                running_var,
+                save_mean,
+                save_invstd,
+                y,
+                n,
+                c,
+                hw,
+                eps,
+                momentum,
+                pad_: 0,
+            })
+        })
     }
 
     fn batchnorm_train_backward(
@@ -659,49 +461,29 @@ impl<R: Runner> Backend for GpuBackend<R> {
         dbeta: &mut Tensor,
     ) -> Result<()> {
         const OP: &str = "batchnorm_train_backward";
-        check_rank(OP, x, "x", &[2, 4])?;
-        same_shape(OP, "x", x, "dy", dy)?;
-        same_shape(OP, "x", x, "dx", dx)?;
-        let (n, c, hw) = nc_hw(x);
-        for (t, name) in [
-            (gamma, "gamma"),
-            (save_mean, "save_mean"),
-            (save_invstd, "save_invstd"),
-            (&*dgamma, "dgamma"),
-            (&*dbeta, "dbeta"),
-        ] {
-            ensure_shape!(
-                t.numel() == c,
-                OP,
-                "{name} {:?} must have {c} elements",
-                t.shape()
-            );
-        }
-        ensure_shape!(n * hw > 0, OP, "empty batch {:?}", x.shape());
+        let stats = [gamma, save_mean, save_invstd, dgamma, dbeta];
+        let (n, c, hw) = shapes::batchnorm_train_backward(x, dy, dx, stats)?;
+        non_empty(OP, "batch", n * hw, x)?;
         i32_of(OP, "numel", x.numel())?;
-        let args = k::BnBwdArgs {
-            x: self.ptr(x)?,
-            dy: self.ptr(dy)?,
-            gamma: self.ptr(gamma)?,
-            save_mean: self.ptr(save_mean)?,
-            save_invstd: self.ptr(save_invstd)?,
-            dx: self.ptr(dx)?,
-            dgamma: self.ptr(dgamma)?,
-            dbeta: self.ptr(dbeta)?,
-            n: n as i32,
-            c: c as i32,
-            hw: hw as i32,
-            pad_: 0,
-        };
-        self.go(
-            k::BATCHNORM_TRAIN_BACKWARD,
-            Launch {
-                grid: [c as u32, 1, 1],
-                block: [BLOCK, 1, 1],
-                shared_bytes: 0,
-            },
-            &args,
-        )
+        self.launch(k::BATCHNORM_TRAIN_BACKWARD, Grid::Channels(c), || {
+            let [x, dy, gamma, save_mean, save_invstd, dx, dgamma, dbeta] =
+                self.ptrs([x, dy, gamma, save_mean, save_invstd, dx, dgamma, dbeta])?;
+            let (n, c, hw) = (n as i32, c as i32, hw as i32);
+            Ok(k::BnBwdArgs {
+                x,
+                dy,
+                gamma,
+                save_mean,
+                save_invstd,
+                dx,
+                dgamma,
+                dbeta,
+                n,
+                c,
+                hw,
+                pad_: 0,
+            })
+        })
     }
 
     fn relu(&self, x: &Tensor, y: &mut Tensor) -> Result<()> {
@@ -713,36 +495,36 @@ impl<R: Runner> Backend for GpuBackend<R> {
         const OP: &str = "relu_backward";
         same_shape(OP, "dy", dy, "dx", dx)?;
         broadcast_batch(OP, "y_saved", y_saved, "dy", dy)?;
-        let n = i32_of(OP, "numel", dy.numel())?;
-        if n == 0 {
-            return Ok(());
-        }
-        let args = k::ReluBwdArgs {
-            y_saved: self.ptr(y_saved)?,
-            dy: self.ptr(dy)?,
-            dx: self.ptr(dx)?,
-            numel: n,
-            saved_numel: y_saved.numel() as i32,
-        };
-        self.go(k::RELU_BACKWARD, launch_1d(n as usize), &args)
+        let n = dy.numel();
+        let saved_numel = y_saved.numel() as i32;
+        self.launch(k::RELU_BACKWARD, Grid::Elems(n), || {
+            let [y_saved, dy, dx] = self.ptrs([y_saved, dy, dx])?;
+            let numel = n as i32;
+            Ok(k::ReluBwdArgs {
+                y_saved,
+                dy,
+                dx,
+                numel,
+                saved_numel,
+            })
+        })
     }
 
     fn add(&self, a: &Tensor, b: &Tensor, y: &mut Tensor) -> Result<()> {
-        const OP: &str = "add";
-        same_shape(OP, "a", a, "b", b)?;
-        same_shape(OP, "a", a, "y", y)?;
-        let n = i32_of(OP, "numel", y.numel())?;
-        if n == 0 {
-            return Ok(());
-        }
-        let args = k::BinaryArgs {
-            a: self.ptr(a)?,
-            b: self.ptr(b)?,
-            y: self.ptr(y)?,
-            numel: n,
-            pad_: 0,
-        };
-        self.go(k::ADD_FORWARD, launch_1d(n as usize), &args)
+        same_shape("add", "a", a, "b", b)?;
+        same_shape("add", "a", a, "y", y)?;
+        let n = y.numel();
+        self.launch(k::ADD_FORWARD, Grid::Elems(n), || {
+            let [a, b, y] = self.ptrs([a, b, y])?;
+            let numel = n as i32;
+            Ok(k::BinaryArgs {
+                a,
+                b,
+                y,
+                numel,
+                pad_: 0,
+            })
+        })
     }
 
     fn add_assign(&self, y: &mut Tensor, x: &Tensor) -> Result<()> {
@@ -757,105 +539,44 @@ impl<R: Runner> Backend for GpuBackend<R> {
 
     fn global_avg_pool(&self, x: &Tensor, y: &mut Tensor) -> Result<()> {
         const OP: &str = "global_avg_pool";
-        check_rank(OP, x, "x", &[4])?;
-        let (n, c, hw) = nc_hw(x);
-        check_shape(OP, y, "y", &[n, c])?;
-        ensure_shape!(hw > 0, OP, "empty spatial size {:?}", x.shape());
+        let (n, c, hw) = shapes::global_avg_pool(x, y)?;
+        non_empty(OP, "spatial size", hw, x)?;
         i32_of(OP, "numel", x.numel())?;
-        if n * c == 0 {
-            return Ok(());
-        }
-        let args = k::PoolArgs {
-            x: self.ptr(x)?,
-            y: self.ptr(y)?,
-            rows: (n * c) as i32,
-            hw: hw as i32,
-        };
-        self.go(k::GLOBAL_AVG_POOL, launch_warp_rows(n * c), &args)
+        self.launch(k::GLOBAL_AVG_POOL, Grid::WarpRows(n * c), || {
+            let [x, y] = self.ptrs([x, y])?;
+            let (rows, hw) = ((n * c) as i32, hw as i32);
+            Ok(k::PoolArgs { x, y, rows, hw })
+        })
     }
 
     fn global_avg_pool_backward(&self, dy: &Tensor, dx: &mut Tensor) -> Result<()> {
         const OP: &str = "global_avg_pool_backward";
-        check_rank(OP, dx, "dx", &[4])?;
-        let (n, c, hw) = nc_hw(dx);
-        check_shape(OP, dy, "dy", &[n, c])?;
-        ensure_shape!(hw > 0, OP, "empty spatial size {:?}", dx.shape());
-        let numel = i32_of(OP, "numel", dx.numel())?;
-        if numel == 0 {
-            return Ok(());
-        }
-        let args = k::PoolBwdArgs {
-            dy: self.ptr(dy)?,
-            dx: self.ptr(dx)?,
-            numel,
-            hw: hw as i32,
-        };
-        self.go(
-            k::GLOBAL_AVG_POOL_BACKWARD,
-            launch_1d(numel as usize),
-            &args,
-        )
+        let (_, _, hw) = shapes::global_avg_pool_backward(dy, dx)?;
+        non_empty(OP, "spatial size", hw, dx)?;
+        let n = dx.numel();
+        self.launch(k::GLOBAL_AVG_POOL_BACKWARD, Grid::Elems(n), || {
+            let [dy, dx] = self.ptrs([dy, dx])?;
+            let (numel, hw) = (n as i32, hw as i32);
+            Ok(k::PoolBwdArgs { dy, dx, numel, hw })
+        })
     }
 
     fn linear_forward(&self, x: &Tensor, w: &Tensor, b: &Tensor, y: &mut Tensor) -> Result<()> {
-        const OP: &str = "linear_forward";
-        check_rank(OP, x, "x", &[2])?;
-        check_rank(OP, w, "w", &[2])?;
-        let (n, i) = (x.shape()[0], x.shape()[1]);
-        let o = w.shape()[0];
-        check_shape(OP, w, "w", &[o, i])?;
-        check_shape(OP, b, "b", &[o])?;
-        check_shape(OP, y, "y", &[n, o])?;
-        i32_of(OP, "size", (n * i).max(o * i))?;
-        if n * o == 0 {
-            return Ok(());
-        }
-        let args = k::LinearArgs {
-            a: self.ptr(x)?,
-            b: self.ptr(w)?,
-            c: self.ptr(b)?,
-            out: self.ptr(y)?,
-            out2: 0,
-            n: n as i32,
-            in_f: i as i32,
-            out_f: o as i32,
-            pad_: 0,
-        };
-        self.go(k::LINEAR_FORWARD, launch_warp_rows(n * o), &args)
+        let (n, i, o) = shapes::linear_forward(x, w, b, y)?;
+        i32_of("linear_forward", "size", (n * i).max(o * i))?;
+        self.launch(k::LINEAR_FORWARD, Grid::WarpRows(n * o), || {
+            let [a, b, c, out] = self.ptrs([x, w, b, y])?;
+            Ok(linear_args([a, b, c, out, 0], n, i, o))
+        })
     }
 
     fn linear_backward_input(&self, dy: &Tensor, w: &Tensor, dx: &mut Tensor) -> Result<()> {
-        const OP: &str = "linear_backward_input";
-        check_rank(OP, w, "w", &[2])?;
-        let (o, i) = (w.shape()[0], w.shape()[1]);
-        check_rank(OP, dy, "dy", &[2])?;
-        let n = dy.shape()[0];
-        check_shape(OP, dy, "dy", &[n, o])?;
-        check_shape(OP, dx, "dx", &[n, i])?;
-        i32_of(OP, "size", (n * i).max(o * i))?;
-        if n * i == 0 {
-            return Ok(());
-        }
-        let args = k::LinearArgs {
-            a: self.ptr(dy)?,
-            b: self.ptr(w)?,
-            c: 0,
-            out: self.ptr(dx)?,
-            out2: 0,
-            n: n as i32,
-            in_f: i as i32,
-            out_f: o as i32,
-            pad_: 0,
-        };
-        self.go(
-            k::LINEAR_BACKWARD_INPUT,
-            Launch {
-                grid: [div_up(n * i, BLOCK as usize) as u32, 1, 1],
-                block: [BLOCK, 1, 1],
-                shared_bytes: 0,
-            },
-            &args,
-        )
+        let (n, i, o) = shapes::linear_backward_input(dy, w, dx)?;
+        i32_of("linear_backward_input", "size", (n * i).max(o * i))?;
+        self.launch(k::LINEAR_BACKWARD_INPUT, Grid::Threads(n * i), || {
+            let [a, b, out] = self.ptrs([dy, w, dx])?;
+            Ok(linear_args([a, b, 0, out, 0], n, i, o))
+        })
     }
 
     fn linear_backward_params(
@@ -865,38 +586,12 @@ impl<R: Runner> Backend for GpuBackend<R> {
         dw: &mut Tensor,
         db: &mut Tensor,
     ) -> Result<()> {
-        const OP: &str = "linear_backward_params";
-        check_rank(OP, x, "x", &[2])?;
-        check_rank(OP, dy, "dy", &[2])?;
-        let (n, i) = (x.shape()[0], x.shape()[1]);
-        let o = dy.shape()[1];
-        check_shape(OP, dy, "dy", &[n, o])?;
-        check_shape(OP, dw, "dw", &[o, i])?;
-        check_shape(OP, db, "db", &[o])?;
-        let total = i32_of(OP, "size", o * i + o)? as usize;
-        if total == 0 {
-            return Ok(());
-        }
-        let args = k::LinearArgs {
-            a: self.ptr(x)?,
-            b: self.ptr(dy)?,
-            c: 0,
-            out: self.ptr(dw)?,
-            out2: self.ptr(db)?,
-            n: n as i32,
-            in_f: i as i32,
-            out_f: o as i32,
-            pad_: 0,
-        };
-        self.go(
-            k::LINEAR_BACKWARD_PARAMS,
-            Launch {
-                grid: [div_up(total, BLOCK as usize) as u32, 1, 1],
-                block: [BLOCK, 1, 1],
-                shared_bytes: 0,
-            },
-            &args,
-        )
+        let (n, i, o) = shapes::linear_backward_params(x, dy, dw, db)?;
+        i32_of("linear_backward_params", "size", (n * i).max(n * o))?;
+        self.launch(k::LINEAR_BACKWARD_PARAMS, Grid::Threads(o * i + o), || {
+            let [a, b, out, out2] = self.ptrs([x, dy, dw, db])?;
+            Ok(linear_args([a, b, 0, out, out2], n, i, o))
+        })
     }
 
     fn softmax_cross_entropy(
@@ -906,64 +601,41 @@ impl<R: Runner> Backend for GpuBackend<R> {
         loss: &mut Tensor,
         dlogits: &mut Tensor,
     ) -> Result<()> {
-        const OP: &str = "softmax_cross_entropy";
-        check_rank(OP, logits, "logits", &[2])?;
-        let (n, kc) = (logits.shape()[0], logits.shape()[1]);
-        ensure_shape!(
-            labels.len == n,
-            OP,
-            "{} labels for {n} logit rows",
-            labels.len
-        );
-        check_shape(OP, loss, "loss", &[n])?;
-        same_shape(OP, "logits", logits, "dlogits", dlogits)?;
-        ensure_shape!(kc > 0, OP, "no classes");
-        i32_of(OP, "numel", n * kc)?;
-        if n == 0 {
-            return Ok(());
-        }
-        let args = k::SoftmaxXentArgs {
-            logits: self.ptr(logits)?,
-            labels: self.runner.indices_ptr(labels)?,
-            loss: self.ptr(loss)?,
-            dlogits: self.ptr(dlogits)?,
-            n: n as i32,
-            k: kc as i32,
-        };
-        self.go(k::SOFTMAX_CROSS_ENTROPY, launch_warp_rows(n), &args)
+        let (n, kc) = shapes::softmax_cross_entropy(logits, labels.len, loss, dlogits)?;
+        i32_of("softmax_cross_entropy", "numel", n * kc)?;
+        self.launch(k::SOFTMAX_CROSS_ENTROPY, Grid::WarpRows(n), || {
+            let [logits, loss, dlogits] = self.ptrs([logits, loss, dlogits])?;
+            let labels = self.runner.indices_ptr(labels)?;
+            let (n, k) = (n as i32, kc as i32);
+            Ok(k::SoftmaxXentArgs {
+                logits,
+                labels,
+                loss,
+                dlogits,
+                n,
+                k,
+            })
+        })
     }
 
     fn channel_mse(&self, a: &Tensor, b: &Tensor, loss: &mut Tensor) -> Result<()> {
         const OP: &str = "channel_mse";
-        check_rank(OP, a, "a", &[2, 4])?;
-        same_shape(OP, "a", a, "b", b)?;
-        let (n, c, hw) = nc_hw(a);
-        ensure_shape!(
-            loss.numel() == c,
-            OP,
-            "loss {:?} must have {c} elements",
-            loss.shape()
-        );
-        ensure_shape!(n * hw > 0, OP, "empty input {:?}", a.shape());
+        let (n, c, hw) = shapes::channel_mse(a, b, loss)?;
+        non_empty(OP, "input", n * hw, a)?;
         i32_of(OP, "numel", a.numel())?;
-        let args = k::ChannelMseArgs {
-            a: self.ptr(a)?,
-            b: self.ptr(b)?,
-            loss: self.ptr(loss)?,
-            n: n as i32,
-            c: c as i32,
-            hw: hw as i32,
-            pad_: 0,
-        };
-        self.go(
-            k::CHANNEL_MSE,
-            Launch {
-                grid: [c as u32, 1, 1],
-                block: [BLOCK, 1, 1],
-                shared_bytes: 0,
-            },
-            &args,
-        )
+        self.launch(k::CHANNEL_MSE, Grid::Channels(c), || {
+            let [a, b, loss] = self.ptrs([a, b, loss])?;
+            let (n, c, hw) = (n as i32, c as i32, hw as i32);
+            Ok(k::ChannelMseArgs {
+                a,
+                b,
+                loss,
+                n,
+                c,
+                hw,
+                pad_: 0,
+            })
+        })
     }
 
     fn frg_seed(
@@ -973,61 +645,44 @@ impl<R: Runner> Backend for GpuBackend<R> {
         first_channel: usize,
         seed: &mut Tensor,
     ) -> Result<()> {
-        const OP: &str = "frg_seed";
-        check_rank(OP, a_x, "a_x", &[4])?;
-        same_shape(OP, "a_x", a_x, "a_x0", a_x0)?;
-        let (b, c, h, w) = a_x.nchw();
-        check_rank(OP, seed, "seed", &[4])?;
-        let kb = seed.batch();
-        ensure_shape!(
-            b > 0 && kb % b == 0,
-            OP,
-            "seed batch {kb} is not a multiple of the activation batch {b}"
-        );
-        check_shape(OP, seed, "seed", &[kb, 1, h, w])?;
-        let kcount = kb / b;
-        ensure_shape!(
-            first_channel + kcount <= c,
-            OP,
-            "channels {first_channel}..{} exceed {c}",
-            first_channel + kcount
-        );
-        i32_of(OP, "numel", seed.numel().max(a_x.numel()))?;
-        if seed.numel() == 0 {
-            return Ok(());
-        }
-        let args = k::FrgSeedArgs {
-            a_x: self.ptr(a_x)?,
-            a_x0: self.ptr(a_x0)?,
-            seed: self.ptr(seed)?,
-            b: b as i32,
-            c: c as i32,
-            hw: (h * w) as i32,
-            kcount: kcount as i32,
-            first_channel: first_channel as i32,
-            scale: 2.0 / (b * h * w) as f32,
-        };
-        self.go(k::FRG_SEED, launch_1d(seed.numel()), &args)
+        let (b, c, h, w, kcount) = shapes::frg_seed(a_x, a_x0, first_channel, seed)?;
+        i32_of("frg_seed", "numel", a_x.numel())?;
+        let scale = 2.0 / (b * h * w) as f32;
+        self.launch(k::FRG_SEED, Grid::Elems(seed.numel()), || {
+            let [a_x, a_x0, seed] = self.ptrs([a_x, a_x0, seed])?;
+            Ok(k::FrgSeedArgs {
+                a_x,
+                a_x0,
+                seed,
+                b: b as i32,
+                c: c as i32,
+                hw: (h * w) as i32,
+                kcount: kcount as i32,
+                first_channel: first_channel as i32,
+                scale,
+            })
+        })
     }
 
     fn sign_step(&self, x0: &Tensor, g: &Tensor, eps: f32, y: &mut Tensor) -> Result<()> {
         const OP: &str = "sign_step";
         same_shape(OP, "g", g, "y", y)?;
         broadcast_batch(OP, "x0", x0, "g", g)?;
-        let n = i32_of(OP, "numel", g.numel())?;
-        if n == 0 {
-            return Ok(());
-        }
-        let args = k::SignStepArgs {
-            x0: self.ptr(x0)?,
-            g: self.ptr(g)?,
-            y: self.ptr(y)?,
-            numel: n,
-            x0_numel: x0.numel() as i32,
-            eps,
-            pad_: 0,
-        };
-        self.go(k::SIGN_STEP, launch_1d(n as usize), &args)
+        let n = g.numel();
+        let x0_numel = x0.numel() as i32;
+        self.launch(k::SIGN_STEP, Grid::Elems(n), || {
+            let [x0, g, y] = self.ptrs([x0, g, y])?;
+            let numel = n as i32;
+            Ok(k::SignStepArgs {
+                x0,
+                g,
+                y,
+                numel,
+                x0_numel,
+                eps,
+                pad_: 0,
+            })
+        })
     }
 
     fn sgd_step(
@@ -1042,19 +697,35 @@ impl<R: Runner> Backend for GpuBackend<R> {
         const OP: &str = "sgd_step";
         same_shape(OP, "param", param, "grad", grad)?;
         same_shape(OP, "param", param, "momentum_buf", momentum_buf)?;
-        let n = i32_of(OP, "numel", param.numel())?;
-        if n == 0 {
-            return Ok(());
-        }
-        let args = k::SgdArgs {
-            param: self.ptr(param)?,
-            grad: self.ptr(grad)?,
-            buf: self.ptr(momentum_buf)?,
-            numel: n,
-            lr,
-            momentum,
-            weight_decay,
-        };
-        self.go(k::SGD_STEP, launch_1d(n as usize), &args)
+        let n = param.numel();
+        self.launch(k::SGD_STEP, Grid::Elems(n), || {
+            let [param, grad, buf] = self.ptrs([param, grad, momentum_buf])?;
+            let numel = n as i32;
+            Ok(k::SgdArgs {
+                param,
+                grad,
+                buf,
+                numel,
+                lr,
+                momentum,
+                weight_decay,
+            })
+        })
+    }
+}
+
+/// The params struct of the three linear kernels (pointer roles in `kernels::LinearArgs`).
+fn linear_args(ptrs: [u64; 5], n: usize, in_f: usize, out_f: usize) -> k::LinearArgs {
+    let [a, b, c, out, out2] = ptrs;
+    k::LinearArgs {
+        a,
+        b,
+        c,
+        out,
+        out2,
+        n: n as i32,
+        in_f: in_f as i32,
+        out_f: out_f as i32,
+        pad_: 0,
     }
 }
