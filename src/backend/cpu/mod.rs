@@ -3,7 +3,8 @@
 //! Design: this file holds the storage plumbing (host views, shape validation helpers) and the
 //! trait impl, which only validates arguments and dispatches to one module per op family:
 //! `conv` (im2col-free convolutions on top of `gemm`, a packed, cache-blocked SGEMM with a
-//! register-tiled micro-kernel), `norm` (per-channel affine, training-mode batchnorm),
+//! register-tiled micro-kernel; stride-1 convs with planes of 8x8 and up go to `direct`, which
+//! reads zero-padded items with contiguous vector loads and packs nothing), `norm` (per-channel affine, training-mode batchnorm),
 //! `elementwise` (ReLU, adds, sign step, SGD) and `loss` (pooling, linear head, cross-entropy,
 //! FRG losses). Every reduction runs in a fixed order that does not depend on the thread count,
 //! so results are bitwise reproducible run to run.
