@@ -170,10 +170,14 @@ fn k_offsets(d: &DGeom) -> Vec<u32> {
     v
 }
 
-/// Copies one item's `ci` planes into the zero-padded buffer.
+/// Copies one item's `ci` planes into the zero-padded buffer. A buffer serves one geometry (one
+/// call): its border and slack are zeroed when it is first sized and never written after, so
+/// later items only overwrite the interior.
 fn pad_item(d: &DGeom, x: &[f32], buf: &mut Vec<f32>) {
-    buf.clear();
-    buf.resize(d.buf_len(), 0.0);
+    if buf.len() != d.buf_len() {
+        buf.clear();
+        buf.resize(d.buf_len(), 0.0);
+    }
     let (plane, wp, hw) = (d.plane(), d.wp(), d.hi * d.wi);
     for c in 0..d.ci {
         let src = &x[c * hw..(c + 1) * hw];
