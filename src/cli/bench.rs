@@ -10,6 +10,7 @@ use fmp_engine::bench::scan::{conv_line, run_scan_bench, summary, ScanBenchConfi
 use fmp_engine::bench::timing::BenchDevice;
 use fmp_engine::{Error, Result};
 
+use super::check::{int_in, seed, MAX_BATCH, MAX_CHANNELS, MAX_REPEATS, MAX_SAMPLES, MAX_WIDTH};
 use super::common::DeviceArgs;
 
 #[derive(clap::Args, Debug)]
@@ -31,22 +32,22 @@ struct ScanArgs {
     #[command(flatten)]
     device: DeviceArgs,
     /// Model stem width.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = int_in::<usize>(1, MAX_WIDTH))]
     width: usize,
     /// Images scored per channel (B).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = int_in::<usize>(1, MAX_SAMPLES))]
     samples: usize,
     /// Only the first N convs (default all 20).
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<usize>(1, 20))]
     layers: Option<usize>,
     /// Channels timed per conv (default: one chunk); the rest is projected.
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<usize>(1, MAX_CHANNELS))]
     channels: Option<usize>,
     /// Channels per chunk (default: from the backend's memory budget).
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<usize>(1, MAX_CHANNELS))]
     chunk: Option<usize>,
     /// Seed of the random model and images.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = seed)]
     seed: u64,
     /// Weights to load (safetensors) instead of a random model.
     #[arg(long)]
@@ -67,13 +68,13 @@ struct KernelArgs {
     #[arg(long)]
     quick: bool,
     /// Activation batch (default 32, quick 2).
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<usize>(1, MAX_BATCH))]
     batch: Option<usize>,
     /// Timed repeats per case (the median is reported).
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<usize>(1, MAX_REPEATS))]
     repeats: Option<usize>,
     /// Model stem width.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = int_in::<usize>(1, MAX_WIDTH))]
     width: usize,
     /// Only cases whose name contains this.
     #[arg(long)]
@@ -91,6 +92,14 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 fn scan(a: ScanArgs) -> Result<()> {
+    for (p, flag) in [(&a.json, "--json"), (&a.save_weights, "--save-weights")] {
+        if let Some(p) = p {
+            super::check::output_path(p, flag)?;
+        }
+    }
+    if let Some(w) = &a.weights {
+        super::check::input_file(w, "--weights")?;
+    }
     let cfg = ScanBenchConfig {
         width: a.width.max(1),
         samples: a.samples.max(1),
@@ -119,6 +128,9 @@ fn scan(a: ScanArgs) -> Result<()> {
 }
 
 fn kernels(a: KernelArgs) -> Result<()> {
+    if let Some(p) = &a.json {
+        super::check::output_path(p, "--json")?;
+    }
     let mut cfg = if a.quick {
         SuiteConfig::quick()
     } else {

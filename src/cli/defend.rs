@@ -13,6 +13,7 @@ use fmp_engine::fmp::LabeledImages;
 use fmp_engine::model::PreActResNet18;
 use fmp_engine::Result;
 
+use super::check::{int_in, MAX_CLASS, MAX_IMAGES};
 use super::common::DeviceArgs;
 use super::finetune::{run_finetune, FinetuneArgs};
 use super::scan::{print_summary, run_scan, ScanArgs};
@@ -36,10 +37,10 @@ pub struct Args {
     /// Also report Acc/ASR/RA before and after under this attack (badnets, blended, lowfreq, wanet).
     #[arg(long)]
     pub attack: Option<AttackKind>,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = int_in::<u32>(0, MAX_CLASS))]
     pub target: u32,
     /// Evaluate on the first N test images only.
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<usize>(1, MAX_IMAGES))]
     pub eval_limit: Option<usize>,
     #[command(flatten)]
     pub scan: ScanArgs,
@@ -50,10 +51,26 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    super::check::input_file(&a.weights, "WEIGHTS")?;
+    super::check::output_path(&a.out, "--out")?;
+    let report_path = a.report.clone().unwrap_or_else(|| {
+        let mut s = a.out.as_os_str().to_owned();
+        s.push(".scan.json");
+        PathBuf::from(s)
+    });
+    super::check::output_path(&report_path, "--report")?;
     let backend = a.device.backend()?;
     let dir = find_data(a.data.as_deref())?;
     let (clean, kind) = load_clean(&dir)?;
     let mut model = load_model(backend.clone(), &a.weights, kind)?;
+    if a.attack.is_some() && a.target as usize >= model.config().num_classes {
+        return Err(fmp_engine::Error::InvalidArgument(format!(
+            "--target {} out of range 0..{} (the model's classes)",
+            a.target,
+            model.config().num_classes
+        )));
+    }
+    let attack = a.attack.map(|k| Attack::new(k, a.target));
     let test = match a.attack {
         Some(_) => Some(
             load_split(&dir, Split::Test)?
@@ -62,16 +79,10 @@ pub fn run(a: Args) -> Result<()> {
         ),
         None => None,
     };
-    let attack = a.attack.map(|k| Attack::new(k, a.target));
     let before = match (&test, &attack) {
         (Some(t), Some(at)) => Some(evaluate(&model, t, Some(at), eval_batch(backend.as_ref()))?),
         _ => None,
     };
-    let report_path = a.report.clone().unwrap_or_else(|| {
-        let mut s = a.out.as_os_str().to_owned();
-        s.push(".scan.json");
-        PathBuf::from(s)
-    });
     let t0 = Instant::now();
     defend(
         &mut model,

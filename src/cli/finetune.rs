@@ -10,29 +10,31 @@ use fmp_engine::fmp::LabeledImages;
 use fmp_engine::model::PreActResNet18;
 use fmp_engine::Result;
 
+use super::check::{int_in, real_in, seed, MAX_BATCH, MAX_EPOCHS};
 use super::common::DeviceArgs;
 
 /// Fine-tuning settings shared by `finetune`, `defend` and `demo`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct FinetuneArgs {
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = int_in::<usize>(1, MAX_EPOCHS))]
     pub epochs: usize,
     /// Fraction of the training set used, class-balanced (paper 0.10; the reference code used 0.05).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = real_in(0.0, true, 1.0, false))]
     pub ratio: f32,
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, value_parser = real_in(0.0, true, 10.0, false))]
     pub lr: f32,
-    #[arg(long, default_value_t = 256)]
+    /// Images per SGD step (at least 2: batch statistics need two).
+    #[arg(long, default_value_t = 256, value_parser = int_in::<usize>(2, MAX_BATCH))]
     pub batch: usize,
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, value_parser = real_in(0.0, false, 1.0, true))]
     pub momentum: f32,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = real_in(0.0, false, 1.0, true))]
     pub weight_decay: f32,
     /// Cosine annealing floor.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, value_parser = real_in(0.0, false, 10.0, false))]
     pub eta_min: f32,
     /// Seed of the subset, the batch order and the augmentation.
-    #[arg(long = "ft-seed", default_value_t = 0)]
+    #[arg(long = "ft-seed", default_value_t = 0, value_parser = seed)]
     pub ft_seed: u64,
 }
 
@@ -77,6 +79,11 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    super::check::input_file(&a.weights, "WEIGHTS")?;
+    super::check::output_path(&a.out, "--out")?;
+    if let Some(m) = &a.mask {
+        super::check::input_file(m, "--mask")?;
+    }
     let backend = a.device.backend()?;
     let dir = find_data(a.data.as_deref())?;
     let (clean, kind) = load_clean(&dir)?;

@@ -1,5 +1,6 @@
 //! One module per subcommand: its clap `Args` and `run`.
 pub mod bench;
+pub mod check;
 pub mod common;
 pub mod data;
 pub mod defend;

@@ -27,6 +27,12 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    super::check::input_file(&a.weights, "WEIGHTS")?;
+    super::check::input_file(&a.report, "--report")?;
+    super::check::output_path(&a.out, "--out")?;
+    if a.mask {
+        super::check::output_path(&PruneMask::sidecar(&a.out), "--mask")?;
+    }
     let report = ScanReport::load(&a.report)?;
     // Normalisation constants do not matter for pruning; the file's own shapes give width and classes.
     let (mut model, _) =

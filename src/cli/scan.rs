@@ -6,40 +6,39 @@ use std::time::Instant;
 use fmp_engine::backend::Backend;
 use fmp_engine::fmp::frg::{scan, ScanOptions};
 use fmp_engine::fmp::pipeline::{find_data, load_clean, load_model, progress_bar, scan_samples};
-use fmp_engine::fmp::select::{
-    parse_fraction, ReportModel, ReportSettings, ReportTotals, ScanReport,
-};
+use fmp_engine::fmp::select::{ReportModel, ReportSettings, ReportTotals, ScanReport};
 use fmp_engine::fmp::LabeledImages;
 use fmp_engine::model::PreActResNet18;
 use fmp_engine::Result;
 
+use super::check::{int_in, real_in, seed, MAX_CHANNELS, MAX_SAMPLES};
 use super::common::DeviceArgs;
 
 /// Scan settings shared by `scan`, `defend` and `demo`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ScanArgs {
     /// Clean images scoring every feature map (the reference uses one batch of 32).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = int_in::<usize>(1, MAX_SAMPLES))]
     pub samples: usize,
     /// Prune floor(C/p) channels per conv [default: min(64, base width): 64 for the paper's width-64
     /// model; for narrower models the base width, so each conv loses as many channels as in the paper
     /// (1, 2, 4, 8 per conv of layers 1-4: 75 in all)].
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<usize>(1, MAX_CHANNELS))]
     pub p: Option<usize>,
     /// Initial random step alpha (`1/255` or `0.0039`).
-    #[arg(long, default_value = "1/255", value_parser = parse_fraction)]
+    #[arg(long, default_value = "1/255", value_parser = real_in(0.0, true, 1.0, false))]
     pub alpha: f32,
     /// Adversarial step eps (`4/255` or `0.0157`).
-    #[arg(long, default_value = "4/255", value_parser = parse_fraction)]
+    #[arg(long, default_value = "4/255", value_parser = real_in(0.0, true, 1.0, false))]
     pub eps: f32,
     /// Seed of X0's random signs and of the choice of scan images.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = seed)]
     pub seed: u64,
     /// Apply rankings in registration order as the reference code does (its defect 4).
     #[arg(long)]
     pub reference_order: bool,
     /// Channels per batched chunk [default: sized from the backend's memory].
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<usize>(1, MAX_CHANNELS))]
     pub chunk: Option<usize>,
     /// Use the plain one-channel-at-a-time loop (slow; for checking).
     #[arg(long)]
@@ -63,6 +62,8 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    super::check::input_file(&a.weights, "WEIGHTS")?;
+    super::check::output_path(&a.out, "--out")?;
     let backend = a.device.backend()?;
     let dir = find_data(a.data.as_deref())?;
     let (clean, kind) = load_clean(&dir)?;

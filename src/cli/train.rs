@@ -10,6 +10,9 @@ use fmp_engine::fmp::train::{train_backdoored, BackdoorOptions};
 use fmp_engine::model::{ModelConfig, PreActResNet18};
 use fmp_engine::{Error, Result};
 
+use super::check::{
+    int_in, real_in, seed, MAX_BATCH, MAX_CLASS, MAX_EPOCHS, MAX_IMAGES, MAX_WIDTH,
+};
 use super::common::DeviceArgs;
 use super::defend::print_metrics_table;
 
@@ -45,37 +48,41 @@ pub struct Args {
     #[arg(long)]
     pub out: PathBuf,
     /// Base width (64 is the paper's PreActResNet18).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = int_in::<usize>(1, MAX_WIDTH))]
     pub width: usize,
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = int_in::<usize>(1, MAX_EPOCHS))]
     pub epochs: usize,
-    #[arg(long, default_value_t = 0.1)]
+    /// Fraction of the training images poisoned, in [0, 1].
+    #[arg(long, default_value_t = 0.1, value_parser = real_in(0.0, false, 1.0, false))]
     pub poison_rate: f32,
-    #[arg(long, default_value_t = 0)]
+    /// Target class of the backdoor (below the dataset's class count).
+    #[arg(long, default_value_t = 0, value_parser = int_in::<u32>(0, MAX_CLASS))]
     pub target: u32,
     /// Seed of the initial weights, the poisoned subset, batch order and augmentation.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = seed)]
     pub seed: u64,
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, value_parser = real_in(0.0, true, 10.0, false))]
     pub lr: f32,
-    #[arg(long, default_value_t = 128)]
+    /// Images per SGD step (at least 2: batch statistics need two).
+    #[arg(long, default_value_t = 128, value_parser = int_in::<usize>(2, MAX_BATCH))]
     pub batch: usize,
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = 5e-4, value_parser = real_in(0.0, false, 1.0, true))]
     pub weight_decay: f32,
     /// Skip RandomCrop + flip (CIFAR-10 trains with them by default).
     #[arg(long)]
     pub no_augment: bool,
     /// Train on the first N training images only.
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<usize>(2, MAX_IMAGES))]
     pub limit: Option<usize>,
     /// Evaluate on the first N test images only.
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<usize>(1, MAX_IMAGES))]
     pub eval_limit: Option<usize>,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
+    super::check::output_path(&a.out, "--out")?;
     let backend = a.device.backend()?;
     let dir = find_data(a.data.as_deref())?;
     let (train, kind) = load_split(&dir, Split::Train)?;

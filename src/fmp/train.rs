@@ -28,6 +28,39 @@ pub struct SgdOptions {
 }
 
 impl SgdOptions {
+    /// The checks the CLI's flag parsers also make, for library callers: at least one epoch, batches of
+    /// at least 2, a finite positive rate, momentum in [0, 1), finite non-negative decay and floor.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(m));
+        if self.epochs == 0 {
+            return bad("--epochs 0: must be at least 1".into());
+        }
+        if self.batch < 2 {
+            return bad(format!(
+                "--batch {}: must be at least 2 (batch statistics need two images)",
+                self.batch
+            ));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad(format!("--lr {}: must be a finite number > 0", self.lr));
+        }
+        if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
+            return bad(format!("--momentum {}: must be in [0, 1)", self.momentum));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(format!(
+                "--weight-decay {}: must be a finite number >= 0",
+                self.weight_decay
+            ));
+        }
+        if !(self.eta_min.is_finite() && self.eta_min >= 0.0) {
+            return bad(format!(
+                "--eta-min {}: must be a finite number >= 0",
+                self.eta_min
+            ));
+        }
+        Ok(())
+    }
     /// Learning rate of epoch `e` (PyTorch CosineAnnealingLR with T_max = epochs, stepped per epoch).
     pub fn lr_at(&self, e: usize) -> f32 {
         let t = self.epochs.max(1) as f32;
@@ -56,6 +89,7 @@ pub fn sgd_epochs(
     hook: Option<BatchHook>,
     on_epoch: &mut dyn FnMut(&EpochStats),
 ) -> Result<Vec<EpochStats>> {
+    opts.validate()?;
     if data.len() < 2 {
         return Err(Error::InvalidArgument(format!(
             "training needs at least 2 images, got {}",
@@ -184,6 +218,13 @@ pub fn train_backdoored(
             model.config().num_classes
         )));
     }
+    if !(opts.poison_rate.is_finite() && (0.0..=1.0).contains(&opts.poison_rate)) {
+        return Err(Error::InvalidArgument(format!(
+            "--poison-rate {}: must be in [0, 1]",
+            opts.poison_rate
+        )));
+    }
+    opts.sgd.validate()?;
     if opts.target as usize >= model.config().num_classes {
         return Err(Error::InvalidArgument(format!(
             "--target {} out of range 0..{}",
