@@ -9,6 +9,7 @@ pub mod eval;
 pub mod finetune;
 pub mod info;
 pub mod kernels;
+pub mod merge;
 pub mod prune;
 pub mod scan;
 pub mod train;

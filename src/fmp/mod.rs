@@ -7,6 +7,7 @@ pub mod augment;
 pub mod download;
 pub mod finetune;
 pub mod frg;
+pub mod journal;
 pub mod metrics;
 pub mod pipeline;
 pub mod prune;
