@@ -2,10 +2,12 @@
 use std::path::PathBuf;
 
 use fmp_engine::data::DatasetKind;
-use fmp_engine::fmp::finetune::{finetune, FinetuneOptions};
+use fmp_engine::fmp::checkpoint::{checkpoint_path, data_md5, open_for_resume, sgd_identity};
+use fmp_engine::fmp::download::md5_file;
+use fmp_engine::fmp::finetune::{finetune_resumable, FinetuneOptions};
 use fmp_engine::fmp::pipeline::{find_data, load_clean, load_model};
 use fmp_engine::fmp::prune::PruneMask;
-use fmp_engine::fmp::train::SgdOptions;
+use fmp_engine::fmp::train::{Checkpointing, LoopState, SgdOptions};
 use fmp_engine::fmp::LabeledImages;
 use fmp_engine::model::PreActResNet18;
 use fmp_engine::Result;
@@ -74,6 +76,10 @@ pub struct Args {
     /// Ignore any mask sidecar.
     #[arg(long, conflicts_with = "mask")]
     pub no_mask: bool,
+    /// Continue an interrupted run from its per-epoch checkpoint `<OUT>.ckpt.safetensors` (same input
+    /// weights, mask, data and settings only); the result is bit-identical to an uninterrupted run.
+    #[arg(long)]
+    pub resume: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -87,7 +93,9 @@ pub fn run(a: Args) -> Result<()> {
     let backend = a.device.backend()?;
     let dir = find_data(a.data.as_deref())?;
     let (clean, kind) = load_clean(&dir)?;
-    let mut model = load_model(backend, &a.weights, kind)?;
+    let mut model = load_model(backend.clone(), &a.weights, kind)?;
+    let mut pairs = Vec::new();
+    let mut mask_md5 = "-".to_string();
     if !a.no_mask {
         let sidecar = PruneMask::sidecar(&a.weights);
         let path = a
@@ -95,7 +103,8 @@ pub fn run(a: Args) -> Result<()> {
             .clone()
             .or_else(|| sidecar.is_file().then_some(sidecar));
         if let Some(p) = path {
-            let pairs = PruneMask::load(&p)?.pairs(&model, &p)?;
+            pairs = PruneMask::load(&p)?.pairs(&model, &p)?;
+            mask_md5 = md5_file(&p)?;
             model.set_masks(&pairs)?;
             println!(
                 "keeping {} pruned filters at zero ({})",
@@ -104,8 +113,46 @@ pub fn run(a: Args) -> Result<()> {
             );
         }
     }
-    run_finetune(&mut model, &clean, &a.ft, kind)?;
+    let opts = a.ft.options(kind);
+    let ckpt_path = checkpoint_path(&a.out);
+    let mut identity = sgd_identity(&opts.sgd);
+    identity.extend([
+        ("command".to_string(), "finetune".to_string()),
+        ("weights_md5".into(), md5_file(&a.weights)?),
+        ("mask_md5".into(), mask_md5),
+        ("data_md5".into(), data_md5(&clean)),
+        ("ratio".into(), opts.ratio.to_string()),
+    ]);
+    let resume = match open_for_resume(&ckpt_path, a.resume, &identity, "fine-tuning")? {
+        Some(c) => {
+            let cfg = model.config().clone();
+            model = PreActResNet18::from_state_dict(backend, &c.weights, cfg)?;
+            model.set_masks(&pairs)?;
+            println!(
+                "resuming fine-tuning from {} after epoch {}/{}",
+                ckpt_path.display(),
+                c.epoch(),
+                opts.sgd.epochs
+            );
+            Some(c.loop_state(&model, &ckpt_path)?)
+        }
+        None => None,
+    };
+    let mut save = |m: &PreActResNet18, st: &LoopState| {
+        fmp_engine::fmp::checkpoint::save(&ckpt_path, m, st, &identity)
+    };
+    run_finetune_with(
+        &mut model,
+        &clean,
+        &a.ft,
+        kind,
+        Some(Checkpointing {
+            resume,
+            save: &mut save,
+        }),
+    )?;
     model.save(&a.out)?;
+    let _ = std::fs::remove_file(&ckpt_path);
     println!("fine-tuned weights: {}", a.out.display());
     Ok(())
 }
@@ -116,6 +163,17 @@ pub fn run_finetune(
     ft: &FinetuneArgs,
     kind: DatasetKind,
 ) -> Result<()> {
+    run_finetune_with(model, clean, ft, kind, None)
+}
+
+/// `run_finetune` with per-epoch checkpoints.
+pub fn run_finetune_with(
+    model: &mut PreActResNet18,
+    clean: &LabeledImages,
+    ft: &FinetuneArgs,
+    kind: DatasetKind,
+    ckpt: Option<Checkpointing>,
+) -> Result<()> {
     let opts = ft.options(kind);
     let n = fmp_engine::fmp::finetune::subset(clean, opts.ratio, opts.sgd.seed)?.len();
     println!(
@@ -123,11 +181,17 @@ pub fn run_finetune(
         n / clean.num_classes.max(1),
         opts.sgd.epochs
     );
-    finetune(model, clean, &opts, &mut |s| {
-        println!(
-            "  epoch {:>3}  lr {:.5}  loss {:.4}  train acc {:.3}  {:.1} s",
-            s.epoch, s.lr, s.loss, s.train_acc, s.seconds
-        )
-    })?;
+    finetune_resumable(
+        model,
+        clean,
+        &opts,
+        &mut |s| {
+            println!(
+                "  epoch {:>3}  lr {:.5}  loss {:.4}  train acc {:.3}  {:.1} s",
+                s.epoch, s.lr, s.loss, s.train_acc, s.seconds
+            )
+        },
+        ckpt,
+    )?;
     Ok(())
 }

@@ -4,9 +4,12 @@ use std::path::PathBuf;
 
 use fmp_engine::data::{DatasetKind, Split};
 use fmp_engine::fmp::attacks::{Attack, AttackKind};
+use fmp_engine::fmp::checkpoint::{checkpoint_path, data_md5, open_for_resume, sgd_identity};
 use fmp_engine::fmp::metrics::evaluate;
 use fmp_engine::fmp::pipeline::{eval_batch, find_data, load_split};
-use fmp_engine::fmp::train::{train_backdoored, BackdoorOptions};
+use fmp_engine::fmp::train::{
+    train_backdoored_resumable, BackdoorOptions, Checkpointing, LoopState,
+};
 use fmp_engine::model::{ModelConfig, PreActResNet18};
 use fmp_engine::{Error, Result};
 
@@ -77,6 +80,10 @@ pub struct Args {
     /// Evaluate on the first N test images only.
     #[arg(long, value_parser = int_in::<usize>(1, MAX_IMAGES))]
     pub eval_limit: Option<usize>,
+    /// Continue an interrupted run from its per-epoch checkpoint `<OUT>.ckpt.safetensors` (same data and
+    /// settings only); the result is bit-identical to an uninterrupted run.
+    #[arg(long)]
+    pub resume: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -88,7 +95,6 @@ pub fn run(a: Args) -> Result<()> {
     let (train, kind) = load_split(&dir, Split::Train)?;
     let train = train.truncate(a.limit.unwrap_or(usize::MAX));
     let cfg = ModelConfig::for_dataset(kind, a.width);
-    let mut model = PreActResNet18::new_random(backend.clone(), cfg, a.seed)?;
     let attack_kind = a.attack.0;
     let mut opts = BackdoorOptions::backdoorbench(
         attack_kind,
@@ -110,13 +116,57 @@ pub fn run(a: Args) -> Result<()> {
         a.epochs,
         backend.name()
     );
-    train_backdoored(&mut model, &train, &opts, &mut |s| {
-        println!(
-            "  epoch {:>3}  lr {:.5}  loss {:.4}  train acc {:.3}  {:.1} s",
-            s.epoch, s.lr, s.loss, s.train_acc, s.seconds
-        )
-    })?;
+    let ckpt_path = checkpoint_path(&a.out);
+    let mut identity = sgd_identity(&opts.sgd);
+    identity.extend([
+        ("command".to_string(), "train".to_string()),
+        ("data_md5".into(), data_md5(&train)),
+        ("width".into(), a.width.to_string()),
+        ("num_classes".into(), cfg.num_classes.to_string()),
+        (
+            "attack".into(),
+            attack_kind.map(|k| k.name()).unwrap_or("none").into(),
+        ),
+        ("target".into(), a.target.to_string()),
+        ("poison_rate".into(), a.poison_rate.to_string()),
+    ]);
+    let (mut model, resume) = match open_for_resume(&ckpt_path, a.resume, &identity, "training")? {
+        Some(c) => {
+            let m = PreActResNet18::from_state_dict(backend.clone(), &c.weights, cfg)?;
+            println!(
+                "resuming training from {} after epoch {}/{}",
+                ckpt_path.display(),
+                c.epoch(),
+                a.epochs
+            );
+            let st = c.loop_state(&m, &ckpt_path)?;
+            (m, Some(st))
+        }
+        None => (
+            PreActResNet18::new_random(backend.clone(), cfg, a.seed)?,
+            None,
+        ),
+    };
+    let mut save = |m: &PreActResNet18, st: &LoopState| {
+        fmp_engine::fmp::checkpoint::save(&ckpt_path, m, st, &identity)
+    };
+    train_backdoored_resumable(
+        &mut model,
+        &train,
+        &opts,
+        &mut |s| {
+            println!(
+                "  epoch {:>3}  lr {:.5}  loss {:.4}  train acc {:.3}  {:.1} s",
+                s.epoch, s.lr, s.loss, s.train_acc, s.seconds
+            )
+        },
+        Some(Checkpointing {
+            resume,
+            save: &mut save,
+        }),
+    )?;
     model.save(&a.out)?;
+    let _ = std::fs::remove_file(&ckpt_path);
     println!("weights: {}", a.out.display());
     if let Ok((test, _)) = load_split(&dir, Split::Test) {
         let test = test.truncate(a.eval_limit.unwrap_or(usize::MAX));

@@ -4,6 +4,7 @@
 //! (`attacks::IMG` bytes each) with u32 labels.
 pub mod attacks;
 pub mod augment;
+pub mod checkpoint;
 pub mod download;
 pub mod finetune;
 pub mod frg;

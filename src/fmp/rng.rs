@@ -21,6 +21,14 @@ impl Rng {
         }
         Rng::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ h)
     }
+    /// The whole state (training checkpoints save it to continue the same stream).
+    pub fn state(&self) -> u64 {
+        self.state
+    }
+    /// The generator whose `state()` was `state`.
+    pub fn from_state(state: u64) -> Self {
+        Rng { state }
+    }
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.state;

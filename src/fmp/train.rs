@@ -69,7 +69,7 @@ impl SgdOptions {
     }
 }
 
-#[derive(Clone, Copy, Debug, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EpochStats {
     pub epoch: usize,
     pub lr: f32,
@@ -81,6 +81,25 @@ pub struct EpochStats {
 /// Called on every batch's u8 images and labels before augmentation (on-the-fly poisoning).
 pub type BatchHook<'a> = &'a dyn Fn(&mut [u8], &mut [u32], &mut Rng);
 
+/// The loop's whole state after `epoch` finished epochs: with the model's weights (and BN statistics) it
+/// continues training to bit-identical weights (`fmp::checkpoint`).
+pub struct LoopState {
+    pub epoch: usize,
+    /// `Rng::state()` of the loop's generator (batch order, augmentation, on-the-fly poisoning).
+    pub rng: u64,
+    /// The batch order, shuffled in place every epoch.
+    pub order: Vec<usize>,
+    pub momentum: SgdState,
+    pub stats: Vec<EpochStats>,
+}
+
+/// Per-epoch checkpointing of `sgd_epochs_resumable`: `resume` continues from a saved state (the model
+/// must already hold that state's weights); `save` is called after every epoch.
+pub struct Checkpointing<'a> {
+    pub resume: Option<LoopState>,
+    pub save: &'a mut dyn FnMut(&PreActResNet18, &LoopState) -> Result<()>,
+}
+
 /// Train `model` on `data` with SGD; batches of fewer than 2 images are skipped (batch statistics need two).
 pub fn sgd_epochs(
     model: &mut PreActResNet18,
@@ -88,6 +107,18 @@ pub fn sgd_epochs(
     opts: &SgdOptions,
     hook: Option<BatchHook>,
     on_epoch: &mut dyn FnMut(&EpochStats),
+) -> Result<Vec<EpochStats>> {
+    sgd_epochs_resumable(model, data, opts, hook, on_epoch, None)
+}
+
+/// `sgd_epochs` with per-epoch checkpoints and resumption.
+pub fn sgd_epochs_resumable(
+    model: &mut PreActResNet18,
+    data: &LabeledImages,
+    opts: &SgdOptions,
+    hook: Option<BatchHook>,
+    on_epoch: &mut dyn FnMut(&EpochStats),
+    mut ckpt: Option<Checkpointing>,
 ) -> Result<Vec<EpochStats>> {
     opts.validate()?;
     if data.len() < 2 {
@@ -102,7 +133,30 @@ pub fn sgd_epochs(
     let mut rng = Rng::derive(opts.seed, "sgd-epochs");
     let mut order: Vec<usize> = (0..data.len()).collect();
     let mut stats = Vec::new();
-    for e in 0..opts.epochs {
+    let mut first = 0;
+    if let Some(r) = ckpt.as_mut().and_then(|c| c.resume.take()) {
+        let mut sorted = r.order.clone();
+        sorted.sort_unstable();
+        if r.epoch > opts.epochs
+            || sorted.len() != data.len()
+            || sorted.iter().enumerate().any(|(i, &v)| i != v)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "checkpoint: epoch {} of {} with a batch order over {} images does not fit this run ({} epochs, {} images)",
+                r.epoch,
+                opts.epochs,
+                r.order.len(),
+                opts.epochs,
+                data.len()
+            )));
+        }
+        first = r.epoch;
+        rng = Rng::from_state(r.rng);
+        order = r.order;
+        state = r.momentum;
+        stats = r.stats;
+    }
+    for e in first..opts.epochs {
         let t0 = Instant::now();
         let lr = opts.lr_at(e);
         rng.shuffle(&mut order);
@@ -167,6 +221,17 @@ pub fn sgd_epochs(
         };
         on_epoch(&s);
         stats.push(s);
+        if let Some(c) = ckpt.as_mut() {
+            let snap = LoopState {
+                epoch: e + 1,
+                rng: rng.state(),
+                order,
+                momentum: state,
+                stats,
+            };
+            (c.save)(model, &snap)?;
+            (order, state, stats) = (snap.order, snap.momentum, snap.stats);
+        }
     }
     Ok(stats)
 }
@@ -208,6 +273,17 @@ pub fn train_backdoored(
     opts: &BackdoorOptions,
     on_epoch: &mut dyn FnMut(&EpochStats),
 ) -> Result<Vec<EpochStats>> {
+    train_backdoored_resumable(model, data, opts, on_epoch, None)
+}
+
+/// `train_backdoored` with per-epoch checkpoints and resumption.
+pub fn train_backdoored_resumable(
+    model: &mut PreActResNet18,
+    data: &LabeledImages,
+    opts: &BackdoorOptions,
+    on_epoch: &mut dyn FnMut(&EpochStats),
+    ckpt: Option<Checkpointing>,
+) -> Result<Vec<EpochStats>> {
     if let Some(&bad) = data
         .labels
         .iter()
@@ -233,7 +309,7 @@ pub fn train_backdoored(
         )));
     }
     match opts.attack {
-        None => sgd_epochs(model, data, &opts.sgd, None, on_epoch),
+        None => sgd_epochs_resumable(model, data, &opts.sgd, None, on_epoch, ckpt),
         Some(AttackKind::WaNet) => {
             let attack = Attack::new(AttackKind::WaNet, opts.target);
             let rate = opts.poison_rate;
@@ -253,7 +329,7 @@ pub fn train_backdoored(
                     img.copy_from_slice(&buf);
                 }
             };
-            sgd_epochs(model, data, &opts.sgd, Some(&hook), on_epoch)
+            sgd_epochs_resumable(model, data, &opts.sgd, Some(&hook), on_epoch, ckpt)
         }
         Some(kind) => {
             let attack = Attack::new(kind, opts.target);
@@ -262,7 +338,7 @@ pub fn train_backdoored(
                 attack.apply_in_place(&mut poisoned.pixels[i * IMG..(i + 1) * IMG]);
                 poisoned.labels[i] = opts.target;
             }
-            sgd_epochs(model, &poisoned, &opts.sgd, None, on_epoch)
+            sgd_epochs_resumable(model, &poisoned, &opts.sgd, None, on_epoch, ckpt)
         }
     }
 }
