@@ -56,6 +56,9 @@ fn main() {
     };
     if let Err(e) = result {
         eprintln!("fmp-engine: error: {e}");
+        if cli::interrupt::requested() {
+            std::process::exit(cli::interrupt::EXIT_INTERRUPTED);
+        }
         std::process::exit(1);
     }
 }

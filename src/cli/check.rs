@@ -144,6 +144,71 @@ pub fn output_path(path: &Path, flag: &str) -> Result<()> {
     Ok(())
 }
 
+/// Held while a command writes `path`: an OS lock on `<path>.lock` (released by the OS if the process
+/// dies, SIGKILL included), so a second run given the same output fails at once with a clear message
+/// instead of racing the first. The lock file is removed on drop.
+pub struct OutputLock {
+    path: PathBuf,
+    _file: std::fs::File,
+}
+
+impl Drop for OutputLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Take the lock of output `path` (given as `flag`); see [`OutputLock`].
+pub fn lock_output(path: &Path, flag: &str) -> Result<OutputLock> {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".lock");
+    let lock = PathBuf::from(s);
+    // A lock file can be removed by its holder between our open and our lock; retry on a fresh file then.
+    for _ in 0..5 {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)
+            .map_err(|e| Error::io(&lock, e))?;
+        match f.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::InvalidArgument(format!(
+                    "{flag} {}: another fmp-engine run is writing it (it holds {}); wait for it to finish or choose another {flag}",
+                    path.display(),
+                    lock.display()
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&lock, e)),
+        }
+        if same_file(&f, &lock) {
+            return Ok(OutputLock {
+                path: lock,
+                _file: f,
+            });
+        }
+    }
+    Err(Error::Msg(format!(
+        "{}: could not take the output lock",
+        lock.display()
+    )))
+}
+
+#[cfg(unix)]
+fn same_file(f: &std::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (f.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn same_file(_: &std::fs::File, path: &Path) -> bool {
+    path.exists()
+}
+
 /// An input file (given as `flag`) must exist and be a readable file.
 pub fn input_file(path: &Path, flag: &str) -> Result<()> {
     let bad = |msg: &str| Error::InvalidArgument(format!("{flag} {}: {msg}", path.display()));

@@ -59,6 +59,7 @@ pub fn run(a: Args) -> Result<()> {
         PathBuf::from(s)
     });
     super::check::output_path(&report_path, "--report")?;
+    let _lock = super::check::lock_output(&a.out, "--out")?;
     let backend = a.device.backend()?;
     let dir = find_data(a.data.as_deref())?;
     let (clean, kind) = load_clean(&dir)?;

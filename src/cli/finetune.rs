@@ -87,6 +87,7 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     super::check::input_file(&a.weights, "WEIGHTS")?;
     super::check::output_path(&a.out, "--out")?;
+    let _lock = super::check::lock_output(&a.out, "--out")?;
     if let Some(m) = &a.mask {
         super::check::input_file(m, "--mask")?;
     }
@@ -138,8 +139,19 @@ pub fn run(a: Args) -> Result<()> {
         }
         None => None,
     };
+    super::interrupt::install();
+    let epochs = opts.sgd.epochs;
     let mut save = |m: &PreActResNet18, st: &LoopState| {
-        fmp_engine::fmp::checkpoint::save(&ckpt_path, m, st, &identity)
+        fmp_engine::fmp::checkpoint::save(&ckpt_path, m, st, &identity)?;
+        super::interrupt::keep(format!(
+            "the checkpoint {} after epoch {}/{epochs}; continue with the same command and --resume",
+            ckpt_path.display(),
+            st.epoch
+        ));
+        if super::interrupt::requested() {
+            return Err(super::interrupt::stopped());
+        }
+        Ok(())
     };
     run_finetune_with(
         &mut model,

@@ -20,6 +20,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     super::check::output_path(&a.out, "--out")?;
+    let _lock = super::check::lock_output(&a.out, "--out")?;
     let mut parts = Vec::new();
     for p in &a.parts {
         super::check::input_file(p, "PART")?;

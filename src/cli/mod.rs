@@ -8,6 +8,7 @@ pub mod demo;
 pub mod eval;
 pub mod finetune;
 pub mod info;
+pub mod interrupt;
 pub mod kernels;
 pub mod merge;
 pub mod prune;

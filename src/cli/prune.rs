@@ -30,6 +30,7 @@ pub fn run(a: Args) -> Result<()> {
     super::check::input_file(&a.weights, "WEIGHTS")?;
     super::check::input_file(&a.report, "--report")?;
     super::check::output_path(&a.out, "--out")?;
+    let _lock = super::check::lock_output(&a.out, "--out")?;
     if a.mask {
         super::check::output_path(&PruneMask::sidecar(&a.out), "--mask")?;
     }

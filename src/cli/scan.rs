@@ -76,6 +76,7 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     super::check::input_file(&a.weights, "WEIGHTS")?;
     super::check::output_path(&a.out, "--out")?;
+    let _lock = super::check::lock_output(&a.out, "--out")?;
     let journal = journal_path(&a.out);
     if journal.exists() && !a.resume {
         return Err(Error::InvalidArgument(format!(
@@ -84,6 +85,7 @@ pub fn run(a: Args) -> Result<()> {
             a.out.display()
         )));
     }
+    super::interrupt::install();
     let backend = a.device.backend()?;
     let dir = find_data(a.data.as_deref())?;
     let (clean, kind) = load_clean(&dir)?;
@@ -256,10 +258,19 @@ pub fn run_scan_parts(
         &mut |slice, ls, k| {
             part.push(slice, ls, k, t0.elapsed().as_secs_f64());
             t0 = Instant::now();
-            match journal {
-                Some(j) => part.save(&j.path),
-                None => Ok(()),
+            if let Some(j) = journal {
+                part.save(&j.path)?;
+                super::interrupt::keep(format!(
+                    "the journal {} ({} of {} feature maps scored); continue with the same command and --resume",
+                    j.path.display(),
+                    part.channels_done(),
+                    part.channels_planned()
+                ));
+                if super::interrupt::requested() {
+                    return Err(super::interrupt::stopped());
+                }
             }
+            Ok(())
         },
         &mut |k| pb.inc(k as u64),
     )?;

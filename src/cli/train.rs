@@ -90,6 +90,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     super::check::output_path(&a.out, "--out")?;
+    let _lock = super::check::lock_output(&a.out, "--out")?;
     let backend = a.device.backend()?;
     let dir = find_data(a.data.as_deref())?;
     let (train, kind) = load_split(&dir, Split::Train)?;
@@ -147,8 +148,19 @@ pub fn run(a: Args) -> Result<()> {
             None,
         ),
     };
+    super::interrupt::install();
     let mut save = |m: &PreActResNet18, st: &LoopState| {
-        fmp_engine::fmp::checkpoint::save(&ckpt_path, m, st, &identity)
+        fmp_engine::fmp::checkpoint::save(&ckpt_path, m, st, &identity)?;
+        super::interrupt::keep(format!(
+            "the checkpoint {} after epoch {}/{}; continue with the same command and --resume",
+            ckpt_path.display(),
+            st.epoch,
+            a.epochs
+        ));
+        if super::interrupt::requested() {
+            return Err(super::interrupt::stopped());
+        }
+        Ok(())
     };
     train_backdoored_resumable(
         &mut model,
