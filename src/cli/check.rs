@@ -195,6 +195,30 @@ pub fn lock_output(path: &Path, flag: &str) -> Result<OutputLock> {
     )))
 }
 
+impl OutputLock {
+    /// Remove temporary files a killed run left beside `files` (`.NAME.tmpPID`, from
+    /// `weights::write_atomic`); safe because the lock shows that no other run writes them now.
+    pub fn remove_stale_temps(&self, files: &[&Path]) {
+        for f in files {
+            let (Some(name), dir) = (f.file_name(), parent_dir(f)) else {
+                continue;
+            };
+            let prefix = format!(".{}.tmp", name.to_string_lossy());
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.strip_prefix(&prefix)
+                    .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+                {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+}
+
 #[cfg(unix)]
 fn same_file(f: &std::fs::File, path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -266,6 +290,23 @@ mod tests {
         let e = output_path(&dir, "--out").unwrap_err();
         assert!(e.to_string().contains("folder"), "{e}");
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "probe left");
+        // the output lock: a second holder is refused, the lock file goes with the guard, and stale
+        // temporaries of killed runs are removed (other files are not)
+        let out = dir.join("r.json");
+        let lock = lock_output(&out, "--out").unwrap();
+        let e = lock_output(&out, "--out").err().expect("second lock taken");
+        assert!(e.to_string().contains("another fmp-engine run"), "{e}");
+        for n in [".r.json.tmp123", ".r.json.tmpx", "keep.json"] {
+            std::fs::write(dir.join(n), b"x").unwrap();
+        }
+        lock.remove_stale_temps(&[&out]);
+        drop(lock);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".r.json.tmpx", "keep.json"]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -87,7 +87,7 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     super::check::input_file(&a.weights, "WEIGHTS")?;
     super::check::output_path(&a.out, "--out")?;
-    let _lock = super::check::lock_output(&a.out, "--out")?;
+    let lock = super::check::lock_output(&a.out, "--out")?;
     if let Some(m) = &a.mask {
         super::check::input_file(m, "--mask")?;
     }
@@ -116,6 +116,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let opts = a.ft.options(kind);
     let ckpt_path = checkpoint_path(&a.out);
+    lock.remove_stale_temps(&[&a.out, &ckpt_path]);
     let mut identity = sgd_identity(&opts.sgd);
     identity.extend([
         ("command".to_string(), "finetune".to_string()),

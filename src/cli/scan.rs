@@ -76,8 +76,9 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     super::check::input_file(&a.weights, "WEIGHTS")?;
     super::check::output_path(&a.out, "--out")?;
-    let _lock = super::check::lock_output(&a.out, "--out")?;
+    let lock = super::check::lock_output(&a.out, "--out")?;
     let journal = journal_path(&a.out);
+    lock.remove_stale_temps(&[&a.out, &journal]);
     if journal.exists() && !a.resume {
         return Err(Error::InvalidArgument(format!(
             "{} holds the journal of an interrupted scan writing {}: pass --resume to continue it, or delete it to start over",

@@ -90,7 +90,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     super::check::output_path(&a.out, "--out")?;
-    let _lock = super::check::lock_output(&a.out, "--out")?;
+    let lock = super::check::lock_output(&a.out, "--out")?;
     let backend = a.device.backend()?;
     let dir = find_data(a.data.as_deref())?;
     let (train, kind) = load_split(&dir, Split::Train)?;
@@ -118,6 +118,7 @@ pub fn run(a: Args) -> Result<()> {
         backend.name()
     );
     let ckpt_path = checkpoint_path(&a.out);
+    lock.remove_stale_temps(&[&a.out, &ckpt_path]);
     let mut identity = sgd_identity(&opts.sgd);
     identity.extend([
         ("command".to_string(), "train".to_string()),
