@@ -88,12 +88,12 @@ fn wait_until(child: &mut Child, what: &str, ready: impl Fn() -> bool) {
     }
 }
 
+/// Send SIGINT, as Ctrl-C in a terminal does.
+#[cfg(unix)]
 fn sigint(child: &Child) {
-    let s = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(s.success());
+    // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+    let r = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    assert_eq!(r, 0, "kill(SIGINT) failed");
 }
 
 const SCAN: [&str; 10] = [
@@ -135,6 +135,7 @@ fn same_out_twice_the_second_run_refuses() {
     assert!(!dir.join("r.json.journal.json").exists(), "journal left");
 }
 
+#[cfg(unix)]
 #[test]
 fn ctrl_c_stops_scan_and_train_and_keeps_their_state() {
     let dir = scratch("ctrl_c");
