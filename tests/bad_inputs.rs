@@ -312,6 +312,7 @@ fn every_bad_input_fails_cleanly() {
         case("eval --batch 0", &ev("good.safetensors", "--batch 0"), &["--batch"]),
         case("eval --target beyond classes", &ev("good.safetensors", "--attack badnets --target 10"), &["--target 10", "0..10"]),
         case("defend --target beyond classes", &format!("defend ../in/good.safetensors {d} --out f.safetensors --attack badnets --target 11"), &["--target 11"]),
+        case("defend: fine-tuning subset empty", &format!("defend ../in/good.safetensors {d} --out f.safetensors --ratio 0.1"), &["--ratio 0.1", "leaves 0 images"]),
         case("demo --ft-epochs 0", "demo --ft-epochs 0", &["--ft-epochs"]),
         case("bench scan --layers 21", "bench scan --layers 21 --device cpu", &["--layers", "1..=20"]),
         case("prune --out missing folder", "prune ../in/good.safetensors --report ../in/good.json --out no/where.safetensors", &["--out", "does not exist"]),

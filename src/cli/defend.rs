@@ -71,6 +71,8 @@ pub fn run(a: Args) -> Result<()> {
             model.config().num_classes
         )));
     }
+    // The fine-tuning subset must be usable before the scan spends its time.
+    fmp_engine::fmp::finetune::subset(&clean, a.ft.ratio, a.ft.ft_seed)?;
     let attack = a.attack.map(|k| Attack::new(k, a.target));
     let test = match a.attack {
         Some(_) => Some(
