@@ -10,6 +10,7 @@ pub mod data;
 pub mod error;
 pub mod fmp;
 pub mod model;
+pub mod report;
 pub mod tensor;
 pub mod weights;
 

@@ -6,6 +6,9 @@ mod cli;
 #[derive(Parser)]
 #[command(name = "fmp-engine", version, about)]
 struct Cli {
+    /// Never download (also FMP_OFFLINE=1): without a dataset, say how to point at a local copy.
+    #[arg(long, global = true)]
+    offline: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -30,6 +33,8 @@ enum Command {
     Train(cli::train::Args),
     /// Train a small backdoored model, defend it, print Acc/ASR/RA before and after.
     Demo(cli::demo::Args),
+    /// Train backdoored models and compare every defense over scan seeds; writes a Markdown table and JSON.
+    Study(cli::study::Args),
     /// Download datasets into the engine's cache.
     Data(cli::data::Args),
     /// Compile every CUDA kernel with NVRTC and print its resource usage.
@@ -40,6 +45,7 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    fmp_engine::fmp::download::set_offline(cli.offline);
     let result = match cli.command {
         Command::Info(a) => cli::info::run(a),
         Command::Eval(a) => cli::eval::run(a),
@@ -50,6 +56,7 @@ fn main() {
         Command::Defend(a) => cli::defend::run(a),
         Command::Train(a) => cli::train::run(a),
         Command::Demo(a) => cli::demo::run(a),
+        Command::Study(a) => cli::study::run(a),
         Command::Data(a) => cli::data::run(a),
         Command::Kernels(a) => cli::kernels::run(a),
         Command::Bench(a) => cli::bench::run(a),

@@ -8,7 +8,9 @@ mod cli_support;
 use std::path::Path;
 
 use cli_support::*;
-use fmp_engine::fmp::select::{ConvReport, ReportModel, ReportSettings, ReportTotals, ScanReport};
+use fmp_engine::fmp::select::{
+    ConvReport, ReportModel, ReportSettings, ReportTotals, ScanReport, SCAN_SCHEMA,
+};
 use fmp_engine::model::ModelConfig;
 use fmp_engine::weights::{self, StateDict};
 use safetensors::tensor::{Dtype, TensorView};
@@ -51,11 +53,14 @@ fn report_for(model: &fmp_engine::model::PreActResNet18) -> ScanReport {
                 channels: ch,
                 scores: vec![0.5; ch],
                 true_prob: vec![0.5; ch],
+                margin: vec![0.0; ch],
                 selected: vec![0],
+                stability: None,
             }
         })
         .collect();
     ScanReport {
+        schema: SCAN_SCHEMA,
         model: ReportModel {
             path: "good.safetensors".into(),
             width: 8,
@@ -71,6 +76,10 @@ fn report_for(model: &fmp_engine::model::PreActResNet18) -> ScanReport {
             data: "data".into(),
             device: "cpu".into(),
             chunk_channels: 1,
+            score: "acc".into(),
+            repeats: 1,
+            aggregate: "mean".into(),
+            steps: 1,
         },
         totals: ReportTotals {
             convs: convs.len(),
@@ -79,6 +88,8 @@ fn report_for(model: &fmp_engine::model::PreActResNet18) -> ScanReport {
         },
         convs,
         seconds: 0.0,
+        stability: None,
+        trigger: None,
     }
 }
 
@@ -316,6 +327,22 @@ fn every_bad_input_fails_cleanly() {
         case("demo --ft-epochs 0", "demo --ft-epochs 0", &["--ft-epochs"]),
         case("bench scan --layers 21", "bench scan --layers 21 --device cpu", &["--layers", "1..=20"]),
         case("prune --out missing folder", "prune ../in/good.safetensors --report ../in/good.json --out no/where.safetensors", &["--out", "does not exist"]),
+        // flags from issues 11 and 13, range-checked alike
+        case("scan --repeats 0", &scan("--repeats 0"), &["--repeats", "1..="]),
+        case("scan --steps 0", &scan("--steps 0"), &["--steps", "1..="]),
+        case("scan --trigger-images 0", &scan("--attack badnets --trigger-images 0"), &["--trigger-images", "1..="]),
+        case("scan --resume with --repeats 2", &scan("--resume --repeats 2"), &["--resume", "--repeats 2"]),
+        case("scan --shard with --repeats 3", &scan("--shard 1/2 --repeats 3"), &["--shard", "--repeats 3"]),
+        case("scan --shard with --attack", &scan("--shard 1/2 --attack badnets"), &["--attack", "--shard"]),
+        case("scan --plot missing folder", &scan("--plot no/where.svg"), &["--plot", "does not exist"]),
+        case("prune --random -1", "prune ../in/good.safetensors --random=-1 --out p.safetensors --device cpu", &["--random"]),
+        case("prune --random with --p 0", "prune ../in/good.safetensors --random 1 --p 0 --out p.safetensors --device cpu", &["--p", "1..="]),
+        case("defend --fp-images 0", &format!("defend ../in/good.safetensors {d} --out f.safetensors --method fine-pruning --fp-images 0"), &["--fp-images", "1..="]),
+        case("defend --clp-u nan", &format!("defend ../in/good.safetensors {d} --out f.safetensors --method clp --clp-u nan"), &["--clp-u", "finite"]),
+        case("bench train --batch 1", "bench train --batch 1 --device cpu", &["--batch", "2..="]),
+        case("bench train --steps 0", "bench train --steps 0 --device cpu", &["--steps", "1..="]),
+        case("study --width 0", "study --width 0", &["--width", "1..=512"]),
+        case("study --ft-ratio 2", "study --ft-ratio 2", &["--ft-ratio", "(0, 1]"]),
     ];
     assert!(cases.len() >= 40, "catalogue has {} cases", cases.len());
 

@@ -61,3 +61,48 @@ fn scan_bench_runs_and_counts() {
     assert!(rep.channel_samples_per_s > 0.0 && rep.achieved_gflops > 0.0);
     assert!(rep.projected_full_scan_s > rep.per_conv.iter().map(|r| r.prefix_s).sum::<f64>());
 }
+
+#[test]
+fn scan_bench_profile_records_the_chunk_step_by_op() {
+    let dev = BenchDevice::cpu();
+    let cfg = ScanBenchConfig {
+        width: 8,
+        samples: 3,
+        layers: Some(3),
+        channels: Some(2),
+        chunk: Some(2),
+        profile: true,
+        ..Default::default()
+    };
+    let rep = run_scan_bench(&dev, &cfg, |_| {}).unwrap();
+    let prof = rep.profile.as_ref().expect("profile requested");
+    let calls = |op: &str| -> u64 { prof.iter().filter(|e| e.op == op).map(|e| e.calls).sum() };
+    // per conv one chunk of 2 channels: one one-hot gradient, one sign step, one scoring forward
+    assert_eq!(calls("conv_dgrad_onehot"), 3);
+    assert_eq!(calls("sign_step"), 3);
+    assert_eq!(calls("linear"), 3);
+    // the scoring forward runs all 20 convs once per chunk
+    assert_eq!(calls("conv_fwd"), 3 * 20);
+    let onehot_flops: u64 = prof
+        .iter()
+        .filter(|e| e.op == "conv_dgrad_onehot")
+        .map(|e| e.counted.flops)
+        .sum();
+    assert!(onehot_flops > 0);
+    let recorded: f64 = prof.iter().map(|e| e.seconds).sum();
+    let chunks: f64 = rep.per_conv.iter().map(|r| r.channels_s).sum();
+    assert!(recorded <= chunks * 1.001 + 1e-6, "{recorded} > {chunks}");
+    let table = fmp_engine::bench::profile::profile_table(prof, rep.ceilings.peak_flops);
+    assert!(table.contains("conv_dgrad_onehot") && table.contains("## by op and shape"));
+    // without --profile nothing is recorded
+    let plain = run_scan_bench(
+        &dev,
+        &ScanBenchConfig {
+            profile: false,
+            ..cfg
+        },
+        |_| {},
+    )
+    .unwrap();
+    assert!(plain.profile.is_none());
+}

@@ -168,6 +168,17 @@ fn conv_cases() -> Vec<G> {
         g(3, 7, 4, 4, 9, 3, 1, 1),
         g(2, 6, 6, 4, 5, 3, 1, 0),
         g(3, 7, 4, 8, 9, 1, 1, 0),
+        // direct stride-1 path: 16- and 32-wide output rows (whole-row vectors), pad 0 (input
+        // gradient padding 2), a 5x5 filter, a 3-channel stem-like input, 8x8 padded-grid lanes
+        g(2, 5, 6, 16, 9, 3, 1, 1),
+        g(2, 3, 5, 32, 17, 3, 1, 1),
+        g(2, 4, 6, 18, 11, 3, 1, 0),
+        g(2, 3, 9, 20, 5, 5, 1, 2),
+        g(3, 19, 8, 8, 8, 3, 1, 1),
+        // strided whole-row and 16-wide packing: 4x4, 8x8 (1x1) and 16x16 outputs at stride 2
+        g(2, 5, 8, 8, 6, 3, 2, 1),
+        g(2, 6, 16, 16, 7, 1, 2, 0),
+        g(2, 3, 32, 32, 5, 3, 2, 1),
     ]
 }
 
@@ -381,6 +392,8 @@ fn conv_onehot_equals_full_bitwise() {
         (g(6, 8, 9, 20, 64, 3, 2, 1), 26, 2),
         (g(8, 5, 4, 4, 70, 3, 1, 1), 26, 2),
         (g(4, 5, 8, 8, 12, 3, 1, 1), 3, 1),
+        (g(6, 3, 5, 32, 20, 3, 1, 1), 7, 2),
+        (g(4, 4, 6, 18, 9, 3, 1, 0), 1, 4),
     ];
     for (i, (g, first, group)) in cases.into_iter().enumerate() {
         let mut r = Rng::new(400 + i as u64);

@@ -8,7 +8,9 @@ use fmp_engine::backend::Backend;
 use fmp_engine::fmp::finetune::{finetune, FinetuneOptions};
 use fmp_engine::fmp::prune::{apply, selections, PruneMask};
 use fmp_engine::fmp::rng::Rng;
-use fmp_engine::fmp::select::{ConvReport, ReportModel, ReportSettings, ReportTotals, ScanReport};
+use fmp_engine::fmp::select::{
+    ConvReport, ReportModel, ReportSettings, ReportTotals, ScanReport, SCAN_SCHEMA,
+};
 use fmp_engine::fmp::LabeledImages;
 use fmp_engine::model::{ModelConfig, PreActResNet18};
 
@@ -34,12 +36,15 @@ fn report_for(m: &PreActResNet18) -> ScanReport {
                 channels: ch,
                 scores: vec![1.0; ch],
                 true_prob: vec![1.0; ch],
+                margin: Vec::new(),
                 selected,
+                stability: None,
             }
         })
         .collect();
     let selected = convs.iter().map(|c| c.selected.len()).sum();
     ScanReport {
+        schema: SCAN_SCHEMA,
         model: ReportModel {
             path: "test".into(),
             width: m.config().width,
@@ -55,6 +60,10 @@ fn report_for(m: &PreActResNet18) -> ScanReport {
             data: String::new(),
             device: "cpu".into(),
             chunk_channels: 1,
+            score: "acc".into(),
+            repeats: 1,
+            aggregate: "mean".into(),
+            steps: 1,
         },
         totals: ReportTotals {
             convs: convs.len(),
@@ -63,6 +72,8 @@ fn report_for(m: &PreActResNet18) -> ScanReport {
         },
         convs,
         seconds: 0.0,
+        stability: None,
+        trigger: None,
     }
 }
 

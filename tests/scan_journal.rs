@@ -223,3 +223,114 @@ fn shards_cover_every_map_once_and_balance_cost() {
     assert!(shard_slices(&m, 32, 0, 3).is_err());
     assert!(shard_slices(&m, 32, 4, 3).is_err());
 }
+
+/// The scan variants of issue 11 go through the journal too: `--steps 2 --score margin` sharded and
+/// merged gives the whole scan's report, which selects as `stability::scan_repeated` (one repeat) does
+/// in-process; the identity tells parts with other steps apart; `--repeats` > 1 refuses --shard/--resume.
+#[test]
+fn steps_and_score_variants_shard_and_merge_like_a_whole_scan() {
+    use fmp_engine::fmp::frg::ScanOptions;
+    use fmp_engine::fmp::pipeline::{load_clean, load_model};
+    use fmp_engine::fmp::select::ScanReport;
+    use fmp_engine::fmp::stability::{scan_repeated, Aggregate, RepeatOptions, ScoreKind};
+
+    let dir = setup("scan_variants");
+    let var = ["--steps", "2", "--score", "margin"];
+    ok(&scan(&dir, "full.json", &var));
+    for i in 1..=2 {
+        let mut extra = var.to_vec();
+        let shard = format!("{i}/2");
+        extra.extend(["--shard", &shard]);
+        ok(&scan(&dir, &format!("part{i}.json"), &extra));
+    }
+    let j = engine_json(
+        &dir,
+        &[
+            "merge",
+            "part2.json",
+            "part1.json",
+            "--out",
+            "merged.json",
+            "--json",
+        ],
+    );
+    assert_eq!(j["parts"], serde_json::json!(["part2.json", "part1.json"]));
+    assert_eq!(j["settings"]["steps"], 2);
+    assert_eq!(j["settings"]["score"], "margin");
+    assert_eq!(
+        report(&dir.join("full.json")),
+        report(&dir.join("merged.json"))
+    );
+
+    let r = ScanReport::load(&dir.join("full.json")).unwrap();
+    assert_eq!(
+        (
+            r.settings.steps,
+            r.settings.score.as_str(),
+            r.settings.repeats
+        ),
+        (2, "margin", 1)
+    );
+    let (clean, kind) = load_clean(&dir.join("data")).unwrap();
+    let model = load_model(cpu(), &dir.join("w.safetensors"), kind).unwrap();
+    let opts = ScanOptions {
+        p: 8,
+        steps: 2,
+        ..ScanOptions::default()
+    };
+    let ro = RepeatOptions {
+        samples: 4,
+        repeats: 1,
+        score: ScoreKind::Margin,
+        aggregate: Aggregate::Mean,
+    };
+    let (convs, stability, _) = scan_repeated(&model, &clean, &opts, &ro, &mut |_| {}).unwrap();
+    assert!(stability.is_none());
+    assert_eq!(convs.len(), r.convs.len());
+    for (a, b) in convs.iter().zip(&r.convs) {
+        assert_eq!(a.name, b.name);
+        assert_eq!(a.scores, b.scores, "{}", a.name);
+        assert_eq!(a.margin, b.margin, "{}", a.name);
+        assert_eq!(a.selected, b.selected, "{}", a.name);
+    }
+
+    // a part with a different step count is another scan
+    ok(&scan(
+        &dir,
+        "steps1.json",
+        &["--score", "margin", "--shard", "2/2"],
+    ));
+    let o = run_in(
+        &dir,
+        &["merge", "part1.json", "steps1.json", "--out", "bad.json"],
+    );
+    let (_, err) = text(&o);
+    assert!(
+        !o.status.success() && err.contains("steps: 2 vs 1"),
+        "{err}"
+    );
+    assert!(!dir.join("bad.json").exists());
+
+    // --repeats > 1 is not journaled: --shard and --resume are refused, naming both flags
+    for extra in [
+        &["--repeats", "2", "--shard", "1/2"][..],
+        &["--repeats", "2", "--resume"],
+    ] {
+        let o = scan(&dir, "rep.json", extra);
+        let (_, err) = text(&o);
+        assert!(!o.status.success(), "{extra:?} succeeded");
+        assert!(
+            err.contains("--repeats 2") && err.contains(extra[2]),
+            "{err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    assert!(!dir.join("rep.json").exists());
+    // and a whole --repeats 2 scan runs, writing no journal behind it
+    ok(&scan(&dir, "rep.json", &["--repeats", "2"]));
+    assert!(ScanReport::load(&dir.join("rep.json"))
+        .unwrap()
+        .stability
+        .is_some());
+    assert!(!dir.join("rep.json.journal.json").exists());
+}

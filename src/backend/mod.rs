@@ -26,7 +26,8 @@ pub trait Backend: Send + Sync {
     fn is_gpu(&self) -> bool;
     /// Wait until all queued work has finished (no-op on the CPU).
     fn synchronize(&self) -> Result<()>;
-    /// Bytes of memory the engine may use for work buffers (chunk sizing of the scan).
+    /// Bytes of work buffers the scan's chunks are sized for: device memory on a GPU, a
+    /// cache-sized working set on the CPU.
     fn memory_budget(&self) -> usize;
 
     // ---- memory ------------------------------------------------------------------------------

@@ -5,9 +5,11 @@
 pub mod count;
 pub mod device;
 pub mod kernels;
+pub mod profile;
 pub mod reference;
 pub mod scan;
 pub mod timing;
+pub mod train;
 
 pub use count::{Arch, OpCost};
 pub use device::Ceilings;

@@ -13,6 +13,7 @@ use std::time::Instant;
 use super::count::{Arch, OpCost};
 use super::device::{ceilings_for, Ceilings};
 use super::kernels::{fmt_time, git_commit};
+use super::profile::{profiled, ProfileEntry, ProfileTotals};
 use super::reference::Rng;
 use super::timing::BenchDevice;
 use crate::data::DatasetKind;
@@ -40,6 +41,8 @@ pub struct ScanBenchConfig {
     pub weights: Option<PathBuf>,
     /// Save the model used (e.g. for `benches/peers/frg_reference.py --weights`).
     pub save_weights: Option<PathBuf>,
+    /// Record the chunk steps op by op (`bench::profile`); costs a sync per op on a GPU.
+    pub profile: bool,
 }
 
 impl Default for ScanBenchConfig {
@@ -55,6 +58,7 @@ impl Default for ScanBenchConfig {
             seed: 0,
             weights: None,
             save_weights: None,
+            profile: false,
         }
     }
 }
@@ -103,6 +107,8 @@ pub struct ScanBenchReport {
     /// Counted full-scan FLOPs / peak FLOP/s: the compute roofline's lower bound on the scan's time.
     pub roofline_full_scan_s: f64,
     pub per_conv: Vec<ScanConvResult>,
+    /// With `profile`: the timed chunk steps (prefixes excluded) by op and shape.
+    pub profile: Option<Vec<ProfileEntry>>,
 }
 
 fn now_unix() -> u64 {
@@ -124,10 +130,7 @@ fn score_chunk(
     k: usize,
     eps: f32,
 ) -> Result<Vec<f32>> {
-    let mut res = LayerScores {
-        scores: Vec::with_capacity(k),
-        true_prob: Vec::with_capacity(k),
-    };
+    let mut res = LayerScores::default();
     score_channels(model, tx, tx0, x0, labels, c0, k, eps, &mut res)?;
     Ok(res.scores)
 }
@@ -154,6 +157,15 @@ pub fn run_scan_bench(
     cfg: &ScanBenchConfig,
     mut progress: impl FnMut(&ScanConvResult),
 ) -> Result<ScanBenchReport> {
+    let (profiled, prof) = match cfg.profile {
+        true => {
+            let (d, p) = profiled(dev);
+            (Some(d), Some(p))
+        }
+        false => (None, None),
+    };
+    let dev = profiled.as_ref().unwrap_or(dev);
+    let mut recorded = ProfileTotals::default();
     let be = dev.backend.clone();
     let model = bench_model(dev, cfg)?;
     let mc = model.config().clone();
@@ -202,6 +214,9 @@ pub fn run_scan_bench(
         let tx0 = model.forward_trace(&x0, l)?;
         be.synchronize()?;
         let prefix_s = t.elapsed().as_secs_f64();
+        if let Some(p) = &prof {
+            p.take(); // the warm-up and the prefixes are not the chunk step
+        }
         let t = Instant::now();
         let mut scores = Vec::with_capacity(n);
         let mut c0 = 0;
@@ -214,6 +229,9 @@ pub fn run_scan_bench(
         }
         be.synchronize()?;
         let channels_s = t.elapsed().as_secs_f64();
+        if let Some(p) = &prof {
+            recorded.add(p.take());
+        }
         let counted = arch.scan(b as u64, &[l], Some(n)).total();
         let per_channel_s = channels_s / n as f64;
         let r = ScanConvResult {
@@ -257,6 +275,7 @@ pub fn run_scan_bench(
         ceilings: ceil,
         config: cfg.clone(),
         per_conv,
+        profile: prof.map(|_| recorded.into_sorted()),
     })
 }
 

@@ -6,12 +6,14 @@ use fmp_engine::backend::cpu::CpuBackend;
 use fmp_engine::backend::select::DeviceSpec;
 use fmp_engine::backend::Backend;
 use fmp_engine::bench::kernels::{run_and_report, write_json, SuiteConfig};
+use fmp_engine::bench::profile::profile_table;
 use fmp_engine::bench::scan::{conv_line, run_scan_bench, summary, ScanBenchConfig};
 use fmp_engine::bench::timing::BenchDevice;
+use fmp_engine::bench::train::{run_train_bench, summary as train_summary, TrainBenchConfig};
 use fmp_engine::{Error, Result};
 
 use super::check::{int_in, seed, MAX_BATCH, MAX_CHANNELS, MAX_REPEATS, MAX_SAMPLES, MAX_WIDTH};
-use super::common::DeviceArgs;
+use super::common::{DeviceArgs, JsonOut};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -25,6 +27,32 @@ enum What {
     Kernels(KernelArgs),
     /// Time the batched FRG scan conv by conv; channel-samples/s, counted GFLOP/s, projected full scan.
     Scan(ScanArgs),
+    /// Time the fine-tuning step (train-mode forward, backward, SGD) at a batch; projects fine-tuning.
+    Train(TrainArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct TrainArgs {
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Model stem width.
+    #[arg(long, default_value_t = 16, value_parser = int_in::<usize>(1, MAX_WIDTH))]
+    width: usize,
+    /// Images per step (at least 2: batch statistics need two).
+    #[arg(long, default_value_t = 256, value_parser = int_in::<usize>(2, MAX_BATCH))]
+    batch: usize,
+    /// Timed steps (the median is reported).
+    #[arg(long, default_value_t = 5, value_parser = int_in::<usize>(1, MAX_REPEATS))]
+    steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 1, value_parser = int_in::<usize>(0, MAX_REPEATS))]
+    warmup: usize,
+    /// Print the timed steps' time by op and shape.
+    #[arg(long)]
+    profile: bool,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -55,9 +83,12 @@ struct ScanArgs {
     /// Save the model's weights (for benches/peers/frg_reference.py --weights).
     #[arg(long)]
     save_weights: Option<PathBuf>,
-    /// Write the JSON report here.
+    /// Write the JSON report here (`-`: print it on stdout, the text going to stderr).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Print the chunk step's time by op and shape (counted GFLOP/s and GB/s per op).
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -79,7 +110,7 @@ struct KernelArgs {
     /// Only cases whose name contains this.
     #[arg(long)]
     filter: Option<String>,
-    /// Write the JSON report here.
+    /// Write the JSON report here (`-`: print it on stdout, the text going to stderr).
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -88,11 +119,49 @@ pub fn run(args: Args) -> Result<()> {
     match args.what {
         What::Kernels(a) => kernels(a),
         What::Scan(a) => scan(a),
+        What::Train(a) => train(a),
     }
 }
 
+fn train(a: TrainArgs) -> Result<()> {
+    let cfg = TrainBenchConfig {
+        width: a.width,
+        batch: a.batch,
+        steps: a.steps,
+        warmup: a.warmup,
+        profile: a.profile,
+        ..TrainBenchConfig::default()
+    };
+    let (json, json_file) = json_target(&a.json)?;
+    if let Some(p) = json_file {
+        super::check::output_path(p, "--json")?;
+    }
+    let dev = BenchDevice::open(a.device.device.parse::<DeviceSpec>()?)?;
+    println!("# fine-tuning step on {}", dev.backend.name());
+    let rep = run_train_bench(&dev, &cfg)?;
+    println!("{}", train_summary(&rep));
+    if let Some(p) = &rep.profile {
+        print!("{}", profile_table(p, rep.ceilings.peak_flops));
+    }
+    if let Some(p) = json_file {
+        write_json(p, &rep)?;
+        println!("# wrote {}", p.display());
+    }
+    json.emit(&rep)
+}
+
+/// `--json -`: the report goes to stdout (returns the output and no path), else to the file.
+fn json_target(p: &Option<PathBuf>) -> Result<(JsonOut, Option<&std::path::Path>)> {
+    let stdout = p.as_deref() == Some(std::path::Path::new("-"));
+    Ok((JsonOut::begin(stdout)?, p.as_deref().filter(|_| !stdout)))
+}
+
 fn scan(a: ScanArgs) -> Result<()> {
-    for (p, flag) in [(&a.json, "--json"), (&a.save_weights, "--save-weights")] {
+    let (json, json_file) = json_target(&a.json)?;
+    for (p, flag) in [
+        (&json_file, "--json"),
+        (&a.save_weights.as_deref(), "--save-weights"),
+    ] {
         if let Some(p) = p {
             super::check::output_path(p, flag)?;
         }
@@ -109,6 +178,7 @@ fn scan(a: ScanArgs) -> Result<()> {
         seed: a.seed,
         weights: a.weights,
         save_weights: a.save_weights,
+        profile: a.profile,
         ..ScanBenchConfig::default()
     };
     let dev = BenchDevice::open(a.device.device.parse::<DeviceSpec>()?)?;
@@ -120,15 +190,19 @@ fn scan(a: ScanArgs) -> Result<()> {
     );
     let rep = run_scan_bench(&dev, &cfg, |r| println!("{}", conv_line(r)))?;
     println!("{}", summary(&rep));
-    if let Some(p) = &a.json {
+    if let Some(p) = &rep.profile {
+        print!("{}", profile_table(p, rep.ceilings.peak_flops));
+    }
+    if let Some(p) = json_file {
         write_json(p, &rep)?;
         println!("# wrote {}", p.display());
     }
-    Ok(())
+    json.emit(&rep)
 }
 
 fn kernels(a: KernelArgs) -> Result<()> {
-    if let Some(p) = &a.json {
+    let (json, json_file) = json_target(&a.json)?;
+    if let Some(p) = json_file {
         super::check::output_path(p, "--json")?;
     }
     let mut cfg = if a.quick {
@@ -149,7 +223,8 @@ fn kernels(a: KernelArgs) -> Result<()> {
         .backend
         .is_gpu()
         .then(|| Arc::new(CpuBackend::new()) as Arc<dyn Backend>);
-    let report = run_and_report(&dev, cpu.as_deref(), &cfg, a.json.as_deref())?;
+    let report = run_and_report(&dev, cpu.as_deref(), &cfg, json_file)?;
+    json.emit(&report)?;
     let failed = report.failures().len();
     if failed > 0 {
         return Err(Error::Msg(format!(

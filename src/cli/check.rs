@@ -17,6 +17,7 @@ pub const MAX_SAMPLES: u64 = 1_000_000;
 pub const MAX_CHANNELS: u64 = 1 << 20;
 pub const MAX_CLASS: u64 = 65_535;
 pub const MAX_REPEATS: u64 = 100_000;
+pub const MAX_STEPS: u64 = 10_000;
 
 /// An integer flag in `lo..=hi` (decimal; also rejects negatives, fractions and values that do not fit).
 pub fn int_in<T>(

@@ -1,9 +1,10 @@
 //! `fmp-engine data cifar10 [--dir DIR]`: download CIFAR-10 (binary version) from its official address into
 //! the engine's cache (or DIR), verify its MD5, unpack it.
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use fmp_engine::fmp::download::{fetch_cifar10, CIFAR10_DIR, CIFAR10_MD5, CIFAR10_URL};
+use fmp_engine::fmp::download::{
+    fetch_cifar10_with_progress, offline, CIFAR10_DIR, CIFAR10_MD5, CIFAR10_URL,
+};
 use fmp_engine::fmp::pipeline::cache_dir;
 use fmp_engine::{Error, Result};
 
@@ -43,29 +44,10 @@ pub fn run(a: Args) -> Result<()> {
         );
         return Ok(());
     }
-    let tty = std::io::stderr().is_terminal();
-    let mut last = 0u64;
-    if a.archive.is_none() {
+    if a.archive.is_none() && !offline() {
         println!("downloading {} into {}", a.url, dir.display());
     }
-    let out = fetch_cifar10(
-        &a.url,
-        &a.md5,
-        &dir,
-        a.archive.as_deref(),
-        &mut |done, total| {
-            if tty && done - last > (1 << 22) {
-                last = done;
-                match total {
-                    Some(t) => eprint!("\r  {:.1} / {:.1} MB", done as f64 / 1e6, t as f64 / 1e6),
-                    None => eprint!("\r  {:.1} MB", done as f64 / 1e6),
-                }
-            }
-        },
-    )?;
-    if tty {
-        eprintln!();
-    }
+    let out = fetch_cifar10_with_progress(&a.url, &a.md5, &dir, a.archive.as_deref())?;
     println!("CIFAR-10 ready (MD5 verified): {}", out.display());
     if a.dir.is_some() {
         println!(

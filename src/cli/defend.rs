@@ -9,13 +9,16 @@ use fmp_engine::fmp::attacks::{Attack, AttackKind};
 use fmp_engine::fmp::metrics::{evaluate, Metrics};
 use fmp_engine::fmp::pipeline::{eval_batch, find_data, load_clean, load_model, load_split};
 use fmp_engine::fmp::prune::{apply, selections};
+use fmp_engine::fmp::select::ScanReport;
 use fmp_engine::fmp::LabeledImages;
 use fmp_engine::model::PreActResNet18;
+use fmp_engine::report::write_defend_report;
 use fmp_engine::Result;
 
-use super::check::{int_in, MAX_CLASS, MAX_IMAGES};
-use super::common::DeviceArgs;
+use super::check::{int_in, real_in, MAX_CLASS, MAX_IMAGES};
+use super::common::{DeviceArgs, JsonOut};
 use super::finetune::{run_finetune, FinetuneArgs};
+use super::methods::{run_method, Ctx, Method};
 use super::scan::{print_summary, run_scan, ScanArgs};
 
 #[derive(clap::Args, Debug)]
@@ -30,7 +33,15 @@ pub struct Args {
     pub out: PathBuf,
     /// Scan report [default: `<OUT>.scan.json`].
     #[arg(long)]
+    pub scan_report: Option<PathBuf>,
+    /// Write a report folder: report.html (Acc/ASR/RA before, after pruning and after fine-tuning, the
+    /// scan plot, the settings, the commands to reproduce it), scan.svg and summary.json.
+    #[arg(long, value_name = "DIR")]
     pub report: Option<PathBuf>,
+    /// Print one JSON object (the summary: metrics at each stage, settings, commands) on stdout; the
+    /// progress text goes to stderr.
+    #[arg(long)]
+    pub json: bool,
     /// Keep pruned filters at zero during fine-tuning (the reference does not).
     #[arg(long)]
     pub mask: bool,
@@ -42,6 +53,20 @@ pub struct Args {
     /// Evaluate on the first N test images only.
     #[arg(long, value_parser = int_in::<usize>(1, MAX_IMAGES))]
     pub eval_limit: Option<usize>,
+    /// The defense: fmp, random (random maps, FMP's counts per conv, seed --seed), finetune-only,
+    /// fine-pruning (least active maps on clean data, FMP's counts) or clp (data-free, no fine-tuning).
+    #[arg(long, default_value = "fmp")]
+    pub method: Method,
+    /// Also run the controls (fine-tuning only; random maps with FMP's counts, seed --seed) and print
+    /// their rows beside FMP's (after pruning alone and after fine-tuning). The weights written are --method's.
+    #[arg(long)]
+    pub controls: bool,
+    /// CLP: prune maps whose channel Lipschitz bound exceeds mean + u * std of their conv.
+    #[arg(long, default_value_t = 3.0, value_parser = real_in(-100.0, false, 100.0, false))]
+    pub clp_u: f32,
+    /// Fine-Pruning: clean images its activity is measured on.
+    #[arg(long, default_value_t = 256, value_parser = int_in::<usize>(1, MAX_IMAGES))]
+    pub fp_images: usize,
     #[command(flatten)]
     pub scan: ScanArgs,
     #[command(flatten)]
@@ -53,13 +78,17 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     super::check::input_file(&a.weights, "WEIGHTS")?;
     super::check::output_path(&a.out, "--out")?;
-    let report_path = a.report.clone().unwrap_or_else(|| {
+    let report_path = a.scan_report.clone().unwrap_or_else(|| {
         let mut s = a.out.as_os_str().to_owned();
         s.push(".scan.json");
         PathBuf::from(s)
     });
-    super::check::output_path(&report_path, "--report")?;
+    super::check::output_path(&report_path, "--scan-report")?;
+    if let Some(r) = &a.report {
+        super::defend_report::check_report_dir(r)?;
+    }
     let _lock = super::check::lock_output(&a.out, "--out")?;
+    let json = JsonOut::begin(a.json)?;
     let backend = a.device.backend()?;
     let dir = find_data(a.data.as_deref())?;
     let (clean, kind) = load_clean(&dir)?;
@@ -73,21 +102,47 @@ pub fn run(a: Args) -> Result<()> {
     }
     // The fine-tuning subset must be usable before the scan spends its time.
     fmp_engine::fmp::finetune::subset(&clean, a.ft.ratio, a.ft.ft_seed)?;
-    let attack = a.attack.map(|k| Attack::new(k, a.target));
-    let test = match a.attack {
-        Some(_) => Some(
+    // the test split: for ASR/RA under --attack, and for the clean accuracy a report or --json shows
+    let summarise = a.report.is_some() || a.json;
+    let test = match a.attack.is_some() || summarise {
+        true => Some(
             load_split(&dir, Split::Test)?
                 .0
                 .truncate(a.eval_limit.unwrap_or(usize::MAX)),
         ),
-        None => None,
+        false => None,
     };
-    let before = match (&test, &attack) {
-        (Some(t), Some(at)) => Some(evaluate(&model, t, Some(at), eval_batch(backend.as_ref()))?),
-        _ => None,
+    let attack = a.attack.map(|k| Attack::new(k, a.target));
+    let eval = |m: &PreActResNet18| -> Result<Option<Metrics>> {
+        match &test {
+            Some(t) => Ok(Some(evaluate(
+                m,
+                t,
+                attack.as_ref(),
+                eval_batch(backend.as_ref()),
+            )?)),
+            None => Ok(None),
+        }
     };
+    let before = eval(&model)?;
+    if a.controls || a.method != Method::Fmp {
+        return run_methods(
+            &a,
+            &model,
+            &clean,
+            kind,
+            &dir,
+            &backend,
+            test.as_ref(),
+            attack.as_ref(),
+            before,
+            &report_path,
+        );
+    }
     let t0 = Instant::now();
-    defend(
+    let mut after_prune = None;
+    let mut eval_seconds = 0.0;
+    let (report, pruned) = defend(
         &mut model,
         &clean,
         kind,
@@ -98,21 +153,121 @@ pub fn run(a: Args) -> Result<()> {
         a.mask,
         &report_path,
         &backend,
+        &mut |m| {
+            if summarise {
+                let t = Instant::now();
+                after_prune = eval(m)?;
+                eval_seconds = t.elapsed().as_secs_f64();
+            }
+            Ok(())
+        },
     )?;
+    let defend_seconds = t0.elapsed().as_secs_f64() - eval_seconds;
     model.save(&a.out)?;
     println!(
         "defended weights: {} ({:.1} s)",
         a.out.display(),
-        t0.elapsed().as_secs_f64()
+        defend_seconds
     );
-    if let (Some(t), Some(at), Some(b)) = (&test, &attack, before) {
-        let after = evaluate(&model, t, Some(at), eval_batch(backend.as_ref()))?;
-        print_metrics_table(&[("before", b), ("after FMP", after)]);
+    let after = eval(&model)?;
+    if let (Some(_), Some(b), Some(af)) = (&attack, before, after) {
+        let mut rows = vec![("before", b)];
+        rows.extend(after_prune.map(|m| ("pruned", m)));
+        rows.push(("after FMP", af));
+        print_metrics_table(&rows);
+    }
+    if summarise {
+        let stages = [
+            ("before", before),
+            ("after pruning", after_prune),
+            ("after fine-tuning", after),
+        ];
+        let summary = super::defend_report::summary(
+            &a,
+            &dir,
+            kind,
+            &report_path,
+            &report,
+            pruned,
+            &stages,
+            defend_seconds,
+            &backend.name(),
+        );
+        if let Some(r) = &a.report {
+            let page = write_defend_report(r, &summary, &report)?;
+            println!("report: {}", page.display());
+        }
+        json.emit(&summary)?;
     }
     Ok(())
 }
 
-/// Scan (report written to `report_path`), prune, optionally mask, fine-tune; `model` is changed in place.
+/// `--method` other than fmp, or `--controls`: each defense on a copy of the model, a row per result.
+#[allow(clippy::too_many_arguments)]
+fn run_methods(
+    a: &Args,
+    model: &PreActResNet18,
+    clean: &LabeledImages,
+    kind: DatasetKind,
+    dir: &std::path::Path,
+    backend: &Arc<dyn Backend>,
+    test: Option<&LabeledImages>,
+    attack: Option<&Attack>,
+    before: Option<Metrics>,
+    report_path: &std::path::Path,
+) -> Result<()> {
+    let ctx = Ctx {
+        clean,
+        kind,
+        data_dir: dir,
+        weights: &a.weights,
+        scan: &a.scan,
+        ft: &a.ft,
+        mask: a.mask,
+        backend,
+        test: test.map(|t| (t, attack)),
+        seed: a.scan.seed,
+        clp_u: a.clp_u,
+        fp_images: a.fp_images,
+        report_path: Some(report_path),
+    };
+    let mut list = vec![a.method];
+    if a.controls {
+        for m in [Method::Fmp, Method::FinetuneOnly, Method::Random] {
+            if !list.contains(&m) {
+                list.push(m);
+            }
+        }
+    }
+    let mut rows: Vec<(String, Metrics)> = before
+        .map(|b| ("before".to_string(), b))
+        .into_iter()
+        .collect();
+    let mut times = Vec::new();
+    for (i, &m) in list.iter().enumerate() {
+        let (defended, out) = run_method(model, m, &ctx)?;
+        if i == 0 {
+            defended.save(&a.out)?;
+            println!("defended weights ({}): {}", m.name(), a.out.display());
+        }
+        if let Some(p) = out.after_prune.filter(|_| m.fine_tunes()) {
+            rows.push((format!("{} pruned", m.name()), p));
+        }
+        if let Some(x) = out.after {
+            rows.push((m.name().to_string(), x));
+        }
+        times.push(format!("{} {:.1} s", m.name(), out.seconds));
+    }
+    if !rows.is_empty() {
+        let r: Vec<(&str, Metrics)> = rows.iter().map(|(n, m)| (n.as_str(), *m)).collect();
+        print_metrics_table(&r);
+    }
+    println!("time: {}", times.join(", "));
+    Ok(())
+}
+
+/// Scan (report written to `report_path`), prune, optionally mask, `after_prune(model)`, fine-tune; `model`
+/// is changed in place. Returns the scan report and the number of feature maps pruned.
 #[allow(clippy::too_many_arguments)]
 pub fn defend(
     model: &mut PreActResNet18,
@@ -125,7 +280,8 @@ pub fn defend(
     mask: bool,
     report_path: &std::path::Path,
     backend: &Arc<dyn Backend>,
-) -> Result<()> {
+    after_prune: &mut dyn FnMut(&PreActResNet18) -> Result<()>,
+) -> Result<(ScanReport, usize)> {
     let report = run_scan(model, weights, clean, data_dir, scan, backend)?;
     report.save(report_path)?;
     print_summary(&report);
@@ -144,18 +300,20 @@ pub fn defend(
             ""
         }
     );
-    run_finetune(model, clean, ft, kind)
+    after_prune(model)?;
+    run_finetune(model, clean, ft, kind)?;
+    Ok((report, pruned.len()))
 }
 
 pub fn print_metrics_table(rows: &[(&str, Metrics)]) {
-    println!("  {:<12} {:>8} {:>8} {:>8}", "", "Acc %", "ASR %", "RA %");
+    println!("  {:<20} {:>8} {:>8} {:>8}", "", "Acc %", "ASR %", "RA %");
     for (name, m) in rows {
         let pct = |v: Option<f64>| {
             v.map(|v| format!("{:.2}", 100.0 * v))
                 .unwrap_or_else(|| "-".into())
         };
         println!(
-            "  {:<12} {:>8.2} {:>8} {:>8}",
+            "  {:<20} {:>8.2} {:>8} {:>8}",
             name,
             100.0 * m.acc,
             pct(m.asr),

@@ -7,13 +7,13 @@ use std::time::Instant;
 use fmp_engine::data::{DatasetKind, Split};
 use fmp_engine::fmp::attacks::{Attack, AttackKind};
 use fmp_engine::fmp::metrics::evaluate;
-use fmp_engine::fmp::pipeline::{eval_batch, find_data, load_split, no_data_help};
+use fmp_engine::fmp::pipeline::{eval_batch, find_data, load_split};
 use fmp_engine::fmp::train::{train_backdoored, BackdoorOptions};
 use fmp_engine::model::{ModelConfig, PreActResNet18};
 use fmp_engine::{Error, Result};
 
 use super::check::{int_in, real_in, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_WIDTH};
-use super::common::DeviceArgs;
+use super::common::{DeviceArgs, JsonOut};
 use super::defend::{defend, print_metrics_table};
 use super::finetune::FinetuneArgs;
 use super::scan::ScanArgs;
@@ -53,6 +53,9 @@ pub struct Args {
     /// Where the trained and defended weights go.
     #[arg(long, default_value = "fmp-demo")]
     pub workdir: PathBuf,
+    /// Print one JSON object on stdout (progress text goes to stderr); fields in docs/report.md.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -64,12 +67,11 @@ pub fn run(a: Args) -> Result<()> {
             a.workdir.display()
         )));
     }
+    let json = JsonOut::begin(a.json)?;
     let backend = a.device.backend()?;
     let gpu = backend.is_gpu();
-    let dir = find_data(a.data.as_deref()).map_err(|e| match (a.data.is_some(), e) {
-        (false, _) => Error::Msg(no_data_help()),
-        (true, e) => e,
-    })?;
+    // finds the data or, with none anywhere, downloads CIFAR-10 into the cache (unless --offline)
+    let dir = find_data(a.data.as_deref())?;
     let (train, kind) = load_split(&dir, Split::Train)?;
     if kind != DatasetKind::Cifar10 {
         return Err(Error::Data {
@@ -130,16 +132,7 @@ pub fn run(a: Args) -> Result<()> {
         "2/2 FMP defense: scan (p = {}: as many channels per conv as the paper prunes), prune, fine-tune",
         width.min(64)
     );
-    let scan = ScanArgs {
-        samples: 32,
-        p: Some(width.min(64)),
-        alpha: 1.0 / 255.0,
-        eps: 4.0 / 255.0,
-        seed: 0,
-        reference_order: false,
-        chunk: None,
-        naive: false,
-    };
+    let scan = ScanArgs::paper(0, Some(width.min(64)));
     let ft = FinetuneArgs {
         epochs: a.ft_epochs,
         ratio: 0.1,
@@ -155,6 +148,7 @@ pub fn run(a: Args) -> Result<()> {
         .join(format!("{}-w{width}-fmp.safetensors", a.attack));
     let mut report = defended.as_os_str().to_owned();
     report.push(".scan.json");
+    let report_path = PathBuf::from(report);
     defend(
         &mut model,
         &defender_pool,
@@ -164,8 +158,9 @@ pub fn run(a: Args) -> Result<()> {
         &scan,
         &ft,
         false,
-        &PathBuf::from(report),
+        &report_path,
         &backend,
+        &mut |_| Ok(()),
     )?;
     model.save(&defended)?;
     let after = evaluate(&model, &test, Some(&attack), eval_batch(backend.as_ref()))?;
@@ -176,5 +171,19 @@ pub fn run(a: Args) -> Result<()> {
     );
     print_metrics_table(&[("backdoored", before), ("after FMP", after)]);
     println!("weights: {} -> {}", trained.display(), defended.display());
-    Ok(())
+    json.emit(&serde_json::json!({
+        "attack": a.attack.name(),
+        "target": 0,
+        "width": width,
+        "train_images": train.len(),
+        "test_images": test.len(),
+        "data": dir.display().to_string(),
+        "device": backend.name(),
+        "trained": trained.display().to_string(),
+        "defended": defended.display().to_string(),
+        "scan_report": report_path.display().to_string(),
+        "before": before,
+        "after": after,
+        "seconds": t_all.elapsed().as_secs_f64(),
+    }))
 }

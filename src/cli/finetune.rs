@@ -7,16 +7,16 @@ use fmp_engine::fmp::download::md5_file;
 use fmp_engine::fmp::finetune::{finetune_resumable, FinetuneOptions};
 use fmp_engine::fmp::pipeline::{find_data, load_clean, load_model};
 use fmp_engine::fmp::prune::PruneMask;
-use fmp_engine::fmp::train::{Checkpointing, LoopState, SgdOptions};
+use fmp_engine::fmp::train::{Checkpointing, EpochStats, LoopState, SgdOptions};
 use fmp_engine::fmp::LabeledImages;
 use fmp_engine::model::PreActResNet18;
 use fmp_engine::Result;
 
 use super::check::{int_in, real_in, seed, MAX_BATCH, MAX_EPOCHS};
-use super::common::DeviceArgs;
+use super::common::{DeviceArgs, JsonOut};
 
 /// Fine-tuning settings shared by `finetune`, `defend` and `demo`.
-#[derive(clap::Args, Clone, Debug)]
+#[derive(clap::Args, Clone, Debug, serde::Serialize)]
 pub struct FinetuneArgs {
     #[arg(long, default_value_t = 10, value_parser = int_in::<usize>(1, MAX_EPOCHS))]
     pub epochs: usize,
@@ -80,6 +80,9 @@ pub struct Args {
     /// weights, mask, data and settings only); the result is bit-identical to an uninterrupted run.
     #[arg(long)]
     pub resume: bool,
+    /// Print one JSON object on stdout (progress text goes to stderr); fields in docs/report.md.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -91,12 +94,14 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(m) = &a.mask {
         super::check::input_file(m, "--mask")?;
     }
+    let json = JsonOut::begin(a.json)?;
     let backend = a.device.backend()?;
     let dir = find_data(a.data.as_deref())?;
     let (clean, kind) = load_clean(&dir)?;
     let mut model = load_model(backend.clone(), &a.weights, kind)?;
     let mut pairs = Vec::new();
     let mut mask_md5 = "-".to_string();
+    let mut mask = None;
     if !a.no_mask {
         let sidecar = PruneMask::sidecar(&a.weights);
         let path = a
@@ -112,6 +117,7 @@ pub fn run(a: Args) -> Result<()> {
                 pairs.len(),
                 p.display()
             );
+            mask = Some((p.display().to_string(), pairs.len()));
         }
     }
     let opts = a.ft.options(kind);
@@ -154,7 +160,7 @@ pub fn run(a: Args) -> Result<()> {
         }
         Ok(())
     };
-    run_finetune_with(
+    let epochs = run_finetune_with(
         &mut model,
         &clean,
         &a.ft,
@@ -167,7 +173,17 @@ pub fn run(a: Args) -> Result<()> {
     model.save(&a.out)?;
     let _ = std::fs::remove_file(&ckpt_path);
     println!("fine-tuned weights: {}", a.out.display());
-    Ok(())
+    let images = fmp_engine::fmp::finetune::subset(&clean, a.ft.ratio, a.ft.ft_seed)?.len();
+    json.emit(&serde_json::json!({
+        "weights": a.weights.display().to_string(),
+        "out": a.out.display().to_string(),
+        "data": dir.display().to_string(),
+        "images": images,
+        "mask": mask.as_ref().map(|m| &m.0),
+        "masked_filters": mask.as_ref().map(|m| m.1).unwrap_or(0),
+        "settings": a.ft,
+        "epochs": epochs,
+    }))
 }
 
 pub fn run_finetune(
@@ -175,7 +191,7 @@ pub fn run_finetune(
     clean: &LabeledImages,
     ft: &FinetuneArgs,
     kind: DatasetKind,
-) -> Result<()> {
+) -> Result<Vec<EpochStats>> {
     run_finetune_with(model, clean, ft, kind, None)
 }
 
@@ -186,7 +202,7 @@ pub fn run_finetune_with(
     ft: &FinetuneArgs,
     kind: DatasetKind,
     ckpt: Option<Checkpointing>,
-) -> Result<()> {
+) -> Result<Vec<EpochStats>> {
     let opts = ft.options(kind);
     let n = fmp_engine::fmp::finetune::subset(clean, opts.ratio, opts.sgd.seed)?.len();
     println!(
@@ -205,6 +221,5 @@ pub fn run_finetune_with(
             )
         },
         ckpt,
-    )?;
-    Ok(())
+    )
 }

@@ -7,23 +7,40 @@ pub struct Args {
     /// Skip probing CUDA (which compiles or loads every kernel).
     #[arg(long)]
     pub no_cuda: bool,
+    /// Print one JSON object (version, threads, backends) instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    println!("fmp-engine {}", env!("CARGO_PKG_VERSION"));
-    println!(
-        "threads: {} (rayon; set RAYON_NUM_THREADS to change)",
-        rayon::current_num_threads()
-    );
+    let threads = rayon::current_num_threads();
     let cpu = select(DeviceSpec::Cpu)?;
+    let cuda = (!args.no_cuda).then(|| select(DeviceSpec::Cuda(0)));
+    if args.json {
+        let cuda = match &cuda {
+            None => serde_json::json!({"available": false, "probed": false}),
+            Some(Ok(b)) => serde_json::json!({"available": true, "probed": true, "name": b.name()}),
+            Some(Err(e)) => {
+                serde_json::json!({"available": false, "probed": true, "error": e.to_string()})
+            }
+        };
+        println!(
+            "{}",
+            serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "threads": threads,
+                "backends": {"cpu": {"available": true, "name": cpu.name()}, "cuda": cuda},
+            })
+        );
+        return Ok(());
+    }
+    println!("fmp-engine {}", env!("CARGO_PKG_VERSION"));
+    println!("threads: {threads} (rayon; set RAYON_NUM_THREADS to change)");
     println!("backend cpu: available: {}", cpu.name());
-    if args.no_cuda {
-        println!("backend cuda: not probed (--no-cuda)");
-    } else {
-        match select(DeviceSpec::Cuda(0)) {
-            Ok(b) => println!("backend cuda: available: {}", b.name()),
-            Err(e) => println!("backend cuda: unavailable: {e}"),
-        }
+    match cuda {
+        None => println!("backend cuda: not probed (--no-cuda)"),
+        Some(Ok(b)) => println!("backend cuda: available: {}", b.name()),
+        Some(Err(e)) => println!("backend cuda: unavailable: {e}"),
     }
     Ok(())
 }

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use fmp_engine::fmp::journal::PartialScan;
 use fmp_engine::Result;
 
-use super::scan::{print_summary, report_from_parts};
+use super::common::JsonOut;
+use super::scan::{print_summary, report_from_parts, report_json};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -16,11 +17,16 @@ pub struct Args {
     /// The merged scan report.
     #[arg(long)]
     pub out: PathBuf,
+    /// Print one JSON object on stdout (the fields of `scan --json`, plus `parts`); the text goes to
+    /// stderr.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
     super::check::output_path(&a.out, "--out")?;
     let _lock = super::check::lock_output(&a.out, "--out")?;
+    let json = JsonOut::begin(a.json)?;
     let mut parts = Vec::new();
     for p in &a.parts {
         super::check::input_file(p, "PART")?;
@@ -31,5 +37,7 @@ pub fn run(a: Args) -> Result<()> {
     report.save(&a.out)?;
     print_summary(&report);
     println!("merged {} parts into {}", parts.len(), a.out.display());
-    Ok(())
+    let mut v = report_json(&report, &a.out, None);
+    v["parts"] = serde_json::json!(names);
+    json.emit(&v)
 }

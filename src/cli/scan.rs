@@ -4,19 +4,27 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use fmp_engine::backend::Backend;
+use fmp_engine::fmp::attacks::{Attack, AttackKind};
+use fmp_engine::fmp::controls::{trigger_overlap, trigger_sensitivity, TriggerDiagnostic};
 use fmp_engine::fmp::frg::{all_slices, check_scan_inputs, scan_slices, ScanOptions};
 use fmp_engine::fmp::journal::{
     conv_layout, images_md5, journal_path, merge, select, shard_slices, weights_md5, PartialScan,
     ScanIdentity,
 };
-use fmp_engine::fmp::pipeline::{find_data, load_clean, load_model, progress_bar, scan_samples};
-use fmp_engine::fmp::select::{ReportModel, ReportSettings, ReportTotals, ScanReport};
+use fmp_engine::fmp::pipeline::{
+    eval_batch, find_data, load_clean, load_model, progress_bar, scan_samples,
+};
+use fmp_engine::fmp::rng::Rng;
+use fmp_engine::fmp::select::{ReportModel, ReportSettings, ReportTotals, ScanReport, SCAN_SCHEMA};
+use fmp_engine::fmp::stability::{scan_repeated, Aggregate, RepeatOptions, ScoreKind};
 use fmp_engine::fmp::LabeledImages;
 use fmp_engine::model::PreActResNet18;
 use fmp_engine::{Error, Result};
 
-use super::check::{int_in, real_in, seed, MAX_CHANNELS, MAX_SAMPLES};
-use super::common::DeviceArgs;
+use super::check::{
+    int_in, real_in, seed, MAX_CHANNELS, MAX_IMAGES, MAX_REPEATS, MAX_SAMPLES, MAX_STEPS,
+};
+use super::common::{DeviceArgs, JsonOut};
 
 /// Scan settings shared by `scan`, `defend` and `demo`.
 #[derive(clap::Args, Clone, Debug)]
@@ -47,6 +55,40 @@ pub struct ScanArgs {
     /// Use the plain one-channel-at-a-time loop (slow; for checking).
     #[arg(long)]
     pub naive: bool,
+    /// Independent draws of scan images and X0 noise (seeds derived from --seed); the report gives each
+    /// map's aggregate score and spread and the agreement between repeats, and selects from the aggregate.
+    #[arg(long, default_value_t = 1, value_parser = int_in::<usize>(1, MAX_REPEATS))]
+    pub repeats: usize,
+    /// Selection score: acc (accuracy, ties by true-class probability: the paper), prob (mean true-class
+    /// probability, ties by accuracy) or margin (mean logit margin, ties by accuracy).
+    #[arg(long, default_value = "acc")]
+    pub score: ScoreKind,
+    /// How repeats are combined per map: mean or median.
+    #[arg(long, default_value = "mean")]
+    pub aggregate: Aggregate,
+    /// FRG sign steps per feature map (1: the paper's single step).
+    #[arg(long, default_value_t = 1, value_parser = int_in::<usize>(1, MAX_STEPS))]
+    pub steps: usize,
+}
+
+impl ScanArgs {
+    /// The paper's recipe (32 samples, accuracy score, one draw, one step) with the given seed and p.
+    pub fn paper(seed: u64, p: Option<usize>) -> Self {
+        ScanArgs {
+            samples: 32,
+            p,
+            alpha: 1.0 / 255.0,
+            eps: 4.0 / 255.0,
+            seed,
+            reference_order: false,
+            chunk: None,
+            naive: false,
+            repeats: 1,
+            score: ScoreKind::Acc,
+            aggregate: Aggregate::Mean,
+            steps: 1,
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -58,24 +100,55 @@ pub struct Args {
     pub data: Option<PathBuf>,
     #[command(flatten)]
     pub scan: ScanArgs,
+    /// Known attack (badnets, blended, lowfreq, wanet): also report how many selected maps are among the
+    /// maps most sensitive to its trigger, against chance.
+    #[arg(long)]
+    pub attack: Option<AttackKind>,
+    /// Clean images the trigger diagnostic measures on.
+    #[arg(long, default_value_t = 256, value_parser = int_in::<usize>(1, MAX_IMAGES))]
+    pub trigger_images: usize,
     /// Report file (with --shard: this shard's partial report, for `fmp-engine merge`). Each finished
-    /// conv is journaled to `<OUT>.journal.json` until the report is written.
+    /// conv is journaled to `<OUT>.journal.json` until the report is written (with --repeats 1).
     #[arg(long, default_value = "report.json")]
     pub out: PathBuf,
-    /// Continue an interrupted scan from `<OUT>.journal.json` (same weights, images and settings only).
+    /// Continue an interrupted scan from `<OUT>.journal.json` (same weights, images and settings only;
+    /// not with --repeats > 1, which is not journaled).
     #[arg(long)]
     pub resume: bool,
     /// Score only the I-th of N cost-balanced slices of the feature maps (1 <= I <= N) and write a partial
-    /// report; combine the N parts with `fmp-engine merge`.
+    /// report; combine the N parts with `fmp-engine merge` (not with --repeats > 1 or --attack).
     #[arg(long, value_parser = super::check::shard)]
     pub shard: Option<(usize, usize)>,
+    /// Also draw the scores as an SVG: a row per conv (execution order), every feature map's score, the
+    /// selected ones marked.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Print one JSON object on stdout (progress text goes to stderr); fields in docs/report.md.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
     super::check::input_file(&a.weights, "WEIGHTS")?;
+    check_journal_flags(&a.scan, a.resume, a.shard)?;
+    if a.shard.is_some() {
+        for (given, flag) in [
+            (a.attack.is_some(), "--attack"),
+            (a.plot.is_some(), "--plot"),
+        ] {
+            if given {
+                return Err(Error::InvalidArgument(format!(
+                    "{flag} needs the whole scan's report; a --shard writes a partial one: run {flag} on the report `fmp-engine merge` writes"
+                )));
+            }
+        }
+    }
     super::check::output_path(&a.out, "--out")?;
+    if let Some(p) = &a.plot {
+        super::check::output_path(p, "--plot")?;
+    }
     let lock = super::check::lock_output(&a.out, "--out")?;
     let journal = journal_path(&a.out);
     lock.remove_stale_temps(&[&a.out, &journal]);
@@ -86,7 +159,12 @@ pub fn run(a: Args) -> Result<()> {
             a.out.display()
         )));
     }
-    super::interrupt::install();
+    if a.scan.repeats == 1 {
+        // journaled: the first Ctrl-C stops after the current slice is saved (with --repeats > 1
+        // nothing is journaled, and Ctrl-C stops at once, leaving no output)
+        super::interrupt::install();
+    }
+    let json = JsonOut::begin(a.json)?;
     let backend = a.device.backend()?;
     let dir = find_data(a.data.as_deref())?;
     let (clean, kind) = load_clean(&dir)?;
@@ -105,27 +183,87 @@ pub fn run(a: Args) -> Result<()> {
         &backend,
         Some(&j),
     )? {
-        ScanOutcome::Report(report) => {
+        ScanOutcome::Report(mut report) => {
+            if let Some(k) = a.attack {
+                report.trigger = Some(trigger_diagnostic(
+                    &model,
+                    &clean,
+                    &report,
+                    &Attack::new(k, 0),
+                    a.trigger_images,
+                    a.scan.seed,
+                )?);
+            }
             report.save(&a.out)?;
+            let _ = std::fs::remove_file(&j.path);
             print_summary(&report);
             println!("report: {}", a.out.display());
+            if let Some(p) = &a.plot {
+                fmp_engine::report::plot::write_scan_plot(&report, p)?;
+                println!("plot: {}", p.display());
+            }
+            json.emit(&report_json(&report, &a.out, a.plot.as_deref()))
         }
         ScanOutcome::Shard(part) => {
             part.save(&a.out)?;
+            let _ = std::fs::remove_file(&j.path);
             let (i, n) = part.shard;
+            let seconds: f64 = part.done.iter().map(|d| d.seconds).sum();
             println!(
-                "shard {i}/{n}: {} feature maps in {} slices, {:.1} s; partial report: {}",
+                "shard {i}/{n}: {} feature maps in {} slices, {seconds:.1} s; partial report: {}",
                 part.channels_done(),
                 part.done.len(),
-                part.done.iter().map(|d| d.seconds).sum::<f64>(),
                 a.out.display()
             );
             println!(
                 "combine the {n} parts with: fmp-engine merge PART1 ... PART{n} --out report.json"
             );
+            json.emit(&serde_json::json!({
+                "partial_report": a.out.display().to_string(),
+                "shard": [i, n],
+                "feature_maps": part.channels_done(),
+                "slices": part.done.len(),
+                "seconds": seconds,
+            }))
         }
     }
-    let _ = std::fs::remove_file(&j.path);
+}
+
+/// What `scan --json` (and `merge --json`) prints for a whole report written to `out`.
+pub fn report_json(report: &ScanReport, out: &Path, plot: Option<&Path>) -> serde_json::Value {
+    serde_json::json!({
+        "schema": report.schema,
+        "report": out.display().to_string(),
+        "plot": plot.map(|p| p.display().to_string()),
+        "model": report.model,
+        "settings": report.settings,
+        "totals": report.totals,
+        "seconds": report.seconds,
+        "selected": report
+            .convs
+            .iter()
+            .map(|c| (c.name.clone(), serde_json::json!(c.selected)))
+            .collect::<serde_json::Map<String, serde_json::Value>>(),
+    })
+}
+
+/// `--resume` and `--shard` work on one draw of scan images: refuse them with `--repeats` > 1 (whose
+/// draws are combined only at the end) rather than journal or split something `merge` cannot rebuild.
+pub fn check_journal_flags(
+    s: &ScanArgs,
+    resume: bool,
+    shard: Option<(usize, usize)>,
+) -> Result<()> {
+    if s.repeats > 1 {
+        for (given, flag) in [(resume, "--resume"), (shard.is_some(), "--shard")] {
+            if given {
+                return Err(Error::InvalidArgument(format!(
+                    "{flag} cannot be combined with --repeats {} (a journal or shard holds one draw of scan images); run the repeats without {flag}, or one scan per --seed",
+                    s.repeats
+                )));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -173,7 +311,6 @@ pub fn run_scan_parts(
 ) -> Result<ScanOutcome> {
     let width = model.config().width;
     let p = s.p.unwrap_or(width.min(64));
-    let (pixels, labels) = scan_samples(clean, s.samples, s.seed)?;
     let opts = ScanOptions {
         p,
         alpha: s.alpha,
@@ -182,7 +319,28 @@ pub fn run_scan_parts(
         reference_order: s.reference_order,
         chunk: s.chunk,
         naive: s.naive,
+        steps: s.steps,
     };
+    if s.steps == 0 {
+        return Err(Error::InvalidArgument("--steps must be at least 1".into()));
+    }
+    let ro = RepeatOptions {
+        samples: s.samples,
+        repeats: s.repeats,
+        score: s.score,
+        aggregate: s.aggregate,
+    };
+    if s.repeats > 1 {
+        check_journal_flags(
+            s,
+            journal.is_some_and(|j| j.resume),
+            journal.and_then(|j| j.shard),
+        )?;
+        return Ok(ScanOutcome::Report(scan_repeats(
+            model, weights, data_dir, clean, s, &opts, &ro, backend,
+        )?));
+    }
+    let (pixels, labels) = scan_samples(clean, s.samples, s.seed)?;
     check_scan_inputs(model, &pixels, &labels, &opts)?;
     let identity = ScanIdentity {
         weights_md5: weights_md5(weights)?,
@@ -196,6 +354,10 @@ pub fn run_scan_parts(
         eps: s.eps,
         seed: s.seed,
         reference_order: s.reference_order,
+        score: s.score.name().into(),
+        repeats: s.repeats,
+        aggregate: s.aggregate.name().into(),
+        steps: s.steps,
     };
     let shard = journal.and_then(|j| j.shard);
     let plan = match shard {
@@ -302,6 +464,7 @@ pub fn report_from_parts(parts: &[PartialScan], names: &[String]) -> Result<Scan
         selected: convs.iter().map(|c| c.selected.len()).sum(),
     };
     Ok(ScanReport {
+        schema: SCAN_SCHEMA,
         model: ReportModel {
             path: parts[0].weights.clone(),
             width: identity.width,
@@ -317,30 +480,143 @@ pub fn report_from_parts(parts: &[PartialScan], names: &[String]) -> Result<Scan
             data: parts[0].data.clone(),
             device: devices.join(","),
             chunk_channels: chunk,
+            score: identity.score.clone(),
+            repeats: identity.repeats,
+            aggregate: identity.aggregate.clone(),
+            steps: identity.steps,
         },
         convs,
         totals,
         seconds,
+        stability: None,
+        trigger: None,
     })
 }
 
+/// `--repeats` > 1: R independent draws scored whole and combined (`stability::scan_repeated`); not
+/// journaled (see `check_journal_flags`).
+#[allow(clippy::too_many_arguments)]
+fn scan_repeats(
+    model: &PreActResNet18,
+    weights: &Path,
+    data_dir: &Path,
+    clean: &LabeledImages,
+    s: &ScanArgs,
+    opts: &ScanOptions,
+    ro: &RepeatOptions,
+    backend: &Arc<dyn Backend>,
+) -> Result<ScanReport> {
+    let width = model.config().width;
+    let total: usize = model.convs().iter().map(|c| c.params.c_out as usize).sum();
+    let pb = progress_bar((total * s.repeats) as u64, "FRG scan");
+    let t0 = Instant::now();
+    let (convs, stability, chunk) =
+        scan_repeated(model, clean, opts, ro, &mut |k| pb.inc(k as u64))?;
+    pb.finish_and_clear();
+    let seconds = t0.elapsed().as_secs_f64();
+    let totals = ReportTotals {
+        convs: convs.len(),
+        feature_maps: total,
+        selected: convs.iter().map(|c| c.selected.len()).sum(),
+    };
+    Ok(ScanReport {
+        schema: SCAN_SCHEMA,
+        model: ReportModel {
+            path: weights.display().to_string(),
+            width,
+            num_classes: model.config().num_classes,
+        },
+        settings: ReportSettings {
+            samples: s.samples,
+            p: opts.p,
+            alpha: s.alpha,
+            eps: s.eps,
+            seed: s.seed,
+            reference_order: s.reference_order,
+            data: data_dir.display().to_string(),
+            device: backend.name(),
+            chunk_channels: if s.naive { 0 } else { chunk },
+            score: s.score.name().into(),
+            repeats: s.repeats,
+            aggregate: s.aggregate.name().into(),
+            steps: s.steps,
+        },
+        convs,
+        totals,
+        seconds,
+        stability,
+        trigger: None,
+    })
+}
+
+/// The trigger diagnostic on `n` clean images (a seeded draw, `Rng::derive(seed, "trigger-images")`).
+pub fn trigger_diagnostic(
+    model: &PreActResNet18,
+    clean: &LabeledImages,
+    report: &ScanReport,
+    attack: &Attack,
+    n: usize,
+    seed: u64,
+) -> Result<TriggerDiagnostic> {
+    if n == 0 {
+        return Err(Error::InvalidArgument(
+            "--trigger-images must be at least 1".into(),
+        ));
+    }
+    let mut idx: Vec<usize> = (0..clean.len()).collect();
+    Rng::derive(seed, "trigger-images").shuffle(&mut idx);
+    idx.truncate(n);
+    let imgs = clean.subset(&idx);
+    let batch = eval_batch(model.backend().as_ref()).min(64);
+    let sens = trigger_sensitivity(model, &imgs, attack, batch)?;
+    trigger_overlap(&report.convs, &sens, attack, imgs.len())
+}
+
 pub fn print_summary(r: &ScanReport) {
+    let st = &r.settings;
     println!(
-        "FRG scan: {} feature maps in {} convs, {} samples, eps {:.5}, {:.1} s on {}; selected {} (p = {})",
-        r.totals.feature_maps, r.totals.convs, r.settings.samples, r.settings.eps, r.seconds, r.settings.device, r.totals.selected, r.settings.p
+        "FRG scan: {} feature maps in {} convs, {} samples x {} repeats, {} score, {} step(s), eps {:.5}, {:.1} s on {}; selected {} (p = {})",
+        r.totals.feature_maps, r.totals.convs, st.samples, st.repeats, st.score, st.steps, st.eps, r.seconds, st.device, r.totals.selected, st.p
     );
+    let rep = r.stability.is_some();
     println!(
-        "  {:<22} {:>5} {:>9} {:>9}  selected (score)",
-        "conv", "C", "mean acc", "min acc"
+        "  {:<22} {:>5} {:>9} {:>9}{}  selected ({} score)",
+        "conv",
+        "C",
+        "mean acc",
+        "min acc",
+        if rep {
+            "    spread  common     tau"
+        } else {
+            ""
+        },
+        st.score
     );
     for c in &r.convs {
         let mean = c.scores.iter().sum::<f32>() / c.channels.max(1) as f32;
         let min = c.scores.iter().cloned().fold(f32::INFINITY, f32::min);
+        let extra = match &c.stability {
+            Some(s) => format!(
+                " {:>9.3} {:>6.0}% {:>7.2}",
+                s.score_std.iter().sum::<f32>() / s.score_std.len().max(1) as f32,
+                100.0 * s.common_share,
+                s.kendall_tau
+            ),
+            None if rep => " ".repeat(25),
+            None => String::new(),
+        };
         let sel: Vec<String> = c
             .selected
             .iter()
             .take(6)
-            .map(|&i| format!("{i} ({:.2})", c.scores[i]))
+            .map(|&i| {
+                let v = match st.score.as_str() {
+                    "prob" => c.true_prob.get(i),
+                    "margin" => c.margin.get(i),
+                    _ => c.scores.get(i),
+                };
+                format!("{i} ({:.2})", v.copied().unwrap_or(f32::NAN))
+            })
             .collect();
         let more = if c.selected.len() > 6 {
             format!(" +{}", c.selected.len() - 6)
@@ -348,13 +624,20 @@ pub fn print_summary(r: &ScanReport) {
             String::new()
         };
         println!(
-            "  {:<22} {:>5} {:>9.3} {:>9.3}  {}{}",
+            "  {:<22} {:>5} {:>9.3} {:>9.3}{}  {}{}",
             c.name,
             c.channels,
             mean,
             min,
+            extra,
             sel.join(", "),
             more
         );
+    }
+    if let Some(s) = &r.stability {
+        println!("{}", s.line());
+    }
+    if let Some(t) = &r.trigger {
+        println!("{}", t.line());
     }
 }

@@ -16,7 +16,7 @@ use fmp_engine::{Error, Result};
 use super::check::{
     int_in, real_in, seed, MAX_BATCH, MAX_CLASS, MAX_EPOCHS, MAX_IMAGES, MAX_WIDTH,
 };
-use super::common::DeviceArgs;
+use super::common::{DeviceArgs, JsonOut};
 use super::defend::print_metrics_table;
 
 /// `none` or an attack name.
@@ -84,6 +84,9 @@ pub struct Args {
     /// settings only); the result is bit-identical to an uninterrupted run.
     #[arg(long)]
     pub resume: bool,
+    /// Print one JSON object on stdout (progress text goes to stderr); fields in docs/report.md.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -91,6 +94,7 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     super::check::output_path(&a.out, "--out")?;
     let lock = super::check::lock_output(&a.out, "--out")?;
+    let json = JsonOut::begin(a.json)?;
     let backend = a.device.backend()?;
     let dir = find_data(a.data.as_deref())?;
     let (train, kind) = load_split(&dir, Split::Train)?;
@@ -163,7 +167,7 @@ pub fn run(a: Args) -> Result<()> {
         }
         Ok(())
     };
-    train_backdoored_resumable(
+    let epochs = train_backdoored_resumable(
         &mut model,
         &train,
         &opts,
@@ -181,11 +185,26 @@ pub fn run(a: Args) -> Result<()> {
     model.save(&a.out)?;
     let _ = std::fs::remove_file(&ckpt_path);
     println!("weights: {}", a.out.display());
+    let mut metrics = None;
     if let Ok((test, _)) = load_split(&dir, Split::Test) {
         let test = test.truncate(a.eval_limit.unwrap_or(usize::MAX));
         let attack = attack_kind.map(|k| Attack::new(k, a.target));
         let m = evaluate(&model, &test, attack.as_ref(), eval_batch(backend.as_ref()))?;
         print_metrics_table(&[("trained", m)]);
+        metrics = Some(m);
     }
-    Ok(())
+    json.emit(&serde_json::json!({
+        "out": a.out.display().to_string(),
+        "data": dir.display().to_string(),
+        "dataset": kind.name(),
+        "width": a.width,
+        "images": train.len(),
+        "attack": attack_kind.map(|k| k.name()),
+        "target": a.target,
+        "poison_rate": a.poison_rate,
+        "seed": a.seed,
+        "device": backend.name(),
+        "epochs": epochs,
+        "metrics": metrics,
+    }))
 }

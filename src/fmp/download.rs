@@ -2,8 +2,15 @@
 //! engine's cache, verify the MD5 the dataset's page publishes, and unpack `cifar-10-batches-bin/`.
 //! The archive streams to a temporary file while hashed; nothing is unpacked unless the checksum matches, and
 //! the unpacked folder appears under its final name only once complete (rename).
-use std::io::{Read, Write};
+//!
+//! The same download runs by itself when a subcommand finds no dataset (`pipeline::find_data`), unless the
+//! engine is offline (`--offline` or `FMP_OFFLINE=1`). `FMP_CIFAR10_URL` / `FMP_CIFAR10_MD5` name a mirror.
+use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
 
 use md5::{Digest, Md5};
 
@@ -155,5 +162,141 @@ pub fn fetch_cifar10(
     }
     let r = unpack(&path, cache);
     cleanup();
+    r
+}
+
+static OFFLINE: AtomicBool = AtomicBool::new(false);
+
+/// `--offline`: never download (also `FMP_OFFLINE=1`).
+pub fn set_offline(on: bool) {
+    OFFLINE.store(on, Ordering::Relaxed);
+}
+
+/// True under `--offline` or when `FMP_OFFLINE` is set to anything but empty, `0`, `false` or `no`.
+pub fn offline() -> bool {
+    OFFLINE.load(Ordering::Relaxed)
+        || std::env::var("FMP_OFFLINE")
+            .map(|v| {
+                let v = v.trim().to_ascii_lowercase();
+                !(v.is_empty() || v == "0" || v == "false" || v == "no")
+            })
+            .unwrap_or(false)
+}
+
+/// What to tell a user who is offline and has no data.
+pub fn offline_help() -> String {
+    format!(
+        "offline (--offline or FMP_OFFLINE=1): not downloading CIFAR-10 ({CIFAR10_URL}).\n\
+         Point the engine at a local copy instead:\n    \
+         --data DIR   or   export FMP_DATA=DIR   (DIR holds data_batch_*.bin and test_batch.bin)\n\
+         or unpack an archive you already have into the cache:\n    \
+         fmp-engine data cifar10 --archive cifar-10-binary.tar.gz"
+    )
+}
+
+/// The address and MD5 the automatic download uses: `FMP_CIFAR10_URL` / `FMP_CIFAR10_MD5` when set (a
+/// mirror), else the official archive.
+pub fn cifar10_source() -> (String, String) {
+    let get = |k: &str, d: &str| {
+        std::env::var(k)
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| d.to_string())
+    };
+    (
+        get("FMP_CIFAR10_URL", CIFAR10_URL),
+        get("FMP_CIFAR10_MD5", CIFAR10_MD5),
+    )
+}
+
+/// Download progress on stderr: an indicatif bar (bytes, rate, ETA) on a terminal, else one line per
+/// tenth of the file (for logs).
+pub struct DownloadProgress {
+    bar: Option<ProgressBar>,
+    start: Instant,
+    next_tenth: u64,
+}
+
+impl Default for DownloadProgress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DownloadProgress {
+    pub fn new() -> Self {
+        DownloadProgress {
+            bar: None,
+            start: Instant::now(),
+            next_tenth: 1,
+        }
+    }
+
+    /// The `progress(done, total)` callback of `download`.
+    pub fn update(&mut self, done: u64, total: Option<u64>) {
+        if std::io::stderr().is_terminal() {
+            let bar = self.bar.get_or_insert_with(|| {
+                let (pb, tmpl) = match total {
+                    Some(t) => (
+                        ProgressBar::new(t),
+                        "  {bar:40} {bytes}/{total_bytes} ({bytes_per_sec}, ETA {eta})",
+                    ),
+                    None => (
+                        ProgressBar::new_spinner(),
+                        "  {spinner} {bytes} ({bytes_per_sec})",
+                    ),
+                };
+                pb.set_style(
+                    ProgressStyle::with_template(tmpl)
+                        .unwrap_or_else(|_| ProgressStyle::default_bar())
+                        .progress_chars("=> "),
+                );
+                pb
+            });
+            bar.set_position(done);
+            return;
+        }
+        let Some(t) = total.filter(|&t| t > 0) else {
+            return;
+        };
+        if done * 10 < self.next_tenth * t {
+            return;
+        }
+        while self.next_tenth * t <= done * 10 {
+            self.next_tenth += 1;
+        }
+        let secs = self.start.elapsed().as_secs_f64().max(1e-3);
+        let rate = done as f64 / secs;
+        let eta = (t - done.min(t)) as f64 / rate.max(1.0);
+        eprintln!(
+            "  {:.1} / {:.1} MB ({:.0}%), {:.2} MB/s, ETA {:.0} s",
+            done as f64 / 1e6,
+            t as f64 / 1e6,
+            100.0 * done as f64 / t as f64,
+            rate / 1e6,
+            eta
+        );
+    }
+
+    pub fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// `fetch_cifar10` with a `DownloadProgress` on stderr; refuses to download when `offline()`.
+pub fn fetch_cifar10_with_progress(
+    url: &str,
+    md5: &str,
+    cache: &Path,
+    archive: Option<&Path>,
+) -> Result<PathBuf> {
+    if archive.is_none() && offline() {
+        return Err(Error::Msg(offline_help()));
+    }
+    let mut p = DownloadProgress::new();
+    let r = fetch_cifar10(url, md5, cache, archive, &mut |d, t| p.update(d, t));
+    p.finish();
     r
 }

@@ -37,6 +37,8 @@ pub struct ScanOptions {
     pub chunk: Option<usize>,
     /// Use the one-channel-at-a-time loop.
     pub naive: bool,
+    /// FRG sign steps per feature map (1: the spec's single step; more: `frg_steps`).
+    pub steps: usize,
 }
 
 impl Default for ScanOptions {
@@ -49,15 +51,18 @@ impl Default for ScanOptions {
             reference_order: false,
             chunk: None,
             naive: false,
+            steps: 1,
         }
     }
 }
 
 /// Per-channel results of one conv.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct LayerScores {
     pub scores: Vec<f32>,
     pub true_prob: Vec<f32>,
+    /// Mean logit margin: true-class logit minus the largest other logit (negative: misclassified).
+    pub margin: Vec<f32>,
 }
 
 /// `X0 = clamp(X + alpha * sign(U(-1,1)), 0, 1)`, signs from `Rng::derive(seed, "frg-x0")` in element order.
@@ -128,10 +133,7 @@ pub fn scan_layer_batched_range(
     let tx = model.forward_trace(x, layer)?;
     let tx0 = model.forward_trace(x0, layer)?;
     let channels = range.end;
-    let mut res = LayerScores {
-        scores: Vec::with_capacity(range.len()),
-        true_prob: Vec::with_capacity(range.len()),
-    };
+    let mut res = LayerScores::default();
     let mut c0 = range.start;
     while c0 < channels {
         let k = chunk.max(1).min(channels - c0);
@@ -208,10 +210,7 @@ pub fn scan_layer_naive_range(
     let b = labels.len();
     let ax = be.to_host(model.forward_trace(x, layer)?.tap())?;
     let x0h = be.to_host(x0)?;
-    let mut res = LayerScores {
-        scores: Vec::new(),
-        true_prob: Vec::new(),
-    };
+    let mut res = LayerScores::default();
     for c in range {
         let tx0 = model.forward_trace(x0, layer)?;
         let a0 = tx0.tap();
@@ -251,8 +250,9 @@ pub fn scan_layer_naive_range(
     Ok(res)
 }
 
-/// Append the scores of k channels from logits [k*B, classes] (channel-major).
-fn score_chunk(logits: &[f32], labels: &[u32], k: usize, res: &mut LayerScores) -> Result<()> {
+/// Append the scores of k channels from logits [k*B, classes] (channel-major): accuracy, mean true-class
+/// probability and mean logit margin.
+pub fn score_chunk(logits: &[f32], labels: &[u32], k: usize, res: &mut LayerScores) -> Result<()> {
     let b = labels.len();
     if logits.len() % (k * b) != 0 {
         return Err(Error::shape(
@@ -262,7 +262,7 @@ fn score_chunk(logits: &[f32], labels: &[u32], k: usize, res: &mut LayerScores) 
     }
     let nc = logits.len() / (k * b);
     for ki in 0..k {
-        let (mut correct, mut prob) = (0usize, 0f64);
+        let (mut correct, mut prob, mut margin) = (0usize, 0f64, 0f64);
         for (bi, &y) in labels.iter().enumerate() {
             let row = &logits[(ki * b + bi) * nc..(ki * b + bi + 1) * nc];
             if argmax(row) == y {
@@ -271,15 +271,23 @@ fn score_chunk(logits: &[f32], labels: &[u32], k: usize, res: &mut LayerScores) 
             let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
             let z: f64 = row.iter().map(|&v| ((v - m) as f64).exp()).sum();
             prob += ((row[y as usize] - m) as f64).exp() / z;
+            let other = row
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != y as usize)
+                .map(|(_, &v)| v)
+                .fold(f32::NEG_INFINITY, f32::max);
+            margin += (row[y as usize] - other) as f64;
         }
         res.scores.push(correct as f32 / b as f32);
         res.true_prob.push((prob / b as f64) as f32);
+        res.margin.push((margin / b as f64) as f32);
     }
     Ok(())
 }
 
 /// Output channels of conv `layer`.
-fn conv_channels(model: &PreActResNet18, layer: usize) -> Result<usize> {
+pub(crate) fn conv_channels(model: &PreActResNet18, layer: usize) -> Result<usize> {
     model
         .convs()
         .get(layer)
@@ -335,6 +343,9 @@ pub fn check_scan_inputs(
     if opts.p == 0 {
         return Err(Error::InvalidArgument("--p must be at least 1".into()));
     }
+    if opts.steps == 0 {
+        return Err(Error::InvalidArgument("--steps must be at least 1".into()));
+    }
     for cv in model.convs() {
         let ch = cv.params.output_shape()[1];
         if opts.p > ch {
@@ -371,7 +382,25 @@ pub fn scan_slices(
                 s.start, s.end, s.conv
             )));
         }
-        let (ls, k) = if opts.naive {
+        let (ls, k) = if opts.steps > 1 {
+            let k = opts
+                .chunk
+                .unwrap_or_else(|| super::frg_steps::chunk_channels(model, s.conv, b))
+                .min(s.end - s.start)
+                .max(1);
+            let ls = super::frg_steps::scan_layer_steps_range(
+                model,
+                &x,
+                &x0,
+                labels,
+                s.conv,
+                s.start..s.end,
+                opts,
+                k,
+                progress,
+            )?;
+            (ls, if opts.naive { 0 } else { k })
+        } else if opts.naive {
             let ls = scan_layer_naive_range(
                 model,
                 &x,
@@ -424,7 +453,9 @@ pub fn select_convs(
             channels: ls.scores.len(),
             scores: ls.scores,
             true_prob: ls.true_prob,
+            margin: ls.margin,
             selected,
+            stability: None,
         });
     }
     if reference_order {

@@ -19,7 +19,8 @@ use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
 use super::frg::{select_convs, LayerScores, Slice};
-use super::select::ConvReport;
+use super::select::{reference_order_remap, ConvReport};
+use super::stability::{select_by, ScoreKind};
 use crate::bench::count::Arch;
 use crate::error::{Error, Result};
 use crate::model::PreActResNet18;
@@ -28,7 +29,7 @@ use crate::model::PreActResNet18;
 pub use super::download::md5_file as weights_md5;
 
 /// The `format` field of every partial scan this version writes.
-pub const FORMAT: &str = "fmp-engine partial scan 1";
+pub const FORMAT: &str = "fmp-engine partial scan 2";
 
 /// Everything that must agree for two partial scans to belong to one scan.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -47,6 +48,15 @@ pub struct ScanIdentity {
     pub eps: f32,
     pub seed: u64,
     pub reference_order: bool,
+    /// Selection score (`stability::ScoreKind::name`: acc, prob or margin).
+    pub score: String,
+    /// Draws of scan images and X0 (`scan --repeats`); a journal or shard holds one draw, so always 1
+    /// today: `scan` refuses --resume/--shard with --repeats > 1.
+    pub repeats: usize,
+    /// How repeats are combined (`stability::Aggregate::name`).
+    pub aggregate: String,
+    /// FRG sign steps per feature map.
+    pub steps: usize,
 }
 
 impl ScanIdentity {
@@ -70,7 +80,11 @@ impl ScanIdentity {
             alpha,
             eps,
             seed,
-            reference_order
+            reference_order,
+            score,
+            repeats,
+            aggregate,
+            steps
         );
         if self.convs != other.convs {
             d.push("convs: the models' layouts differ".into());
@@ -107,6 +121,8 @@ pub struct SliceScores {
     pub slice: Slice,
     pub scores: Vec<f32>,
     pub true_prob: Vec<f32>,
+    /// Mean logit margins (`frg::LayerScores::margin`).
+    pub margin: Vec<f32>,
     /// Channels per batched chunk (0: the naive loop).
     pub chunk: usize,
     pub seconds: f64,
@@ -174,6 +190,7 @@ impl PartialScan {
             slice: slice.clone(),
             scores: ls.scores,
             true_prob: ls.true_prob,
+            margin: ls.margin,
             chunk,
             seconds,
         });
@@ -229,14 +246,15 @@ impl PartialScan {
         for d in &p.done {
             check(&d.slice)?;
             let n = d.slice.end - d.slice.start;
-            if d.scores.len() != n || d.true_prob.len() != n {
+            if d.scores.len() != n || d.true_prob.len() != n || d.margin.len() != n {
                 return Err(bad(format!(
-                    "slice {}..{} of conv {}: {} scores / {} probabilities for {n} channels",
+                    "slice {}..{} of conv {}: {} scores / {} probabilities / {} margins for {n} channels",
                     d.slice.start,
                     d.slice.end,
                     d.slice.conv,
                     d.scores.len(),
-                    d.true_prob.len()
+                    d.true_prob.len(),
+                    d.margin.len()
                 )));
             }
             if !p.plan.contains(&d.slice) {
@@ -348,7 +366,7 @@ pub fn merge(parts: &[PartialScan], names: &[String]) -> Result<(ScanIdentity, V
         }
     }
     let layout = &first.identity.convs;
-    let mut scores: Vec<Vec<Option<(f32, f32)>>> =
+    let mut scores: Vec<Vec<Option<(f32, f32, f32)>>> =
         layout.iter().map(|(_, ch)| vec![None; *ch]).collect();
     for (p, name) in parts.iter().zip(names) {
         for d in &p.done {
@@ -360,7 +378,7 @@ pub fn merge(parts: &[PartialScan], names: &[String]) -> Result<(ScanIdentity, V
                         layout[d.slice.conv].0
                     )));
                 }
-                *cell = Some((d.scores[j], d.true_prob[j]));
+                *cell = Some((d.scores[j], d.true_prob[j], d.margin[j]));
             }
         }
     }
@@ -375,22 +393,45 @@ pub fn merge(parts: &[PartialScan], names: &[String]) -> Result<(ScanIdentity, V
                 missing[0]
             )));
         }
-        let (s, t): (Vec<f32>, Vec<f32>) = cells.into_iter().map(|c| c.unwrap()).unzip();
-        out.push(LayerScores {
-            scores: s,
-            true_prob: t,
-        });
+        let mut ls = LayerScores::default();
+        for (s, t, m) in cells.into_iter().flatten() {
+            ls.scores.push(s);
+            ls.true_prob.push(t);
+            ls.margin.push(m);
+        }
+        out.push(ls);
     }
     Ok((first.identity.clone(), out))
 }
 
-/// Selection over merged scores, exactly as one scan selects.
+/// Selection over merged scores, exactly as one scan selects (`stability::scan_repeated` with one
+/// repeat): per conv by the identity's score kind, then `--reference-order`'s remap.
 pub fn select(identity: &ScanIdentity, scores: Vec<LayerScores>) -> Result<Vec<ConvReport>> {
+    if identity.repeats != 1 {
+        return Err(Error::InvalidArgument(format!(
+            "a partial scan holds one draw of scan images, not --repeats {}",
+            identity.repeats
+        )));
+    }
+    let kind: ScoreKind = identity.score.parse()?;
     let convs: Vec<(usize, String)> = identity
         .convs
         .iter()
         .enumerate()
         .map(|(i, (n, _))| (i, n.clone()))
         .collect();
-    select_convs(&convs, scores, identity.p, identity.reference_order)
+    let mut out = select_convs(&convs, scores, identity.p, false)?;
+    if kind != ScoreKind::Acc {
+        for c in out.iter_mut() {
+            c.selected = select_by(kind, c, identity.p)?;
+        }
+    }
+    if identity.reference_order {
+        let names: Vec<String> = out.iter().map(|c| c.name.clone()).collect();
+        let sel: Vec<Vec<usize>> = out.iter().map(|c| c.selected.clone()).collect();
+        for (c, s) in out.iter_mut().zip(reference_order_remap(&names, &sel)) {
+            c.selected = s;
+        }
+    }
+    Ok(out)
 }

@@ -4,16 +4,20 @@
 //! (`attacks::IMG` bytes each) with u32 labels.
 pub mod attacks;
 pub mod augment;
+pub mod baselines;
 pub mod checkpoint;
+pub mod controls;
 pub mod download;
 pub mod finetune;
 pub mod frg;
+pub mod frg_steps;
 pub mod journal;
 pub mod metrics;
 pub mod pipeline;
 pub mod prune;
 pub mod rng;
 pub mod select;
+pub mod stability;
 pub mod train;
 
 use std::path::Path;

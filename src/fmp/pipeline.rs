@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::download;
 use super::metrics::Classifier;
 use super::rng::Rng;
 use super::LabeledImages;
@@ -75,17 +76,6 @@ fn dataset_in(dir: &Path) -> Option<PathBuf> {
         .find(|d| data::detect(d).is_ok())
 }
 
-/// What to tell a user who has no data.
-pub fn no_data_help() -> String {
-    format!(
-        "no CIFAR-10 data found (looked at --data, $FMP_DATA, ./../shared/data and the cache {}).\n\
-         Either download it once (163 MB, needs internet):\n    fmp-engine data cifar10\n\
-         or point the engine at a folder holding data_batch_*.bin and test_batch.bin (CIFAR-10 binary version,\n\
-         https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz, unpacked):\n    fmp-engine demo --data DIR   (or: export FMP_DATA=DIR)",
-        cifar10_cache_dir().display()
-    )
-}
-
 /// The dataset folder: `--data` (must hold a dataset), else `$FMP_DATA`, `../shared/data` relative to the
 /// working directory, the cache.
 pub fn find_data(explicit: Option<&Path>) -> Result<PathBuf> {
@@ -107,10 +97,40 @@ pub fn find_data(explicit: Option<&Path>) -> Result<PathBuf> {
     }
     cands.push(PathBuf::from("../shared/data"));
     cands.push(cache_dir());
-    cands
-        .iter()
-        .find_map(|d| dataset_in(d))
-        .ok_or_else(|| Error::Msg(no_data_help()))
+    if let Some(d) = cands.iter().find_map(|d| dataset_in(d)) {
+        return Ok(d);
+    }
+    fetch_missing_cifar10()
+}
+
+/// No dataset anywhere: download CIFAR-10 into the cache (progress on stderr, MD5 checked) and return its
+/// folder, or, offline, an error saying how to point at a local copy.
+fn fetch_missing_cifar10() -> Result<PathBuf> {
+    let cache = cache_dir();
+    if download::offline() {
+        return Err(Error::Msg(format!(
+            "no CIFAR-10 data found (looked at --data, $FMP_DATA, ./../shared/data and the cache {}).\n{}",
+            cifar10_cache_dir().display(),
+            download::offline_help()
+        )));
+    }
+    let (url, md5) = download::cifar10_source();
+    eprintln!(
+        "fmp-engine: no dataset found (--data, $FMP_DATA, ./../shared/data, {}); downloading CIFAR-10 (163 MB) from {url} \
+         (--offline or FMP_OFFLINE=1 to refuse)",
+        cache.display()
+    );
+    let dir = download::fetch_cifar10_with_progress(&url, &md5, &cache, None).map_err(|e| {
+        Error::Msg(format!(
+            "no dataset found, and downloading CIFAR-10 into {} failed: {e}",
+            cache.display()
+        ))
+    })?;
+    eprintln!(
+        "fmp-engine: CIFAR-10 ready (MD5 verified): {}",
+        dir.display()
+    );
+    Ok(dir)
 }
 
 /// Load a split; the kind is detected from the files.

@@ -133,6 +133,28 @@ pub struct ReportSettings {
     pub device: String,
     /// Channels per batched chunk (0: the naive one-channel loop).
     pub chunk_channels: usize,
+    /// Selection score: acc (accuracy, ties by true-class probability), prob or margin (`stability`).
+    #[serde(default = "default_score")]
+    pub score: String,
+    /// Independent draws of images and noise (`scan --repeats`).
+    #[serde(default = "one")]
+    pub repeats: usize,
+    /// How the repeats' scores are combined: mean or median.
+    #[serde(default = "default_aggregate")]
+    pub aggregate: String,
+    /// FRG sign steps per feature map.
+    #[serde(default = "one")]
+    pub steps: usize,
+}
+
+fn default_score() -> String {
+    "acc".into()
+}
+fn default_aggregate() -> String {
+    "mean".into()
+}
+fn one() -> usize {
+    1
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -145,8 +167,14 @@ pub struct ConvReport {
     pub scores: Vec<f32>,
     /// Mean softmax probability of the true class on that batch (tie-break).
     pub true_prob: Vec<f32>,
+    /// Mean logit margin (true-class logit minus the largest other); empty in older reports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub margin: Vec<f32>,
     /// Channels to prune, in selection order.
     pub selected: Vec<usize>,
+    /// With `--repeats R > 1`: spread and agreement of the repeats (the scores above are their aggregate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stability: Option<super::stability::ConvStability>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -156,13 +184,29 @@ pub struct ReportTotals {
     pub selected: usize,
 }
 
+/// Version of the scan report's JSON layout (docs/report.md). A report without the field is version 1.
+pub const SCAN_SCHEMA: u32 = 1;
+
+fn schema_1() -> u32 {
+    1
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ScanReport {
+    /// `SCAN_SCHEMA` of the engine that wrote it.
+    #[serde(default = "schema_1")]
+    pub schema: u32,
     pub model: ReportModel,
     pub settings: ReportSettings,
     pub convs: Vec<ConvReport>,
     pub totals: ReportTotals,
     pub seconds: f64,
+    /// With `--repeats R > 1`: agreement between the repeats over all convs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stability: Option<super::stability::StabilitySummary>,
+    /// With `--attack`: selected maps among the most trigger-sensitive ones, against chance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<super::controls::TriggerDiagnostic>,
 }
 
 impl ScanReport {
@@ -172,8 +216,20 @@ impl ScanReport {
             path: path.into(),
             msg: format!("not a scan report: {e}"),
         })?;
+        if r.schema > SCAN_SCHEMA {
+            return Err(Error::File {
+                path: path.into(),
+                msg: format!(
+                    "scan report schema {} is newer than this engine reads ({SCAN_SCHEMA}): use a newer fmp-engine",
+                    r.schema
+                ),
+            });
+        }
         for c in &r.convs {
-            if c.scores.len() != c.channels || c.true_prob.len() != c.channels {
+            if c.scores.len() != c.channels
+                || c.true_prob.len() != c.channels
+                || !(c.margin.is_empty() || c.margin.len() == c.channels)
+            {
                 return Err(Error::File {
                     path: path.into(),
                     msg: format!(

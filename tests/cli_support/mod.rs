@@ -1,6 +1,6 @@
-//! Fixtures for tests that drive the built binary: a scratch folder, a tiny CIFAR-10-layout dataset
-//! written in the test (random images and labels, so no real data is needed), width-8 models, and a
-//! runner that captures exit status and output.
+//! Fixtures for tests that drive the built binary: a scratch folder, tiny CIFAR-10-layout datasets
+//! written in the test (random or patterned images, so no real data is needed), width-8 models, and
+//! runners that capture exit status and output (offline: no run ever downloads).
 #![allow(dead_code)]
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -62,6 +62,7 @@ pub fn run_in(cwd: &Path, args: &[&str]) -> Output {
         .current_dir(cwd)
         .env("RAYON_NUM_THREADS", "2")
         .env_remove("FMP_DATA")
+        .env("FMP_OFFLINE", "1")
         .output()
         .expect("run fmp-engine")
 }
@@ -91,4 +92,41 @@ pub fn files_under(dir: &Path) -> Vec<String> {
     }
     out.sort();
     out
+}
+
+/// A CIFAR-10 look-alike folder: `n_train` / `n_test` records, labels i % 10, pixels a fixed pattern.
+pub fn tiny_dataset(dir: &Path, n_train: usize, n_test: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, n) in [("data_batch_1.bin", n_train), ("test_batch.bin", n_test)] {
+        let mut bytes = Vec::new();
+        for i in 0..n {
+            bytes.push((i % 10) as u8);
+            bytes.extend((0..3072).map(|j| ((i * 37 + j * 11) % 251) as u8));
+        }
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+}
+
+/// Run the engine in `cwd` (offline, no `FMP_DATA`); the run must succeed.
+pub fn engine(cwd: &Path, args: &[&str]) -> Output {
+    let out = run_in(cwd, args);
+    assert!(
+        out.status.success(),
+        "{args:?}\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `engine` with `--json`: stdout must be exactly one line of JSON; returns it parsed.
+pub fn engine_json(cwd: &Path, args: &[&str]) -> serde_json::Value {
+    let out = engine(cwd, args);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "{args:?}: stdout must hold only the JSON:\n{stdout}"
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{args:?}: {e}\n{stdout}"))
 }

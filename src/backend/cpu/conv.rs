@@ -18,6 +18,7 @@
 //!   running over the whole batch in a fixed order (deterministic for any thread count).
 use rayon::prelude::*;
 
+use super::direct;
 use super::gemm::{gemm, ASrc, COut, Pack, PackedA, RowMajor, MR, NR};
 use super::{host, host_mut};
 use crate::backend::ConvParams;
@@ -137,21 +138,20 @@ impl Pack for Im2col<'_> {
                 ih0[jj] = (pix / g.wo * g.s) as isize - g.p as isize;
                 iw0[jj] = (pix % g.wo * g.s) as isize - g.p as isize;
             }
+            let s = g.s as isize;
             let contiguous = nv == NR
-                && g.s == 1
                 && (1..NR).all(|jj| {
-                    base[jj] == base[0] && ih0[jj] == ih0[0] && iw0[jj] == iw0[0] + jj as isize
+                    base[jj] == base[0] && ih0[jj] == ih0[0] && iw0[jj] == iw0[0] + s * jj as isize
                 });
-            // Whole output rows of one item (small images: wo divides NR).
+            // Whole output rows of one item (small images: wo divides NR); any stride.
             let rows_mode = !contiguous
                 && nv == NR
-                && g.s == 1
                 && NR % g.wo == 0
                 && iw0[0] == -(g.p as isize)
                 && (1..NR).all(|jj| {
                     base[jj] == base[0]
-                        && ih0[jj] == ih0[0] + (jj / g.wo) as isize
-                        && iw0[jj] == iw0[0] + (jj % g.wo) as isize
+                        && ih0[jj] == ih0[0] + s * (jj / g.wo) as isize
+                        && iw0[jj] == iw0[0] + s * (jj % g.wo) as isize
                 });
             for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
                 let pp = p0 + p;
@@ -160,12 +160,12 @@ impl Pack for Im2col<'_> {
                 let plane = &self.x[ci * hwi..];
                 if rows_mode {
                     for (rr, seg) in dst.chunks_exact_mut(g.wo).enumerate() {
-                        let ih = ih0[0] + rr as isize + kh;
+                        let ih = ih0[0] + s * rr as isize + kh;
                         if ih < 0 || ih >= hi {
                             seg.fill(0.0);
                         } else {
                             let o = base[0] + ih as usize * g.wi;
-                            copy_window(seg, &plane[o..o + g.wi], iw0[0] + kw);
+                            copy_window(seg, &plane[o..o + g.wi], iw0[0] + kw, g.s);
                         }
                     }
                 } else if contiguous {
@@ -177,7 +177,7 @@ impl Pack for Im2col<'_> {
                     let row =
                         &plane[base[0] + ih as usize * g.wi..base[0] + (ih as usize + 1) * g.wi];
                     let st = iw0[0] + kw;
-                    copy_window(dst, row, st);
+                    copy_window(dst, row, st, g.s);
                 } else {
                     for jj in 0..NR {
                         let (ih, iw) = (ih0[jj] + kh, iw0[jj] + kw);
@@ -248,7 +248,7 @@ impl Pack for IgradB<'_> {
                             seg.fill(0.0);
                         } else {
                             let o = base[0] + oh as usize * g.wo;
-                            copy_window(seg, &plane[o..o + g.wo], b[0] - kw);
+                            copy_window(seg, &plane[o..o + g.wo], b[0] - kw, 1);
                         }
                     }
                 } else if contiguous {
@@ -260,7 +260,7 @@ impl Pack for IgradB<'_> {
                     let row =
                         &plane[base[0] + oh as usize * g.wo..base[0] + (oh as usize + 1) * g.wo];
                     let st = b[0] - kw;
-                    copy_window(dst, row, st);
+                    copy_window(dst, row, st, 1);
                 } else if g.s == 1 {
                     for jj in 0..NR {
                         let (th, tw) = (a[jj] - kh, b[jj] - kw);
@@ -448,21 +448,49 @@ impl Pack for DyA<'_> {
     }
 }
 
-/// dst[jj] = row[st + jj] where that index is inside `row`, else 0 (one row of a padded window).
+/// dst[jj] = row[st + step * jj] where that index is inside `row`, else 0 (one row of a padded,
+/// possibly strided window). Windows are 4 to 16 floats: the inside case copies fixed-size arrays
+/// (stride 1) or gathers with a fixed step, and the border case goes element by element, so none
+/// calls memmove/memset (whose call overhead dominated packing).
 #[inline]
-fn copy_window(dst: &mut [f32], row: &[f32], st: isize) {
-    let len = row.len() as isize;
-    let lo = (-st).clamp(0, dst.len() as isize) as usize;
-    let hi = (len - st).clamp(lo as isize, dst.len() as isize) as usize;
-    dst[..lo].fill(0.0);
-    if hi > lo {
-        dst[lo..hi].copy_from_slice(&row[(st + lo as isize) as usize..(st + hi as isize) as usize]);
+fn copy_window(dst: &mut [f32], row: &[f32], st: isize, step: usize) {
+    let n = dst.len();
+    if n > 0 && st >= 0 && st as usize + step * (n - 1) < row.len() {
+        let src = &row[st as usize..];
+        if step == 1 {
+            let src = &src[..n];
+            match n {
+                16 => copy_fixed::<16>(dst, src),
+                8 => copy_fixed::<8>(dst, src),
+                4 => copy_fixed::<4>(dst, src),
+                _ => dst.copy_from_slice(src),
+            }
+        } else {
+            for (jj, d) in dst.iter_mut().enumerate() {
+                *d = src[step * jj];
+            }
+        }
+        return;
     }
-    dst[hi..].fill(0.0);
+    let len = row.len() as isize;
+    for (jj, d) in dst.iter_mut().enumerate() {
+        let i = st + (step * jj) as isize;
+        *d = if i >= 0 && i < len {
+            row[i as usize]
+        } else {
+            0.0
+        };
+    }
+}
+
+#[inline(always)]
+fn copy_fixed<const N: usize>(dst: &mut [f32], src: &[f32]) {
+    let d: &mut [f32; N] = dst.try_into().expect("window length");
+    *d = *<&[f32; N]>::try_from(src).expect("window length");
 }
 
 /// Floats of column buffer per chunk of items on the strided input-gradient path.
-const COL_BUDGET: usize = 1 << 22;
+const COL_BUDGET: usize = 1 << 18;
 
 /// A operand W^T of the strided input gradient: A[(ci, kh, kw), co] = w[co, ci, kh, kw].
 struct ColMajor<'a> {
@@ -638,6 +666,10 @@ pub fn forward(p: &ConvParams, x: &Tensor, w: &Tensor, y: &mut Tensor) -> Result
     let xs = host(OP, "x", x)?;
     let ws = host(OP, "w", w)?;
     let ys = host_mut(OP, "y", y)?;
+    if direct::suits(&g) {
+        direct::forward(&g, xs, ws, ys);
+        return Ok(());
+    }
     let (hwo, kdim) = (g.ho * g.wo, g.ci * g.k * g.k);
     let pa = PackedA::new(
         g.co,
@@ -676,6 +708,10 @@ pub fn input_grad(p: &ConvParams, dy: &Tensor, w: &Tensor, dx: &mut Tensor) -> R
     let gs = host(OP, "dy", dy)?;
     let ws = host(OP, "w", w)?;
     let o = host_mut(OP, "dx", dx)?;
+    if direct::suits_input_grad(&g) {
+        direct::input_grad(&g, gs, ws, o);
+        return Ok(());
+    }
     if g.s > 1 {
         input_grad_strided(&g, gs, ws, o);
         return Ok(());
@@ -735,6 +771,10 @@ pub fn input_grad_onehot(
     let ss = host(OP, "seed", seed)?;
     let ws = host(OP, "w", w)?;
     let o = host_mut(OP, "dx", dx)?;
+    if direct::suits_input_grad(&g) {
+        direct::input_grad_onehot(&g, ss, ws, first_channel, group, o);
+        return Ok(());
+    }
     if g.s > 1 {
         input_grad_onehot_strided(&g, ss, ws, first_channel, group, o);
         return Ok(());
@@ -781,6 +821,10 @@ pub fn weight_grad(p: &ConvParams, x: &Tensor, dy: &Tensor, dw: &mut Tensor) -> 
     let xs = host(OP, "x", x)?;
     let gs = host(OP, "dy", dy)?;
     let o = host_mut(OP, "dw", dw)?;
+    if direct::suits_weight_grad(&g) {
+        direct::weight_grad(&g, xs, gs, o);
+        return Ok(());
+    }
     let r = g.ci * g.k * g.k;
     let coff: Vec<usize> = (0..r).collect();
     let c = COut {

@@ -8,6 +8,7 @@
 //! FRG losses). Every reduction runs in a fixed order that does not depend on the thread count,
 //! so results are bitwise reproducible run to run.
 mod conv;
+mod direct;
 mod elementwise;
 mod gemm;
 mod loss;
@@ -21,7 +22,32 @@ pub struct CpuBackend;
 
 impl CpuBackend {
     pub fn new() -> Self {
+        keep_freed_memory();
         CpuBackend
+    }
+}
+
+/// Every op allocates its output; with glibc's defaults, buffers above 128 KiB to 32 MiB are
+/// mmap'ed and unmapped on free, so each op pays page faults and zeroing of fresh pages (a sixth
+/// of the scan's time in profiles). Raise the mmap threshold to its maximum and stop trimming, so
+/// freed activations are reused from the heap.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            extern "C" {
+                fn mallopt(param: i32, value: i32) -> i32;
+            }
+            const M_TRIM_THRESHOLD: i32 = -1;
+            const M_MMAP_THRESHOLD: i32 = -3;
+            // SAFETY: mallopt only changes allocator tuning parameters; called once, before
+            // this backend allocates.
+            unsafe {
+                mallopt(M_MMAP_THRESHOLD, 32 << 20);
+                mallopt(M_TRIM_THRESHOLD, i32::MAX);
+            }
+        });
     }
 }
 
@@ -118,9 +144,10 @@ pub(crate) fn numel_is(op: &'static str, what: &str, t: &Tensor, n: usize) -> Re
 impl Backend for CpuBackend {
     fn name(&self) -> String {
         format!(
-            "cpu ({} threads, {})",
+            "cpu ({} threads, {}, {})",
             rayon::current_num_threads(),
-            gemm::kernel_name()
+            gemm::kernel_name(),
+            direct::kernel_name()
         )
     }
     fn is_gpu(&self) -> bool {
@@ -129,8 +156,16 @@ impl Backend for CpuBackend {
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
+    /// A cache-sized working set, not a memory limit: the scan's chunk of stacked (channel,
+    /// sample) pairs is sized from it, and on a CPU smaller chunks whose activations stay in the
+    /// caches beat large ones (the per-item work is the same; see benches/RESULTS.md).
+    /// `FMP_CPU_WORKSET` (bytes) overrides the 16 MiB default.
     fn memory_budget(&self) -> usize {
-        1 << 30
+        std::env::var("FMP_CPU_WORKSET")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&v| v > 0)
+            .unwrap_or(16 << 20)
     }
 
     fn zeros(&self, shape: &[usize]) -> Result<Tensor> {

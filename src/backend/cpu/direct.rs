@@ -1,0 +1,756 @@
+//! Direct stride-1 convolution (no im2col packing): the forward pass, the input gradient (a stride-1
+//! convolution of dy with the flipped, transposed filters) and the one-hot input gradient of the
+//! FRG scan.
+//!
+//! Design: each item's input is copied once into a zero-padded buffer (`Hp x Wp` per channel), so
+//! every output vector of 16 pixels reads its (ci, kh, kw) term as one contiguous, unaligned
+//! 16-float load at `ci * plane + kh * Wp + kw` from its base offset: the im2col panel the GEMM path
+//! packs (K x N floats for every conv, amortised over only M = C_out rows, which at 16-64 channels
+//! costs as much as the arithmetic) is never written. A tile is 8 output channels x 32 pixels (two
+//! vectors): per K step, 2 loads and 8 weight broadcasts feed 16 fused multiply-adds. Weights are
+//! repacked once per call into panels of 8 channels, K-major.
+//!
+//! Pixel layouts: when the output width is a multiple of 16, vectors are whole 16-pixel runs of
+//! output rows (no waste). Otherwise vectors run over the padded grid (lane q = oh * Wp + ow, the
+//! lanes with ow >= Wo are computed and dropped), which keeps every load contiguous.
+//!
+//! Every output element sums its K terms in ascending (ci, kh, kw) order with one multiply-add per
+//! term, from zero, in registers; the AVX-512 and AVX2 kernels give bitwise equal results. The
+//! one-hot input gradient runs the same terms of its one channel: the full gradient of a
+//! cotangent that is zero elsewhere adds exact zeros around them, so the two are bitwise equal.
+//! Tasks own disjoint (item, channel-panel) ranges: results do not depend on the thread count.
+use rayon::prelude::*;
+use std::sync::OnceLock;
+
+use super::conv::Geom;
+
+/// Output channels per tile.
+const DR: usize = 8;
+/// Pixels per vector, and vectors per tile.
+const V: usize = 16;
+const NV: usize = 2;
+
+type DTile = [[[f32; V]; NV]; DR];
+/// (K, weight panel [K][DR], input base of vector 0, of vector 1, K offsets) -> tile.
+type DMicroFn = unsafe fn(usize, *const f32, *const f32, *const f32, *const u32) -> DTile;
+
+/// Geometry of one direct convolution: input planes `ci` of `hi x wi` padded by `p`, `k x k`
+/// filters, output `co` planes of `ho x wo` (stride 1).
+#[derive(Clone, Copy, Debug)]
+struct DGeom {
+    ci: usize,
+    hi: usize,
+    wi: usize,
+    co: usize,
+    ho: usize,
+    wo: usize,
+    k: usize,
+    p: usize,
+}
+
+impl DGeom {
+    fn hp(&self) -> usize {
+        self.hi + 2 * self.p
+    }
+    fn wp(&self) -> usize {
+        self.wi + 2 * self.p
+    }
+    /// Floats per padded channel plane (rounded up to a cache line).
+    fn plane(&self) -> usize {
+        (self.hp() * self.wp()).div_ceil(16) * 16
+    }
+    /// Padded buffer length: every (garbage-lane) read stays inside.
+    fn buf_len(&self) -> usize {
+        self.ci * self.plane() + self.k * self.wp() + NV * V + V
+    }
+    fn row_layout(&self) -> bool {
+        self.wo % V == 0
+    }
+    /// Vectors per output plane.
+    fn vectors(&self) -> usize {
+        if self.row_layout() {
+            self.ho * self.wo / V
+        } else {
+            ((self.ho - 1) * self.wp() + self.wo).div_ceil(V)
+        }
+    }
+    /// Input offset (in the padded plane) of vector j's first lane.
+    fn in_off(&self, j: usize) -> usize {
+        if self.row_layout() {
+            let q = j * V;
+            (q / self.wo) * self.wp() + q % self.wo
+        } else {
+            j * V
+        }
+    }
+}
+
+/// Which shapes take the direct path: stride 1 with at least 60% of the computed lanes kept
+/// (32x32 and 16x16 planes: all of them; 8x8: 64 of 80; 4x4 planes stay on the GEMM path).
+pub(crate) fn suits(g: &Geom) -> bool {
+    if g.s != 1 || g.n == 0 || g.ho == 0 || g.wo == 0 {
+        return false;
+    }
+    let d = DGeom {
+        ci: g.ci,
+        hi: g.hi,
+        wi: g.wi,
+        co: g.co,
+        ho: g.ho,
+        wo: g.wo,
+        k: g.k,
+        p: g.p,
+    };
+    let lanes = d.vectors().div_ceil(NV) * NV * V;
+    10 * g.ho * g.wo >= 6 * lanes
+}
+
+/// The input gradient of a stride-1 conv is a stride-1 conv of dy with padding k - 1 - p.
+pub(crate) fn suits_input_grad(g: &Geom) -> bool {
+    g.s == 1 && g.p < g.k && suits(&transposed(g))
+}
+
+fn transposed(g: &Geom) -> Geom {
+    Geom {
+        n: g.n,
+        ci: g.co,
+        hi: g.ho,
+        wi: g.wo,
+        co: g.ci,
+        ho: g.hi,
+        wo: g.wi,
+        k: g.k,
+        s: 1,
+        p: g.k - 1 - g.p,
+    }
+}
+
+fn dgeom(g: &Geom) -> DGeom {
+    DGeom {
+        ci: g.ci,
+        hi: g.hi,
+        wi: g.wi,
+        co: g.co,
+        ho: g.ho,
+        wo: g.wo,
+        k: g.k,
+        p: g.p,
+    }
+}
+
+/// Packs filters `wf(o, p)` (o < co output channels, p < K) into panels of DR channels, K-major;
+/// channels beyond `co` are zero.
+fn pack_panels(co: usize, kdim: usize, wf: impl Fn(usize, usize) -> f32) -> Vec<f32> {
+    let panels = co.div_ceil(DR);
+    let mut out = vec![0.0f32; panels * kdim * DR];
+    for (q, panel) in out.chunks_exact_mut(kdim * DR).enumerate() {
+        for p in 0..kdim {
+            for r in 0..DR {
+                let o = q * DR + r;
+                if o < co {
+                    panel[p * DR + r] = wf(o, p);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// K offsets of term p = (ci, kh, kw) in the padded buffer.
+fn k_offsets(d: &DGeom) -> Vec<u32> {
+    let (plane, wp) = (d.plane(), d.wp());
+    let mut v = Vec::with_capacity(d.ci * d.k * d.k);
+    for ci in 0..d.ci {
+        for kh in 0..d.k {
+            for kw in 0..d.k {
+                v.push((ci * plane + kh * wp + kw) as u32);
+            }
+        }
+    }
+    v
+}
+
+/// Copies one item's `ci` planes into the zero-padded buffer.
+fn pad_item(d: &DGeom, x: &[f32], buf: &mut Vec<f32>) {
+    buf.clear();
+    buf.resize(d.buf_len(), 0.0);
+    let (plane, wp, hw) = (d.plane(), d.wp(), d.hi * d.wi);
+    for c in 0..d.ci {
+        let src = &x[c * hw..(c + 1) * hw];
+        let dst = &mut buf[c * plane..];
+        for (h, row) in src.chunks_exact(d.wi).enumerate() {
+            let o = (h + d.p) * wp + d.p;
+            dst[o..o + d.wi].copy_from_slice(row);
+        }
+    }
+}
+
+/// Writes the valid lanes of a tile's vectors (j0, j0 + 1) for panel channels o0.. to y planes.
+fn store_tile(d: &DGeom, tile: &DTile, j0: usize, o0: usize, y: &mut [f32]) {
+    let hw = d.ho * d.wo;
+    let rows = DR.min(d.co - o0);
+    for v in 0..NV {
+        let j = j0 + v;
+        if j >= d.vectors() {
+            break;
+        }
+        if d.row_layout() {
+            for r in 0..rows {
+                y[(o0 + r) * hw + j * V..][..V].copy_from_slice(&tile[r][v]);
+            }
+        } else {
+            let wp = d.wp();
+            let mut lane = 0;
+            while lane < V {
+                let q = j * V + lane;
+                let (oh, ow) = (q / wp, q % wp);
+                if oh >= d.ho {
+                    break;
+                }
+                if ow >= d.wo {
+                    lane += wp - ow;
+                    continue;
+                }
+                let run = (d.wo - ow).min(V - lane);
+                for r in 0..rows {
+                    y[(o0 + r) * hw + oh * d.wo + ow..][..run]
+                        .copy_from_slice(&tile[r][v][lane..lane + run]);
+                }
+                lane += run;
+            }
+        }
+    }
+}
+
+/// All output planes of one item for panels `q0..q1`: y is the item's [co, ho, wo] output.
+fn run_item(
+    d: &DGeom,
+    micro: DMicroFn,
+    panels: &[f32],
+    koff: &[u32],
+    xp: &[f32],
+    (q0, q1): (usize, usize),
+    y: &mut [f32],
+) {
+    let kdim = koff.len();
+    assert!(xp.len() >= d.buf_len() && panels.len() >= q1 * kdim * DR);
+    let nvec = d.vectors();
+    for q in q0..q1 {
+        let wpanel = &panels[q * kdim * DR..(q + 1) * kdim * DR];
+        for j0 in (0..nvec).step_by(NV) {
+            let o0 = d.in_off(j0);
+            let o1 = if j0 + 1 < nvec { d.in_off(j0 + 1) } else { o0 };
+            // SAFETY: the kernel reads wpanel[..kdim * DR] and xp[o + koff[p] .. + V] for o in
+            // {o0, o1}; koff[p] + o + V <= buf_len by construction of the padded buffer (the
+            // largest offset is (ci-1) * plane + (k-1) * (wp + 1) plus a lane base below
+            // hp * wp), and its CPU features were detected.
+            let tile = unsafe {
+                micro(
+                    kdim,
+                    wpanel.as_ptr(),
+                    xp.as_ptr().add(o0),
+                    xp.as_ptr().add(o1),
+                    koff.as_ptr(),
+                )
+            };
+            store_tile(d, &tile, j0, q * DR, y);
+        }
+    }
+}
+
+/// y[n] = conv(x[n]) for every item, with filters in panels (`co` channels); `x_of(n)` is item
+/// n's input planes, `panels_of(n)` its panels (the one-hot gradient switches filters by item).
+fn run<'a>(
+    d: &DGeom,
+    n: usize,
+    x_of: impl Fn(usize) -> &'a [f32] + Sync,
+    panels_of: impl Fn(usize) -> &'a [f32] + Sync,
+    y: &mut [f32],
+) {
+    let micro = kernel().0;
+    let koff = k_offsets(d);
+    let item = d.co * d.ho * d.wo;
+    let npanels = d.co.div_ceil(DR);
+    // Split an item's panels over tasks only when there are too few items to go round.
+    let want = 4 * rayon::current_num_threads();
+    let groups = want.div_ceil(n).clamp(1, npanels);
+    let per = npanels.div_ceil(groups);
+    let groups = npanels.div_ceil(per);
+    if groups == 1 {
+        y.par_chunks_mut(item)
+            .enumerate()
+            .for_each_init(Vec::new, |buf, (i, yi)| {
+                pad_item(d, x_of(i), buf);
+                run_item(d, micro, panels_of(i), &koff, buf, (0, npanels), yi);
+            });
+        return;
+    }
+    // Channel groups of one item are contiguous ranges of its output: split the item's slice.
+    let plane = d.ho * d.wo;
+    let mut parts: Vec<(usize, usize, &mut [f32])> = Vec::with_capacity(n * groups);
+    for (i, yi) in y.chunks_mut(item).enumerate() {
+        let mut rest = yi;
+        for gi in 0..groups {
+            let (q0, q1) = (gi * per, ((gi + 1) * per).min(npanels));
+            let take = ((q1 * DR).min(d.co) - q0 * DR) * plane;
+            let (head, tail) = rest.split_at_mut(take);
+            parts.push((i, q0, head));
+            rest = tail;
+        }
+    }
+    parts
+        .into_par_iter()
+        .for_each_init(Vec::new, |buf, (i, q0, part)| {
+            let q1 = (q0 + per).min(npanels);
+            pad_item(d, x_of(i), buf);
+            // run_item writes channel planes relative to the item's start: shift by q0 * DR.
+            run_item_shifted(d, micro, panels_of(i), &koff, buf, (q0, q1), part);
+        });
+}
+
+/// `run_item` for a slice that starts at channel `q0 * DR` of the item.
+fn run_item_shifted(
+    d: &DGeom,
+    micro: DMicroFn,
+    panels: &[f32],
+    koff: &[u32],
+    xp: &[f32],
+    (q0, q1): (usize, usize),
+    y: &mut [f32],
+) {
+    let kdim = koff.len();
+    let sub = DGeom {
+        co: (q1 * DR).min(d.co) - q0 * DR,
+        ..*d
+    };
+    run_item(
+        &sub,
+        micro,
+        &panels[q0 * kdim * DR..q1 * kdim * DR],
+        koff,
+        xp,
+        (0, q1 - q0),
+        y,
+    );
+}
+
+/// Forward: y = conv(x, w), stride 1.
+pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32]) {
+    let d = dgeom(g);
+    let kdim = g.ci * g.k * g.k;
+    let panels = pack_panels(g.co, kdim, |o, p| w[o * kdim + p]);
+    let item_in = g.ci * g.hi * g.wi;
+    run(
+        &d,
+        g.n,
+        |i| &x[i * item_in..(i + 1) * item_in],
+        |_| &panels,
+        y,
+    );
+}
+
+/// Filter term of the input gradient: output channel ci, term (co, kh', kw') of the flipped filter.
+#[inline]
+fn flipped(g: &Geom, w: &[f32], ci: usize, co: usize, t: usize) -> f32 {
+    let kk = g.k * g.k;
+    w[(co * g.ci + ci) * kk + (kk - 1 - t)]
+}
+
+/// Input gradient: dx = conv(dy, flip(w)^T) with padding k - 1 - p, stride 1.
+pub(crate) fn input_grad(g: &Geom, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+    let t = transposed(g);
+    let d = dgeom(&t);
+    let kk = g.k * g.k;
+    let panels = pack_panels(g.ci, g.co * kk, |ci, p| flipped(g, w, ci, p / kk, p % kk));
+    let item_in = g.co * g.ho * g.wo;
+    run(
+        &d,
+        g.n,
+        |i| &dy[i * item_in..(i + 1) * item_in],
+        |_| &panels,
+        dx,
+    );
+}
+
+/// One-hot input gradient: item i's cotangent is seed[i] (one plane) in channel
+/// `first_channel + i / group`; the terms are those of `input_grad` for that channel alone.
+pub(crate) fn input_grad_onehot(
+    g: &Geom,
+    seed: &[f32],
+    w: &[f32],
+    first_channel: usize,
+    group: usize,
+    dx: &mut [f32],
+) {
+    let t = transposed(g);
+    let d = DGeom { ci: 1, ..dgeom(&t) };
+    let kk = g.k * g.k;
+    let filters = g.n.div_ceil(group);
+    let panels: Vec<Vec<f32>> = (0..filters)
+        .into_par_iter()
+        .map(|f| {
+            let c = first_channel + f;
+            pack_panels(g.ci, kk, |ci, p| flipped(g, w, ci, c, p))
+        })
+        .collect();
+    let plane = g.ho * g.wo;
+    run(
+        &d,
+        g.n,
+        |i| &seed[i * plane..(i + 1) * plane],
+        |i| &panels[i / group],
+        dx,
+    );
+}
+
+/// Portable kernel: separate multiply and add.
+unsafe fn dmicro_plain(
+    kdim: usize,
+    w: *const f32,
+    x0: *const f32,
+    x1: *const f32,
+    koff: *const u32,
+) -> DTile {
+    let mut acc = [[[0.0f32; V]; NV]; DR];
+    for p in 0..kdim {
+        // SAFETY: the caller guarantees kdim weights x DR, kdim offsets and in-bounds loads.
+        let (o, wp) = unsafe { (*koff.add(p) as usize, w.add(p * DR)) };
+        for (v, base) in [x0, x1].into_iter().enumerate() {
+            // SAFETY: as above.
+            let xv = unsafe { std::slice::from_raw_parts(base.add(o), V) };
+            for (r, a) in acc.iter_mut().enumerate() {
+                // SAFETY: as above.
+                let wr = unsafe { *wp.add(r) };
+                for (l, &xl) in xv.iter().enumerate() {
+                    a[v][l] += wr * xl;
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// AVX2 + FMA: four passes of 4 channels x 16 lanes (8 ymm accumulators each).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dmicro_avx2(
+    kdim: usize,
+    w: *const f32,
+    x0: *const f32,
+    x1: *const f32,
+    koff: *const u32,
+) -> DTile {
+    use std::arch::x86_64::*;
+    let mut out = [[[0.0f32; V]; NV]; DR];
+    for (v, base) in [x0, x1].into_iter().enumerate() {
+        for half in 0..2 {
+            let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+            for p in 0..kdim {
+                // SAFETY: the caller guarantees kdim weights x DR, kdim offsets, in-bounds loads.
+                unsafe {
+                    let xp = base.add(*koff.add(p) as usize);
+                    let (lo, hi) = (_mm256_loadu_ps(xp), _mm256_loadu_ps(xp.add(8)));
+                    let wp = w.add(p * DR + half * 4);
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let wv = _mm256_broadcast_ss(&*wp.add(r));
+                        a[0] = _mm256_fmadd_ps(wv, lo, a[0]);
+                        a[1] = _mm256_fmadd_ps(wv, hi, a[1]);
+                    }
+                }
+            }
+            for (r, a) in acc.iter().enumerate() {
+                let row = &mut out[half * 4 + r][v];
+                // SAFETY: each row holds 16 floats.
+                unsafe {
+                    _mm256_storeu_ps(row.as_mut_ptr(), a[0]);
+                    _mm256_storeu_ps(row.as_mut_ptr().add(8), a[1]);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// AVX-512: the whole 8 x 32 tile in 16 zmm accumulators.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn dmicro_avx512(
+    kdim: usize,
+    w: *const f32,
+    x0: *const f32,
+    x1: *const f32,
+    koff: *const u32,
+) -> DTile {
+    use std::arch::x86_64::*;
+    let mut a0 = [_mm512_setzero_ps(); DR];
+    let mut a1 = [_mm512_setzero_ps(); DR];
+    for p in 0..kdim {
+        // SAFETY: the caller guarantees kdim weights x DR, kdim offsets and in-bounds loads.
+        unsafe {
+            let o = *koff.add(p) as usize;
+            let (v0, v1) = (_mm512_loadu_ps(x0.add(o)), _mm512_loadu_ps(x1.add(o)));
+            let wp = w.add(p * DR);
+            for r in 0..DR {
+                let wv = _mm512_set1_ps(*wp.add(r));
+                a0[r] = _mm512_fmadd_ps(wv, v0, a0[r]);
+                a1[r] = _mm512_fmadd_ps(wv, v1, a1[r]);
+            }
+        }
+    }
+    let mut out = [[[0.0f32; V]; NV]; DR];
+    for r in 0..DR {
+        // SAFETY: each row holds 16 floats.
+        unsafe {
+            _mm512_storeu_ps(out[r][0].as_mut_ptr(), a0[r]);
+            _mm512_storeu_ps(out[r][1].as_mut_ptr(), a1[r]);
+        }
+    }
+    out
+}
+
+/// The direct kernel for this CPU (same selection and `FMP_CPU_KERNEL` override as the GEMM's).
+fn kernel() -> (DMicroFn, &'static str) {
+    static K: OnceLock<(DMicroFn, &'static str)> = OnceLock::new();
+    *K.get_or_init(|| {
+        let force = std::env::var("FMP_CPU_KERNEL").unwrap_or_default();
+        if force == "portable" {
+            return (dmicro_plain as DMicroFn, "direct portable 8x32");
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            let fma = std::is_x86_feature_detected!("fma");
+            if force != "avx2" && fma && std::is_x86_feature_detected!("avx512f") {
+                return (dmicro_avx512 as DMicroFn, "direct avx512 8x32");
+            }
+            if fma && std::is_x86_feature_detected!("avx2") {
+                return (dmicro_avx2 as DMicroFn, "direct avx2+fma 4x(4x16)");
+            }
+        }
+        (dmicro_plain as DMicroFn, "direct portable 8x32")
+    })
+}
+
+pub fn kernel_name() -> &'static str {
+    kernel().1
+}
+
+/// Output channels per weight-gradient pass (x 3 taps = 12 accumulators).
+const WR: usize = 4;
+
+/// Which shapes take the direct weight gradient: the direct forward's shapes, 3x3 filters.
+pub(crate) fn suits_weight_grad(g: &Geom) -> bool {
+    g.k == 3 && suits(g)
+}
+
+/// (per 16-lane vector j: x offset in the padded plane, dy offset in the lane buffer)
+fn lane_offsets(d: &DGeom) -> Vec<(u32, u32)> {
+    (0..d.vectors())
+        .map(|j| (d.in_off(j) as u32, (j * V) as u32))
+        .collect()
+}
+
+/// dy laid out in lanes, all items: whole rows (row layout: dy itself) or the padded grid with
+/// zeros in the dropped lanes, so those lanes add exact zeros. Returns the floats per plane.
+fn dy_lanes<'a>(d: &DGeom, n: usize, dy: &'a [f32], buf: &'a mut Vec<f32>) -> (&'a [f32], usize) {
+    let hw = d.ho * d.wo;
+    if d.row_layout() {
+        return (dy, hw);
+    }
+    let (wp, lanes) = (d.wp(), d.vectors() * V);
+    *buf = vec![0.0; n * d.co * lanes];
+    buf.par_chunks_mut(lanes)
+        .zip(dy.par_chunks(hw))
+        .for_each(|(dst, src)| {
+            for oh in 0..d.ho {
+                dst[oh * wp..][..d.wo].copy_from_slice(&src[oh * d.wo..][..d.wo]);
+            }
+        });
+    (buf, lanes)
+}
+
+/// Lane-wise partial sums acc[r][kw][lane] += sum_j dy[r][dyo_j + lane] * x[xo_j + kw + lane]
+/// over the vectors j, for WR channels and 3 taps of one filter row.
+type WMicroFn = unsafe fn(&[(u32, u32)], [*const f32; WR], *const f32, &mut [[[f32; V]; 3]; WR]);
+
+unsafe fn wmicro_plain(
+    offs: &[(u32, u32)],
+    dy: [*const f32; WR],
+    x: *const f32,
+    acc: &mut [[[f32; V]; 3]; WR],
+) {
+    for &(xo, dyo) in offs {
+        for (r, a) in acc.iter_mut().enumerate() {
+            for (kw, ak) in a.iter_mut().enumerate() {
+                for (l, al) in ak.iter_mut().enumerate() {
+                    // SAFETY: the caller guarantees in-bounds vectors at every offset.
+                    let (dv, xv) =
+                        unsafe { (*dy[r].add(dyo as usize + l), *x.add(xo as usize + kw + l)) };
+                    *al += dv * xv;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn wmicro_avx2(
+    offs: &[(u32, u32)],
+    dy: [*const f32; WR],
+    x: *const f32,
+    acc: &mut [[[f32; V]; 3]; WR],
+) {
+    use std::arch::x86_64::*;
+    for half in 0..2 {
+        let h = half * 8;
+        let mut a = [[_mm256_setzero_ps(); 3]; WR];
+        for &(xo, dyo) in offs {
+            // SAFETY: the caller guarantees in-bounds vectors at every offset.
+            unsafe {
+                let xp = x.add(xo as usize + h);
+                let xv = [
+                    _mm256_loadu_ps(xp),
+                    _mm256_loadu_ps(xp.add(1)),
+                    _mm256_loadu_ps(xp.add(2)),
+                ];
+                for r in 0..WR {
+                    let dv = _mm256_loadu_ps(dy[r].add(dyo as usize + h));
+                    for kw in 0..3 {
+                        a[r][kw] = _mm256_fmadd_ps(dv, xv[kw], a[r][kw]);
+                    }
+                }
+            }
+        }
+        for r in 0..WR {
+            for kw in 0..3 {
+                let mut t = [0f32; 8];
+                // SAFETY: t holds 8 floats.
+                unsafe { _mm256_storeu_ps(t.as_mut_ptr(), a[r][kw]) };
+                for (l, v) in t.iter().enumerate() {
+                    acc[r][kw][h + l] += v;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn wmicro_avx512(
+    offs: &[(u32, u32)],
+    dy: [*const f32; WR],
+    x: *const f32,
+    acc: &mut [[[f32; V]; 3]; WR],
+) {
+    use std::arch::x86_64::*;
+    let mut a = [[_mm512_setzero_ps(); 3]; WR];
+    for &(xo, dyo) in offs {
+        // SAFETY: the caller guarantees in-bounds vectors at every offset.
+        unsafe {
+            let xp = x.add(xo as usize);
+            let xv = [
+                _mm512_loadu_ps(xp),
+                _mm512_loadu_ps(xp.add(1)),
+                _mm512_loadu_ps(xp.add(2)),
+            ];
+            for r in 0..WR {
+                let dv = _mm512_loadu_ps(dy[r].add(dyo as usize));
+                for kw in 0..3 {
+                    a[r][kw] = _mm512_fmadd_ps(dv, xv[kw], a[r][kw]);
+                }
+            }
+        }
+    }
+    for r in 0..WR {
+        for kw in 0..3 {
+            let mut t = [0f32; V];
+            // SAFETY: t holds 16 floats.
+            unsafe { _mm512_storeu_ps(t.as_mut_ptr(), a[r][kw]) };
+            for (l, v) in t.iter().enumerate() {
+                acc[r][kw][l] += v;
+            }
+        }
+    }
+}
+
+fn wkernel() -> WMicroFn {
+    static K: OnceLock<WMicroFn> = OnceLock::new();
+    *K.get_or_init(|| {
+        let force = std::env::var("FMP_CPU_KERNEL").unwrap_or_default();
+        if force == "portable" {
+            return wmicro_plain as WMicroFn;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            let fma = std::is_x86_feature_detected!("fma");
+            if force != "avx2" && fma && std::is_x86_feature_detected!("avx512f") {
+                return wmicro_avx512 as WMicroFn;
+            }
+            if fma && std::is_x86_feature_detected!("avx2") {
+                return wmicro_avx2 as WMicroFn;
+            }
+        }
+        wmicro_plain as WMicroFn
+    })
+}
+
+/// Weight gradient, stride 1, 3x3: dw[co, ci, kh, kw] = sum over items and output pixels of
+/// dy[n, co, oh, ow] * x[n, ci, oh - p + kh, ow - p + kw], with no im2col panels: one task per
+/// input channel pads its plane once per item and walks the lanes of every output channel;
+/// per-lane partial sums run over items and vectors in order and are summed across lanes at the
+/// end in lane order, so the result does not depend on the thread count.
+pub(crate) fn weight_grad(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    let d = dgeom(g);
+    let micro = wkernel();
+    let offs = lane_offsets(&d);
+    let (plane_in, kk) = (g.hi * g.wi, g.k * g.k);
+    let one = DGeom { ci: 1, ..d };
+    let groups = g.co.div_ceil(WR);
+    let mut dybuf = Vec::new();
+    let (lanes_all, stride) = dy_lanes(&d, g.n, dy, &mut dybuf);
+    let per_ci: Vec<Vec<f32>> = (0..g.ci)
+        .into_par_iter()
+        .map_init(Vec::new, |xbuf, ci| {
+            let mut acc = vec![[[[0f32; V]; 3]; WR]; groups * 3];
+            for n in 0..g.n {
+                let xi = &x[(n * g.ci + ci) * plane_in..][..plane_in];
+                pad_item(&one, xi, xbuf);
+                let lanes = &lanes_all[n * g.co * stride..][..g.co * stride];
+                for (gi, chunk) in acc.chunks_exact_mut(3).enumerate() {
+                    // Rows past co (a partial last group) read channel 0 and are dropped.
+                    let dyp: [*const f32; WR] = std::array::from_fn(|r| {
+                        let co = gi * WR + r;
+                        lanes[if co < g.co { co * stride } else { 0 }..].as_ptr()
+                    });
+                    for (kh, a) in chunk.iter_mut().enumerate() {
+                        let xb = xbuf[kh * one.wp()..].as_ptr();
+                        // SAFETY: every x read is inside the padded plane's buffer (lane base
+                        // + kh * wp + kw + 16 <= buf_len, as in the forward), every dy read
+                        // inside the item's lane planes; the kernel's features were detected.
+                        unsafe { micro(&offs, dyp, xb, a) };
+                    }
+                }
+            }
+            // dw[co][ci][kh][kw] for this ci: lane sums in lane order.
+            let mut out = vec![0f32; g.co * kk];
+            for (gi, chunk) in acc.chunks_exact(3).enumerate() {
+                for (kh, a) in chunk.iter().enumerate() {
+                    for r in 0..WR {
+                        let co = gi * WR + r;
+                        if co < g.co {
+                            for kw in 0..3 {
+                                out[co * kk + kh * 3 + kw] = a[r][kw].iter().sum();
+                            }
+                        }
+                    }
+                }
+            }
+            out
+        })
+        .collect();
+    for (ci, vals) in per_ci.iter().enumerate() {
+        for co in 0..g.co {
+            dw[(co * g.ci + ci) * kk..][..kk].copy_from_slice(&vals[co * kk..][..kk]);
+        }
+    }
+}

@@ -1,0 +1,525 @@
+//! Op-level profile: a `Backend` that forwards every call to another backend and records, per op
+//! and shape, the calls, the wall time (around `synchronize()` on a GPU) and the counted work
+//! (`bench::count`). `fmp-engine bench scan --profile` runs the scan's chunk step on it.
+//!
+//! Convolution times include their operand packing (GEMM path) or padding copies (direct path);
+//! `copy` is the backend's tensor copy. Allocation (`zeros`) is recorded too: it is part of what
+//! the scan pays per op.
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::count::{self, OpCost};
+use super::timing::BenchDevice;
+use crate::backend::{Backend, ConvParams};
+use crate::error::Result;
+use crate::tensor::{Indices, Tensor};
+
+/// Totals of one (op, shape) key.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ProfileEntry {
+    pub op: String,
+    pub shape: String,
+    pub calls: u64,
+    pub seconds: f64,
+    pub counted: OpCost,
+}
+
+pub struct ProfiledBackend {
+    inner: Arc<dyn Backend>,
+    entries: Mutex<BTreeMap<(String, String), ProfileEntry>>,
+}
+
+fn conv_shape(p: &ConvParams) -> String {
+    format!(
+        "{}x{}x{}->{}x{}x{} k{}s{}",
+        p.c_in, p.h_in, p.w_in, p.c_out, p.h_out, p.w_out, p.kernel, p.stride
+    )
+}
+
+/// Item shape (batch left out, so chunks of different sizes share a key).
+fn item_shape(t: &Tensor) -> String {
+    let s = t.shape();
+    s[1.min(s.len())..]
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("x")
+}
+
+fn numel(t: &Tensor) -> u64 {
+    t.numel() as u64
+}
+
+fn channels(t: &Tensor) -> u64 {
+    t.shape().get(1).copied().unwrap_or(1) as u64
+}
+
+impl ProfiledBackend {
+    pub fn new(inner: Arc<dyn Backend>) -> Self {
+        ProfiledBackend {
+            inner,
+            entries: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn rec<T>(
+        &self,
+        op: &str,
+        shape: String,
+        cost: OpCost,
+        f: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        if self.inner.is_gpu() {
+            self.inner.synchronize()?;
+        }
+        let t = Instant::now();
+        let out = f()?;
+        if self.inner.is_gpu() {
+            self.inner.synchronize()?;
+        }
+        let dt = t.elapsed().as_secs_f64();
+        let mut m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let e = m
+            .entry((op.to_string(), shape.clone()))
+            .or_insert_with(|| ProfileEntry {
+                op: op.to_string(),
+                shape,
+                ..Default::default()
+            });
+        e.calls += 1;
+        e.seconds += dt;
+        e.counted += cost;
+        Ok(out)
+    }
+
+    /// Everything recorded so far, most expensive first; clears the record.
+    pub fn take(&self) -> Vec<ProfileEntry> {
+        let mut m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<ProfileEntry> = std::mem::take(&mut *m).into_values().collect();
+        v.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+        v
+    }
+}
+
+/// `dev` with its backend wrapped in a profiler (host-clock timing; events are not used).
+pub fn profiled(dev: &BenchDevice) -> (BenchDevice, Arc<ProfiledBackend>) {
+    let p = Arc::new(ProfiledBackend::new(dev.backend.clone()));
+    (
+        BenchDevice {
+            backend: p.clone(),
+            events: None,
+        },
+        p,
+    )
+}
+
+/// Totals over several `take()`s, most expensive first.
+#[derive(Default)]
+pub struct ProfileTotals(BTreeMap<(String, String), ProfileEntry>);
+
+impl ProfileTotals {
+    pub fn add(&mut self, entries: Vec<ProfileEntry>) {
+        for e in entries {
+            let r = self
+                .0
+                .entry((e.op.clone(), e.shape.clone()))
+                .or_insert_with(|| ProfileEntry {
+                    op: e.op.clone(),
+                    shape: e.shape.clone(),
+                    ..Default::default()
+                });
+            r.calls += e.calls;
+            r.seconds += e.seconds;
+            r.counted += e.counted;
+        }
+    }
+    pub fn into_sorted(self) -> Vec<ProfileEntry> {
+        let mut v: Vec<ProfileEntry> = self.0.into_values().collect();
+        v.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+        v
+    }
+}
+
+/// A printable table: per (op, shape) and per op, time share, GFLOP/s and GB/s of counted work.
+pub fn profile_table(entries: &[ProfileEntry], peak_flops: f64) -> String {
+    use std::fmt::Write;
+    let total: f64 = entries.iter().map(|e| e.seconds).sum::<f64>().max(1e-12);
+    let mut s = String::new();
+    let mut by_op: BTreeMap<&str, (u64, f64, OpCost)> = BTreeMap::new();
+    for e in entries {
+        let t = by_op.entry(&e.op).or_default();
+        t.0 += e.calls;
+        t.1 += e.seconds;
+        t.2 += e.counted;
+    }
+    let mut ops: Vec<_> = by_op.into_iter().collect();
+    ops.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+    let line = |s: &mut String, name: &str, calls: u64, secs: f64, c: OpCost| {
+        let _ = writeln!(
+            s,
+            "{name:<58} {calls:>7} {secs:>9.3} s {:>6.1}% {:>8.2} GFLOP/s {:>8.2} GB/s {:>6.1}% peak",
+            100.0 * secs / total,
+            c.flops as f64 / secs.max(1e-12) / 1e9,
+            c.bytes as f64 / secs.max(1e-12) / 1e9,
+            100.0 * c.flops as f64 / secs.max(1e-12) / peak_flops
+        );
+    };
+    let _ = writeln!(
+        s,
+        "## by op ({total:.3} s recorded; GFLOP/s and GB/s of counted work)"
+    );
+    for (op, (calls, secs, c)) in &ops {
+        line(&mut s, op, *calls, *secs, *c);
+    }
+    let _ = writeln!(s, "## by op and shape");
+    for e in entries {
+        line(
+            &mut s,
+            &format!("{} {}", e.op, e.shape),
+            e.calls,
+            e.seconds,
+            e.counted,
+        );
+    }
+    s
+}
+
+impl Backend for ProfiledBackend {
+    fn name(&self) -> String {
+        format!("{} [profiled]", self.inner.name())
+    }
+    fn is_gpu(&self) -> bool {
+        self.inner.is_gpu()
+    }
+    fn synchronize(&self) -> Result<()> {
+        self.inner.synchronize()
+    }
+    fn memory_budget(&self) -> usize {
+        self.inner.memory_budget()
+    }
+    fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let key = shape[1.min(shape.len())..]
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("x");
+        self.rec("alloc (zeros)", key, OpCost::new(0, 4 * n as u64), || {
+            self.inner.zeros(shape)
+        })
+    }
+    fn from_host(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
+        self.rec(
+            "from_host",
+            String::new(),
+            OpCost::new(0, 4 * data.len() as u64),
+            || self.inner.from_host(data, shape),
+        )
+    }
+    fn to_host(&self, t: &Tensor) -> Result<Vec<f32>> {
+        self.rec(
+            "to_host",
+            item_shape(t),
+            OpCost::new(0, 4 * numel(t)),
+            || self.inner.to_host(t),
+        )
+    }
+    fn indices_from_host(&self, data: &[u32]) -> Result<Indices> {
+        self.inner.indices_from_host(data)
+    }
+    fn copy(&self, src: &Tensor, dst: &mut Tensor) -> Result<()> {
+        self.rec(
+            "copy",
+            item_shape(src),
+            OpCost::new(0, 8 * numel(src)),
+            || self.inner.copy(src, dst),
+        )
+    }
+    fn fill(&self, t: &mut Tensor, value: f32) -> Result<()> {
+        let c = OpCost::new(0, 4 * numel(t));
+        self.rec("fill", item_shape(t), c, || self.inner.fill(t, value))
+    }
+    fn conv2d_forward(&self, p: &ConvParams, x: &Tensor, w: &Tensor, y: &mut Tensor) -> Result<()> {
+        self.rec("conv_fwd", conv_shape(p), count::conv_forward(p), || {
+            self.inner.conv2d_forward(p, x, w, y)
+        })
+    }
+    fn conv2d_input_grad(
+        &self,
+        p: &ConvParams,
+        dy: &Tensor,
+        w: &Tensor,
+        dx: &mut Tensor,
+    ) -> Result<()> {
+        self.rec(
+            "conv_dgrad",
+            conv_shape(p),
+            count::conv_input_grad(p),
+            || self.inner.conv2d_input_grad(p, dy, w, dx),
+        )
+    }
+    fn conv2d_weight_grad(
+        &self,
+        p: &ConvParams,
+        x: &Tensor,
+        dy: &Tensor,
+        dw: &mut Tensor,
+    ) -> Result<()> {
+        self.rec(
+            "conv_wgrad",
+            conv_shape(p),
+            count::conv_weight_grad(p),
+            || self.inner.conv2d_weight_grad(p, x, dy, dw),
+        )
+    }
+    fn conv2d_input_grad_onehot(
+        &self,
+        p: &ConvParams,
+        seed: &Tensor,
+        w: &Tensor,
+        first_channel: usize,
+        group: usize,
+        dx: &mut Tensor,
+    ) -> Result<()> {
+        let filters = (p.n as usize).div_ceil(group.max(1));
+        self.rec(
+            "conv_dgrad_onehot",
+            conv_shape(p),
+            count::conv_input_grad_onehot(p, filters),
+            || {
+                self.inner
+                    .conv2d_input_grad_onehot(p, seed, w, first_channel, group, dx)
+            },
+        )
+    }
+    fn channel_affine(
+        &self,
+        x: &Tensor,
+        scale: &Tensor,
+        shift: &Tensor,
+        relu: bool,
+        y: &mut Tensor,
+    ) -> Result<()> {
+        let op = if relu {
+            "bn_affine+relu"
+        } else {
+            "affine (normalise)"
+        };
+        let c = count::channel_affine(numel(x), channels(x), relu);
+        self.rec(op, item_shape(x), c, || {
+            self.inner.channel_affine(x, scale, shift, relu, y)
+        })
+    }
+    fn channel_affine_backward(
+        &self,
+        y_saved: Option<&Tensor>,
+        dy: &Tensor,
+        scale: &Tensor,
+        dx: &mut Tensor,
+    ) -> Result<()> {
+        let c = count::channel_affine_backward(
+            numel(dy),
+            channels(dy),
+            y_saved.map(numel).unwrap_or(0),
+        );
+        let op = if y_saved.is_some() {
+            "bn_affine+relu backward"
+        } else {
+            "affine backward (normalise)"
+        };
+        self.rec(op, item_shape(dy), c, || {
+            self.inner.channel_affine_backward(y_saved, dy, scale, dx)
+        })
+    }
+    fn batchnorm_train_forward(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f32,
+        momentum: f32,
+        running_mean: &mut Tensor,
+        running_var: &mut Tensor,
+        save_mean: &mut Tensor,
+        save_invstd: &mut Tensor,
+        y: &mut Tensor,
+    ) -> Result<()> {
+        let c = count::batchnorm_train_forward(numel(x), channels(x));
+        self.rec("batchnorm_train_fwd", item_shape(x), c, || {
+            self.inner.batchnorm_train_forward(
+                x,
+                gamma,
+                beta,
+                eps,
+                momentum,
+                running_mean,
+                running_var,
+                save_mean,
+                save_invstd,
+                y,
+            )
+        })
+    }
+    fn batchnorm_train_backward(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        gamma: &Tensor,
+        save_mean: &Tensor,
+        save_invstd: &Tensor,
+        dx: &mut Tensor,
+        dgamma: &mut Tensor,
+        dbeta: &mut Tensor,
+    ) -> Result<()> {
+        let c = count::batchnorm_train_backward(numel(x), channels(x));
+        self.rec("batchnorm_train_bwd", item_shape(x), c, || {
+            self.inner.batchnorm_train_backward(
+                x,
+                dy,
+                gamma,
+                save_mean,
+                save_invstd,
+                dx,
+                dgamma,
+                dbeta,
+            )
+        })
+    }
+    fn relu(&self, x: &Tensor, y: &mut Tensor) -> Result<()> {
+        self.rec("relu", item_shape(x), count::relu(numel(x)), || {
+            self.inner.relu(x, y)
+        })
+    }
+    fn relu_backward(&self, y_saved: &Tensor, dy: &Tensor, dx: &mut Tensor) -> Result<()> {
+        let c = count::relu_backward(numel(dy), numel(y_saved));
+        self.rec("relu_backward", item_shape(dy), c, || {
+            self.inner.relu_backward(y_saved, dy, dx)
+        })
+    }
+    fn add(&self, a: &Tensor, b: &Tensor, y: &mut Tensor) -> Result<()> {
+        self.rec("residual add", item_shape(a), count::add(numel(a)), || {
+            self.inner.add(a, b, y)
+        })
+    }
+    fn add_assign(&self, y: &mut Tensor, x: &Tensor) -> Result<()> {
+        let c = count::binary_in_place(numel(x));
+        self.rec("residual add (in place)", item_shape(x), c, || {
+            self.inner.add_assign(y, x)
+        })
+    }
+    fn mul_assign(&self, y: &mut Tensor, m: &Tensor) -> Result<()> {
+        let c = count::binary_in_place(numel(m));
+        self.rec("mask multiply", item_shape(m), c, || {
+            self.inner.mul_assign(y, m)
+        })
+    }
+    fn global_avg_pool(&self, x: &Tensor, y: &mut Tensor) -> Result<()> {
+        let (n, c, h, w) = x.nchw();
+        let cost = count::global_avg_pool(n as u64, c as u64, (h * w) as u64);
+        self.rec("global_avg_pool", item_shape(x), cost, || {
+            self.inner.global_avg_pool(x, y)
+        })
+    }
+    fn global_avg_pool_backward(&self, dy: &Tensor, dx: &mut Tensor) -> Result<()> {
+        let (n, c, h, w) = dx.nchw();
+        let cost = count::global_avg_pool_backward(n as u64, c as u64, (h * w) as u64);
+        self.rec("global_avg_pool_backward", item_shape(dx), cost, || {
+            self.inner.global_avg_pool_backward(dy, dx)
+        })
+    }
+    fn linear_forward(&self, x: &Tensor, w: &Tensor, b: &Tensor, y: &mut Tensor) -> Result<()> {
+        let (n, i, o) = (x.batch() as u64, w.shape()[1] as u64, w.shape()[0] as u64);
+        self.rec(
+            "linear",
+            format!("{i}->{o}"),
+            count::linear_forward(n, i, o),
+            || self.inner.linear_forward(x, w, b, y),
+        )
+    }
+    fn linear_backward_input(&self, dy: &Tensor, w: &Tensor, dx: &mut Tensor) -> Result<()> {
+        let (n, i, o) = (dy.batch() as u64, w.shape()[1] as u64, w.shape()[0] as u64);
+        self.rec(
+            "linear backward input",
+            format!("{i}->{o}"),
+            count::linear_backward_input(n, i, o),
+            || self.inner.linear_backward_input(dy, w, dx),
+        )
+    }
+    fn linear_backward_params(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        dw: &mut Tensor,
+        db: &mut Tensor,
+    ) -> Result<()> {
+        let (n, i, o) = (x.batch() as u64, dw.shape()[1] as u64, dw.shape()[0] as u64);
+        self.rec(
+            "linear backward params",
+            format!("{i}->{o}"),
+            count::linear_backward_params(n, i, o),
+            || self.inner.linear_backward_params(x, dy, dw, db),
+        )
+    }
+    fn softmax_cross_entropy(
+        &self,
+        logits: &Tensor,
+        labels: &Indices,
+        loss: &mut Tensor,
+        dlogits: &mut Tensor,
+    ) -> Result<()> {
+        let (n, k) = (logits.batch() as u64, channels(logits));
+        self.rec(
+            "softmax_xent",
+            item_shape(logits),
+            count::softmax_cross_entropy(n, k),
+            || {
+                self.inner
+                    .softmax_cross_entropy(logits, labels, loss, dlogits)
+            },
+        )
+    }
+    fn channel_mse(&self, a: &Tensor, b: &Tensor, loss: &mut Tensor) -> Result<()> {
+        let c = count::channel_mse(numel(a), channels(a));
+        self.rec("channel_mse", item_shape(a), c, || {
+            self.inner.channel_mse(a, b, loss)
+        })
+    }
+    fn frg_seed(
+        &self,
+        a_x: &Tensor,
+        a_x0: &Tensor,
+        first_channel: usize,
+        seed: &mut Tensor,
+    ) -> Result<()> {
+        let (kb, b) = (seed.batch() as u64, a_x.batch().max(1) as u64);
+        let hw = (seed.numel() / seed.batch().max(1)) as u64;
+        self.rec(
+            "frg_seed",
+            item_shape(a_x),
+            count::frg_seed(kb / b, b, hw),
+            || self.inner.frg_seed(a_x, a_x0, first_channel, seed),
+        )
+    }
+    fn sign_step(&self, x0: &Tensor, g: &Tensor, eps: f32, y: &mut Tensor) -> Result<()> {
+        let c = count::sign_step(numel(g), numel(x0));
+        self.rec("sign_step", item_shape(g), c, || {
+            self.inner.sign_step(x0, g, eps, y)
+        })
+    }
+    fn sgd_step(
+        &self,
+        param: &mut Tensor,
+        grad: &Tensor,
+        momentum_buf: &mut Tensor,
+        lr: f32,
+        momentum: f32,
+        weight_decay: f32,
+    ) -> Result<()> {
+        let c = count::sgd_step(numel(grad));
+        self.rec("sgd_step", String::new(), c, || {
+            self.inner
+                .sgd_step(param, grad, momentum_buf, lr, momentum, weight_decay)
+        })
+    }
+}

@@ -1,0 +1,258 @@
+//! FRG with several sign steps per feature map (`scan --steps S`).
+//!
+//! Step 1 is the spec's: `Xadv_1 = clamp(X0 + eps * sign(G_c(X0)), 0, 1)`. Every further step repeats it
+//! from the previous adversarial image: `Xadv_(t+1) = clamp(Xadv_t + eps * sign(G_c(Xadv_t)), 0, 1)` with
+//! `G_c(Z) = d/dZ mean_(b,h,w) (A_l(X) - A_l(Z))[:, c]^2` (each step moves every pixel by at most eps; after
+//! S steps by at most S * eps from X0; only the [0, 1] clamp bounds it). The score is taken on `Xadv_S`.
+//!
+//! Batched (`score_channels_steps`): the K*B stacked images of a chunk keep their own traces after step 1,
+//! so the one-channel seed of step t >= 2 is formed on the host from the stacked activations, then one
+//! `input_grad(Cotangent::OneHot)` over the K*B trace and one `sign_step` advance all of them. With S = 1 it
+//! computes what `frg::score_channels` computes (checked in tests/fmp_steps.rs); the scan uses
+//! `score_channels` for S = 1. Naive (`scan_layer_naive_steps`): one channel at a time with a full
+//! cotangent and host-side sign steps. Both give identical scores (tests/fmp_steps.rs).
+use std::ops::Range;
+
+use super::frg::{score_chunk, LayerScores, ScanOptions};
+use crate::error::{Error, Result};
+use crate::model::{Cotangent, PreActResNet18, Trace};
+use crate::tensor::Tensor;
+
+/// Channels per chunk with several steps: a third of the single-step chunk (`frg::chunk_channels`), since
+/// every stacked item also keeps a trace of the prefix.
+pub fn chunk_channels(model: &PreActResNet18, layer: usize, b: usize) -> usize {
+    (super::frg::chunk_channels(model, layer, b) / 3).max(1)
+}
+
+/// Score every channel of conv `layer` with `opts.steps` sign steps (batched, or naive with `opts.naive`).
+#[allow(clippy::too_many_arguments)]
+pub fn scan_layer_steps(
+    model: &PreActResNet18,
+    x: &Tensor,
+    x0: &Tensor,
+    labels: &[u32],
+    layer: usize,
+    opts: &ScanOptions,
+    chunk: usize,
+    progress: &mut dyn FnMut(usize),
+) -> Result<LayerScores> {
+    let channels = super::frg::conv_channels(model, layer)?;
+    scan_layer_steps_range(
+        model,
+        x,
+        x0,
+        labels,
+        layer,
+        0..channels,
+        opts,
+        chunk,
+        progress,
+    )
+}
+
+/// Score channels `range` of conv `layer` with `opts.steps` sign steps (chunks start at `range.start`;
+/// every channel's images are independent, so a slice scores exactly as in a whole-conv pass). The unit
+/// the scan journals and shards (`frg::scan_slices`).
+#[allow(clippy::too_many_arguments)]
+pub fn scan_layer_steps_range(
+    model: &PreActResNet18,
+    x: &Tensor,
+    x0: &Tensor,
+    labels: &[u32],
+    layer: usize,
+    range: Range<usize>,
+    opts: &ScanOptions,
+    chunk: usize,
+    progress: &mut dyn FnMut(usize),
+) -> Result<LayerScores> {
+    if opts.steps == 0 {
+        return Err(Error::InvalidArgument("--steps must be at least 1".into()));
+    }
+    if opts.naive {
+        return scan_layer_naive_steps_range(
+            model, x, x0, labels, layer, range, opts.eps, opts.steps, progress,
+        );
+    }
+    let tx = model.forward_trace(x, layer)?;
+    let tx0 = model.forward_trace(x0, layer)?;
+    let channels = range.end;
+    let mut res = LayerScores::default();
+    let mut c0 = range.start;
+    while c0 < channels {
+        let k = chunk.max(1).min(channels - c0);
+        score_channels_steps(
+            model, &tx, &tx0, x0, labels, c0, k, opts.eps, opts.steps, &mut res,
+        )?;
+        c0 += k;
+        progress(k);
+    }
+    Ok(res)
+}
+
+/// `2/(B*H*W) * (a_z[i, c] - a_x[i % B, c])` for item i = ki*B + bi, c = c0 + ki: the one-channel
+/// cotangents of the stacked items (a_z: [K*B, C, H, W], a_x: [B, C, H, W], host copies).
+fn stacked_seed(
+    a_z: &[f32],
+    a_x: &[f32],
+    b: usize,
+    c: usize,
+    hw: usize,
+    c0: usize,
+    k: usize,
+) -> Vec<f32> {
+    let scale = 2.0 / (b * hw) as f32;
+    let mut seed = vec![0f32; k * b * hw];
+    for ki in 0..k {
+        let ch = c0 + ki;
+        for bi in 0..b {
+            let i = ki * b + bi;
+            let z = &a_z[(i * c + ch) * hw..(i * c + ch + 1) * hw];
+            let xx = &a_x[(bi * c + ch) * hw..(bi * c + ch + 1) * hw];
+            for (j, s) in seed[i * hw..(i + 1) * hw].iter_mut().enumerate() {
+                *s = scale * (z[j] - xx[j]);
+            }
+        }
+    }
+    seed
+}
+
+/// One batched chunk with `steps` sign steps; appends k scores to `res`.
+#[allow(clippy::too_many_arguments)]
+pub fn score_channels_steps(
+    model: &PreActResNet18,
+    tx: &Trace,
+    tx0: &Trace,
+    x0: &Tensor,
+    labels: &[u32],
+    c0: usize,
+    k: usize,
+    eps: f32,
+    steps: usize,
+    res: &mut LayerScores,
+) -> Result<()> {
+    let be = model.backend();
+    let b = labels.len();
+    let layer = tx.upto();
+    let (_, c, h, w) = tx.tap().nchw();
+    let ax = be.to_host(tx.tap())?;
+    let mut xadv: Option<Tensor> = None;
+    for _ in 0..steps.max(1) {
+        let (g, from) = match &xadv {
+            None => {
+                let mut seed = be.zeros(&[k * b, 1, h, w])?;
+                be.frg_seed(tx.tap(), tx0.tap(), c0, &mut seed)?;
+                let g = model.input_grad(
+                    tx0,
+                    Cotangent::OneHot {
+                        seed: &seed,
+                        first_channel: c0,
+                        group: b,
+                    },
+                )?;
+                (g, x0)
+            }
+            Some(z) => {
+                let tz = model.forward_trace(z, layer)?;
+                let az = be.to_host(tz.tap())?;
+                let seed = stacked_seed(&az, &ax, b, c, h * w, c0, k);
+                let seed = be.from_host(&seed, &[k * b, 1, h, w])?;
+                let g = model.input_grad(
+                    &tz,
+                    Cotangent::OneHot {
+                        seed: &seed,
+                        first_channel: c0,
+                        group: b,
+                    },
+                )?;
+                (g, z)
+            }
+        };
+        let mut next = be.zeros(&[k * b, 3, 32, 32])?;
+        be.sign_step(from, &g, eps, &mut next)?;
+        xadv = Some(next);
+    }
+    let xadv = xadv.expect("at least one step");
+    let logits = be.to_host(&model.forward(&xadv)?)?;
+    score_chunk(&logits, labels, k, res)
+}
+
+/// The plain loop with `steps` sign steps: one channel at a time, full cotangents, host sign steps.
+#[allow(clippy::too_many_arguments)]
+pub fn scan_layer_naive_steps(
+    model: &PreActResNet18,
+    x: &Tensor,
+    x0: &Tensor,
+    labels: &[u32],
+    layer: usize,
+    eps: f32,
+    steps: usize,
+    progress: &mut dyn FnMut(usize),
+) -> Result<LayerScores> {
+    let channels = super::frg::conv_channels(model, layer)?;
+    scan_layer_naive_steps_range(
+        model,
+        x,
+        x0,
+        labels,
+        layer,
+        0..channels,
+        eps,
+        steps,
+        progress,
+    )
+}
+
+/// The plain loop with `steps` sign steps over channels `range` of conv `layer`.
+#[allow(clippy::too_many_arguments)]
+pub fn scan_layer_naive_steps_range(
+    model: &PreActResNet18,
+    x: &Tensor,
+    x0: &Tensor,
+    labels: &[u32],
+    layer: usize,
+    range: Range<usize>,
+    eps: f32,
+    steps: usize,
+    progress: &mut dyn FnMut(usize),
+) -> Result<LayerScores> {
+    let be = model.backend().clone();
+    let b = labels.len();
+    let ax = be.to_host(model.forward_trace(x, layer)?.tap())?;
+    let x0h = be.to_host(x0)?;
+    let mut res = LayerScores::default();
+    for c in range {
+        let mut z = x0h.clone();
+        for _ in 0..steps.max(1) {
+            let zt = be.from_host(&z, &[b, 3, 32, 32])?;
+            let tz = model.forward_trace(&zt, layer)?;
+            let shape = tz.tap().shape().to_vec();
+            let (_, cc, h, w) = tz.tap().nchw();
+            let az = be.to_host(tz.tap())?;
+            let scale = 2.0 / (b * h * w) as f32;
+            let mut cot = vec![0f32; az.len()];
+            for bi in 0..b {
+                let base = (bi * cc + c) * h * w;
+                for i in base..base + h * w {
+                    cot[i] = scale * (az[i] - ax[i]);
+                }
+            }
+            let cot = be.from_host(&cot, &shape)?;
+            let g = be.to_host(&model.input_grad(&tz, Cotangent::Full(&cot))?)?;
+            for (v, &gi) in z.iter_mut().zip(&g) {
+                let s = if gi > 0.0 {
+                    1.0
+                } else if gi < 0.0 {
+                    -1.0
+                } else {
+                    0.0
+                };
+                *v = (*v + eps * s).clamp(0.0, 1.0);
+            }
+        }
+        let xadv = be.from_host(&z, &[b, 3, 32, 32])?;
+        let logits = be.to_host(&model.forward(&xadv)?)?;
+        score_chunk(&logits, labels, 1, &mut res)?;
+        progress(1);
+    }
+    Ok(res)
+}
