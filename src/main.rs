@@ -21,6 +21,8 @@ enum Command {
     Eval(cli::eval::Args),
     /// FRG scan: rank every conv feature map by how badly a perturbation aimed at it breaks the model.
     Scan(cli::scan::Args),
+    /// Combine the partial reports of `scan --shard I/N` into one scan report.
+    Merge(cli::merge::Args),
     /// Zero the feature maps selected by a scan report.
     Prune(cli::prune::Args),
     /// Fine-tune a (pruned) model on a clean class-balanced subset.
@@ -48,6 +50,7 @@ fn main() {
         Command::Info(a) => cli::info::run(a),
         Command::Eval(a) => cli::eval::run(a),
         Command::Scan(a) => cli::scan::run(a),
+        Command::Merge(a) => cli::merge::run(a),
         Command::Prune(a) => cli::prune::run(a),
         Command::Finetune(a) => cli::finetune::run(a),
         Command::Defend(a) => cli::defend::run(a),
@@ -60,6 +63,9 @@ fn main() {
     };
     if let Err(e) = result {
         eprintln!("fmp-engine: error: {e}");
+        if cli::interrupt::requested() {
+            std::process::exit(cli::interrupt::EXIT_INTERRUPTED);
+        }
         std::process::exit(1);
     }
 }

@@ -62,6 +62,14 @@ impl Rng {
         Rng::new(seed.wrapping_mul(GOLDEN) ^ h)
     }
 
+    /// The whole state (training checkpoints save it to continue the same stream).
+    pub fn state(&self) -> u64 {
+        self.state
+    }
+    /// The generator whose `state()` was `state`.
+    pub fn from_state(state: u64) -> Self {
+        Rng { state }
+    }
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(GOLDEN);
         let mut z = self.state;

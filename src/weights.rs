@@ -415,6 +415,14 @@ pub fn validate(sd: &mut StateDict, path: &Path, w: usize, k: usize) -> Result<u
 
 /// Serialise to safetensors bytes (F32, I64 for `int64_keys`).
 pub fn to_bytes(sd: &StateDict) -> Result<Vec<u8>> {
+    to_bytes_with_metadata(sd, None)
+}
+
+/// `to_bytes` with a safetensors `__metadata__` map (training checkpoints keep their state there).
+pub fn to_bytes_with_metadata(
+    sd: &StateDict,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<Vec<u8>> {
     let mut bufs: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(sd.len());
     for (name, t) in &sd.tensors {
         let (dtype, bytes) = if sd.int64_keys.contains(name) {
@@ -441,7 +449,7 @@ pub fn to_bytes(sd: &StateDict) -> Result<Vec<u8>> {
                 .map_err(|e| Error::Msg(format!("safetensors: tensor '{n}': {e:?}")))
         })
         .collect::<Result<_>>()?;
-    safetensors::tensor::serialize(views, &None)
+    safetensors::tensor::serialize(views, &metadata)
         .map_err(|e| Error::Msg(format!("safetensors serialise: {e:?}")))
 }
 

@@ -237,6 +237,9 @@ fn offline_refuses_to_download_and_says_how_to_point_at_data() {
     let root = tmp("offline");
     let (cwd, cache) = (root.join("work"), root.join("cache"));
     std::fs::create_dir_all(&cwd).unwrap();
+    // scan checks that WEIGHTS can be opened before it looks for data (issue 12); the data lookup
+    // fails before the file is read as a model
+    std::fs::write(cwd.join("m.safetensors"), b"never loaded").unwrap();
     // a listener that must see no connection
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.set_nonblocking(true).unwrap();

@@ -12,6 +12,7 @@ use fmp_engine::bench::timing::BenchDevice;
 use fmp_engine::bench::train::{run_train_bench, summary as train_summary, TrainBenchConfig};
 use fmp_engine::{Error, Result};
 
+use super::check::{int_in, seed, MAX_BATCH, MAX_CHANNELS, MAX_REPEATS, MAX_SAMPLES, MAX_WIDTH};
 use super::common::{DeviceArgs, JsonOut};
 
 #[derive(clap::Args, Debug)]
@@ -35,16 +36,16 @@ struct TrainArgs {
     #[command(flatten)]
     device: DeviceArgs,
     /// Model stem width.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = int_in::<usize>(1, MAX_WIDTH))]
     width: usize,
-    /// Images per step.
-    #[arg(long, default_value_t = 256)]
+    /// Images per step (at least 2: batch statistics need two).
+    #[arg(long, default_value_t = 256, value_parser = int_in::<usize>(2, MAX_BATCH))]
     batch: usize,
     /// Timed steps (the median is reported).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = int_in::<usize>(1, MAX_REPEATS))]
     steps: usize,
     /// Untimed steps first.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = int_in::<usize>(0, MAX_REPEATS))]
     warmup: usize,
     /// Print the timed steps' time by op and shape.
     #[arg(long)]
@@ -59,22 +60,22 @@ struct ScanArgs {
     #[command(flatten)]
     device: DeviceArgs,
     /// Model stem width.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = int_in::<usize>(1, MAX_WIDTH))]
     width: usize,
     /// Images scored per channel (B).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = int_in::<usize>(1, MAX_SAMPLES))]
     samples: usize,
     /// Only the first N convs (default all 20).
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<usize>(1, 20))]
     layers: Option<usize>,
     /// Channels timed per conv (default: one chunk); the rest is projected.
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<usize>(1, MAX_CHANNELS))]
     channels: Option<usize>,
     /// Channels per chunk (default: from the backend's memory budget).
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<usize>(1, MAX_CHANNELS))]
     chunk: Option<usize>,
     /// Seed of the random model and images.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = seed)]
     seed: u64,
     /// Weights to load (safetensors) instead of a random model.
     #[arg(long)]
@@ -98,13 +99,13 @@ struct KernelArgs {
     #[arg(long)]
     quick: bool,
     /// Activation batch (default 32, quick 2).
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<usize>(1, MAX_BATCH))]
     batch: Option<usize>,
     /// Timed repeats per case (the median is reported).
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<usize>(1, MAX_REPEATS))]
     repeats: Option<usize>,
     /// Model stem width.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = int_in::<usize>(1, MAX_WIDTH))]
     width: usize,
     /// Only cases whose name contains this.
     #[arg(long)]
@@ -132,6 +133,9 @@ fn train(a: TrainArgs) -> Result<()> {
         ..TrainBenchConfig::default()
     };
     let (json, json_file) = json_target(&a.json)?;
+    if let Some(p) = json_file {
+        super::check::output_path(p, "--json")?;
+    }
     let dev = BenchDevice::open(a.device.device.parse::<DeviceSpec>()?)?;
     println!("# fine-tuning step on {}", dev.backend.name());
     let rep = run_train_bench(&dev, &cfg)?;
@@ -154,6 +158,17 @@ fn json_target(p: &Option<PathBuf>) -> Result<(JsonOut, Option<&std::path::Path>
 
 fn scan(a: ScanArgs) -> Result<()> {
     let (json, json_file) = json_target(&a.json)?;
+    for (p, flag) in [
+        (&json_file, "--json"),
+        (&a.save_weights.as_deref(), "--save-weights"),
+    ] {
+        if let Some(p) = p {
+            super::check::output_path(p, flag)?;
+        }
+    }
+    if let Some(w) = &a.weights {
+        super::check::input_file(w, "--weights")?;
+    }
     let cfg = ScanBenchConfig {
         width: a.width.max(1),
         samples: a.samples.max(1),
@@ -187,6 +202,9 @@ fn scan(a: ScanArgs) -> Result<()> {
 
 fn kernels(a: KernelArgs) -> Result<()> {
     let (json, json_file) = json_target(&a.json)?;
+    if let Some(p) = json_file {
+        super::check::output_path(p, "--json")?;
+    }
     let mut cfg = if a.quick {
         SuiteConfig::quick()
     } else {

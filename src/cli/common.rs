@@ -8,7 +8,7 @@ use fmp_engine::Result;
 #[derive(clap::Args, Clone, Debug)]
 pub struct DeviceArgs {
     /// Where to compute: auto (GPU when one works, else CPU), cpu, cuda, cuda:N.
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value = "auto", value_parser = super::check::device)]
     pub device: String,
 }
 

@@ -15,6 +15,7 @@ use fmp_engine::model::PreActResNet18;
 use fmp_engine::report::write_defend_report;
 use fmp_engine::Result;
 
+use super::check::{int_in, real_in, MAX_CLASS, MAX_IMAGES};
 use super::common::{DeviceArgs, JsonOut};
 use super::finetune::{run_finetune, FinetuneArgs};
 use super::methods::{run_method, Ctx, Method};
@@ -47,10 +48,10 @@ pub struct Args {
     /// Also report Acc/ASR/RA before and after under this attack (badnets, blended, lowfreq, wanet).
     #[arg(long)]
     pub attack: Option<AttackKind>,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = int_in::<u32>(0, MAX_CLASS))]
     pub target: u32,
     /// Evaluate on the first N test images only.
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<usize>(1, MAX_IMAGES))]
     pub eval_limit: Option<usize>,
     /// The defense: fmp, random (random maps, FMP's counts per conv, seed --seed), finetune-only,
     /// fine-pruning (least active maps on clean data, FMP's counts) or clp (data-free, no fine-tuning).
@@ -61,10 +62,10 @@ pub struct Args {
     #[arg(long)]
     pub controls: bool,
     /// CLP: prune maps whose channel Lipschitz bound exceeds mean + u * std of their conv.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0, value_parser = real_in(-100.0, false, 100.0, false))]
     pub clp_u: f32,
     /// Fine-Pruning: clean images its activity is measured on.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = int_in::<usize>(1, MAX_IMAGES))]
     pub fp_images: usize,
     #[command(flatten)]
     pub scan: ScanArgs,
@@ -75,14 +76,32 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let json = JsonOut::begin(a.json)?;
+    super::check::input_file(&a.weights, "WEIGHTS")?;
+    super::check::output_path(&a.out, "--out")?;
+    let report_path = a.scan_report.clone().unwrap_or_else(|| {
+        let mut s = a.out.as_os_str().to_owned();
+        s.push(".scan.json");
+        PathBuf::from(s)
+    });
+    super::check::output_path(&report_path, "--scan-report")?;
     if let Some(r) = &a.report {
         super::defend_report::check_report_dir(r)?;
     }
+    let _lock = super::check::lock_output(&a.out, "--out")?;
+    let json = JsonOut::begin(a.json)?;
     let backend = a.device.backend()?;
     let dir = find_data(a.data.as_deref())?;
     let (clean, kind) = load_clean(&dir)?;
     let mut model = load_model(backend.clone(), &a.weights, kind)?;
+    if a.attack.is_some() && a.target as usize >= model.config().num_classes {
+        return Err(fmp_engine::Error::InvalidArgument(format!(
+            "--target {} out of range 0..{} (the model's classes)",
+            a.target,
+            model.config().num_classes
+        )));
+    }
+    // The fine-tuning subset must be usable before the scan spends its time.
+    fmp_engine::fmp::finetune::subset(&clean, a.ft.ratio, a.ft.ft_seed)?;
     // the test split: for ASR/RA under --attack, and for the clean accuracy a report or --json shows
     let summarise = a.report.is_some() || a.json;
     let test = match a.attack.is_some() || summarise {
@@ -106,11 +125,6 @@ pub fn run(a: Args) -> Result<()> {
         }
     };
     let before = eval(&model)?;
-    let report_path = a.scan_report.clone().unwrap_or_else(|| {
-        let mut s = a.out.as_os_str().to_owned();
-        s.push(".scan.json");
-        PathBuf::from(s)
-    });
     if a.controls || a.method != Method::Fmp {
         return run_methods(
             &a,

@@ -12,6 +12,7 @@ use fmp_engine::fmp::train::{train_backdoored, BackdoorOptions};
 use fmp_engine::model::{ModelConfig, PreActResNet18};
 use fmp_engine::{Error, Result};
 
+use super::check::{int_in, real_in, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_WIDTH};
 use super::common::{DeviceArgs, JsonOut};
 use super::defend::{defend, print_metrics_table};
 use super::finetune::FinetuneArgs;
@@ -25,25 +26,25 @@ pub struct Args {
     #[arg(long, default_value = "badnets")]
     pub attack: AttackKind,
     /// Base width [default: 8 on a CPU, 64 on a GPU].
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<usize>(1, MAX_WIDTH))]
     pub width: Option<usize>,
     /// Training images [default: 4000 on a CPU, all on a GPU].
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<usize>(2, MAX_IMAGES))]
     pub train_images: Option<usize>,
     /// Test images for Acc/ASR/RA [default: 2000 on a CPU, all on a GPU].
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<usize>(1, MAX_IMAGES))]
     pub test_images: Option<usize>,
     /// Training epochs [default: 4 on a CPU, 100 on a GPU].
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<usize>(1, MAX_EPOCHS))]
     pub epochs: Option<usize>,
     /// Fine-tuning epochs after pruning.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = int_in::<usize>(1, MAX_EPOCHS))]
     pub ft_epochs: usize,
     /// Training learning rate [default: 0.02 on a CPU, 0.01 on a GPU (the spec's)].
-    #[arg(long)]
+    #[arg(long, value_parser = real_in(0.0, true, 10.0, false))]
     pub lr: Option<f32>,
     /// Training batch size [default: 32 on a CPU (more steps in few epochs), 128 on a GPU (the spec's)].
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<usize>(2, MAX_BATCH))]
     pub batch: Option<usize>,
     /// Training augmentation (RandomCrop + flip) [default: off on a CPU, where few epochs must learn the
     /// trigger, on on a GPU as the spec says]. Fine-tuning always augments CIFAR-10.
@@ -60,6 +61,12 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if a.workdir.exists() && !a.workdir.is_dir() {
+        return Err(Error::InvalidArgument(format!(
+            "--workdir {}: exists and is not a folder",
+            a.workdir.display()
+        )));
+    }
     let json = JsonOut::begin(a.json)?;
     let backend = a.device.backend()?;
     let gpu = backend.is_gpu();

@@ -7,6 +7,7 @@ use fmp_engine::fmp::attacks::{poisoned_test_set, Attack, AttackKind};
 use fmp_engine::model::{predict, PreActResNet18};
 use fmp_engine::{Error, Result};
 
+use super::check::{int_in, MAX_BATCH, MAX_CLASS, MAX_IMAGES};
 use super::common::DeviceArgs;
 
 #[derive(clap::Args, Debug)]
@@ -20,16 +21,16 @@ pub struct Args {
     #[arg(long, default_value = "auto")]
     pub dataset: String,
     /// Evaluate only the first N test images.
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<usize>(1, MAX_IMAGES))]
     pub limit: Option<usize>,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = int_in::<usize>(1, MAX_BATCH))]
     pub batch: usize,
     /// Also measure ASR and RA (spec section 6) under this attack: badnets, blended, lowfreq, wanet.
     #[arg(long)]
     pub attack: Option<AttackKind>,
     /// The attack's target class.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = int_in::<u32>(0, MAX_CLASS))]
     pub target: u32,
     /// Print one JSON object (acc, n, correct, ...) instead of text.
     #[arg(long)]
@@ -39,6 +40,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    super::check::input_file(&args.weights, "WEIGHTS")?;
     let kind = match args.dataset.as_str() {
         "auto" => None,
         s => Some(s.parse::<DatasetKind>()?),
@@ -70,6 +72,12 @@ pub fn run(args: Args) -> Result<()> {
             kind.num_classes()
         )));
     }
+    if args.attack.is_some() && args.target as usize >= info.num_classes {
+        return Err(Error::InvalidArgument(format!(
+            "--target {} out of range 0..{} (the model's classes)",
+            args.target, info.num_classes
+        )));
+    }
     let t0 = Instant::now();
     let preds = predict(&model, &ds, args.batch)?;
     let secs = t0.elapsed().as_secs_f64();
@@ -79,12 +87,6 @@ pub fn run(args: Args) -> Result<()> {
     // ASR / RA: every test image whose label != target, trigger applied.
     let mut attack_metrics = None;
     if let Some(kind) = args.attack {
-        if args.target as usize >= info.num_classes {
-            return Err(Error::InvalidArgument(format!(
-                "--target {} out of range 0..{}",
-                args.target, info.num_classes
-            )));
-        }
         let attack = Attack::new(kind, args.target);
         let (img, lab) = poisoned_test_set(&ds.images, &ds.labels, &attack);
         let pred = fmp_engine::fmp::metrics::predict(&model, &img, args.batch)?;

@@ -2,37 +2,41 @@
 use std::path::PathBuf;
 
 use fmp_engine::data::DatasetKind;
-use fmp_engine::fmp::finetune::{finetune, FinetuneOptions};
+use fmp_engine::fmp::checkpoint::{checkpoint_path, data_md5, open_for_resume, sgd_identity};
+use fmp_engine::fmp::download::md5_file;
+use fmp_engine::fmp::finetune::{finetune_resumable, FinetuneOptions};
 use fmp_engine::fmp::pipeline::{find_data, load_clean, load_model};
 use fmp_engine::fmp::prune::PruneMask;
-use fmp_engine::fmp::train::{EpochStats, SgdOptions};
+use fmp_engine::fmp::train::{Checkpointing, EpochStats, LoopState, SgdOptions};
 use fmp_engine::fmp::LabeledImages;
 use fmp_engine::model::PreActResNet18;
 use fmp_engine::Result;
 
+use super::check::{int_in, real_in, seed, MAX_BATCH, MAX_EPOCHS};
 use super::common::{DeviceArgs, JsonOut};
 
 /// Fine-tuning settings shared by `finetune`, `defend` and `demo`.
 #[derive(clap::Args, Clone, Debug, serde::Serialize)]
 pub struct FinetuneArgs {
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = int_in::<usize>(1, MAX_EPOCHS))]
     pub epochs: usize,
     /// Fraction of the training set used, class-balanced (paper 0.10; the reference code used 0.05).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = real_in(0.0, true, 1.0, false))]
     pub ratio: f32,
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, value_parser = real_in(0.0, true, 10.0, false))]
     pub lr: f32,
-    #[arg(long, default_value_t = 256)]
+    /// Images per SGD step (at least 2: batch statistics need two).
+    #[arg(long, default_value_t = 256, value_parser = int_in::<usize>(2, MAX_BATCH))]
     pub batch: usize,
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, value_parser = real_in(0.0, false, 1.0, true))]
     pub momentum: f32,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = real_in(0.0, false, 1.0, true))]
     pub weight_decay: f32,
     /// Cosine annealing floor.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, value_parser = real_in(0.0, false, 10.0, false))]
     pub eta_min: f32,
     /// Seed of the subset, the batch order and the augmentation.
-    #[arg(long = "ft-seed", default_value_t = 0)]
+    #[arg(long = "ft-seed", default_value_t = 0, value_parser = seed)]
     pub ft_seed: u64,
 }
 
@@ -72,6 +76,10 @@ pub struct Args {
     /// Ignore any mask sidecar.
     #[arg(long, conflicts_with = "mask")]
     pub no_mask: bool,
+    /// Continue an interrupted run from its per-epoch checkpoint `<OUT>.ckpt.safetensors` (same input
+    /// weights, mask, data and settings only); the result is bit-identical to an uninterrupted run.
+    #[arg(long)]
+    pub resume: bool,
     /// Print one JSON object on stdout (progress text goes to stderr); fields in docs/report.md.
     #[arg(long)]
     pub json: bool,
@@ -80,11 +88,19 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    super::check::input_file(&a.weights, "WEIGHTS")?;
+    super::check::output_path(&a.out, "--out")?;
+    let lock = super::check::lock_output(&a.out, "--out")?;
+    if let Some(m) = &a.mask {
+        super::check::input_file(m, "--mask")?;
+    }
     let json = JsonOut::begin(a.json)?;
     let backend = a.device.backend()?;
     let dir = find_data(a.data.as_deref())?;
     let (clean, kind) = load_clean(&dir)?;
-    let mut model = load_model(backend, &a.weights, kind)?;
+    let mut model = load_model(backend.clone(), &a.weights, kind)?;
+    let mut pairs = Vec::new();
+    let mut mask_md5 = "-".to_string();
     let mut mask = None;
     if !a.no_mask {
         let sidecar = PruneMask::sidecar(&a.weights);
@@ -93,7 +109,8 @@ pub fn run(a: Args) -> Result<()> {
             .clone()
             .or_else(|| sidecar.is_file().then_some(sidecar));
         if let Some(p) = path {
-            let pairs = PruneMask::load(&p)?.pairs(&model, &p)?;
+            pairs = PruneMask::load(&p)?.pairs(&model, &p)?;
+            mask_md5 = md5_file(&p)?;
             model.set_masks(&pairs)?;
             println!(
                 "keeping {} pruned filters at zero ({})",
@@ -103,8 +120,58 @@ pub fn run(a: Args) -> Result<()> {
             mask = Some((p.display().to_string(), pairs.len()));
         }
     }
-    let epochs = run_finetune(&mut model, &clean, &a.ft, kind)?;
+    let opts = a.ft.options(kind);
+    let ckpt_path = checkpoint_path(&a.out);
+    lock.remove_stale_temps(&[&a.out, &ckpt_path]);
+    let mut identity = sgd_identity(&opts.sgd);
+    identity.extend([
+        ("command".to_string(), "finetune".to_string()),
+        ("weights_md5".into(), md5_file(&a.weights)?),
+        ("mask_md5".into(), mask_md5),
+        ("data_md5".into(), data_md5(&clean)),
+        ("ratio".into(), opts.ratio.to_string()),
+    ]);
+    let resume = match open_for_resume(&ckpt_path, a.resume, &identity, "fine-tuning")? {
+        Some(c) => {
+            let cfg = model.config().clone();
+            model = PreActResNet18::from_state_dict(backend, &c.weights, cfg)?;
+            model.set_masks(&pairs)?;
+            println!(
+                "resuming fine-tuning from {} after epoch {}/{}",
+                ckpt_path.display(),
+                c.epoch(),
+                opts.sgd.epochs
+            );
+            Some(c.loop_state(&model, &ckpt_path)?)
+        }
+        None => None,
+    };
+    super::interrupt::install();
+    let epochs = opts.sgd.epochs;
+    let mut save = |m: &PreActResNet18, st: &LoopState| {
+        fmp_engine::fmp::checkpoint::save(&ckpt_path, m, st, &identity)?;
+        super::interrupt::keep(format!(
+            "the checkpoint {} after epoch {}/{epochs}; continue with the same command and --resume",
+            ckpt_path.display(),
+            st.epoch
+        ));
+        if super::interrupt::requested() {
+            return Err(super::interrupt::stopped());
+        }
+        Ok(())
+    };
+    let epochs = run_finetune_with(
+        &mut model,
+        &clean,
+        &a.ft,
+        kind,
+        Some(Checkpointing {
+            resume,
+            save: &mut save,
+        }),
+    )?;
     model.save(&a.out)?;
+    let _ = std::fs::remove_file(&ckpt_path);
     println!("fine-tuned weights: {}", a.out.display());
     let images = fmp_engine::fmp::finetune::subset(&clean, a.ft.ratio, a.ft.ft_seed)?.len();
     json.emit(&serde_json::json!({
@@ -125,6 +192,17 @@ pub fn run_finetune(
     ft: &FinetuneArgs,
     kind: DatasetKind,
 ) -> Result<Vec<EpochStats>> {
+    run_finetune_with(model, clean, ft, kind, None)
+}
+
+/// `run_finetune` with per-epoch checkpoints.
+pub fn run_finetune_with(
+    model: &mut PreActResNet18,
+    clean: &LabeledImages,
+    ft: &FinetuneArgs,
+    kind: DatasetKind,
+    ckpt: Option<Checkpointing>,
+) -> Result<Vec<EpochStats>> {
     let opts = ft.options(kind);
     let n = fmp_engine::fmp::finetune::subset(clean, opts.ratio, opts.sgd.seed)?.len();
     println!(
@@ -132,10 +210,16 @@ pub fn run_finetune(
         n / clean.num_classes.max(1),
         opts.sgd.epochs
     );
-    finetune(model, clean, &opts, &mut |s| {
-        println!(
-            "  epoch {:>3}  lr {:.5}  loss {:.4}  train acc {:.3}  {:.1} s",
-            s.epoch, s.lr, s.loss, s.train_acc, s.seconds
-        )
-    })
+    finetune_resumable(
+        model,
+        clean,
+        &opts,
+        &mut |s| {
+            println!(
+                "  epoch {:>3}  lr {:.5}  loss {:.4}  train acc {:.3}  {:.1} s",
+                s.epoch, s.lr, s.loss, s.train_acc, s.seconds
+            )
+        },
+        ckpt,
+    )
 }

@@ -1,5 +1,6 @@
 //! One module per subcommand: its clap `Args` and `run`.
 pub mod bench;
+pub mod check;
 pub mod common;
 pub mod data;
 pub mod defend;
@@ -8,7 +9,9 @@ pub mod demo;
 pub mod eval;
 pub mod finetune;
 pub mod info;
+pub mod interrupt;
 pub mod kernels;
+pub mod merge;
 pub mod methods;
 pub mod prune;
 pub mod scan;

@@ -9,6 +9,7 @@ use fmp_engine::fmp::select::ScanReport;
 use fmp_engine::model::PreActResNet18;
 use fmp_engine::Result;
 
+use super::check::{int_in, seed, MAX_CHANNELS};
 use super::common::{DeviceArgs, JsonOut};
 
 #[derive(clap::Args, Debug)]
@@ -20,10 +21,10 @@ pub struct Args {
     pub report: Option<PathBuf>,
     /// Control: prune random maps instead, seeded, with the same count per conv as the report (or, without
     /// --report, floor(C/p) per conv as FMP).
-    #[arg(long)]
+    #[arg(long, value_parser = seed)]
     pub random: Option<u64>,
     /// With --random and no --report: p of floor(C/p) [default: min(64, base width)].
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<usize>(1, MAX_CHANNELS))]
     pub p: Option<usize>,
     /// Pruned weights.
     #[arg(long)]
@@ -39,13 +40,26 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    super::check::input_file(&a.weights, "WEIGHTS")?;
+    if let Some(report) = &a.report {
+        super::check::input_file(report, "--report")?;
+    }
+    super::check::output_path(&a.out, "--out")?;
+    let _lock = super::check::lock_output(&a.out, "--out")?;
+    if a.mask {
+        super::check::output_path(&PruneMask::sidecar(&a.out), "--mask")?;
+    }
     let json = JsonOut::begin(a.json)?;
+    let report = match &a.report {
+        Some(path) => Some(ScanReport::load(path)?),
+        None => None,
+    };
     // Normalisation constants do not matter for pruning; the file's own shapes give width and classes.
     let (mut model, _) =
         PreActResNet18::load(a.device.backend()?, &a.weights, DatasetKind::Cifar10)?;
-    let from_report = match &a.report {
-        Some(path) => Some(selections(&model, &ScanReport::load(path)?, path)?),
-        None => None,
+    let from_report = match (&report, &a.report) {
+        (Some(r), Some(path)) => Some(selections(&model, r, path)?),
+        _ => None,
     };
     let pruned = match (a.random, from_report) {
         (Some(seed), r) => {

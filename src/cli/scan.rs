@@ -6,51 +6,58 @@ use std::time::Instant;
 use fmp_engine::backend::Backend;
 use fmp_engine::fmp::attacks::{Attack, AttackKind};
 use fmp_engine::fmp::controls::{trigger_overlap, trigger_sensitivity, TriggerDiagnostic};
-use fmp_engine::fmp::frg::ScanOptions;
-use fmp_engine::fmp::pipeline::{eval_batch, find_data, load_clean, load_model, progress_bar};
-use fmp_engine::fmp::rng::Rng;
-use fmp_engine::fmp::select::{
-    parse_fraction, ReportModel, ReportSettings, ReportTotals, ScanReport, SCAN_SCHEMA,
+use fmp_engine::fmp::frg::{all_slices, check_scan_inputs, scan_slices, ScanOptions};
+use fmp_engine::fmp::journal::{
+    conv_layout, images_md5, journal_path, merge, select, shard_slices, weights_md5, PartialScan,
+    ScanIdentity,
 };
+use fmp_engine::fmp::pipeline::{
+    eval_batch, find_data, load_clean, load_model, progress_bar, scan_samples,
+};
+use fmp_engine::fmp::rng::Rng;
+use fmp_engine::fmp::select::{ReportModel, ReportSettings, ReportTotals, ScanReport, SCAN_SCHEMA};
 use fmp_engine::fmp::stability::{scan_repeated, Aggregate, RepeatOptions, ScoreKind};
 use fmp_engine::fmp::LabeledImages;
 use fmp_engine::model::PreActResNet18;
 use fmp_engine::{Error, Result};
 
+use super::check::{
+    int_in, real_in, seed, MAX_CHANNELS, MAX_IMAGES, MAX_REPEATS, MAX_SAMPLES, MAX_STEPS,
+};
 use super::common::{DeviceArgs, JsonOut};
 
 /// Scan settings shared by `scan`, `defend` and `demo`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ScanArgs {
     /// Clean images scoring every feature map (the reference uses one batch of 32).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = int_in::<usize>(1, MAX_SAMPLES))]
     pub samples: usize,
     /// Prune floor(C/p) channels per conv [default: min(64, base width): 64 for the paper's width-64
     /// model; for narrower models the base width, so each conv loses as many channels as in the paper
     /// (1, 2, 4, 8 per conv of layers 1-4: 75 in all)].
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<usize>(1, MAX_CHANNELS))]
     pub p: Option<usize>,
     /// Initial random step alpha (`1/255` or `0.0039`).
-    #[arg(long, default_value = "1/255", value_parser = parse_fraction)]
+    #[arg(long, default_value = "1/255", value_parser = real_in(0.0, true, 1.0, false))]
     pub alpha: f32,
     /// Adversarial step eps (`4/255` or `0.0157`).
-    #[arg(long, default_value = "4/255", value_parser = parse_fraction)]
+    #[arg(long, default_value = "4/255", value_parser = real_in(0.0, true, 1.0, false))]
     pub eps: f32,
     /// Seed of X0's random signs and of the choice of scan images.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = seed)]
     pub seed: u64,
     /// Apply rankings in registration order as the reference code does (its defect 4).
     #[arg(long)]
     pub reference_order: bool,
     /// Channels per batched chunk [default: sized from the backend's memory].
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<usize>(1, MAX_CHANNELS))]
     pub chunk: Option<usize>,
     /// Use the plain one-channel-at-a-time loop (slow; for checking).
     #[arg(long)]
     pub naive: bool,
     /// Independent draws of scan images and X0 noise (seeds derived from --seed); the report gives each
     /// map's aggregate score and spread and the agreement between repeats, and selects from the aggregate.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = int_in::<usize>(1, MAX_REPEATS))]
     pub repeats: usize,
     /// Selection score: acc (accuracy, ties by true-class probability: the paper), prob (mean true-class
     /// probability, ties by accuracy) or margin (mean logit margin, ties by accuracy).
@@ -60,7 +67,7 @@ pub struct ScanArgs {
     #[arg(long, default_value = "mean")]
     pub aggregate: Aggregate,
     /// FRG sign steps per feature map (1: the paper's single step).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = int_in::<usize>(1, MAX_STEPS))]
     pub steps: usize,
 }
 
@@ -98,11 +105,20 @@ pub struct Args {
     #[arg(long)]
     pub attack: Option<AttackKind>,
     /// Clean images the trigger diagnostic measures on.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = int_in::<usize>(1, MAX_IMAGES))]
     pub trigger_images: usize,
-    /// Report file.
+    /// Report file (with --shard: this shard's partial report, for `fmp-engine merge`). Each finished
+    /// conv is journaled to `<OUT>.journal.json` until the report is written (with --repeats 1).
     #[arg(long, default_value = "report.json")]
     pub out: PathBuf,
+    /// Continue an interrupted scan from `<OUT>.journal.json` (same weights, images and settings only;
+    /// not with --repeats > 1, which is not journaled).
+    #[arg(long)]
+    pub resume: bool,
+    /// Score only the I-th of N cost-balanced slices of the feature maps (1 <= I <= N) and write a partial
+    /// report; combine the N parts with `fmp-engine merge` (not with --repeats > 1 or --attack).
+    #[arg(long, value_parser = super::check::shard)]
+    pub shard: Option<(usize, usize)>,
     /// Also draw the scores as an SVG: a row per conv (execution order), every feature map's score, the
     /// selected ones marked.
     #[arg(long, value_name = "FILE.svg")]
@@ -115,33 +131,110 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    super::check::input_file(&a.weights, "WEIGHTS")?;
+    check_journal_flags(&a.scan, a.resume, a.shard)?;
+    if a.shard.is_some() {
+        for (given, flag) in [
+            (a.attack.is_some(), "--attack"),
+            (a.plot.is_some(), "--plot"),
+        ] {
+            if given {
+                return Err(Error::InvalidArgument(format!(
+                    "{flag} needs the whole scan's report; a --shard writes a partial one: run {flag} on the report `fmp-engine merge` writes"
+                )));
+            }
+        }
+    }
+    super::check::output_path(&a.out, "--out")?;
+    if let Some(p) = &a.plot {
+        super::check::output_path(p, "--plot")?;
+    }
+    let lock = super::check::lock_output(&a.out, "--out")?;
+    let journal = journal_path(&a.out);
+    lock.remove_stale_temps(&[&a.out, &journal]);
+    if journal.exists() && !a.resume {
+        return Err(Error::InvalidArgument(format!(
+            "{} holds the journal of an interrupted scan writing {}: pass --resume to continue it, or delete it to start over",
+            journal.display(),
+            a.out.display()
+        )));
+    }
+    if a.scan.repeats == 1 {
+        // journaled: the first Ctrl-C stops after the current slice is saved (with --repeats > 1
+        // nothing is journaled, and Ctrl-C stops at once, leaving no output)
+        super::interrupt::install();
+    }
     let json = JsonOut::begin(a.json)?;
     let backend = a.device.backend()?;
     let dir = find_data(a.data.as_deref())?;
     let (clean, kind) = load_clean(&dir)?;
     let model = load_model(backend.clone(), &a.weights, kind)?;
-    let mut report = run_scan(&model, &a.weights, &clean, &dir, &a.scan, &backend)?;
-    if let Some(k) = a.attack {
-        report.trigger = Some(trigger_diagnostic(
-            &model,
-            &clean,
-            &report,
-            &Attack::new(k, 0),
-            a.trigger_images,
-            a.scan.seed,
-        )?);
+    let j = JournalOpts {
+        path: journal,
+        resume: a.resume,
+        shard: a.shard,
+    };
+    match run_scan_parts(
+        &model,
+        &a.weights,
+        &clean,
+        &dir,
+        &a.scan,
+        &backend,
+        Some(&j),
+    )? {
+        ScanOutcome::Report(mut report) => {
+            if let Some(k) = a.attack {
+                report.trigger = Some(trigger_diagnostic(
+                    &model,
+                    &clean,
+                    &report,
+                    &Attack::new(k, 0),
+                    a.trigger_images,
+                    a.scan.seed,
+                )?);
+            }
+            report.save(&a.out)?;
+            let _ = std::fs::remove_file(&j.path);
+            print_summary(&report);
+            println!("report: {}", a.out.display());
+            if let Some(p) = &a.plot {
+                fmp_engine::report::plot::write_scan_plot(&report, p)?;
+                println!("plot: {}", p.display());
+            }
+            json.emit(&report_json(&report, &a.out, a.plot.as_deref()))
+        }
+        ScanOutcome::Shard(part) => {
+            part.save(&a.out)?;
+            let _ = std::fs::remove_file(&j.path);
+            let (i, n) = part.shard;
+            let seconds: f64 = part.done.iter().map(|d| d.seconds).sum();
+            println!(
+                "shard {i}/{n}: {} feature maps in {} slices, {seconds:.1} s; partial report: {}",
+                part.channels_done(),
+                part.done.len(),
+                a.out.display()
+            );
+            println!(
+                "combine the {n} parts with: fmp-engine merge PART1 ... PART{n} --out report.json"
+            );
+            json.emit(&serde_json::json!({
+                "partial_report": a.out.display().to_string(),
+                "shard": [i, n],
+                "feature_maps": part.channels_done(),
+                "slices": part.done.len(),
+                "seconds": seconds,
+            }))
+        }
     }
-    report.save(&a.out)?;
-    print_summary(&report);
-    println!("report: {}", a.out.display());
-    if let Some(p) = &a.plot {
-        fmp_engine::report::plot::write_scan_plot(&report, p)?;
-        println!("plot: {}", p.display());
-    }
-    json.emit(&serde_json::json!({
+}
+
+/// What `scan --json` (and `merge --json`) prints for a whole report written to `out`.
+pub fn report_json(report: &ScanReport, out: &Path, plot: Option<&Path>) -> serde_json::Value {
+    serde_json::json!({
         "schema": report.schema,
-        "report": a.out.display().to_string(),
-        "plot": a.plot.as_ref().map(|p| p.display().to_string()),
+        "report": out.display().to_string(),
+        "plot": plot.map(|p| p.display().to_string()),
         "model": report.model,
         "settings": report.settings,
         "totals": report.totals,
@@ -151,7 +244,43 @@ pub fn run(a: Args) -> Result<()> {
             .iter()
             .map(|c| (c.name.clone(), serde_json::json!(c.selected)))
             .collect::<serde_json::Map<String, serde_json::Value>>(),
-    }))
+    })
+}
+
+/// `--resume` and `--shard` work on one draw of scan images: refuse them with `--repeats` > 1 (whose
+/// draws are combined only at the end) rather than journal or split something `merge` cannot rebuild.
+pub fn check_journal_flags(
+    s: &ScanArgs,
+    resume: bool,
+    shard: Option<(usize, usize)>,
+) -> Result<()> {
+    if s.repeats > 1 {
+        for (given, flag) in [(resume, "--resume"), (shard.is_some(), "--shard")] {
+            if given {
+                return Err(Error::InvalidArgument(format!(
+                    "{flag} cannot be combined with --repeats {} (a journal or shard holds one draw of scan images); run the repeats without {flag}, or one scan per --seed",
+                    s.repeats
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where and how `scan` journals.
+pub struct JournalOpts {
+    /// `<out>.journal.json`.
+    pub path: PathBuf,
+    /// Continue from the journal when it exists.
+    pub resume: bool,
+    /// (I, N): score only shard I of N.
+    pub shard: Option<(usize, usize)>,
+}
+
+/// A whole scan's report, or one shard's partial scan.
+pub enum ScanOutcome {
+    Report(ScanReport),
+    Shard(PartialScan),
 }
 
 /// Scan `model` with images drawn from `clean`; prints nothing but the progress bar.
@@ -163,6 +292,23 @@ pub fn run_scan(
     s: &ScanArgs,
     backend: &Arc<dyn Backend>,
 ) -> Result<ScanReport> {
+    match run_scan_parts(model, weights, clean, data_dir, s, backend, None)? {
+        ScanOutcome::Report(r) => Ok(r),
+        ScanOutcome::Shard(_) => unreachable!("no shard without a journal"),
+    }
+}
+
+/// The scan as slices (`fmp::journal`): with `journal`, each finished slice is saved to `journal.path`
+/// (and a matching journal is resumed), and `journal.shard` limits the scan to one shard.
+pub fn run_scan_parts(
+    model: &PreActResNet18,
+    weights: &Path,
+    clean: &LabeledImages,
+    data_dir: &Path,
+    s: &ScanArgs,
+    backend: &Arc<dyn Backend>,
+    journal: Option<&JournalOpts>,
+) -> Result<ScanOutcome> {
     let width = model.config().width;
     let p = s.p.unwrap_or(width.min(64));
     let opts = ScanOptions {
@@ -184,11 +330,188 @@ pub fn run_scan(
         score: s.score,
         aggregate: s.aggregate,
     };
+    if s.repeats > 1 {
+        check_journal_flags(
+            s,
+            journal.is_some_and(|j| j.resume),
+            journal.and_then(|j| j.shard),
+        )?;
+        return Ok(ScanOutcome::Report(scan_repeats(
+            model, weights, data_dir, clean, s, &opts, &ro, backend,
+        )?));
+    }
+    let (pixels, labels) = scan_samples(clean, s.samples, s.seed)?;
+    check_scan_inputs(model, &pixels, &labels, &opts)?;
+    let identity = ScanIdentity {
+        weights_md5: weights_md5(weights)?,
+        images_md5: images_md5(&pixels, &labels),
+        width,
+        num_classes: model.config().num_classes,
+        convs: conv_layout(model),
+        samples: s.samples,
+        p,
+        alpha: s.alpha,
+        eps: s.eps,
+        seed: s.seed,
+        reference_order: s.reference_order,
+        score: s.score.name().into(),
+        repeats: s.repeats,
+        aggregate: s.aggregate.name().into(),
+        steps: s.steps,
+    };
+    let shard = journal.and_then(|j| j.shard);
+    let plan = match shard {
+        Some((i, n)) => shard_slices(model, labels.len(), i, n)?,
+        None => all_slices(model),
+    };
+    let mut part = PartialScan::new(
+        identity,
+        shard.unwrap_or((1, 1)),
+        plan,
+        weights.display().to_string(),
+        data_dir.display().to_string(),
+        backend.name(),
+    );
+    if let Some(j) = journal.filter(|j| j.resume) {
+        if j.path.exists() {
+            let old = PartialScan::load(&j.path)?;
+            let diff = old.identity.differences(&part.identity);
+            if !diff.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "{} is the journal of a different scan ({}): delete it to start over, or resume with the same weights, data and settings",
+                    j.path.display(),
+                    diff.join("; ")
+                )));
+            }
+            if old.shard != part.shard || old.plan != part.plan {
+                return Err(Error::InvalidArgument(format!(
+                    "{} is the journal of shard {}/{}, not of {}/{}",
+                    j.path.display(),
+                    old.shard.0,
+                    old.shard.1,
+                    part.shard.0,
+                    part.shard.1
+                )));
+            }
+            println!(
+                "resuming the scan from {}: {} of {} feature maps already scored",
+                j.path.display(),
+                old.channels_done(),
+                old.channels_planned()
+            );
+            part.done = old.done;
+            part.complete = old.complete;
+        } else {
+            println!(
+                "--resume: no journal at {}; starting from the beginning",
+                j.path.display()
+            );
+        }
+    }
+    let todo = part.remaining();
+    let total: usize = todo.iter().map(|s| s.end - s.start).sum();
+    let pb = progress_bar(total as u64, "FRG scan");
+    let mut t0 = Instant::now();
+    scan_slices(
+        model,
+        &pixels,
+        &labels,
+        &opts,
+        &todo,
+        &mut |slice, ls, k| {
+            part.push(slice, ls, k, t0.elapsed().as_secs_f64());
+            t0 = Instant::now();
+            if let Some(j) = journal {
+                part.save(&j.path)?;
+                super::interrupt::keep(format!(
+                    "the journal {} ({} of {} feature maps scored); continue with the same command and --resume",
+                    j.path.display(),
+                    part.channels_done(),
+                    part.channels_planned()
+                ));
+                if super::interrupt::requested() {
+                    return Err(super::interrupt::stopped());
+                }
+            }
+            Ok(())
+        },
+        &mut |k| pb.inc(k as u64),
+    )?;
+    pb.finish_and_clear();
+    if shard.is_some() {
+        return Ok(ScanOutcome::Shard(part));
+    }
+    Ok(ScanOutcome::Report(report_from_parts(
+        &[part],
+        &["this scan".to_string()],
+    )?))
+}
+
+/// The report of one scan from its complete partial scans (one for an unsharded scan, N shards for
+/// `merge`): the same selection either way.
+pub fn report_from_parts(parts: &[PartialScan], names: &[String]) -> Result<ScanReport> {
+    let (identity, scores) = merge(parts, names)?;
+    let convs = select(&identity, scores)?;
+    let mut devices: Vec<String> = parts.iter().map(|p| p.device.clone()).collect();
+    devices.sort();
+    devices.dedup();
+    let slices = parts.iter().flat_map(|p| &p.done);
+    let chunk = slices.clone().map(|d| d.chunk).max().unwrap_or(0);
+    let seconds = slices.map(|d| d.seconds).sum();
+    let totals = ReportTotals {
+        convs: convs.len(),
+        feature_maps: convs.iter().map(|c| c.channels).sum(),
+        selected: convs.iter().map(|c| c.selected.len()).sum(),
+    };
+    Ok(ScanReport {
+        schema: SCAN_SCHEMA,
+        model: ReportModel {
+            path: parts[0].weights.clone(),
+            width: identity.width,
+            num_classes: identity.num_classes,
+        },
+        settings: ReportSettings {
+            samples: identity.samples,
+            p: identity.p,
+            alpha: identity.alpha,
+            eps: identity.eps,
+            seed: identity.seed,
+            reference_order: identity.reference_order,
+            data: parts[0].data.clone(),
+            device: devices.join(","),
+            chunk_channels: chunk,
+            score: identity.score.clone(),
+            repeats: identity.repeats,
+            aggregate: identity.aggregate.clone(),
+            steps: identity.steps,
+        },
+        convs,
+        totals,
+        seconds,
+        stability: None,
+        trigger: None,
+    })
+}
+
+/// `--repeats` > 1: R independent draws scored whole and combined (`stability::scan_repeated`); not
+/// journaled (see `check_journal_flags`).
+#[allow(clippy::too_many_arguments)]
+fn scan_repeats(
+    model: &PreActResNet18,
+    weights: &Path,
+    data_dir: &Path,
+    clean: &LabeledImages,
+    s: &ScanArgs,
+    opts: &ScanOptions,
+    ro: &RepeatOptions,
+    backend: &Arc<dyn Backend>,
+) -> Result<ScanReport> {
+    let width = model.config().width;
     let total: usize = model.convs().iter().map(|c| c.params.c_out as usize).sum();
     let pb = progress_bar((total * s.repeats) as u64, "FRG scan");
     let t0 = Instant::now();
     let (convs, stability, chunk) =
-        scan_repeated(model, clean, &opts, &ro, &mut |k| pb.inc(k as u64))?;
+        scan_repeated(model, clean, opts, ro, &mut |k| pb.inc(k as u64))?;
     pb.finish_and_clear();
     let seconds = t0.elapsed().as_secs_f64();
     let totals = ReportTotals {
@@ -205,7 +528,7 @@ pub fn run_scan(
         },
         settings: ReportSettings {
             samples: s.samples,
-            p,
+            p: opts.p,
             alpha: s.alpha,
             eps: s.eps,
             seed: s.seed,

@@ -27,6 +27,7 @@ use fmp_engine::fmp::write_atomic;
 use fmp_engine::model::{ModelConfig, PreActResNet18};
 use fmp_engine::{Error, Result};
 
+use super::check::{int_in, real_in, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_WIDTH};
 use super::common::DeviceArgs;
 use super::finetune::FinetuneArgs;
 use super::methods::{run_method, Ctx, Method};
@@ -152,34 +153,34 @@ pub struct Args {
     #[arg(long = "fmp")]
     pub recipes: Vec<Recipe>,
     /// Base width of the trained models.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = int_in::<usize>(1, MAX_WIDTH))]
     pub width: usize,
     /// Training images (the first N of the training split; the defender's pool is the whole split).
-    #[arg(long, default_value_t = 4000)]
+    #[arg(long, default_value_t = 4000, value_parser = int_in::<usize>(2, MAX_IMAGES))]
     pub train_images: usize,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = int_in::<usize>(1, MAX_EPOCHS))]
     pub epochs: usize,
-    #[arg(long, default_value_t = 0.02)]
+    #[arg(long, default_value_t = 0.02, value_parser = real_in(0.0, true, 10.0, false))]
     pub lr: f32,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = int_in::<usize>(2, MAX_BATCH))]
     pub batch: usize,
     /// Training augmentation (RandomCrop + flip).
     #[arg(long)]
     pub augment: bool,
     /// Test images for Acc / ASR / RA (the first N).
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = int_in::<usize>(1, MAX_IMAGES))]
     pub test_images: usize,
     /// Fine-tuning epochs (all fine-tuning defenses).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = int_in::<usize>(1, MAX_EPOCHS))]
     pub ft_epochs: usize,
     /// Fine-tuning fraction of the training split, class-balanced.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = real_in(0.0, true, 1.0, false))]
     pub ft_ratio: f32,
     /// Clean images for the trigger diagnostic and Fine-Pruning's activity.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = int_in::<usize>(1, MAX_IMAGES))]
     pub probe_images: usize,
     /// CLP threshold u.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0, value_parser = real_in(-100.0, false, 100.0, false))]
     pub clp_u: f32,
     /// Trained models (reused when present with the same name) and scan reports.
     #[arg(long, default_value = "fmp-study")]
@@ -273,6 +274,21 @@ fn share(a: &[(usize, usize)], b: &[(usize, usize)]) -> f64 {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    // (the folders of --out and --json are created below, so only a path that is a folder is refused)
+    for (f, flag) in [(&a.out, "--out"), (&a.json, "--json")] {
+        if f.is_dir() {
+            return Err(Error::InvalidArgument(format!(
+                "{flag} {}: is a folder; give a file name",
+                f.display()
+            )));
+        }
+    }
+    if a.workdir.exists() && !a.workdir.is_dir() {
+        return Err(Error::InvalidArgument(format!(
+            "--workdir {}: exists and is not a folder",
+            a.workdir.display()
+        )));
+    }
     let t_all = Instant::now();
     let attacks: Vec<AttackKind> = list(&a.attacks)?;
     let train_seeds = seeds(&a.train_seeds)?;

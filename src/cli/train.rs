@@ -4,12 +4,18 @@ use std::path::PathBuf;
 
 use fmp_engine::data::{DatasetKind, Split};
 use fmp_engine::fmp::attacks::{Attack, AttackKind};
+use fmp_engine::fmp::checkpoint::{checkpoint_path, data_md5, open_for_resume, sgd_identity};
 use fmp_engine::fmp::metrics::evaluate;
 use fmp_engine::fmp::pipeline::{eval_batch, find_data, load_split};
-use fmp_engine::fmp::train::{train_backdoored, BackdoorOptions};
+use fmp_engine::fmp::train::{
+    train_backdoored_resumable, BackdoorOptions, Checkpointing, LoopState,
+};
 use fmp_engine::model::{ModelConfig, PreActResNet18};
 use fmp_engine::{Error, Result};
 
+use super::check::{
+    int_in, real_in, seed, MAX_BATCH, MAX_CLASS, MAX_EPOCHS, MAX_IMAGES, MAX_WIDTH,
+};
 use super::common::{DeviceArgs, JsonOut};
 use super::defend::print_metrics_table;
 
@@ -45,32 +51,39 @@ pub struct Args {
     #[arg(long)]
     pub out: PathBuf,
     /// Base width (64 is the paper's PreActResNet18).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = int_in::<usize>(1, MAX_WIDTH))]
     pub width: usize,
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = int_in::<usize>(1, MAX_EPOCHS))]
     pub epochs: usize,
-    #[arg(long, default_value_t = 0.1)]
+    /// Fraction of the training images poisoned, in [0, 1].
+    #[arg(long, default_value_t = 0.1, value_parser = real_in(0.0, false, 1.0, false))]
     pub poison_rate: f32,
-    #[arg(long, default_value_t = 0)]
+    /// Target class of the backdoor (below the dataset's class count).
+    #[arg(long, default_value_t = 0, value_parser = int_in::<u32>(0, MAX_CLASS))]
     pub target: u32,
     /// Seed of the initial weights, the poisoned subset, batch order and augmentation.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = seed)]
     pub seed: u64,
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, value_parser = real_in(0.0, true, 10.0, false))]
     pub lr: f32,
-    #[arg(long, default_value_t = 128)]
+    /// Images per SGD step (at least 2: batch statistics need two).
+    #[arg(long, default_value_t = 128, value_parser = int_in::<usize>(2, MAX_BATCH))]
     pub batch: usize,
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = 5e-4, value_parser = real_in(0.0, false, 1.0, true))]
     pub weight_decay: f32,
     /// Skip RandomCrop + flip (CIFAR-10 trains with them by default).
     #[arg(long)]
     pub no_augment: bool,
     /// Train on the first N training images only.
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<usize>(2, MAX_IMAGES))]
     pub limit: Option<usize>,
     /// Evaluate on the first N test images only.
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<usize>(1, MAX_IMAGES))]
     pub eval_limit: Option<usize>,
+    /// Continue an interrupted run from its per-epoch checkpoint `<OUT>.ckpt.safetensors` (same data and
+    /// settings only); the result is bit-identical to an uninterrupted run.
+    #[arg(long)]
+    pub resume: bool,
     /// Print one JSON object on stdout (progress text goes to stderr); fields in docs/report.md.
     #[arg(long)]
     pub json: bool,
@@ -79,13 +92,14 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    super::check::output_path(&a.out, "--out")?;
+    let lock = super::check::lock_output(&a.out, "--out")?;
     let json = JsonOut::begin(a.json)?;
     let backend = a.device.backend()?;
     let dir = find_data(a.data.as_deref())?;
     let (train, kind) = load_split(&dir, Split::Train)?;
     let train = train.truncate(a.limit.unwrap_or(usize::MAX));
     let cfg = ModelConfig::for_dataset(kind, a.width);
-    let mut model = PreActResNet18::new_random(backend.clone(), cfg, a.seed)?;
     let attack_kind = a.attack.0;
     let mut opts = BackdoorOptions::backdoorbench(
         attack_kind,
@@ -107,13 +121,69 @@ pub fn run(a: Args) -> Result<()> {
         a.epochs,
         backend.name()
     );
-    let epochs = train_backdoored(&mut model, &train, &opts, &mut |s| {
-        println!(
-            "  epoch {:>3}  lr {:.5}  loss {:.4}  train acc {:.3}  {:.1} s",
-            s.epoch, s.lr, s.loss, s.train_acc, s.seconds
-        )
-    })?;
+    let ckpt_path = checkpoint_path(&a.out);
+    lock.remove_stale_temps(&[&a.out, &ckpt_path]);
+    let mut identity = sgd_identity(&opts.sgd);
+    identity.extend([
+        ("command".to_string(), "train".to_string()),
+        ("data_md5".into(), data_md5(&train)),
+        ("width".into(), a.width.to_string()),
+        ("num_classes".into(), cfg.num_classes.to_string()),
+        (
+            "attack".into(),
+            attack_kind.map(|k| k.name()).unwrap_or("none").into(),
+        ),
+        ("target".into(), a.target.to_string()),
+        ("poison_rate".into(), a.poison_rate.to_string()),
+    ]);
+    let (mut model, resume) = match open_for_resume(&ckpt_path, a.resume, &identity, "training")? {
+        Some(c) => {
+            let m = PreActResNet18::from_state_dict(backend.clone(), &c.weights, cfg)?;
+            println!(
+                "resuming training from {} after epoch {}/{}",
+                ckpt_path.display(),
+                c.epoch(),
+                a.epochs
+            );
+            let st = c.loop_state(&m, &ckpt_path)?;
+            (m, Some(st))
+        }
+        None => (
+            PreActResNet18::new_random(backend.clone(), cfg, a.seed)?,
+            None,
+        ),
+    };
+    super::interrupt::install();
+    let mut save = |m: &PreActResNet18, st: &LoopState| {
+        fmp_engine::fmp::checkpoint::save(&ckpt_path, m, st, &identity)?;
+        super::interrupt::keep(format!(
+            "the checkpoint {} after epoch {}/{}; continue with the same command and --resume",
+            ckpt_path.display(),
+            st.epoch,
+            a.epochs
+        ));
+        if super::interrupt::requested() {
+            return Err(super::interrupt::stopped());
+        }
+        Ok(())
+    };
+    let epochs = train_backdoored_resumable(
+        &mut model,
+        &train,
+        &opts,
+        &mut |s| {
+            println!(
+                "  epoch {:>3}  lr {:.5}  loss {:.4}  train acc {:.3}  {:.1} s",
+                s.epoch, s.lr, s.loss, s.train_acc, s.seconds
+            )
+        },
+        Some(Checkpointing {
+            resume,
+            save: &mut save,
+        }),
+    )?;
     model.save(&a.out)?;
+    let _ = std::fs::remove_file(&ckpt_path);
     println!("weights: {}", a.out.display());
     let mut metrics = None;
     if let Ok((test, _)) = load_split(&dir, Split::Test) {

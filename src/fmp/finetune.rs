@@ -3,7 +3,7 @@
 //! epoch, cross-entropy, batch 256, 10 epochs, RandomCrop(32, pad 4) + flip for CIFAR-10. BN running
 //! statistics are updated from the fine-tuning batches only (evaluation never runs in train mode).
 use super::augment::balanced_subset;
-use super::train::{sgd_epochs, EpochStats, SgdOptions};
+use super::train::{sgd_epochs_resumable, Checkpointing, EpochStats, SgdOptions};
 use super::LabeledImages;
 use crate::error::{Error, Result};
 use crate::model::PreActResNet18;
@@ -58,6 +58,17 @@ pub fn finetune(
     opts: &FinetuneOptions,
     on_epoch: &mut dyn FnMut(&EpochStats),
 ) -> Result<Vec<EpochStats>> {
+    finetune_resumable(model, train, opts, on_epoch, None)
+}
+
+/// `finetune` with per-epoch checkpoints and resumption.
+pub fn finetune_resumable(
+    model: &mut PreActResNet18,
+    train: &LabeledImages,
+    opts: &FinetuneOptions,
+    on_epoch: &mut dyn FnMut(&EpochStats),
+    ckpt: Option<Checkpointing>,
+) -> Result<Vec<EpochStats>> {
     let data = subset(train, opts.ratio, opts.sgd.seed)?;
-    sgd_epochs(model, &data, &opts.sgd, None, on_epoch)
+    sgd_epochs_resumable(model, &data, &opts.sgd, None, on_epoch, ckpt)
 }

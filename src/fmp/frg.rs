@@ -14,6 +14,10 @@
 //! Naive engine (`scan_layer_naive`): one channel at a time, with a full [B,C,H,W] cotangent (the gradient of
 //! that channel's MSE, zero elsewhere), a plain `Cotangent::Full` backward, host-side sign step and scoring.
 //! Both give identical scores for the same seed (tests/fmp_scan.rs).
+use std::ops::Range;
+
+use serde::{Deserialize, Serialize};
+
 use super::metrics::argmax;
 use super::rng::Rng;
 use super::select::{reference_order_remap, select_lowest, ConvReport};
@@ -98,11 +102,39 @@ pub fn scan_layer_batched(
     chunk: usize,
     progress: &mut dyn FnMut(usize),
 ) -> Result<LayerScores> {
+    let channels = conv_channels(model, layer)?;
+    scan_layer_batched_range(
+        model,
+        x,
+        x0,
+        labels,
+        layer,
+        0..channels,
+        eps,
+        chunk,
+        progress,
+    )
+}
+
+/// Score channels `range` of conv `layer` with the batched engine (chunks start at `range.start`; the
+/// scores do not depend on the chunking, so a slice scores exactly as in a whole-conv pass).
+#[allow(clippy::too_many_arguments)]
+pub fn scan_layer_batched_range(
+    model: &PreActResNet18,
+    x: &Tensor,
+    x0: &Tensor,
+    labels: &[u32],
+    layer: usize,
+    range: Range<usize>,
+    eps: f32,
+    chunk: usize,
+    progress: &mut dyn FnMut(usize),
+) -> Result<LayerScores> {
     let tx = model.forward_trace(x, layer)?;
     let tx0 = model.forward_trace(x0, layer)?;
-    let channels = tx.tap().nchw().1;
+    let channels = range.end;
     let mut res = LayerScores::default();
-    let mut c0 = 0;
+    let mut c0 = range.start;
     while c0 < channels {
         let k = chunk.max(1).min(channels - c0);
         score_channels(model, &tx, &tx0, x0, labels, c0, k, eps, &mut res)?;
@@ -158,13 +190,28 @@ pub fn scan_layer_naive(
     eps: f32,
     progress: &mut dyn FnMut(usize),
 ) -> Result<LayerScores> {
+    let channels = conv_channels(model, layer)?;
+    scan_layer_naive_range(model, x, x0, labels, layer, 0..channels, eps, progress)
+}
+
+/// Score channels `range` of conv `layer` one channel at a time.
+#[allow(clippy::too_many_arguments)]
+pub fn scan_layer_naive_range(
+    model: &PreActResNet18,
+    x: &Tensor,
+    x0: &Tensor,
+    labels: &[u32],
+    layer: usize,
+    range: Range<usize>,
+    eps: f32,
+    progress: &mut dyn FnMut(usize),
+) -> Result<LayerScores> {
     let be = model.backend().clone();
     let b = labels.len();
     let ax = be.to_host(model.forward_trace(x, layer)?.tap())?;
     let x0h = be.to_host(x0)?;
     let mut res = LayerScores::default();
-    let channels = model.convs()[layer].params.output_shape()[1];
-    for c in 0..channels {
+    for c in range {
         let tx0 = model.forward_trace(x0, layer)?;
         let a0 = tx0.tap();
         let shape = a0.shape().to_vec();
@@ -239,16 +286,46 @@ pub fn score_chunk(logits: &[f32], labels: &[u32], k: usize, res: &mut LayerScor
     Ok(())
 }
 
-/// The full scan: every conv, scores, then per-layer selection. `pixels`: B images [B,3,32,32] in [0,1].
-/// `progress(channels_done_now)` is called as channels finish.
-pub fn scan(
+/// Output channels of conv `layer`.
+pub(crate) fn conv_channels(model: &PreActResNet18, layer: usize) -> Result<usize> {
+    model
+        .convs()
+        .get(layer)
+        .map(|c| c.params.output_shape()[1])
+        .ok_or_else(|| Error::InvalidArgument(format!("no conv {layer} in the model")))
+}
+
+/// A run of channels `start..end` of the conv with execution index `conv`: the unit the scan scores,
+/// journals (`fmp::journal`) and splits into shards.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slice {
+    pub conv: usize,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// Every channel of every conv, one slice per conv, in execution order.
+pub fn all_slices(model: &PreActResNet18) -> Vec<Slice> {
+    model
+        .convs()
+        .iter()
+        .enumerate()
+        .map(|(l, c)| Slice {
+            conv: l,
+            start: 0,
+            end: c.params.output_shape()[1],
+        })
+        .collect()
+}
+
+/// The checks the scan makes before any work: images and labels agree, labels fit the model, `p` fits
+/// every conv.
+pub fn check_scan_inputs(
     model: &PreActResNet18,
     pixels: &[f32],
     labels: &[u32],
     opts: &ScanOptions,
-    progress: &mut dyn FnMut(usize),
-) -> Result<(Vec<ConvReport>, usize)> {
-    let be = model.backend().clone();
+) -> Result<()> {
     let b = labels.len();
     if b == 0 || pixels.len() != b * 3 * 32 * 32 {
         return Err(Error::InvalidArgument(format!(
@@ -263,8 +340,13 @@ pub fn scan(
             "label {bad} out of range for a {nc}-class model"
         )));
     }
-    let convs = model.convs().to_vec();
-    for cv in &convs {
+    if opts.p == 0 {
+        return Err(Error::InvalidArgument("--p must be at least 1".into()));
+    }
+    if opts.steps == 0 {
+        return Err(Error::InvalidArgument("--steps must be at least 1".into()));
+    }
+    for cv in model.convs() {
         let ch = cv.params.output_shape()[1];
         if opts.p > ch {
             return Err(Error::InvalidArgument(format!(
@@ -273,30 +355,101 @@ pub fn scan(
             )));
         }
     }
+    Ok(())
+}
+
+/// Score `slices` (in the given order). After each slice, `done(slice, scores, chunk)` is called (the
+/// journal hook; `chunk` is the batched chunk used, 0 for the naive loop); an error from it stops the scan.
+pub fn scan_slices(
+    model: &PreActResNet18,
+    pixels: &[f32],
+    labels: &[u32],
+    opts: &ScanOptions,
+    slices: &[Slice],
+    done: &mut dyn FnMut(&Slice, LayerScores, usize) -> Result<()>,
+    progress: &mut dyn FnMut(usize),
+) -> Result<()> {
+    check_scan_inputs(model, pixels, labels, opts)?;
+    let be = model.backend().clone();
+    let b = labels.len();
     let x = be.from_host(pixels, &[b, 3, 32, 32])?;
     let x0 = be.from_host(&make_x0(pixels, opts.alpha, opts.seed), &[b, 3, 32, 32])?;
-    let mut out = Vec::with_capacity(convs.len());
-    let mut chunk_used = 0;
-    for (l, cv) in convs.iter().enumerate() {
-        let ls = if opts.steps > 1 {
+    for s in slices {
+        let channels = conv_channels(model, s.conv)?;
+        if s.start >= s.end || s.end > channels {
+            return Err(Error::InvalidArgument(format!(
+                "slice {}..{} of conv {} out of range 0..{channels}",
+                s.start, s.end, s.conv
+            )));
+        }
+        let (ls, k) = if opts.steps > 1 {
             let k = opts
                 .chunk
-                .unwrap_or_else(|| super::frg_steps::chunk_channels(model, l, b));
-            if !opts.naive {
-                chunk_used = chunk_used.max(k.min(cv.params.output_shape()[1]));
-            }
-            super::frg_steps::scan_layer_steps(model, &x, &x0, labels, l, opts, k, progress)?
+                .unwrap_or_else(|| super::frg_steps::chunk_channels(model, s.conv, b))
+                .min(s.end - s.start)
+                .max(1);
+            let ls = super::frg_steps::scan_layer_steps_range(
+                model,
+                &x,
+                &x0,
+                labels,
+                s.conv,
+                s.start..s.end,
+                opts,
+                k,
+                progress,
+            )?;
+            (ls, if opts.naive { 0 } else { k })
         } else if opts.naive {
-            scan_layer_naive(model, &x, &x0, labels, l, opts.eps, progress)?
+            let ls = scan_layer_naive_range(
+                model,
+                &x,
+                &x0,
+                labels,
+                s.conv,
+                s.start..s.end,
+                opts.eps,
+                progress,
+            )?;
+            (ls, 0)
         } else {
-            let k = opts.chunk.unwrap_or_else(|| chunk_channels(model, l, b));
-            chunk_used = chunk_used.max(k.min(cv.params.output_shape()[1]));
-            scan_layer_batched(model, &x, &x0, labels, l, opts.eps, k, progress)?
+            let k = opts
+                .chunk
+                .unwrap_or_else(|| chunk_channels(model, s.conv, b))
+                .min(s.end - s.start)
+                .max(1);
+            let ls = scan_layer_batched_range(
+                model,
+                &x,
+                &x0,
+                labels,
+                s.conv,
+                s.start..s.end,
+                opts.eps,
+                k,
+                progress,
+            )?;
+            (ls, k)
         };
-        let selected = select_lowest(&ls.scores, &ls.true_prob, opts.p)?;
+        done(s, ls, k)?;
+    }
+    Ok(())
+}
+
+/// Per-conv selection over complete per-conv scores (execution order), then `--reference-order`'s remap:
+/// what one scan reports, whether its scores came from one run, a resumed run or merged shards.
+pub fn select_convs(
+    model_convs: &[(usize, String)],
+    scores: Vec<LayerScores>,
+    p: usize,
+    reference_order: bool,
+) -> Result<Vec<ConvReport>> {
+    let mut out = Vec::with_capacity(scores.len());
+    for ((index, name), ls) in model_convs.iter().zip(scores) {
+        let selected = select_lowest(&ls.scores, &ls.true_prob, p)?;
         out.push(ConvReport {
-            index: cv.index,
-            name: cv.name.clone(),
+            index: *index,
+            name: name.clone(),
             channels: ls.scores.len(),
             scores: ls.scores,
             true_prob: ls.true_prob,
@@ -305,12 +458,48 @@ pub fn scan(
             stability: None,
         });
     }
-    if opts.reference_order {
+    if reference_order {
         let names: Vec<String> = out.iter().map(|c| c.name.clone()).collect();
         let sel: Vec<Vec<usize>> = out.iter().map(|c| c.selected.clone()).collect();
         for (c, s) in out.iter_mut().zip(reference_order_remap(&names, &sel)) {
             c.selected = s;
         }
     }
-    Ok((out, chunk_used))
+    Ok(out)
+}
+
+/// The full scan: every conv, scores, then per-layer selection. `pixels`: B images [B,3,32,32] in [0,1].
+/// `progress(channels_done_now)` is called as channels finish. Returns the per-conv reports and the
+/// largest chunk used (0 for the naive loop).
+pub fn scan(
+    model: &PreActResNet18,
+    pixels: &[f32],
+    labels: &[u32],
+    opts: &ScanOptions,
+    progress: &mut dyn FnMut(usize),
+) -> Result<(Vec<ConvReport>, usize)> {
+    let mut scores = Vec::new();
+    let mut chunk_used = 0;
+    scan_slices(
+        model,
+        pixels,
+        labels,
+        opts,
+        &all_slices(model),
+        &mut |_, ls, k| {
+            scores.push(ls);
+            chunk_used = chunk_used.max(k);
+            Ok(())
+        },
+        progress,
+    )?;
+    let convs: Vec<(usize, String)> = model
+        .convs()
+        .iter()
+        .map(|c| (c.index, c.name.clone()))
+        .collect();
+    Ok((
+        select_convs(&convs, scores, opts.p, opts.reference_order)?,
+        chunk_used,
+    ))
 }

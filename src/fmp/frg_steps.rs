@@ -11,6 +11,8 @@
 //! computes what `frg::score_channels` computes (checked in tests/fmp_steps.rs); the scan uses
 //! `score_channels` for S = 1. Naive (`scan_layer_naive_steps`): one channel at a time with a full
 //! cotangent and host-side sign steps. Both give identical scores (tests/fmp_steps.rs).
+use std::ops::Range;
+
 use super::frg::{score_chunk, LayerScores, ScanOptions};
 use crate::error::{Error, Result};
 use crate::model::{Cotangent, PreActResNet18, Trace};
@@ -34,17 +36,48 @@ pub fn scan_layer_steps(
     chunk: usize,
     progress: &mut dyn FnMut(usize),
 ) -> Result<LayerScores> {
+    let channels = super::frg::conv_channels(model, layer)?;
+    scan_layer_steps_range(
+        model,
+        x,
+        x0,
+        labels,
+        layer,
+        0..channels,
+        opts,
+        chunk,
+        progress,
+    )
+}
+
+/// Score channels `range` of conv `layer` with `opts.steps` sign steps (chunks start at `range.start`;
+/// every channel's images are independent, so a slice scores exactly as in a whole-conv pass). The unit
+/// the scan journals and shards (`frg::scan_slices`).
+#[allow(clippy::too_many_arguments)]
+pub fn scan_layer_steps_range(
+    model: &PreActResNet18,
+    x: &Tensor,
+    x0: &Tensor,
+    labels: &[u32],
+    layer: usize,
+    range: Range<usize>,
+    opts: &ScanOptions,
+    chunk: usize,
+    progress: &mut dyn FnMut(usize),
+) -> Result<LayerScores> {
     if opts.steps == 0 {
         return Err(Error::InvalidArgument("--steps must be at least 1".into()));
     }
     if opts.naive {
-        return scan_layer_naive_steps(model, x, x0, labels, layer, opts.eps, opts.steps, progress);
+        return scan_layer_naive_steps_range(
+            model, x, x0, labels, layer, range, opts.eps, opts.steps, progress,
+        );
     }
     let tx = model.forward_trace(x, layer)?;
     let tx0 = model.forward_trace(x0, layer)?;
-    let channels = tx.tap().nchw().1;
+    let channels = range.end;
     let mut res = LayerScores::default();
-    let mut c0 = 0;
+    let mut c0 = range.start;
     while c0 < channels {
         let k = chunk.max(1).min(channels - c0);
         score_channels_steps(
@@ -155,13 +188,39 @@ pub fn scan_layer_naive_steps(
     steps: usize,
     progress: &mut dyn FnMut(usize),
 ) -> Result<LayerScores> {
+    let channels = super::frg::conv_channels(model, layer)?;
+    scan_layer_naive_steps_range(
+        model,
+        x,
+        x0,
+        labels,
+        layer,
+        0..channels,
+        eps,
+        steps,
+        progress,
+    )
+}
+
+/// The plain loop with `steps` sign steps over channels `range` of conv `layer`.
+#[allow(clippy::too_many_arguments)]
+pub fn scan_layer_naive_steps_range(
+    model: &PreActResNet18,
+    x: &Tensor,
+    x0: &Tensor,
+    labels: &[u32],
+    layer: usize,
+    range: Range<usize>,
+    eps: f32,
+    steps: usize,
+    progress: &mut dyn FnMut(usize),
+) -> Result<LayerScores> {
     let be = model.backend().clone();
     let b = labels.len();
     let ax = be.to_host(model.forward_trace(x, layer)?.tap())?;
     let x0h = be.to_host(x0)?;
     let mut res = LayerScores::default();
-    let channels = model.convs()[layer].params.output_shape()[1];
-    for c in 0..channels {
+    for c in range {
         let mut z = x0h.clone();
         for _ in 0..steps.max(1) {
             let zt = be.from_host(&z, &[b, 3, 32, 32])?;

@@ -5,11 +5,13 @@
 pub mod attacks;
 pub mod augment;
 pub mod baselines;
+pub mod checkpoint;
 pub mod controls;
 pub mod download;
 pub mod finetune;
 pub mod frg;
 pub mod frg_steps;
+pub mod journal;
 pub mod metrics;
 pub mod pipeline;
 pub mod prune;

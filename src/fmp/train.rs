@@ -28,6 +28,39 @@ pub struct SgdOptions {
 }
 
 impl SgdOptions {
+    /// The checks the CLI's flag parsers also make, for library callers: at least one epoch, batches of
+    /// at least 2, a finite positive rate, momentum in [0, 1), finite non-negative decay and floor.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(m));
+        if self.epochs == 0 {
+            return bad("--epochs 0: must be at least 1".into());
+        }
+        if self.batch < 2 {
+            return bad(format!(
+                "--batch {}: must be at least 2 (batch statistics need two images)",
+                self.batch
+            ));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad(format!("--lr {}: must be a finite number > 0", self.lr));
+        }
+        if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
+            return bad(format!("--momentum {}: must be in [0, 1)", self.momentum));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(format!(
+                "--weight-decay {}: must be a finite number >= 0",
+                self.weight_decay
+            ));
+        }
+        if !(self.eta_min.is_finite() && self.eta_min >= 0.0) {
+            return bad(format!(
+                "--eta-min {}: must be a finite number >= 0",
+                self.eta_min
+            ));
+        }
+        Ok(())
+    }
     /// Learning rate of epoch `e` (PyTorch CosineAnnealingLR with T_max = epochs, stepped per epoch).
     pub fn lr_at(&self, e: usize) -> f32 {
         let t = self.epochs.max(1) as f32;
@@ -36,7 +69,7 @@ impl SgdOptions {
     }
 }
 
-#[derive(Clone, Copy, Debug, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EpochStats {
     pub epoch: usize,
     pub lr: f32,
@@ -48,6 +81,25 @@ pub struct EpochStats {
 /// Called on every batch's u8 images and labels before augmentation (on-the-fly poisoning).
 pub type BatchHook<'a> = &'a dyn Fn(&mut [u8], &mut [u32], &mut Rng);
 
+/// The loop's whole state after `epoch` finished epochs: with the model's weights (and BN statistics) it
+/// continues training to bit-identical weights (`fmp::checkpoint`).
+pub struct LoopState {
+    pub epoch: usize,
+    /// `Rng::state()` of the loop's generator (batch order, augmentation, on-the-fly poisoning).
+    pub rng: u64,
+    /// The batch order, shuffled in place every epoch.
+    pub order: Vec<usize>,
+    pub momentum: SgdState,
+    pub stats: Vec<EpochStats>,
+}
+
+/// Per-epoch checkpointing of `sgd_epochs_resumable`: `resume` continues from a saved state (the model
+/// must already hold that state's weights); `save` is called after every epoch.
+pub struct Checkpointing<'a> {
+    pub resume: Option<LoopState>,
+    pub save: &'a mut dyn FnMut(&PreActResNet18, &LoopState) -> Result<()>,
+}
+
 /// Train `model` on `data` with SGD; batches of fewer than 2 images are skipped (batch statistics need two).
 pub fn sgd_epochs(
     model: &mut PreActResNet18,
@@ -56,6 +108,19 @@ pub fn sgd_epochs(
     hook: Option<BatchHook>,
     on_epoch: &mut dyn FnMut(&EpochStats),
 ) -> Result<Vec<EpochStats>> {
+    sgd_epochs_resumable(model, data, opts, hook, on_epoch, None)
+}
+
+/// `sgd_epochs` with per-epoch checkpoints and resumption.
+pub fn sgd_epochs_resumable(
+    model: &mut PreActResNet18,
+    data: &LabeledImages,
+    opts: &SgdOptions,
+    hook: Option<BatchHook>,
+    on_epoch: &mut dyn FnMut(&EpochStats),
+    mut ckpt: Option<Checkpointing>,
+) -> Result<Vec<EpochStats>> {
+    opts.validate()?;
     if data.len() < 2 {
         return Err(Error::InvalidArgument(format!(
             "training needs at least 2 images, got {}",
@@ -68,7 +133,30 @@ pub fn sgd_epochs(
     let mut rng = Rng::derive(opts.seed, "sgd-epochs");
     let mut order: Vec<usize> = (0..data.len()).collect();
     let mut stats = Vec::new();
-    for e in 0..opts.epochs {
+    let mut first = 0;
+    if let Some(r) = ckpt.as_mut().and_then(|c| c.resume.take()) {
+        let mut sorted = r.order.clone();
+        sorted.sort_unstable();
+        if r.epoch > opts.epochs
+            || sorted.len() != data.len()
+            || sorted.iter().enumerate().any(|(i, &v)| i != v)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "checkpoint: epoch {} of {} with a batch order over {} images does not fit this run ({} epochs, {} images)",
+                r.epoch,
+                opts.epochs,
+                r.order.len(),
+                opts.epochs,
+                data.len()
+            )));
+        }
+        first = r.epoch;
+        rng = Rng::from_state(r.rng);
+        order = r.order;
+        state = r.momentum;
+        stats = r.stats;
+    }
+    for e in first..opts.epochs {
         let t0 = Instant::now();
         let lr = opts.lr_at(e);
         rng.shuffle(&mut order);
@@ -133,6 +221,17 @@ pub fn sgd_epochs(
         };
         on_epoch(&s);
         stats.push(s);
+        if let Some(c) = ckpt.as_mut() {
+            let snap = LoopState {
+                epoch: e + 1,
+                rng: rng.state(),
+                order,
+                momentum: state,
+                stats,
+            };
+            (c.save)(model, &snap)?;
+            (order, state, stats) = (snap.order, snap.momentum, snap.stats);
+        }
     }
     Ok(stats)
 }
@@ -174,6 +273,17 @@ pub fn train_backdoored(
     opts: &BackdoorOptions,
     on_epoch: &mut dyn FnMut(&EpochStats),
 ) -> Result<Vec<EpochStats>> {
+    train_backdoored_resumable(model, data, opts, on_epoch, None)
+}
+
+/// `train_backdoored` with per-epoch checkpoints and resumption.
+pub fn train_backdoored_resumable(
+    model: &mut PreActResNet18,
+    data: &LabeledImages,
+    opts: &BackdoorOptions,
+    on_epoch: &mut dyn FnMut(&EpochStats),
+    ckpt: Option<Checkpointing>,
+) -> Result<Vec<EpochStats>> {
     if let Some(&bad) = data
         .labels
         .iter()
@@ -184,6 +294,13 @@ pub fn train_backdoored(
             model.config().num_classes
         )));
     }
+    if !(opts.poison_rate.is_finite() && (0.0..=1.0).contains(&opts.poison_rate)) {
+        return Err(Error::InvalidArgument(format!(
+            "--poison-rate {}: must be in [0, 1]",
+            opts.poison_rate
+        )));
+    }
+    opts.sgd.validate()?;
     if opts.target as usize >= model.config().num_classes {
         return Err(Error::InvalidArgument(format!(
             "--target {} out of range 0..{}",
@@ -192,7 +309,7 @@ pub fn train_backdoored(
         )));
     }
     match opts.attack {
-        None => sgd_epochs(model, data, &opts.sgd, None, on_epoch),
+        None => sgd_epochs_resumable(model, data, &opts.sgd, None, on_epoch, ckpt),
         Some(AttackKind::WaNet) => {
             let attack = Attack::new(AttackKind::WaNet, opts.target);
             let rate = opts.poison_rate;
@@ -212,7 +329,7 @@ pub fn train_backdoored(
                     img.copy_from_slice(&buf);
                 }
             };
-            sgd_epochs(model, data, &opts.sgd, Some(&hook), on_epoch)
+            sgd_epochs_resumable(model, data, &opts.sgd, Some(&hook), on_epoch, ckpt)
         }
         Some(kind) => {
             let attack = Attack::new(kind, opts.target);
@@ -221,7 +338,7 @@ pub fn train_backdoored(
                 attack.apply_in_place(&mut poisoned.pixels[i * IMG..(i + 1) * IMG]);
                 poisoned.labels[i] = opts.target;
             }
-            sgd_epochs(model, &poisoned, &opts.sgd, None, on_epoch)
+            sgd_epochs_resumable(model, &poisoned, &opts.sgd, None, on_epoch, ckpt)
         }
     }
 }

@@ -68,6 +68,14 @@ impl SgdState {
     pub fn new() -> Self {
         Self::default()
     }
+    /// The momentum buffers by parameter (in `param_names()` order; None before the first step).
+    pub fn buffers(&self) -> &[Option<Tensor>] {
+        &self.bufs
+    }
+    /// A state holding these buffers (a resumed checkpoint's).
+    pub fn from_buffers(bufs: Vec<Option<Tensor>>) -> Self {
+        SgdState { bufs }
+    }
 }
 
 impl PreActResNet18 {

@@ -1,0 +1,50 @@
+//! Ctrl-C for the long commands (`scan`, `train`, `finetune`): the first press asks the run to stop at
+//! the next safe point (after the scan's current conv is journaled, after the current epoch is
+//! checkpointed), the second stops at once. Either way the run says what it kept: `keep()` records it as
+//! the run goes (the journal or checkpoint and how far it got).
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+static STOP: AtomicBool = AtomicBool::new(false);
+static KEPT: Mutex<String> = Mutex::new(String::new());
+
+/// Exit status after an interruption (128 + SIGINT, as shells report it).
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// Install the handler (once per process; later calls do nothing).
+pub fn install() {
+    let _ = ctrlc::set_handler(|| {
+        if STOP.swap(true, Ordering::SeqCst) {
+            eprintln!("\nfmp-engine: stopped at once. {}", kept());
+            std::process::exit(EXIT_INTERRUPTED);
+        }
+        eprintln!(
+            "\nfmp-engine: Ctrl-C: stopping after the current step (press Ctrl-C again to stop at once)"
+        );
+    });
+}
+
+/// Whether Ctrl-C was pressed.
+pub fn requested() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
+/// Record what an interruption keeps now ("journal X: 5 of 20 convs").
+pub fn keep(what: String) {
+    if let Ok(mut k) = KEPT.lock() {
+        *k = what;
+    }
+}
+
+/// What an interruption keeps.
+pub fn kept() -> String {
+    match KEPT.lock() {
+        Ok(k) if !k.is_empty() => format!("Kept: {k}."),
+        _ => "Nothing was kept (no step had finished); no output was written.".into(),
+    }
+}
+
+/// The error that ends an interrupted run.
+pub fn stopped() -> fmp_engine::Error {
+    fmp_engine::Error::Msg(format!("interrupted by Ctrl-C. {}", kept()))
+}
