@@ -226,20 +226,13 @@ fn store_tile(d: &DGeom, tile: &DTile, j0: usize, o0: usize, y: &mut [f32]) {
     }
 }
 
-/// All output planes of one item for panels `q0..q1`: y is the item's [co, ho, wo] output.
-fn run_item(
-    d: &DGeom,
-    micro: DMicroFn,
-    panels: &[f32],
-    koff: &[u32],
-    xp: &[f32],
-    (q0, q1): (usize, usize),
-    y: &mut [f32],
-) {
+/// All `d.co` output planes of one item from `panels` (theirs, in order): y is [co, ho, wo].
+fn run_item(d: &DGeom, micro: DMicroFn, panels: &[f32], koff: &[u32], xp: &[f32], y: &mut [f32]) {
     let kdim = koff.len();
-    assert!(xp.len() >= d.buf_len() && panels.len() >= q1 * kdim * DR);
+    let npanels = d.co.div_ceil(DR);
+    assert!(xp.len() >= d.buf_len() && panels.len() >= npanels * kdim * DR);
     let nvec = d.vectors();
-    for q in q0..q1 {
+    for q in 0..npanels {
         let wpanel = &panels[q * kdim * DR..(q + 1) * kdim * DR];
         for j0 in (0..nvec).step_by(NV) {
             let o0 = d.in_off(j0);
@@ -285,7 +278,7 @@ fn run<'a>(
             .enumerate()
             .for_each_init(Vec::new, |buf, (i, yi)| {
                 pad_item(d, x_of(i), buf);
-                run_item(d, micro, panels_of(i), &koff, buf, (0, npanels), yi);
+                run_item(d, micro, panels_of(i), &koff, buf, yi);
             });
         return;
     }
@@ -307,35 +300,15 @@ fn run<'a>(
         .for_each_init(Vec::new, |buf, (i, q0, part)| {
             let q1 = (q0 + per).min(npanels);
             pad_item(d, x_of(i), buf);
-            // run_item writes channel planes relative to the item's start: shift by q0 * DR.
-            run_item_shifted(d, micro, panels_of(i), &koff, buf, (q0, q1), part);
+            // The part holds channels q0 * DR.. of the item: a geometry of just those channels.
+            let kdim = koff.len();
+            let sub = DGeom {
+                co: (q1 * DR).min(d.co) - q0 * DR,
+                ..*d
+            };
+            let panels = &panels_of(i)[q0 * kdim * DR..q1 * kdim * DR];
+            run_item(&sub, micro, panels, &koff, buf, part);
         });
-}
-
-/// `run_item` for a slice that starts at channel `q0 * DR` of the item.
-fn run_item_shifted(
-    d: &DGeom,
-    micro: DMicroFn,
-    panels: &[f32],
-    koff: &[u32],
-    xp: &[f32],
-    (q0, q1): (usize, usize),
-    y: &mut [f32],
-) {
-    let kdim = koff.len();
-    let sub = DGeom {
-        co: (q1 * DR).min(d.co) - q0 * DR,
-        ..*d
-    };
-    run_item(
-        &sub,
-        micro,
-        &panels[q0 * kdim * DR..q1 * kdim * DR],
-        koff,
-        xp,
-        (0, q1 - q0),
-        y,
-    );
 }
 
 /// Forward: y = conv(x, w), stride 1.
