@@ -86,22 +86,12 @@ impl DGeom {
 }
 
 /// Which shapes take the direct path: stride 1 with at least 60% of the computed lanes kept
-/// (32x32 and 16x16 planes: all of them; 8x8: 64 of 80; 4x4 planes stay on the GEMM path).
+/// (32x32 and 16x16 planes: all of them; 8x8: 64 of 96; 4x4 planes, 16 of 32, stay on the GEMM path).
 pub(crate) fn suits(g: &Geom) -> bool {
     if g.s != 1 || g.n == 0 || g.ho == 0 || g.wo == 0 {
         return false;
     }
-    let d = DGeom {
-        ci: g.ci,
-        hi: g.hi,
-        wi: g.wi,
-        co: g.co,
-        ho: g.ho,
-        wo: g.wo,
-        k: g.k,
-        p: g.p,
-    };
-    let lanes = d.vectors().div_ceil(NV) * NV * V;
+    let lanes = dgeom(g).vectors().div_ceil(NV) * NV * V;
     10 * g.ho * g.wo >= 6 * lanes
 }
 
