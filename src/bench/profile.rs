@@ -38,13 +38,16 @@ fn conv_shape(p: &ConvParams) -> String {
 }
 
 /// Item shape (batch left out, so chunks of different sizes share a key).
-fn item_shape(t: &Tensor) -> String {
-    let s = t.shape();
+fn item_dims(s: &[usize]) -> String {
     s[1.min(s.len())..]
         .iter()
         .map(|d| d.to_string())
         .collect::<Vec<_>>()
         .join("x")
+}
+
+fn item_shape(t: &Tensor) -> String {
+    item_dims(t.shape())
 }
 
 fn numel(t: &Tensor) -> u64 {
@@ -102,16 +105,21 @@ impl ProfiledBackend {
     }
 }
 
-/// `dev` with its backend wrapped in a profiler (host-clock timing; events are not used).
-pub fn profiled(dev: &BenchDevice) -> (BenchDevice, Arc<ProfiledBackend>) {
+/// With `on`: `dev` with its backend wrapped in a profiler (host-clock timing; events are not
+/// used) and the profiler; else nothing (use `dev` as it is).
+pub fn profiled(
+    dev: &BenchDevice,
+    on: bool,
+) -> (Option<BenchDevice>, Option<Arc<ProfiledBackend>>) {
+    if !on {
+        return (None, None);
+    }
     let p = Arc::new(ProfiledBackend::new(dev.backend.clone()));
-    (
-        BenchDevice {
-            backend: p.clone(),
-            events: None,
-        },
-        p,
-    )
+    let d = BenchDevice {
+        backend: p.clone(),
+        events: None,
+    };
+    (Some(d), Some(p))
 }
 
 /// Totals over several `take()`s, most expensive first.
@@ -200,14 +208,12 @@ impl Backend for ProfiledBackend {
     }
     fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
         let n: usize = shape.iter().product();
-        let key = shape[1.min(shape.len())..]
-            .iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join("x");
-        self.rec("alloc (zeros)", key, OpCost::new(0, 4 * n as u64), || {
-            self.inner.zeros(shape)
-        })
+        self.rec(
+            "alloc (zeros)",
+            item_dims(shape),
+            OpCost::new(0, 4 * n as u64),
+            || self.inner.zeros(shape),
+        )
     }
     fn from_host(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
         self.rec(

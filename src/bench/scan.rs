@@ -157,13 +157,7 @@ pub fn run_scan_bench(
     cfg: &ScanBenchConfig,
     mut progress: impl FnMut(&ScanConvResult),
 ) -> Result<ScanBenchReport> {
-    let (profiled, prof) = match cfg.profile {
-        true => {
-            let (d, p) = profiled(dev);
-            (Some(d), Some(p))
-        }
-        false => (None, None),
-    };
+    let (profiled, prof) = profiled(dev, cfg.profile);
     let dev = profiled.as_ref().unwrap_or(dev);
     let mut recorded = ProfileTotals::default();
     let be = dev.backend.clone();

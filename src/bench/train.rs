@@ -67,13 +67,7 @@ pub fn run_train_bench(dev: &BenchDevice, cfg: &TrainBenchConfig) -> Result<Trai
             cfg.batch, cfg.steps, cfg.width
         )));
     }
-    let (pdev, prof) = match cfg.profile {
-        true => {
-            let (d, p) = profiled(dev);
-            (Some(d), Some(p))
-        }
-        false => (None, None),
-    };
+    let (pdev, prof) = profiled(dev, cfg.profile);
     let dev = pdev.as_ref().unwrap_or(dev);
     let be = dev.backend.clone();
     let mc = ModelConfig::cifar10(cfg.width);

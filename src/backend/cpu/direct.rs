@@ -20,9 +20,9 @@
 //! cotangent that is zero elsewhere adds exact zeros around them, so the two are bitwise equal.
 //! Tasks own disjoint (item, channel-panel) ranges: results do not depend on the thread count.
 use rayon::prelude::*;
-use std::sync::OnceLock;
 
 use super::conv::Geom;
+use super::gemm::{isa, Isa};
 
 /// Output channels per tile.
 const DR: usize = 8;
@@ -475,26 +475,15 @@ unsafe fn dmicro_avx512(
     out
 }
 
-/// The direct kernel for this CPU (same selection and `FMP_CPU_KERNEL` override as the GEMM's).
+/// The direct kernel for `gemm::isa()` (the GEMM's selection and `FMP_CPU_KERNEL` override).
 fn kernel() -> (DMicroFn, &'static str) {
-    static K: OnceLock<(DMicroFn, &'static str)> = OnceLock::new();
-    *K.get_or_init(|| {
-        let force = std::env::var("FMP_CPU_KERNEL").unwrap_or_default();
-        if force == "portable" {
-            return (dmicro_plain as DMicroFn, "direct portable 8x32");
-        }
+    match isa() {
         #[cfg(target_arch = "x86_64")]
-        {
-            let fma = std::is_x86_feature_detected!("fma");
-            if force != "avx2" && fma && std::is_x86_feature_detected!("avx512f") {
-                return (dmicro_avx512 as DMicroFn, "direct avx512 8x32");
-            }
-            if fma && std::is_x86_feature_detected!("avx2") {
-                return (dmicro_avx2 as DMicroFn, "direct avx2+fma 4x(4x16)");
-            }
-        }
-        (dmicro_plain as DMicroFn, "direct portable 8x32")
-    })
+        Isa::Avx512 => (dmicro_avx512 as DMicroFn, "direct avx512 8x32"),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => (dmicro_avx2 as DMicroFn, "direct avx2+fma 4x(4x16)"),
+        _ => (dmicro_plain as DMicroFn, "direct portable 8x32"),
+    }
 }
 
 pub fn kernel_name() -> &'static str {
@@ -641,24 +630,13 @@ unsafe fn wmicro_avx512(
 }
 
 fn wkernel() -> WMicroFn {
-    static K: OnceLock<WMicroFn> = OnceLock::new();
-    *K.get_or_init(|| {
-        let force = std::env::var("FMP_CPU_KERNEL").unwrap_or_default();
-        if force == "portable" {
-            return wmicro_plain as WMicroFn;
-        }
+    match isa() {
         #[cfg(target_arch = "x86_64")]
-        {
-            let fma = std::is_x86_feature_detected!("fma");
-            if force != "avx2" && fma && std::is_x86_feature_detected!("avx512f") {
-                return wmicro_avx512 as WMicroFn;
-            }
-            if fma && std::is_x86_feature_detected!("avx2") {
-                return wmicro_avx2 as WMicroFn;
-            }
-        }
-        wmicro_plain as WMicroFn
-    })
+        Isa::Avx512 => wmicro_avx512 as WMicroFn,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => wmicro_avx2 as WMicroFn,
+        _ => wmicro_plain as WMicroFn,
+    }
 }
 
 /// Weight gradient, stride 1, 3x3: dw[co, ci, kh, kw] = sum over items and output pixels of

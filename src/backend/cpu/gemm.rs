@@ -116,27 +116,45 @@ unsafe fn micro_avx512(kb: usize, a: &[f32], b: &[f32]) -> Tile {
     c
 }
 
-/// The micro-kernel for this CPU, chosen once. `FMP_CPU_KERNEL=portable|avx2` forces a lesser
-/// one (to test every path on one machine).
-fn kernel() -> (MicroFn, &'static str) {
-    static K: OnceLock<(MicroFn, &'static str)> = OnceLock::new();
-    *K.get_or_init(|| {
+/// The instruction set the CPU micro-kernels (this GEMM's and `direct`'s) use, detected once.
+/// `FMP_CPU_KERNEL=portable|avx2` forces a lesser one (to test every path on one machine).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Isa {
+    Portable,
+    Avx2,
+    Avx512,
+}
+
+pub(crate) fn isa() -> Isa {
+    static I: OnceLock<Isa> = OnceLock::new();
+    *I.get_or_init(|| {
         let force = std::env::var("FMP_CPU_KERNEL").unwrap_or_default();
         if force == "portable" {
-            return (micro_plain as MicroFn, "sgemm portable 12x16");
+            return Isa::Portable;
         }
         #[cfg(target_arch = "x86_64")]
         {
             let fma = std::is_x86_feature_detected!("fma");
             if force != "avx2" && fma && std::is_x86_feature_detected!("avx512f") {
-                return (micro_avx512 as MicroFn, "sgemm avx512 12x16");
+                return Isa::Avx512;
             }
             if fma && std::is_x86_feature_detected!("avx2") {
-                return (micro_avx2 as MicroFn, "sgemm avx2+fma 2x6x16");
+                return Isa::Avx2;
             }
         }
-        (micro_plain as MicroFn, "sgemm portable 12x16")
+        Isa::Portable
     })
+}
+
+/// The GEMM micro-kernel for `isa()`.
+fn kernel() -> (MicroFn, &'static str) {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => (micro_avx512 as MicroFn, "sgemm avx512 12x16"),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => (micro_avx2 as MicroFn, "sgemm avx2+fma 2x6x16"),
+        _ => (micro_plain as MicroFn, "sgemm portable 12x16"),
+    }
 }
 
 fn k_block(k_align: usize) -> usize {
