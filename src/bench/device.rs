@@ -4,7 +4,8 @@
 //! the engine's kernels are plain FP32 FMA): H100 SXM 67 TFLOP/s and 3.35 TB/s HBM3; H100 PCIe
 //! 51 TFLOP/s and 2.0 TB/s; H200 67 TFLOP/s and 4.8 TB/s HBM3e.
 //! The CPU peak is computed, not measured: logical CPUs x base clock (from /proc/cpuinfo) x SIMD
-//! lanes (16 with AVX-512, 8 with AVX2) x 2 (FMA) x 2 FMA ports per core. This assumes each logical
+//! lanes of the FMA datapath (16 with AVX-512, 8 with AVX2 and on AMD Zen 4, whose AVX-512 is
+//! double-pumped on 256-bit pipes) x 2 (FMA) x 2 FMA ports per core. This assumes each logical
 //! CPU is a full core (true on this 2-vCPU VM: lscpu says 1 thread per core) and ignores turbo and
 //! AVX-512 down-clocking. CPU bandwidth is measured with a parallel triad twice: over 3 x 128 MiB
 //! (beyond this VM's reported 300 MiB L3: DRAM) and over 3 x 8 MiB (the size of the suite's largest
@@ -88,9 +89,13 @@ pub fn cpu_info() -> (String, Option<f64>, usize) {
     let mhz = field("cpu MHz").and_then(|v| v.parse::<f64>().ok());
     let flags = field("flags").unwrap_or_default();
     let has = |f: &str| flags.split_whitespace().any(|x| x == f);
-    let lanes = if has("avx512f") {
+    // AMD Zen 4 (family 25 with AVX-512) runs 512-bit FMAs as two halves on its two 256-bit FMA
+    // pipes: its FMA datapath is 8 lanes wide, as with AVX2 (Zen 5, family 26, is 16 lanes).
+    let zen4 = field("vendor_id").as_deref() == Some("AuthenticAMD")
+        && field("cpu family").as_deref() == Some("25");
+    let lanes = if has("avx512f") && !zen4 {
         16
-    } else if has("avx2") && has("fma") {
+    } else if has("avx512f") || (has("avx2") && has("fma")) {
         8
     } else {
         4
