@@ -76,7 +76,8 @@ pub fn gpu_ceilings(name: &str) -> Option<Ceilings> {
     })
 }
 
-/// CPU model name, MHz and SIMD lanes from /proc/cpuinfo (None fields where unreadable).
+/// CPU model name, MHz and the FP32 lanes of one FMA pipe (8 for AVX-512 on Zen 4, which splits
+/// 512-bit FMAs over two 256-bit pipes) from /proc/cpuinfo (None fields where unreadable).
 pub fn cpu_info() -> (String, Option<f64>, usize) {
     let text = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let field = |key: &str| {
