@@ -138,6 +138,11 @@ fn conv_cases() -> Vec<G> {
         g(2, 5, 8, 8, 6, 3, 2, 1),
         g(2, 6, 16, 16, 7, 1, 2, 0),
         g(2, 3, 32, 32, 5, 3, 2, 1),
+        // direct strided path (phase planes): stride 3, a 5x5 filter at stride 2 on an odd grid,
+        // 32-wide whole-row vectors at stride 2
+        g(2, 4, 17, 19, 6, 3, 3, 1),
+        g(2, 3, 13, 36, 5, 5, 2, 2),
+        g(1, 3, 10, 64, 4, 3, 2, 1),
     ]
 }
 

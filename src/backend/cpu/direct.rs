@@ -1,6 +1,7 @@
-//! Direct stride-1 convolution (no im2col packing): the forward pass, the input gradient (a stride-1
-//! convolution of dy with the flipped, transposed filters) and the one-hot input gradient of the
-//! FRG scan.
+//! Direct convolution (no im2col packing): the forward pass (any stride: strided inputs are split
+//! into phase planes, see `DGeom`), the stride-1 input gradient (a stride-1 convolution of dy with
+//! the flipped, transposed filters), the one-hot input gradient of the FRG scan and the stride-1
+//! 3x3 weight gradient.
 //!
 //! Design: each item's input is copied once into a zero-padded buffer (`Hp x Wp` per channel), so
 //! every output vector of 16 pixels reads its (ci, kh, kw) term as one contiguous, unaligned
@@ -35,7 +36,13 @@ type DTile = [[[f32; V]; NV]; DR];
 type DMicroFn = unsafe fn(usize, *const f32, *const f32, *const f32, *const u32) -> DTile;
 
 /// Geometry of one direct convolution: input planes `ci` of `hi x wi` padded by `p`, `k x k`
-/// filters, output `co` planes of `ho x wo` (stride 1).
+/// filters, stride `s`, output `co` planes of `ho x wo`.
+///
+/// With stride s the padded input is split into phase planes: phase (a, b) of channel c holds the
+/// padded pixels (i * s + a, j * s + b) at (i, j) of a `hp() x wp()` grid (`hp() = ceil(Hp / s)`),
+/// so output pixel (oh, ow) reads term (c, kh, kw) at (oh + kh / s, ow + kw / s) of phase
+/// (kh % s, kw % s): a stride-1 walk over the grid, the same kernels and lane layouts as stride 1
+/// (where the grid is the padded plane itself). Phases no filter tap reads (a >= k) are not stored.
 #[derive(Clone, Copy, Debug)]
 struct DGeom {
     ci: usize,
@@ -45,23 +52,29 @@ struct DGeom {
     ho: usize,
     wo: usize,
     k: usize,
+    s: usize,
     p: usize,
 }
 
 impl DGeom {
+    /// Grid rows and columns (of one phase plane).
     fn hp(&self) -> usize {
-        self.hi + 2 * self.p
+        (self.hi + 2 * self.p).div_ceil(self.s)
     }
     fn wp(&self) -> usize {
-        self.wi + 2 * self.p
+        (self.wi + 2 * self.p).div_ceil(self.s)
     }
-    /// Floats per padded channel plane (rounded up to a cache line).
+    /// Phases stored per dimension.
+    fn phases(&self) -> usize {
+        self.s.min(self.k)
+    }
+    /// Floats per phase plane (rounded up to a cache line).
     fn plane(&self) -> usize {
         (self.hp() * self.wp()).div_ceil(16) * 16
     }
     /// Padded buffer length: every (garbage-lane) read stays inside.
     fn buf_len(&self) -> usize {
-        self.ci * self.plane() + self.k * self.wp() + NV * V + V
+        self.ci * self.phases().pow(2) * self.plane() + self.k * self.wp() + NV * V + V
     }
     fn row_layout(&self) -> bool {
         self.wo % V == 0
@@ -85,10 +98,11 @@ impl DGeom {
     }
 }
 
-/// Which shapes take the direct path: stride 1 with at least 60% of the computed lanes kept
-/// (32x32 and 16x16 planes: all of them; 8x8: 64 of 96; 4x4 planes, 16 of 32, stay on the GEMM path).
+/// Which shapes take the direct path: at least 60% of the computed lanes kept (32x32 and 16x16
+/// output planes: all of them; 8x8: 64 of 96 at stride 1 and 2; 4x4 planes, 16 of 32, stay on the
+/// GEMM path).
 pub(crate) fn suits(g: &Geom) -> bool {
-    if g.s != 1 || g.n == 0 || g.ho == 0 || g.wo == 0 {
+    if g.s == 0 || g.n == 0 || g.ho == 0 || g.wo == 0 {
         return false;
     }
     let lanes = dgeom(g).vectors().div_ceil(NV) * NV * V;
@@ -124,6 +138,7 @@ fn dgeom(g: &Geom) -> DGeom {
         ho: g.ho,
         wo: g.wo,
         k: g.k,
+        s: g.s,
         p: g.p,
     }
 }
@@ -146,35 +161,73 @@ fn pack_panels(co: usize, kdim: usize, wf: impl Fn(usize, usize) -> f32) -> Vec<
     out
 }
 
-/// K offsets of term p = (ci, kh, kw) in the padded buffer.
+/// K offsets of term p = (ci, kh, kw) in the padded buffer: phase plane (kh % s, kw % s) of
+/// channel ci, grid offset (kh / s, kw / s).
 fn k_offsets(d: &DGeom) -> Vec<u32> {
-    let (plane, wp) = (d.plane(), d.wp());
+    let (plane, wp, s, ph) = (d.plane(), d.wp(), d.s, d.phases());
     let mut v = Vec::with_capacity(d.ci * d.k * d.k);
     for ci in 0..d.ci {
         for kh in 0..d.k {
             for kw in 0..d.k {
-                v.push((ci * plane + kh * wp + kw) as u32);
+                let phase = (ci * ph + kh % s) * ph + kw % s;
+                v.push((phase * plane + (kh / s) * wp + kw / s) as u32);
             }
         }
     }
     v
 }
 
-/// Copies one item's `ci` planes into the zero-padded buffer. A buffer serves one geometry (one
-/// call): its border and slack are zeroed when it is first sized and never written after, so
-/// later items only overwrite the interior.
+/// Copies one item's `ci` planes into the zero-padded buffer (split into phase planes when the
+/// stride is above 1). A buffer serves one geometry (one call): its border and slack are zeroed
+/// when it is first sized and never written after, so later items only overwrite the interior.
 fn pad_item(d: &DGeom, x: &[f32], buf: &mut Vec<f32>) {
     if buf.len() != d.buf_len() {
         buf.clear();
         buf.resize(d.buf_len(), 0.0);
     }
-    let (plane, wp, hw) = (d.plane(), d.wp(), d.hi * d.wi);
+    let (plane, wp, hw, s, ph) = (d.plane(), d.wp(), d.hi * d.wi, d.s, d.phases());
     for c in 0..d.ci {
         let src = &x[c * hw..(c + 1) * hw];
-        let dst = &mut buf[c * plane..];
         for (h, row) in src.chunks_exact(d.wi).enumerate() {
-            let o = (h + d.p) * wp + d.p;
-            dst[o..o + d.wi].copy_from_slice(row);
+            let hh = h + d.p;
+            if hh % s >= ph {
+                continue;
+            }
+            let base = (c * ph + hh % s) * ph * plane + (hh / s) * wp;
+            if s == 1 {
+                buf[base + d.p..][..d.wi].copy_from_slice(row);
+                continue;
+            }
+            if s == 2 && ph == 2 && d.wi % 2 == 0 {
+                // Even and odd columns in one pass (a loop the compiler vectorises).
+                let (be, bo) = (d.p % 2, (d.p + 1) % 2);
+                let (oe, oo) = (
+                    base + be * plane + d.p / 2,
+                    base + bo * plane + (d.p + 1) / 2,
+                );
+                let (lo, hi) = buf.split_at_mut(oe.max(oo));
+                let (de, dodd) = if oe < oo {
+                    (&mut lo[oe..], hi)
+                } else {
+                    (hi, &mut lo[oo..])
+                };
+                for ((pair, e), o) in row.chunks_exact(2).zip(de.iter_mut()).zip(dodd.iter_mut()) {
+                    *e = pair[0];
+                    *o = pair[1];
+                }
+                continue;
+            }
+            // Column phase b holds the columns w = w0, w0 + s, .. with (w0 + p) % s == b.
+            for b in 0..ph {
+                let w0 = (b + s - d.p % s) % s;
+                if w0 >= d.wi {
+                    continue;
+                }
+                let dst = &mut buf[base + b * plane + (w0 + d.p) / s..];
+                for (o, &v) in dst.iter_mut().zip(row[w0..].iter().step_by(s)) {
+                    *o = v;
+                }
+            }
         }
     }
 }
@@ -493,9 +546,9 @@ pub fn kernel_name() -> &'static str {
 /// Output channels per weight-gradient pass (x 3 taps = 12 accumulators).
 const WR: usize = 4;
 
-/// Which shapes take the direct weight gradient: the direct forward's shapes, 3x3 filters.
+/// Which shapes take the direct weight gradient: the direct forward's stride-1 shapes, 3x3 filters.
 pub(crate) fn suits_weight_grad(g: &Geom) -> bool {
-    g.k == 3 && suits(g)
+    g.k == 3 && g.s == 1 && suits(g)
 }
 
 /// (per 16-lane vector j: x offset in the padded plane, dy offset in the lane buffer)
