@@ -84,6 +84,65 @@ impl Tensor {
     }
 }
 
+/// A dropped tensor's host buffer goes to the recycler, where `CpuBackend::empty` finds it again.
+impl Drop for Tensor {
+    fn drop(&mut self) {
+        if let Storage::Host(v) = &mut self.storage {
+            recycle::give(std::mem::take(v));
+        }
+    }
+}
+
+/// Freed host buffers, kept (up to a byte bound, oldest evicted first) so that an op's output can
+/// reuse one without the allocator's zeroing pass: clearing a buffer streams it through memory once
+/// more, which at scan sizes costs a tenth of the step. Buffers come back with stale contents, so
+/// only outputs an op overwrites entirely take them (`Backend::empty`).
+pub mod recycle {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    /// Below this many floats (64 KiB) allocating and clearing is cheap: not kept.
+    const MIN_LEN: usize = 1 << 14;
+    /// Bytes kept at most.
+    const MAX_BYTES: usize = 512 << 20;
+
+    static FREE: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+    static POISON: AtomicBool = AtomicBool::new(false);
+
+    pub(crate) fn give(v: Vec<f32>) {
+        if v.len() < MIN_LEN || v.len() * 4 > MAX_BYTES {
+            return;
+        }
+        let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
+        let mut bytes: usize = free.iter().map(|b| b.len() * 4).sum::<usize>() + v.len() * 4;
+        while bytes > MAX_BYTES && !free.is_empty() {
+            bytes -= free.remove(0).len() * 4;
+        }
+        free.push(v);
+    }
+
+    /// A buffer of exactly `n` floats with unspecified (finite or poisoned) contents.
+    pub(crate) fn take(n: usize) -> Vec<f32> {
+        let found = {
+            let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
+            free.iter()
+                .rposition(|b| b.len() == n)
+                .map(|i| free.swap_remove(i))
+        };
+        let mut v = found.unwrap_or_else(|| vec![0.0; n]);
+        if POISON.load(Ordering::Relaxed) {
+            v.fill(f32::NAN);
+        }
+        v
+    }
+
+    /// Debug aid: when on, every buffer `take` hands out is filled with NaN, so an op that leaves
+    /// part of its output unwritten shows up as NaN downstream (tests/empty_outputs.rs).
+    pub fn set_poison(on: bool) {
+        POISON.store(on, Ordering::Relaxed);
+    }
+}
+
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Tensor({:?} on {})", self.shape, self.storage.location())

@@ -32,6 +32,12 @@ pub trait Backend: Send + Sync {
 
     // ---- memory ------------------------------------------------------------------------------
     fn zeros(&self, shape: &[usize]) -> Result<Tensor>;
+    /// A tensor for an op to overwrite: its contents are unspecified (the CPU backend hands out
+    /// recycled buffers without clearing them). Only for outputs every element of which the next
+    /// op writes; everything else takes `zeros`.
+    fn empty(&self, shape: &[usize]) -> Result<Tensor> {
+        self.zeros(shape)
+    }
     fn from_host(&self, data: &[f32], shape: &[usize]) -> Result<Tensor>;
     fn to_host(&self, t: &Tensor) -> Result<Vec<f32>>;
     fn indices_from_host(&self, data: &[u32]) -> Result<Indices>;

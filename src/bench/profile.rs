@@ -215,6 +215,15 @@ impl Backend for ProfiledBackend {
             || self.inner.zeros(shape),
         )
     }
+    fn empty(&self, shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        self.rec(
+            "alloc (empty)",
+            item_dims(shape),
+            OpCost::new(0, 4 * n as u64),
+            || self.inner.empty(shape),
+        )
+    }
     fn from_host(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
         self.rec(
             "from_host",

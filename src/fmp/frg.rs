@@ -162,7 +162,7 @@ pub fn score_channels(
     let be = model.backend();
     let b = labels.len();
     let (_, _, h, w) = tx.tap().nchw();
-    let mut seed = be.zeros(&[k * b, 1, h, w])?;
+    let mut seed = be.empty(&[k * b, 1, h, w])?;
     be.frg_seed(tx.tap(), tx0.tap(), c0, &mut seed)?;
     let g = model.input_grad(
         tx0,
@@ -173,7 +173,7 @@ pub fn score_channels(
         },
     )?;
     drop(seed);
-    let mut xadv = be.zeros(&[k * b, 3, 32, 32])?;
+    let mut xadv = be.empty(&[k * b, 3, 32, 32])?;
     be.sign_step(x0, &g, eps, &mut xadv)?;
     drop(g);
     let logits = be.to_host(&model.forward(&xadv)?)?;

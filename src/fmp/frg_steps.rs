@@ -139,7 +139,7 @@ pub fn score_channels_steps(
     for _ in 0..steps.max(1) {
         let (g, from) = match &xadv {
             None => {
-                let mut seed = be.zeros(&[k * b, 1, h, w])?;
+                let mut seed = be.empty(&[k * b, 1, h, w])?;
                 be.frg_seed(tx.tap(), tx0.tap(), c0, &mut seed)?;
                 let g = model.input_grad(
                     tx0,
@@ -167,7 +167,7 @@ pub fn score_channels_steps(
                 (g, z)
             }
         };
-        let mut next = be.zeros(&[k * b, 3, 32, 32])?;
+        let mut next = be.empty(&[k * b, 3, 32, 32])?;
         be.sign_step(from, &g, eps, &mut next)?;
         xadv = Some(next);
     }

@@ -72,7 +72,7 @@ impl PreActResNet18 {
 
     pub(crate) fn conv_fwd(&self, i: usize, x: &Tensor) -> Result<Tensor> {
         let p = self.convs[i].params.with_batch(x.batch());
-        let mut y = self.backend.zeros(&p.output_shape())?;
+        let mut y = self.backend.empty(&p.output_shape())?;
         self.backend
             .conv2d_forward(&p, x, &self.conv_w[i], &mut y)?;
         Ok(y)
@@ -81,21 +81,21 @@ impl PreActResNet18 {
     /// Gradient at conv `i`'s input from `dy` at its output (batch of dy).
     pub(crate) fn conv_bwd(&self, i: usize, dy: &Tensor) -> Result<Tensor> {
         let p = self.convs[i].params.with_batch(dy.batch());
-        let mut dx = self.backend.zeros(&p.input_shape())?;
+        let mut dx = self.backend.empty(&p.input_shape())?;
         self.backend
             .conv2d_input_grad(&p, dy, &self.conv_w[i], &mut dx)?;
         Ok(dx)
     }
 
     pub(crate) fn normalise(&self, x: &Tensor) -> Result<Tensor> {
-        let mut xn = self.backend.zeros(x.shape())?;
+        let mut xn = self.backend.empty(x.shape())?;
         self.backend
             .channel_affine(x, &self.norm_scale, &self.norm_shift, false, &mut xn)?;
         Ok(xn)
     }
 
     fn copy_of(&self, t: &Tensor) -> Result<Tensor> {
-        let mut c = self.backend.zeros(t.shape())?;
+        let mut c = self.backend.empty(t.shape())?;
         self.backend.copy(t, &mut c)?;
         Ok(c)
     }
@@ -136,7 +136,7 @@ impl PreActResNet18 {
             return Ok(run);
         }
         for blk in &self.blocks {
-            let mut o = b.zeros(h.shape())?;
+            let mut o = b.empty(h.shape())?;
             let (s1, t1) = &aff[blk.bn1];
             b.channel_affine(&h, s1, t1, true, &mut o)?;
             let sc = match blk.shortcut {
@@ -161,7 +161,7 @@ impl PreActResNet18 {
                 run.stop_tap = Some(c1);
                 return Ok(run);
             }
-            let mut a2 = b.zeros(c1.shape())?;
+            let mut a2 = b.empty(c1.shape())?;
             let (s2, t2) = &aff[blk.bn2];
             b.channel_affine(&c1, s2, t2, true, &mut a2)?;
             drop(c1);
@@ -183,9 +183,9 @@ impl PreActResNet18 {
             h = c2;
         }
         let (n, c, _, _) = h.nchw();
-        let mut pooled = b.zeros(&[n, c])?;
+        let mut pooled = b.empty(&[n, c])?;
         b.global_avg_pool(&h, &mut pooled)?;
-        let mut logits = b.zeros(&[n, self.cfg.num_classes])?;
+        let mut logits = b.empty(&[n, self.cfg.num_classes])?;
         b.linear_forward(&pooled, &self.lin_w, &self.lin_b, &mut logits)?;
         run.logits = Some(logits);
         Ok(run)
@@ -277,7 +277,7 @@ impl PreActResNet18 {
                     trace.batch
                 );
                 let pn = p.with_batch(n);
-                let mut dx = b.zeros(&pn.input_shape())?;
+                let mut dx = b.empty(&pn.input_shape())?;
                 b.conv2d_input_grad_onehot(
                     &pn,
                     seed,
@@ -291,7 +291,7 @@ impl PreActResNet18 {
         };
         let aff = self.eval_affine()?;
         let affine_bwd = |y: &Tensor, dy: &Tensor, bn: usize| -> Result<Tensor> {
-            let mut dx = b.zeros(dy.shape())?;
+            let mut dx = b.empty(dy.shape())?;
             b.channel_affine_backward(Some(y), dy, &aff[bn].0, &mut dx)?;
             Ok(dx)
         };
@@ -338,7 +338,7 @@ impl PreActResNet18 {
         if self.roles[k] != Role::Stem {
             d = self.conv_bwd(0, &d)?;
         }
-        let mut dx = b.zeros(d.shape())?;
+        let mut dx = b.empty(d.shape())?;
         b.channel_affine_backward(None, &d, &self.norm_scale, &mut dx)?;
         Ok(dx)
     }

@@ -82,7 +82,7 @@ impl PreActResNet18 {
     fn bn_train(&mut self, j: usize, x: Tensor) -> Result<(Tensor, BnSave)> {
         let b = self.backend.clone();
         let c = x.nchw().1;
-        let mut y = b.zeros(x.shape())?;
+        let mut y = b.empty(x.shape())?;
         let mut mean = b.zeros(&[c])?;
         let mut invstd = b.zeros(&[c])?;
         let bn = &mut self.bns[j];
@@ -99,7 +99,7 @@ impl PreActResNet18 {
             &mut y,
         )?;
         bn.num_batches_tracked += 1;
-        let mut r = b.zeros(y.shape())?;
+        let mut r = b.empty(y.shape())?;
         b.relu(&y, &mut r)?;
         Ok((r, BnSave { x, mean, invstd }))
     }
@@ -135,9 +135,9 @@ impl PreActResNet18 {
             saves.push(BlockSave { bn1, o, bn2, a2 });
         }
         let (n, c, _, _) = h.nchw();
-        let mut pooled = b.zeros(&[n, c])?;
+        let mut pooled = b.empty(&[n, c])?;
         b.global_avg_pool(&h, &mut pooled)?;
-        let mut logits = b.zeros(&[n, self.cfg.num_classes])?;
+        let mut logits = b.empty(&[n, self.cfg.num_classes])?;
         b.linear_forward(&pooled, &self.lin_w, &self.lin_b, &mut logits)?;
         Ok((
             logits,
@@ -171,7 +171,7 @@ impl PreActResNet18 {
         };
         let wgrad = |i: usize, x: &Tensor, dy: &Tensor| -> Result<Tensor> {
             let p = self.convs[i].params.with_batch(n);
-            let mut dw = b.zeros(&p.weight_shape())?;
+            let mut dw = b.empty(&p.weight_shape())?;
             b.conv2d_weight_grad(&p, x, dy, &mut dw)?;
             Ok(dw)
         };
@@ -185,14 +185,14 @@ impl PreActResNet18 {
         slots[slot(ParamRef::LinearBias)] = Some(db);
         let last = self.blocks.last().expect("blocks");
         let out_p = self.convs[last.conv2].params.with_batch(n);
-        let mut d = b.zeros(&out_p.output_shape())?;
+        let mut d = b.empty(&out_p.output_shape())?;
         b.global_avg_pool_backward(&dpooled, &mut d)?;
         // Blocks in reverse; `d` is the gradient at the block output.
         for (bi, sv) in trace.blocks.iter().enumerate().rev() {
             let blk = self.blocks[bi];
             slots[slot(ParamRef::Conv(blk.conv2))] = Some(wgrad(blk.conv2, &sv.a2, &d)?);
             let da2 = self.conv_bwd(blk.conv2, &d)?;
-            let mut dy2 = b.zeros(da2.shape())?;
+            let mut dy2 = b.empty(da2.shape())?;
             b.relu_backward(&sv.a2, &da2, &mut dy2)?;
             drop(da2);
             let (dc1, dg2, db2) = self.bn_train_bwd(blk.bn2, &sv.bn2, &dy2)?;
@@ -207,7 +207,7 @@ impl PreActResNet18 {
                 let ds = self.conv_bwd(si, &d)?;
                 b.add_assign(&mut d_o, &ds)?;
             }
-            let mut dy1 = b.zeros(d_o.shape())?;
+            let mut dy1 = b.empty(d_o.shape())?;
             b.relu_backward(&sv.o, &d_o, &mut dy1)?;
             drop(d_o);
             let (mut dh, dg1, db1) = self.bn_train_bwd(blk.bn1, &sv.bn1, &dy1)?;
@@ -231,7 +231,7 @@ impl PreActResNet18 {
     fn bn_train_bwd(&self, j: usize, s: &BnSave, dy: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let b = &self.backend;
         let c = s.mean.numel();
-        let mut dx = b.zeros(dy.shape())?;
+        let mut dx = b.empty(dy.shape())?;
         let mut dg = b.zeros(&[c])?;
         let mut dbeta = b.zeros(&[c])?;
         b.batchnorm_train_backward(

@@ -146,6 +146,12 @@ impl Backend for CpuBackend {
             shape: shape.to_vec(),
         })
     }
+    fn empty(&self, shape: &[usize]) -> Result<Tensor> {
+        Ok(Tensor {
+            storage: Storage::Host(crate::tensor::recycle::take(shape.iter().product())),
+            shape: shape.to_vec(),
+        })
+    }
     fn from_host(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
         let n: usize = shape.iter().product();
         if n != data.len() {
