@@ -18,8 +18,8 @@
 //!   running over the whole batch in a fixed order (deterministic for any thread count).
 use rayon::prelude::*;
 
-use super::direct;
 use super::gemm::{gemm, ASrc, COut, Pack, PackedA, RowMajor, MR, NR};
+use super::{direct, direct_dgrad};
 use super::{host, host_mut};
 use crate::backend::{shapes, ConvParams};
 use crate::error::Result;
@@ -669,6 +669,10 @@ pub fn input_grad(p: &ConvParams, dy: &Tensor, w: &Tensor, dx: &mut Tensor) -> R
         direct::input_grad(&g, gs, ws, o);
         return Ok(());
     }
+    if direct_dgrad::suits(&g) {
+        direct_dgrad::input_grad(&g, gs, ws, o);
+        return Ok(());
+    }
     if g.s > 1 {
         input_grad_strided(&g, gs, ws, o);
         return Ok(());
@@ -714,6 +718,10 @@ pub fn input_grad_onehot(
     let o = host_mut(OP, "dx", dx)?;
     if direct::suits_input_grad(&g) {
         direct::input_grad_onehot(&g, ss, ws, first_channel, group, o);
+        return Ok(());
+    }
+    if direct_dgrad::suits(&g) {
+        direct_dgrad::input_grad_onehot(&g, ss, ws, first_channel, group, o);
         return Ok(());
     }
     if g.s > 1 {

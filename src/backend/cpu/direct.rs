@@ -31,9 +31,10 @@ const DR: usize = 8;
 const V: usize = 16;
 const NV: usize = 2;
 
-type DTile = [[[f32; V]; NV]; DR];
+pub(super) type DTile = [[[f32; V]; NV]; DR];
 /// (K, weight panel [K][DR], input base of vector 0, of vector 1, K offsets) -> tile.
-type DMicroFn = unsafe fn(usize, *const f32, *const f32, *const f32, *const u32) -> DTile;
+pub(super) type DMicroFn =
+    unsafe fn(usize, *const f32, *const f32, *const f32, *const u32) -> DTile;
 
 /// Geometry of one direct convolution: input planes `ci` of `hi x wi` padded by `p`, `k x k`
 /// filters, stride `s`, output `co` planes of `ho x wo`.
@@ -43,17 +44,21 @@ type DMicroFn = unsafe fn(usize, *const f32, *const f32, *const f32, *const u32)
 /// so output pixel (oh, ow) reads term (c, kh, kw) at (oh + kh / s, ow + kw / s) of phase
 /// (kh % s, kw % s): a stride-1 walk over the grid, the same kernels and lane layouts as stride 1
 /// (where the grid is the padded plane itself). Phases no filter tap reads (a >= k) are not stored.
+///
+/// `origin` is the grid offset of output pixel (0, 0) (non-zero for the phases of a strided input
+/// gradient, `direct_dgrad`).
 #[derive(Clone, Copy, Debug)]
-struct DGeom {
-    ci: usize,
-    hi: usize,
-    wi: usize,
-    co: usize,
-    ho: usize,
-    wo: usize,
-    k: usize,
-    s: usize,
-    p: usize,
+pub(super) struct DGeom {
+    pub ci: usize,
+    pub hi: usize,
+    pub wi: usize,
+    pub co: usize,
+    pub ho: usize,
+    pub wo: usize,
+    pub k: usize,
+    pub s: usize,
+    pub p: usize,
+    pub origin: usize,
 }
 
 impl DGeom {
@@ -61,7 +66,7 @@ impl DGeom {
     fn hp(&self) -> usize {
         (self.hi + 2 * self.p).div_ceil(self.s)
     }
-    fn wp(&self) -> usize {
+    pub fn wp(&self) -> usize {
         (self.wi + 2 * self.p).div_ceil(self.s)
     }
     /// Phases stored per dimension.
@@ -69,7 +74,7 @@ impl DGeom {
         self.s.min(self.k)
     }
     /// Floats per phase plane (rounded up to a cache line).
-    fn plane(&self) -> usize {
+    pub fn plane(&self) -> usize {
         (self.hp() * self.wp()).div_ceil(16) * 16
     }
     /// Padded buffer length: every (garbage-lane) read stays inside.
@@ -80,7 +85,7 @@ impl DGeom {
         self.wo % V == 0
     }
     /// Vectors per output plane.
-    fn vectors(&self) -> usize {
+    pub fn vectors(&self) -> usize {
         if self.row_layout() {
             self.ho * self.wo / V
         } else {
@@ -89,12 +94,13 @@ impl DGeom {
     }
     /// Input offset (in the padded plane) of vector j's first lane.
     fn in_off(&self, j: usize) -> usize {
-        if self.row_layout() {
-            let q = j * V;
-            (q / self.wo) * self.wp() + q % self.wo
-        } else {
-            j * V
-        }
+        self.origin
+            + if self.row_layout() {
+                let q = j * V;
+                (q / self.wo) * self.wp() + q % self.wo
+            } else {
+                j * V
+            }
     }
 }
 
@@ -102,11 +108,13 @@ impl DGeom {
 /// output planes: all of them; 8x8: 64 of 96 at stride 1 and 2; 4x4 planes, 16 of 32, stay on the
 /// GEMM path).
 pub(crate) fn suits(g: &Geom) -> bool {
-    if g.s == 0 || g.n == 0 || g.ho == 0 || g.wo == 0 {
-        return false;
-    }
-    let lanes = dgeom(g).vectors().div_ceil(NV) * NV * V;
-    10 * g.ho * g.wo >= 6 * lanes
+    g.s > 0 && g.n > 0 && g.ho > 0 && g.wo > 0 && keeps_lanes(&dgeom(g))
+}
+
+/// At least 60% of the lanes a geometry computes are output pixels.
+pub(super) fn keeps_lanes(d: &DGeom) -> bool {
+    let lanes = d.vectors().div_ceil(NV) * NV * V;
+    10 * d.ho * d.wo >= 6 * lanes
 }
 
 /// The input gradient of a stride-1 conv is a stride-1 conv of dy with padding k - 1 - p.
@@ -140,14 +148,18 @@ fn dgeom(g: &Geom) -> DGeom {
         k: g.k,
         s: g.s,
         p: g.p,
+        origin: 0,
     }
 }
 
 /// Packs filters `wf(o, p)` (o < co output channels, p < K) into panels of DR channels, K-major;
 /// channels beyond `co` are zero.
-fn pack_panels(co: usize, kdim: usize, wf: impl Fn(usize, usize) -> f32) -> Vec<f32> {
+pub(super) fn pack_panels(co: usize, kdim: usize, wf: impl Fn(usize, usize) -> f32) -> Vec<f32> {
     let panels = co.div_ceil(DR);
     let mut out = vec![0.0f32; panels * kdim * DR];
+    if kdim == 0 {
+        return out;
+    }
     for (q, panel) in out.chunks_exact_mut(kdim * DR).enumerate() {
         for p in 0..kdim {
             for r in 0..DR {
@@ -180,7 +192,7 @@ fn k_offsets(d: &DGeom) -> Vec<u32> {
 /// Copies one item's `ci` planes into the zero-padded buffer (split into phase planes when the
 /// stride is above 1). A buffer serves one geometry (one call): its border and slack are zeroed
 /// when it is first sized and never written after, so later items only overwrite the interior.
-fn pad_item(d: &DGeom, x: &[f32], buf: &mut Vec<f32>) {
+pub(super) fn pad_item(d: &DGeom, x: &[f32], buf: &mut Vec<f32>) {
     if buf.len() != d.buf_len() {
         buf.clear();
         buf.resize(d.buf_len(), 0.0);
@@ -270,7 +282,14 @@ fn store_tile(d: &DGeom, tile: &DTile, j0: usize, o0: usize, y: &mut [f32]) {
 }
 
 /// All `d.co` output planes of one item from `panels` (theirs, in order): y is [co, ho, wo].
-fn run_item(d: &DGeom, micro: DMicroFn, panels: &[f32], koff: &[u32], xp: &[f32], y: &mut [f32]) {
+pub(super) fn run_item(
+    d: &DGeom,
+    micro: DMicroFn,
+    panels: &[f32],
+    koff: &[u32],
+    xp: &[f32],
+    y: &mut [f32],
+) {
     let kdim = koff.len();
     let npanels = d.co.div_ceil(DR);
     assert!(xp.len() >= d.buf_len() && panels.len() >= npanels * kdim * DR);
@@ -529,7 +548,7 @@ unsafe fn dmicro_avx512(
 }
 
 /// The direct kernel for `gemm::isa()` (the GEMM's selection and `FMP_CPU_KERNEL` override).
-fn kernel() -> (DMicroFn, &'static str) {
+pub(super) fn kernel() -> (DMicroFn, &'static str) {
     match isa() {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => (dmicro_avx512 as DMicroFn, "direct avx512 8x32"),

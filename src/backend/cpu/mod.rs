@@ -10,6 +10,7 @@
 //! so results are bitwise reproducible run to run.
 mod conv;
 mod direct;
+mod direct_dgrad;
 mod elementwise;
 mod gemm;
 mod loss;

@@ -1,0 +1,308 @@
+//! Direct input gradient of a strided convolution, by output phases.
+//!
+//! Design: with stride s, input pixel ih receives dy[oh] only through the taps kh with
+//! kh = (ih + p) mod s + s * t, at oh = (ih + p) div s - t. So the input pixels of one phase
+//! (a, b) = ((ih + p) mod s, (iw + p) mod s) form a stride-1 convolution of dy (zero-padded by
+//! `P` on every side) with the taps (a + s * th, b + s * tw) of the flipped, transposed filters:
+//! dx[ci, s*u + a - p, s*v + b - p] = sum over (co, th, tw) of w[co, ci, a + s*th, b + s*tw] *
+//! dy[co, u - th, v - tw]. Each phase runs on the direct kernels of `direct` over the one padded
+//! copy of the item's dy (its output pixel (u, v) at grid offset u * Wq + v, its term
+//! (co, th, tw) at co * plane + (P - th) * Wq + P - tw), into a phase-major buffer that is then
+//! interleaved into dx. No structural zeros are multiplied (the GEMM form of a strided input
+//! gradient multiplies s*s - 1 zeros per useful term, or scatters through a col2im buffer).
+//!
+//! Every dx element sums its terms in ascending (co, th, tw) order from zero; the one-hot form
+//! runs the terms of its one channel in the same order, so it is bitwise equal to the full
+//! gradient of a cotangent that is zero elsewhere. Tasks own whole items: results do not depend
+//! on the thread count.
+use rayon::prelude::*;
+
+use super::conv::Geom;
+use super::direct::{keeps_lanes, kernel, pack_panels, pad_item, run_item, DGeom, DMicroFn};
+
+/// One output phase (a, b): its dx pixels are (s * (u0 + u) + a - p, s * (v0 + v) + b - p) for
+/// u < nu, v < nv; taps (a + s * th, b + s * tw) for th < ta, tw < tb.
+#[derive(Clone, Copy, Debug)]
+struct Phase {
+    a: usize,
+    b: usize,
+    u0: usize,
+    v0: usize,
+    nu: usize,
+    nv: usize,
+    ta: usize,
+    tb: usize,
+}
+
+/// First and count of the phase positions u with 0 <= s * u + a - p < n; taps a + s * t < k.
+fn axis(n: usize, k: usize, s: usize, p: usize, a: usize) -> (usize, usize, usize) {
+    let u0 = p.saturating_sub(a).div_ceil(s);
+    let count = if n + p > a {
+        ((n + p - 1 - a) / s + 1).saturating_sub(u0)
+    } else {
+        0
+    };
+    let taps = if a < k { (k - a).div_ceil(s) } else { 0 };
+    (u0, count, taps)
+}
+
+struct Plan {
+    phases: Vec<Phase>,
+    /// Padding of the dy copy (every side).
+    pad: usize,
+    /// The padded dy copy's geometry (`ci` = channels of dy).
+    dpad: DGeom,
+}
+
+fn plan(g: &Geom, dy_channels: usize) -> Plan {
+    let mut phases = Vec::new();
+    for a in 0..g.s {
+        let (u0, nu, ta) = axis(g.hi, g.k, g.s, g.p, a);
+        for b in 0..g.s {
+            let (v0, nv, tb) = axis(g.wi, g.k, g.s, g.p, b);
+            if nu > 0 && nv > 0 {
+                phases.push(Phase {
+                    a,
+                    b,
+                    u0,
+                    v0,
+                    nu,
+                    nv,
+                    ta,
+                    tb,
+                });
+            }
+        }
+    }
+    // Leading pad: the largest tap index; trailing: how far the last position passes dy's end.
+    let mut pad = 0;
+    for ph in &phases {
+        pad = pad
+            .max(ph.ta.saturating_sub(1))
+            .max(ph.tb.saturating_sub(1));
+        pad = pad.max((ph.u0 + ph.nu).saturating_sub(g.ho));
+        pad = pad.max((ph.v0 + ph.nv).saturating_sub(g.wo));
+    }
+    let dpad = DGeom {
+        ci: dy_channels,
+        hi: g.ho,
+        wi: g.wo,
+        co: g.ci,
+        ho: g.ho,
+        wo: g.wo,
+        k: g.k,
+        s: 1,
+        p: pad,
+        origin: 0,
+    };
+    Plan { phases, pad, dpad }
+}
+
+impl Plan {
+    /// The run geometry of phase `ph`: `g.ci` output planes of nu x nv over the padded dy grid.
+    fn geom(&self, ph: &Phase) -> DGeom {
+        let wq = self.dpad.wp();
+        DGeom {
+            co: self.dpad.co,
+            ho: ph.nu,
+            wo: ph.nv,
+            origin: ph.u0 * wq + ph.v0,
+            ..self.dpad
+        }
+    }
+    /// Grid offsets of a phase's terms (c, th, tw) for `channels` dy channels.
+    fn offsets(&self, ph: &Phase, channels: usize) -> Vec<u32> {
+        let (plane, wq, pad) = (self.dpad.plane(), self.dpad.wp(), self.pad);
+        let mut v = Vec::with_capacity(channels * ph.ta * ph.tb);
+        for c in 0..channels {
+            for th in 0..ph.ta {
+                for tw in 0..ph.tb {
+                    v.push((c * plane + (pad - th) * wq + pad - tw) as u32);
+                }
+            }
+        }
+        v
+    }
+    /// Floats of one item's phase-major output.
+    fn phase_len(&self, g: &Geom) -> usize {
+        self.phases.iter().map(|ph| g.ci * ph.nu * ph.nv).sum()
+    }
+}
+
+/// Writes one item's phase-major outputs into its dx planes.
+fn interleave(g: &Geom, plan: &Plan, tmp: &[f32], dx: &mut [f32]) {
+    let ph = &plan.phases;
+    let pairs = g.s == 2
+        && g.wi % 2 == 0
+        && ph.len() % 2 == 0
+        && ph.chunks(2).all(|q| {
+            q[0].a == q[1].a
+                && (q[0].b, q[1].b) == (0, 1)
+                && q[0].nu == q[1].nu
+                && q[0].nv == g.wi / 2
+                && q[1].nv == g.wi / 2
+        });
+    if pairs {
+        // Stride 2, even width: dx column 2m comes from column m of phase b = p % 2 and column
+        // 2m + 1 from column m of the other (both phases hold wi / 2 columns): one zip per row.
+        let (be, cols) = (g.p % 2, g.wi / 2);
+        let mut at = 0;
+        for q in ph.chunks(2) {
+            let rows = q[0].nu;
+            let (even, odd) = (
+                at + be * g.ci * rows * cols,
+                at + (1 - be) * g.ci * rows * cols,
+            );
+            for c in 0..g.ci {
+                for u in 0..rows {
+                    let ih = 2 * (q[0].u0 + u) + q[0].a - g.p;
+                    let r = (c * rows + u) * cols;
+                    let (se, so) = (&tmp[even + r..][..cols], &tmp[odd + r..][..cols]);
+                    let dst = &mut dx[(c * g.hi + ih) * g.wi..][..g.wi];
+                    for ((d, &e), &o) in dst.chunks_exact_mut(2).zip(se).zip(so) {
+                        d[0] = e;
+                        d[1] = o;
+                    }
+                }
+            }
+            at += 2 * g.ci * rows * cols;
+        }
+        return;
+    }
+    let mut at = 0;
+    for ph in &plan.phases {
+        let (rows, cols) = (ph.nu, ph.nv);
+        for c in 0..g.ci {
+            for u in 0..rows {
+                let ih = g.s * (ph.u0 + u) + ph.a - g.p;
+                let iw0 = g.s * ph.v0 + ph.b - g.p;
+                let src = &tmp[at + (c * rows + u) * cols..][..cols];
+                let dst = &mut dx[(c * g.hi + ih) * g.wi + iw0..];
+                for (d, &v) in dst.iter_mut().step_by(g.s).zip(src) {
+                    *d = v;
+                }
+            }
+        }
+        at += g.ci * rows * cols;
+    }
+}
+
+/// dx for every item: `panels_of(i)` are item i's panels, one set per phase (in plan order),
+/// with offsets `koffs` (per phase).
+fn run<'a>(
+    g: &Geom,
+    plan: &Plan,
+    koffs: &[Vec<u32>],
+    x_of: impl Fn(usize) -> &'a [f32] + Sync,
+    panels_of: impl Fn(usize) -> &'a [Vec<f32>] + Sync,
+    dx: &mut [f32],
+) {
+    let micro: DMicroFn = kernel().0;
+    let geoms: Vec<DGeom> = plan.phases.iter().map(|ph| plan.geom(ph)).collect();
+    let item = g.ci * g.hi * g.wi;
+    let tmp_len = plan.phase_len(g);
+    dx.par_chunks_mut(item).enumerate().for_each_init(
+        || (Vec::new(), vec![0f32; tmp_len]),
+        |(buf, tmp), (i, dxi)| {
+            pad_item(&plan.dpad, x_of(i), buf);
+            let panels = panels_of(i);
+            let mut at = 0;
+            for (q, d) in geoms.iter().enumerate() {
+                let out = &mut tmp[at..at + g.ci * d.ho * d.wo];
+                if koffs[q].is_empty() {
+                    out.fill(0.0); // no tap reaches this phase (stride above the filter size)
+                } else {
+                    run_item(d, micro, &panels[q], &koffs[q], buf, out);
+                }
+                at += out.len();
+            }
+            interleave(g, plan, tmp, dxi);
+        },
+    );
+}
+
+/// Filter term of phase `ph` for dx channel ci: dy channel co, tap (th, tw).
+#[inline]
+fn tap(g: &Geom, w: &[f32], ph: &Phase, co: usize, ci: usize, th: usize, tw: usize) -> f32 {
+    let (kh, kw) = (ph.a + g.s * th, ph.b + g.s * tw);
+    w[((co * g.ci + ci) * g.k + kh) * g.k + kw]
+}
+
+/// Which strided shapes take this path: every phase with taps keeps at least 60% of its
+/// computed lanes (the direct forward's rule).
+pub(crate) fn suits(g: &Geom) -> bool {
+    if g.s < 2 || g.n == 0 || g.hi == 0 || g.wi == 0 || g.ho == 0 || g.wo == 0 {
+        return false;
+    }
+    let plan = plan(g, g.co);
+    plan.phases
+        .iter()
+        .filter(|ph| ph.ta * ph.tb > 0)
+        .all(|ph| keeps_lanes(&plan.geom(ph)))
+}
+
+/// Input gradient of a strided conv.
+pub(crate) fn input_grad(g: &Geom, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+    let plan = plan(g, g.co);
+    let koffs: Vec<Vec<u32>> = plan
+        .phases
+        .iter()
+        .map(|ph| plan.offsets(ph, g.co))
+        .collect();
+    let panels: Vec<Vec<f32>> = plan
+        .phases
+        .iter()
+        .map(|ph| {
+            let t = ph.ta * ph.tb;
+            pack_panels(g.ci, g.co * t, |ci, p| {
+                tap(g, w, ph, p / t, ci, (p % t) / ph.tb, p % ph.tb)
+            })
+        })
+        .collect();
+    let item_in = g.co * g.ho * g.wo;
+    run(
+        g,
+        &plan,
+        &koffs,
+        |i| &dy[i * item_in..(i + 1) * item_in],
+        |_| &panels,
+        dx,
+    );
+}
+
+/// One-hot input gradient: item i's cotangent is seed[i] (one plane) in channel
+/// `first_channel + i / group`; the terms are those of `input_grad` for that channel alone.
+pub(crate) fn input_grad_onehot(
+    g: &Geom,
+    seed: &[f32],
+    w: &[f32],
+    first_channel: usize,
+    group: usize,
+    dx: &mut [f32],
+) {
+    let plan = plan(g, 1);
+    let koffs: Vec<Vec<u32>> = plan.phases.iter().map(|ph| plan.offsets(ph, 1)).collect();
+    let filters = g.n.div_ceil(group);
+    let panels: Vec<Vec<Vec<f32>>> = (0..filters)
+        .into_par_iter()
+        .map(|f| {
+            let c = first_channel + f;
+            plan.phases
+                .iter()
+                .map(|ph| {
+                    let t = ph.ta * ph.tb;
+                    pack_panels(g.ci, t, |ci, p| tap(g, w, ph, c, ci, p / ph.tb, p % ph.tb))
+                })
+                .collect()
+        })
+        .collect();
+    let plane = g.ho * g.wo;
+    run(
+        g,
+        &plan,
+        &koffs,
+        |i| &seed[i * plane..(i + 1) * plane],
+        |i| &panels[i / group],
+        dx,
+    );
+}
