@@ -143,6 +143,14 @@ fn conv_cases() -> Vec<G> {
         g(2, 4, 17, 19, 6, 3, 3, 1),
         g(2, 3, 13, 36, 5, 5, 2, 2),
         g(1, 3, 10, 64, 4, 3, 2, 1),
+        // pixel layout (small planes, channels filling 32-wide panels): 4x4 with a partial
+        // second panel (48 channels), its input gradient (36 -> 12: only the gradient fits),
+        // a 3x5 plane, 8x8 -> 4x4 at stride 2 (phase planes), 64 channels at 2x2
+        g(2, 20, 4, 4, 48, 3, 1, 1),
+        g(2, 36, 4, 4, 12, 3, 1, 1),
+        g(3, 5, 3, 5, 32, 3, 1, 1),
+        g(2, 9, 8, 8, 24, 3, 2, 1),
+        g(2, 7, 2, 2, 64, 3, 1, 1),
     ]
 }
 

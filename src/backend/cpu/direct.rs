@@ -23,6 +23,7 @@
 use rayon::prelude::*;
 
 use super::conv::Geom;
+use super::direct_px::{self, CW};
 use super::gemm::{isa, Isa};
 
 /// Output channels per tile.
@@ -59,6 +60,8 @@ pub(super) struct DGeom {
     pub s: usize,
     pub p: usize,
     pub origin: usize,
+    /// Pixel layout (`direct_px`), fixed when the geometry is built (`with_layout`).
+    pub px: bool,
 }
 
 impl DGeom {
@@ -78,8 +81,27 @@ impl DGeom {
         (self.hp() * self.wp()).div_ceil(16) * 16
     }
     /// Padded buffer length: every (garbage-lane) read stays inside.
-    fn buf_len(&self) -> usize {
+    pub fn buf_len(&self) -> usize {
         self.ci * self.phases().pow(2) * self.plane() + self.k * self.wp() + NV * V + V
+    }
+    /// Planes not made of whole 16-pixel rows are vectorised over output channels instead when
+    /// the channels fill the pixel layout's panels (no lane wasted either way).
+    pub fn with_layout(self) -> Self {
+        DGeom {
+            px: !self.row_layout() && fills_panels(self.co),
+            ..self
+        }
+    }
+    pub fn pixel_layout(&self) -> bool {
+        self.px
+    }
+    /// Output channels per weight panel.
+    pub fn panel_width(&self) -> usize {
+        if self.pixel_layout() {
+            CW
+        } else {
+            DR
+        }
     }
     fn row_layout(&self) -> bool {
         self.wo % V == 0
@@ -107,14 +129,26 @@ impl DGeom {
 /// Which shapes take the direct path: at least 60% of the computed lanes kept (32x32 and 16x16
 /// output planes: all of them; 8x8: 64 of 96 at stride 1 and 2; 4x4 planes, 16 of 32, stay on the
 /// GEMM path).
+/// Smaller planes take the pixel layout (`direct_px`) when their channels fill its 32-wide panels
+/// to 75% or more (4x4 planes at 24, 48, 64.. channels); the rest stay on the GEMM path.
 pub(crate) fn suits(g: &Geom) -> bool {
-    g.s > 0 && g.n > 0 && g.ho > 0 && g.wo > 0 && keeps_lanes(&dgeom(g))
+    g.s > 0 && g.n > 0 && g.ho > 0 && g.wo > 0 && fits(&dgeom(g))
 }
 
 /// At least 60% of the lanes a geometry computes are output pixels.
 pub(super) fn keeps_lanes(d: &DGeom) -> bool {
     let lanes = d.vectors().div_ceil(NV) * NV * V;
     10 * d.ho * d.wo >= 6 * lanes
+}
+
+/// The lane layout keeps its lanes, or the pixel layout its channels.
+pub(super) fn fits(d: &DGeom) -> bool {
+    keeps_lanes(d) || fills_panels(d.co)
+}
+
+/// `co` channels fill the pixel layout's 32-wide panels to 75% or more.
+fn fills_panels(co: usize) -> bool {
+    4 * co >= 3 * co.div_ceil(CW) * CW
 }
 
 /// The input gradient of a stride-1 conv is a stride-1 conv of dy with padding k - 1 - p.
@@ -149,23 +183,31 @@ fn dgeom(g: &Geom) -> DGeom {
         s: g.s,
         p: g.p,
         origin: 0,
+        px: false,
     }
+    .with_layout()
 }
 
-/// Packs filters `wf(o, p)` (o < co output channels, p < K) into panels of DR channels, K-major;
+/// Packs filters `wf(o, p)` (o < co output channels, p < K) into panels of `width` channels
+/// (`DGeom::panel_width`), K-major;
 /// channels beyond `co` are zero.
-pub(super) fn pack_panels(co: usize, kdim: usize, wf: impl Fn(usize, usize) -> f32) -> Vec<f32> {
-    let panels = co.div_ceil(DR);
-    let mut out = vec![0.0f32; panels * kdim * DR];
+pub(super) fn pack_panels(
+    width: usize,
+    co: usize,
+    kdim: usize,
+    wf: impl Fn(usize, usize) -> f32,
+) -> Vec<f32> {
+    let panels = co.div_ceil(width);
+    let mut out = vec![0.0f32; panels * kdim * width];
     if kdim == 0 {
         return out;
     }
-    for (q, panel) in out.chunks_exact_mut(kdim * DR).enumerate() {
+    for (q, panel) in out.chunks_exact_mut(kdim * width).enumerate() {
         for p in 0..kdim {
-            for r in 0..DR {
-                let o = q * DR + r;
+            for r in 0..width {
+                let o = q * width + r;
                 if o < co {
-                    panel[p * DR + r] = wf(o, p);
+                    panel[p * width + r] = wf(o, p);
                 }
             }
         }
@@ -210,12 +252,12 @@ pub(super) fn pad_item(d: &DGeom, x: &[f32], buf: &mut Vec<f32>) {
                 buf[base + d.p..][..d.wi].copy_from_slice(row);
                 continue;
             }
-            if s == 2 && ph == 2 && d.wi % 2 == 0 {
+            if s == 2 && ph == 2 && d.wi.is_multiple_of(2) {
                 // Even and odd columns in one pass (a loop the compiler vectorises).
                 let (be, bo) = (d.p % 2, (d.p + 1) % 2);
                 let (oe, oo) = (
                     base + be * plane + d.p / 2,
-                    base + bo * plane + (d.p + 1) / 2,
+                    base + bo * plane + d.p.div_ceil(2),
                 );
                 let (lo, hi) = buf.split_at_mut(oe.max(oo));
                 let (de, dodd) = if oe < oo {
@@ -290,6 +332,10 @@ pub(super) fn run_item(
     xp: &[f32],
     y: &mut [f32],
 ) {
+    if d.pixel_layout() {
+        direct_px::run_item(d, panels, koff, xp, y);
+        return;
+    }
     let kdim = koff.len();
     let npanels = d.co.div_ceil(DR);
     assert!(xp.len() >= d.buf_len() && panels.len() >= npanels * kdim * DR);
@@ -329,7 +375,8 @@ fn run<'a>(
     let micro = kernel().0;
     let koff = k_offsets(d);
     let item = d.co * d.ho * d.wo;
-    let npanels = d.co.div_ceil(DR);
+    let pw = d.panel_width();
+    let npanels = d.co.div_ceil(pw);
     // Split an item's panels over tasks only when there are too few items to go round.
     let want = 4 * rayon::current_num_threads();
     let groups = want.div_ceil(n).clamp(1, npanels);
@@ -351,7 +398,7 @@ fn run<'a>(
         let mut rest = yi;
         for gi in 0..groups {
             let (q0, q1) = (gi * per, ((gi + 1) * per).min(npanels));
-            let take = ((q1 * DR).min(d.co) - q0 * DR) * plane;
+            let take = ((q1 * pw).min(d.co) - q0 * pw) * plane;
             let (head, tail) = rest.split_at_mut(take);
             parts.push((i, q0, head));
             rest = tail;
@@ -365,10 +412,10 @@ fn run<'a>(
             // The part holds channels q0 * DR.. of the item: a geometry of just those channels.
             let kdim = koff.len();
             let sub = DGeom {
-                co: (q1 * DR).min(d.co) - q0 * DR,
+                co: (q1 * pw).min(d.co) - q0 * pw,
                 ..*d
             };
-            let panels = &panels_of(i)[q0 * kdim * DR..q1 * kdim * DR];
+            let panels = &panels_of(i)[q0 * kdim * pw..q1 * kdim * pw];
             run_item(&sub, micro, panels, &koff, buf, part);
         });
 }
@@ -377,7 +424,7 @@ fn run<'a>(
 pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32]) {
     let d = dgeom(g);
     let kdim = g.ci * g.k * g.k;
-    let panels = pack_panels(g.co, kdim, |o, p| w[o * kdim + p]);
+    let panels = pack_panels(d.panel_width(), g.co, kdim, |o, p| w[o * kdim + p]);
     let item_in = g.ci * g.hi * g.wi;
     run(
         &d,
@@ -400,7 +447,9 @@ pub(crate) fn input_grad(g: &Geom, dy: &[f32], w: &[f32], dx: &mut [f32]) {
     let t = transposed(g);
     let d = dgeom(&t);
     let kk = g.k * g.k;
-    let panels = pack_panels(g.ci, g.co * kk, |ci, p| flipped(g, w, ci, p / kk, p % kk));
+    let panels = pack_panels(d.panel_width(), g.ci, g.co * kk, |ci, p| {
+        flipped(g, w, ci, p / kk, p % kk)
+    });
     let item_in = g.co * g.ho * g.wo;
     run(
         &d,
@@ -429,7 +478,7 @@ pub(crate) fn input_grad_onehot(
         .into_par_iter()
         .map(|f| {
             let c = first_channel + f;
-            pack_panels(g.ci, kk, |ci, p| flipped(g, w, ci, c, p))
+            pack_panels(d.panel_width(), g.ci, kk, |ci, p| flipped(g, w, ci, c, p))
         })
         .collect();
     let plane = g.ho * g.wo;
@@ -567,7 +616,7 @@ const WR: usize = 4;
 
 /// Which shapes take the direct weight gradient: the direct forward's stride-1 shapes, 3x3 filters.
 pub(crate) fn suits_weight_grad(g: &Geom) -> bool {
-    g.k == 3 && g.s == 1 && suits(g)
+    g.k == 3 && g.s == 1 && suits(g) && keeps_lanes(&dgeom(g))
 }
 
 /// (per 16-lane vector j: x offset in the padded plane, dy offset in the lane buffer)

@@ -18,7 +18,7 @@
 use rayon::prelude::*;
 
 use super::conv::Geom;
-use super::direct::{keeps_lanes, kernel, pack_panels, pad_item, run_item, DGeom, DMicroFn};
+use super::direct::{fits, kernel, pack_panels, pad_item, run_item, DGeom, DMicroFn};
 
 /// One output phase (a, b): its dx pixels are (s * (u0 + u) + a - p, s * (v0 + v) + b - p) for
 /// u < nu, v < nv; taps (a + s * th, b + s * tw) for th < ta, tw < tb.
@@ -94,6 +94,7 @@ fn plan(g: &Geom, dy_channels: usize) -> Plan {
         s: 1,
         p: pad,
         origin: 0,
+        px: false,
     };
     Plan { phases, pad, dpad }
 }
@@ -109,6 +110,7 @@ impl Plan {
             origin: ph.u0 * wq + ph.v0,
             ..self.dpad
         }
+        .with_layout()
     }
     /// Grid offsets of a phase's terms (c, th, tw) for `channels` dy channels.
     fn offsets(&self, ph: &Phase, channels: usize) -> Vec<u32> {
@@ -133,8 +135,8 @@ impl Plan {
 fn interleave(g: &Geom, plan: &Plan, tmp: &[f32], dx: &mut [f32]) {
     let ph = &plan.phases;
     let pairs = g.s == 2
-        && g.wi % 2 == 0
-        && ph.len() % 2 == 0
+        && g.wi.is_multiple_of(2)
+        && ph.len().is_multiple_of(2)
         && ph.chunks(2).all(|q| {
             q[0].a == q[1].a
                 && (q[0].b, q[1].b) == (0, 1)
@@ -228,8 +230,8 @@ fn tap(g: &Geom, w: &[f32], ph: &Phase, co: usize, ci: usize, th: usize, tw: usi
     w[((co * g.ci + ci) * g.k + kh) * g.k + kw]
 }
 
-/// Which strided shapes take this path: every phase with taps keeps at least 60% of its
-/// computed lanes (the direct forward's rule).
+/// Which strided shapes take this path: every phase with taps fits the direct kernels (the
+/// direct forward's rule).
 pub(crate) fn suits(g: &Geom) -> bool {
     if g.s < 2 || g.n == 0 || g.hi == 0 || g.wi == 0 || g.ho == 0 || g.wo == 0 {
         return false;
@@ -238,7 +240,7 @@ pub(crate) fn suits(g: &Geom) -> bool {
     plan.phases
         .iter()
         .filter(|ph| ph.ta * ph.tb > 0)
-        .all(|ph| keeps_lanes(&plan.geom(ph)))
+        .all(|ph| fits(&plan.geom(ph)))
 }
 
 /// Input gradient of a strided conv.
@@ -254,7 +256,7 @@ pub(crate) fn input_grad(g: &Geom, dy: &[f32], w: &[f32], dx: &mut [f32]) {
         .iter()
         .map(|ph| {
             let t = ph.ta * ph.tb;
-            pack_panels(g.ci, g.co * t, |ci, p| {
+            pack_panels(plan.geom(ph).panel_width(), g.ci, g.co * t, |ci, p| {
                 tap(g, w, ph, p / t, ci, (p % t) / ph.tb, p % ph.tb)
             })
         })
@@ -291,7 +293,10 @@ pub(crate) fn input_grad_onehot(
                 .iter()
                 .map(|ph| {
                     let t = ph.ta * ph.tb;
-                    pack_panels(g.ci, t, |ci, p| tap(g, w, ph, c, ci, p / ph.tb, p % ph.tb))
+                    let width = plan.geom(ph).panel_width();
+                    pack_panels(width, g.ci, t, |ci, p| {
+                        tap(g, w, ph, c, ci, p / ph.tb, p % ph.tb)
+                    })
                 })
                 .collect()
         })

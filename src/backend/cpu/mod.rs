@@ -11,6 +11,7 @@
 mod conv;
 mod direct;
 mod direct_dgrad;
+mod direct_px;
 mod elementwise;
 mod gemm;
 mod loss;
