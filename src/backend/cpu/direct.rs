@@ -614,9 +614,10 @@ pub fn kernel_name() -> &'static str {
 /// Output channels per weight-gradient pass (x 3 taps = 12 accumulators).
 const WR: usize = 4;
 
-/// Which shapes take the direct weight gradient: the direct forward's stride-1 shapes, 3x3 filters.
+/// Which shapes take the direct weight gradient: 3x3 filters at any stride (strided inputs split
+/// into phase planes, as in the forward) whose output lanes are kept as in the forward.
 pub(crate) fn suits_weight_grad(g: &Geom) -> bool {
-    g.k == 3 && g.s == 1 && suits(g) && keeps_lanes(&dgeom(g))
+    g.k == 3 && suits(g) && keeps_lanes(&dgeom(g))
 }
 
 /// (per 16-lane vector j: x offset in the padded plane, dy offset in the lane buffer)
@@ -645,14 +646,16 @@ fn dy_lanes<'a>(d: &DGeom, n: usize, dy: &'a [f32], buf: &'a mut Vec<f32>) -> (&
     (buf, lanes)
 }
 
-/// Lane-wise partial sums acc[r][kw][lane] += sum_j dy[r][dyo_j + lane] * x[xo_j + kw + lane]
-/// over the vectors j, for WR channels and 3 taps of one filter row.
-type WMicroFn = unsafe fn(&[(u32, u32)], [*const f32; WR], *const f32, &mut [[[f32; V]; 3]; WR]);
+/// Lane-wise partial sums acc[r][kw][lane] += sum_j dy[r][dyo_j + lane] * x[kw][xo_j + lane]
+/// over the vectors j, for WR channels and the 3 taps of one filter row (`x[kw]`: tap kw's base,
+/// kw floats on at stride 1, in its phase plane at stride 2).
+type WMicroFn =
+    unsafe fn(&[(u32, u32)], [*const f32; WR], [*const f32; 3], &mut [[[f32; V]; 3]; WR]);
 
 unsafe fn wmicro_plain(
     offs: &[(u32, u32)],
     dy: [*const f32; WR],
-    x: *const f32,
+    x: [*const f32; 3],
     acc: &mut [[[f32; V]; 3]; WR],
 ) {
     for &(xo, dyo) in offs {
@@ -661,7 +664,7 @@ unsafe fn wmicro_plain(
                 for (l, al) in ak.iter_mut().enumerate() {
                     // SAFETY: the caller guarantees in-bounds vectors at every offset.
                     let (dv, xv) =
-                        unsafe { (*dy[r].add(dyo as usize + l), *x.add(xo as usize + kw + l)) };
+                        unsafe { (*dy[r].add(dyo as usize + l), *x[kw].add(xo as usize + l)) };
                     *al += dv * xv;
                 }
             }
@@ -674,7 +677,7 @@ unsafe fn wmicro_plain(
 unsafe fn wmicro_avx2(
     offs: &[(u32, u32)],
     dy: [*const f32; WR],
-    x: *const f32,
+    x: [*const f32; 3],
     acc: &mut [[[f32; V]; 3]; WR],
 ) {
     use std::arch::x86_64::*;
@@ -684,11 +687,11 @@ unsafe fn wmicro_avx2(
         for &(xo, dyo) in offs {
             // SAFETY: the caller guarantees in-bounds vectors at every offset.
             unsafe {
-                let xp = x.add(xo as usize + h);
+                let o = xo as usize + h;
                 let xv = [
-                    _mm256_loadu_ps(xp),
-                    _mm256_loadu_ps(xp.add(1)),
-                    _mm256_loadu_ps(xp.add(2)),
+                    _mm256_loadu_ps(x[0].add(o)),
+                    _mm256_loadu_ps(x[1].add(o)),
+                    _mm256_loadu_ps(x[2].add(o)),
                 ];
                 for r in 0..WR {
                     let dv = _mm256_loadu_ps(dy[r].add(dyo as usize + h));
@@ -716,7 +719,7 @@ unsafe fn wmicro_avx2(
 unsafe fn wmicro_avx512(
     offs: &[(u32, u32)],
     dy: [*const f32; WR],
-    x: *const f32,
+    x: [*const f32; 3],
     acc: &mut [[[f32; V]; 3]; WR],
 ) {
     use std::arch::x86_64::*;
@@ -724,11 +727,11 @@ unsafe fn wmicro_avx512(
     for &(xo, dyo) in offs {
         // SAFETY: the caller guarantees in-bounds vectors at every offset.
         unsafe {
-            let xp = x.add(xo as usize);
+            let o = xo as usize;
             let xv = [
-                _mm512_loadu_ps(xp),
-                _mm512_loadu_ps(xp.add(1)),
-                _mm512_loadu_ps(xp.add(2)),
+                _mm512_loadu_ps(x[0].add(o)),
+                _mm512_loadu_ps(x[1].add(o)),
+                _mm512_loadu_ps(x[2].add(o)),
             ];
             for r in 0..WR {
                 let dv = _mm512_loadu_ps(dy[r].add(dyo as usize));
@@ -760,9 +763,9 @@ fn wkernel() -> WMicroFn {
     }
 }
 
-/// Weight gradient, stride 1, 3x3: dw[co, ci, kh, kw] = sum over items and output pixels of
-/// dy[n, co, oh, ow] * x[n, ci, oh - p + kh, ow - p + kw], with no im2col panels: one task per
-/// input channel pads its plane once per item and walks the lanes of every output channel;
+/// Weight gradient, 3x3: dw[co, ci, kh, kw] = sum over items and output pixels of
+/// dy[n, co, oh, ow] * x[n, ci, oh*s - p + kh, ow*s - p + kw], with no im2col panels: for each
+/// input channel, its plane is padded once per item and the lanes of every output channel walked;
 /// per-lane partial sums run over items and vectors in order and are summed across lanes at the
 /// end in lane order, so the result does not depend on the thread count.
 pub(crate) fn weight_grad(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
@@ -771,47 +774,68 @@ pub(crate) fn weight_grad(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     let offs = lane_offsets(&d);
     let (plane_in, kk) = (g.hi * g.wi, g.k * g.k);
     let one = DGeom { ci: 1, ..d };
+    // Offset of tap (kh, kw) in one padded (phase-split) input plane: the forward's K offsets.
+    let tap_offs = k_offsets(&one);
     let groups = g.co.div_ceil(WR);
     let mut dybuf = Vec::new();
     let (lanes_all, stride) = dy_lanes(&d, g.n, dy, &mut dybuf);
-    let per_ci: Vec<Vec<f32>> = (0..g.ci)
-        .into_par_iter()
-        .map_init(Vec::new, |xbuf, ci| {
-            let mut acc = vec![[[[0f32; V]; 3]; WR]; groups * 3];
-            for n in 0..g.n {
-                let xi = &x[(n * g.ci + ci) * plane_in..][..plane_in];
-                pad_item(&one, xi, xbuf);
-                let lanes = &lanes_all[n * g.co * stride..][..g.co * stride];
-                for (gi, chunk) in acc.chunks_exact_mut(3).enumerate() {
-                    // Rows past co (a partial last group) read channel 0 and are dropped.
-                    let dyp: [*const f32; WR] = std::array::from_fn(|r| {
-                        let co = gi * WR + r;
-                        lanes[if co < g.co { co * stride } else { 0 }..].as_ptr()
-                    });
-                    for (kh, a) in chunk.iter_mut().enumerate() {
-                        let xb = xbuf[kh * one.wp()..].as_ptr();
-                        // SAFETY: every x read is inside the padded plane's buffer (lane base
-                        // + kh * wp + kw + 16 <= buf_len, as in the forward), every dy read
-                        // inside the item's lane planes; the kernel's features were detected.
-                        unsafe { micro(&offs, dyp, xb, a) };
-                    }
-                }
-            }
-            // dw[co][ci][kh][kw] for this ci: lane sums in lane order.
-            let mut out = vec![0f32; g.co * kk];
-            for (gi, chunk) in acc.chunks_exact(3).enumerate() {
-                for (kh, a) in chunk.iter().enumerate() {
-                    for r in 0..WR {
-                        let co = gi * WR + r;
-                        if co < g.co {
-                            for kw in 0..3 {
-                                out[co * kk + kh * 3 + kw] = a[r][kw].iter().sum();
+    // Tasks own ranges of input channels (their accumulators within ~512 KiB) and walk the items
+    // in blocks whose dy lanes fit in ~1 MiB, so every channel of a task reuses a block from the
+    // cache instead of streaming all of dy once per input channel.
+    type Acc = [[[f32; V]; 3]; WR];
+    let acc_len = groups * 3;
+    let per_task = ((512 << 10) / (acc_len * std::mem::size_of::<Acc>()))
+        .clamp(1, g.ci.div_ceil(rayon::current_num_threads()).max(1));
+    let block = ((1 << 20) / (g.co * stride * 4).max(1)).max(1);
+    let cis: Vec<usize> = (0..g.ci).collect();
+    let per_ci: Vec<Vec<f32>> = cis
+        .par_chunks(per_task)
+        .flat_map_iter(|task| {
+            let mut accs = vec![vec![[[[0f32; V]; 3]; WR]; acc_len]; task.len()];
+            let mut xbuf = Vec::new();
+            for n0 in (0..g.n).step_by(block) {
+                for (acc, &ci) in accs.iter_mut().zip(task) {
+                    for n in n0..(n0 + block).min(g.n) {
+                        let xi = &x[(n * g.ci + ci) * plane_in..][..plane_in];
+                        pad_item(&one, xi, &mut xbuf);
+                        let lanes = &lanes_all[n * g.co * stride..][..g.co * stride];
+                        for (gi, chunk) in acc.chunks_exact_mut(3).enumerate() {
+                            // Rows past co (a partial last group) read channel 0 and are dropped.
+                            let dyp: [*const f32; WR] = std::array::from_fn(|r| {
+                                let co = gi * WR + r;
+                                lanes[if co < g.co { co * stride } else { 0 }..].as_ptr()
+                            });
+                            for (kh, a) in chunk.iter_mut().enumerate() {
+                                let xb: [*const f32; 3] = std::array::from_fn(|kw| {
+                                    xbuf[tap_offs[kh * 3 + kw] as usize..].as_ptr()
+                                });
+                                // SAFETY: every x read is inside the padded plane's buffer (lane
+                                // base + the tap's offset + 16 <= buf_len, as in the forward),
+                                // every dy read inside the item's lane planes; the kernel's
+                                // features were detected.
+                                unsafe { micro(&offs, dyp, xb, a) };
                             }
                         }
                     }
                 }
             }
-            out
+            // dw[co][ci][kh][kw] for each ci: lane sums in lane order.
+            accs.into_iter().map(|acc| {
+                let mut out = vec![0f32; g.co * kk];
+                for (gi, chunk) in acc.chunks_exact(3).enumerate() {
+                    for (kh, a) in chunk.iter().enumerate() {
+                        for r in 0..WR {
+                            let co = gi * WR + r;
+                            if co < g.co {
+                                for kw in 0..3 {
+                                    out[co * kk + kh * 3 + kw] = a[r][kw].iter().sum();
+                                }
+                            }
+                        }
+                    }
+                }
+                out
+            })
         })
         .collect();
     for (ci, vals) in per_ci.iter().enumerate() {
