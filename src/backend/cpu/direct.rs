@@ -147,7 +147,7 @@ pub(super) fn fits(d: &DGeom) -> bool {
 }
 
 /// `co` channels fill the pixel layout's 32-wide panels to 75% or more.
-fn fills_panels(co: usize) -> bool {
+pub(super) fn fills_panels(co: usize) -> bool {
     4 * co >= 3 * co.div_ceil(CW) * CW
 }
 
@@ -171,7 +171,7 @@ fn transposed(g: &Geom) -> Geom {
     }
 }
 
-fn dgeom(g: &Geom) -> DGeom {
+pub(super) fn dgeom(g: &Geom) -> DGeom {
     DGeom {
         ci: g.ci,
         hi: g.hi,
@@ -217,7 +217,7 @@ pub(super) fn pack_panels(
 
 /// K offsets of term p = (ci, kh, kw) in the padded buffer: phase plane (kh % s, kw % s) of
 /// channel ci, grid offset (kh / s, kw / s).
-fn k_offsets(d: &DGeom) -> Vec<u32> {
+pub(super) fn k_offsets(d: &DGeom) -> Vec<u32> {
     let (plane, wp, s, ph) = (d.plane(), d.wp(), d.s, d.phases());
     let mut v = Vec::with_capacity(d.ci * d.k * d.k);
     for ci in 0..d.ci {
@@ -614,10 +614,12 @@ pub fn kernel_name() -> &'static str {
 /// Output channels per weight-gradient pass (x 3 taps = 12 accumulators).
 const WR: usize = 4;
 
-/// Which shapes take the direct weight gradient: 3x3 filters at any stride (strided inputs split
-/// into phase planes, as in the forward) whose output lanes are kept as in the forward.
+/// Which shapes take the lane-layout weight gradient: 3x3 filters at any stride (strided inputs
+/// split into phase planes, as in the forward) whose output lanes are kept as in the forward and
+/// whose forward does not take the pixel layout (those take `direct_px::weight_grad`: on 8x8
+/// planes at 64 channels, 133 against 81 GFLOP/s here; on whole-row planes it is the slower).
 pub(crate) fn suits_weight_grad(g: &Geom) -> bool {
-    g.k == 3 && suits(g) && keeps_lanes(&dgeom(g))
+    g.k == 3 && suits(g) && keeps_lanes(&dgeom(g)) && !dgeom(g).px
 }
 
 /// (per 16-lane vector j: x offset in the padded plane, dy offset in the lane buffer)

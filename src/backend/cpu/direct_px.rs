@@ -10,7 +10,13 @@
 //!
 //! Every output element sums its K terms in ascending order with one multiply-add per term, from
 //! zero (as `direct`), so the one-hot input gradient stays bitwise equal to the full one.
-use super::direct::DGeom;
+//!
+//! The weight gradient turns the same layout around: 32 output channels in lanes, 12 filter
+//! terms in registers, the sum running over every (item, pixel) in order (see `weight_grad`).
+use rayon::prelude::*;
+
+use super::conv::Geom;
+use super::direct::{dgeom, fills_panels, k_offsets, pad_item, DGeom};
 use super::gemm::{isa, Isa};
 
 /// Output channels per tile (two 16-lane vectors) and pixels per tile.
@@ -160,5 +166,227 @@ fn kernel() -> PMicroFn {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => pmicro_avx2 as PMicroFn,
         _ => pmicro_plain as PMicroFn,
+    }
+}
+
+// ---- weight gradient -------------------------------------------------------------------------
+
+/// Filter terms per weight-gradient tile (x 2 vectors of 16 output channels = 24 accumulators).
+const WT: usize = 12;
+type WTile = [[f32; CW]; WT];
+/// (pixels, dy rows [pixels][CW], per-pixel input bases, padded inputs, term offsets, tile):
+/// adds the pixels' products to the tile.
+type WMicroFn = unsafe fn(usize, *const f32, *const usize, *const f32, &[u32; WT], &mut WTile);
+
+/// Pixels per block (a block's dy rows, 32 KiB, stay in cache across a task's term blocks) and
+/// term blocks per task.
+const PB: usize = 256;
+const TB: usize = 8;
+
+/// Which shapes take the pixel-layout weight gradient: output channels that fill its panels.
+pub(super) fn suits_weight_grad(g: &Geom) -> bool {
+    g.n > 0 && g.ho > 0 && g.wo > 0 && g.s > 0 && fills_panels(g.co)
+}
+
+/// Weight gradient as a sum over (item, output pixel) in order: dw[co, t] = sum of
+/// dy[n, co, pixel] * xpad[n][base(pixel) + koff[t]] for the forward's terms t = (ci, kh, kw),
+/// vectorised over 32 output channels with WT terms per task held in registers over the whole
+/// sum. dy is first transposed to pixel-major rows of 32 channels and every item padded once
+/// (phase-split when strided), so a task reads 2 dy vectors and WT scalars per pixel.
+pub(super) fn weight_grad(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    let d = dgeom(g);
+    let koff = k_offsets(&d);
+    let (kdim, hw, blen) = (koff.len(), g.ho * g.wo, d.buf_len());
+    let npanels = g.co.div_ceil(CW);
+    let npix = g.n * hw;
+    // dyt[q][n * hw + pixel][r] = dy[n, q * CW + r, pixel] (zero past co).
+    let mut dyt = vec![0f32; npanels * npix * CW];
+    dyt.par_chunks_mut(hw * CW)
+        .enumerate()
+        .for_each(|(qn, rows)| {
+            let (q, n) = (qn / g.n, qn % g.n);
+            for r in 0..CW.min(g.co - q * CW) {
+                let src = &dy[(n * g.co + q * CW + r) * hw..][..hw];
+                for (px, &v) in src.iter().enumerate() {
+                    rows[px * CW + r] = v;
+                }
+            }
+        });
+    let mut xpad = vec![0f32; g.n * blen];
+    let item_in = g.ci * g.hi * g.wi;
+    xpad.par_chunks_mut(blen)
+        .enumerate()
+        .for_each_init(Vec::new, |buf, (n, dst)| {
+            pad_item(&d, &x[n * item_in..(n + 1) * item_in], buf);
+            dst.copy_from_slice(&buf[..blen]);
+        });
+    let wp = d.wp();
+    let bases: Vec<usize> = (0..npix)
+        .map(|j| (j / hw) * blen + d.origin + (j % hw / g.wo) * wp + j % g.wo)
+        .collect();
+    let micro = wkernel();
+    let blocks = kdim.div_ceil(WT);
+    let groups = blocks.div_ceil(TB);
+    // Tasks own (panel, TB term blocks); each walks the pixels in blocks of PB, in order.
+    let tiles: Vec<WTile> = (0..npanels * groups)
+        .into_par_iter()
+        .flat_map_iter(|task| {
+            let (q, b0) = (task / groups, (task % groups) * TB);
+            let b1 = (b0 + TB).min(blocks);
+            // A partial last block repeats its last term; the extra rows are dropped.
+            let toffs: Vec<[u32; WT]> = (b0..b1)
+                .map(|b| std::array::from_fn(|i| koff[(b * WT + i).min(kdim - 1)]))
+                .collect();
+            let mut acc = vec![[[0f32; CW]; WT]; b1 - b0];
+            let panel = &dyt[q * npix * CW..(q + 1) * npix * CW];
+            for j0 in (0..npix).step_by(PB) {
+                let np = PB.min(npix - j0);
+                for (a, toff) in acc.iter_mut().zip(&toffs) {
+                    // SAFETY: the panel holds npix rows of CW floats; every base + term offset
+                    // is a valid pixel's term inside its item's padded buffer; the kernel's
+                    // features were detected.
+                    unsafe {
+                        micro(
+                            np,
+                            panel[j0 * CW..].as_ptr(),
+                            bases[j0..].as_ptr(),
+                            xpad.as_ptr(),
+                            toff,
+                            a,
+                        )
+                    }
+                }
+            }
+            acc
+        })
+        .collect();
+    for (task, tile) in tiles.iter().enumerate() {
+        let (q, b) = (task / blocks, task % blocks);
+        for (i, row) in tile.iter().enumerate().take(kdim - (b * WT).min(kdim)) {
+            let t = b * WT + i;
+            for (r, &v) in row.iter().enumerate().take(CW.min(g.co - q * CW)) {
+                dw[(q * CW + r) * kdim + t] = v;
+            }
+        }
+    }
+}
+
+unsafe fn wmicro_plain(
+    npix: usize,
+    dyt: *const f32,
+    bases: *const usize,
+    x: *const f32,
+    toff: &[u32; WT],
+    acc: &mut WTile,
+) {
+    for j in 0..npix {
+        // SAFETY: the caller guarantees npix rows, bases and in-bounds term reads.
+        let (dv, base) = unsafe {
+            (
+                std::slice::from_raw_parts(dyt.add(j * CW), CW),
+                x.add(*bases.add(j)),
+            )
+        };
+        for (a, &o) in acc.iter_mut().zip(toff) {
+            // SAFETY: as above.
+            let xv = unsafe { *base.add(o as usize) };
+            for (ar, &d) in a.iter_mut().zip(dv) {
+                *ar += xv * d;
+            }
+        }
+    }
+}
+
+/// AVX2 + FMA: four passes of 6 terms x 16 channels (12 ymm accumulators each).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn wmicro_avx2(
+    npix: usize,
+    dyt: *const f32,
+    bases: *const usize,
+    x: *const f32,
+    toff: &[u32; WT],
+    out: &mut WTile,
+) {
+    use std::arch::x86_64::*;
+    const H: usize = WT / 2;
+    for half in 0..2 {
+        for tp in 0..2 {
+            // SAFETY: each row holds CW floats; half * 16 + 16 <= CW.
+            let mut acc: [[__m256; 2]; H] = std::array::from_fn(|i| unsafe {
+                let row = out[tp * H + i].as_ptr().add(half * 16);
+                [_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8))]
+            });
+            for j in 0..npix {
+                // SAFETY: the caller guarantees npix rows, bases and in-bounds term reads.
+                unsafe {
+                    let dp = dyt.add(j * CW + half * 16);
+                    let (d0, d1) = (_mm256_loadu_ps(dp), _mm256_loadu_ps(dp.add(8)));
+                    let base = x.add(*bases.add(j));
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        let xv = _mm256_broadcast_ss(&*base.add(toff[tp * H + i] as usize));
+                        a[0] = _mm256_fmadd_ps(xv, d0, a[0]);
+                        a[1] = _mm256_fmadd_ps(xv, d1, a[1]);
+                    }
+                }
+            }
+            for (i, a) in acc.iter().enumerate() {
+                let row = &mut out[tp * H + i];
+                // SAFETY: each row holds CW floats; half * 16 + 16 <= CW.
+                unsafe {
+                    _mm256_storeu_ps(row.as_mut_ptr().add(half * 16), a[0]);
+                    _mm256_storeu_ps(row.as_mut_ptr().add(half * 16 + 8), a[1]);
+                }
+            }
+        }
+    }
+}
+
+/// AVX-512: WT terms x 32 channels in 24 zmm accumulators.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn wmicro_avx512(
+    npix: usize,
+    dyt: *const f32,
+    bases: *const usize,
+    x: *const f32,
+    toff: &[u32; WT],
+    out: &mut WTile,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: each row holds CW = 32 floats.
+    let mut acc: [[__m512; 2]; WT] = std::array::from_fn(|i| unsafe {
+        let row = out[i].as_ptr();
+        [_mm512_loadu_ps(row), _mm512_loadu_ps(row.add(16))]
+    });
+    for j in 0..npix {
+        // SAFETY: the caller guarantees npix rows, bases and in-bounds term reads.
+        unsafe {
+            let dp = dyt.add(j * CW);
+            let (d0, d1) = (_mm512_loadu_ps(dp), _mm512_loadu_ps(dp.add(16)));
+            let base = x.add(*bases.add(j));
+            for (a, &o) in acc.iter_mut().zip(toff) {
+                let xv = _mm512_set1_ps(*base.add(o as usize));
+                a[0] = _mm512_fmadd_ps(xv, d0, a[0]);
+                a[1] = _mm512_fmadd_ps(xv, d1, a[1]);
+            }
+        }
+    }
+    for (row, a) in out.iter_mut().zip(&acc) {
+        // SAFETY: each row holds CW = 32 floats.
+        unsafe {
+            _mm512_storeu_ps(row.as_mut_ptr(), a[0]);
+            _mm512_storeu_ps(row.as_mut_ptr().add(16), a[1]);
+        }
+    }
+}
+
+fn wkernel() -> WMicroFn {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => wmicro_avx512 as WMicroFn,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => wmicro_avx2 as WMicroFn,
+        _ => wmicro_plain as WMicroFn,
     }
 }
