@@ -271,6 +271,15 @@ pub(super) fn pad_item(d: &DGeom, x: &[f32], buf: &mut Vec<f32>) {
                 }
                 continue;
             }
+            if s == 2 && ph == 1 && d.wi.is_multiple_of(2) {
+                // 1x1 at stride 2: the columns of one parity, in one vectorised pass.
+                let w0 = d.p % 2;
+                let dst = &mut buf[base + (w0 + d.p) / 2..];
+                for (o, pair) in dst.iter_mut().zip(row.chunks_exact(2)) {
+                    *o = pair[w0];
+                }
+                continue;
+            }
             // Column phase b holds the columns w = w0, w0 + s, .. with (w0 + p) % s == b.
             for b in 0..ph {
                 let w0 = (b + s - d.p % s) % s;
