@@ -153,10 +153,7 @@ impl Backend for CpuBackend {
 
     fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
         let n: usize = shape.iter().product();
-        Ok(Tensor {
-            storage: Storage::Host(vec![0.0; n]),
-            shape: shape.to_vec(),
-        })
+        Ok(Tensor::on_host(vec![0.0; n], shape))
     }
     fn empty(&self, shape: &[usize]) -> Result<Tensor> {
         Ok(Tensor {
@@ -165,26 +162,14 @@ impl Backend for CpuBackend {
         })
     }
     fn from_host(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        if n != data.len() {
-            return Err(Error::shape(
-                "from_host",
-                format!("{} values for shape {shape:?} ({n} elements)", data.len()),
-            ));
-        }
-        Ok(Tensor {
-            storage: Storage::Host(data.to_vec()),
-            shape: shape.to_vec(),
-        })
+        super::shapes::from_host(data.len(), shape)?;
+        Ok(Tensor::on_host(data.to_vec(), shape))
     }
     fn to_host(&self, t: &Tensor) -> Result<Vec<f32>> {
         Ok(host("to_host", "tensor", t)?.to_vec())
     }
     fn indices_from_host(&self, data: &[u32]) -> Result<Indices> {
-        Ok(Indices {
-            storage: Storage::Host(data.to_vec()),
-            len: data.len(),
-        })
+        Ok(Indices::on_host(data))
     }
     fn copy(&self, src: &Tensor, dst: &mut Tensor) -> Result<()> {
         let s = host("copy", "src", src)?;
