@@ -98,21 +98,21 @@ impl<R: Runner> GpuBackend<R> {
         y: &mut Tensor,
         tile_m: u32,
     ) -> Result<()> {
-        const OP: &str = "conv2d_forward";
         shapes::conv_forward(p, x, w, y)?;
-        conv_fits_i32(OP, p)?;
-        let kernel = tiled_kernel(OP, tile_m, k::CONV2D_FORWARD, k::CONV2D_FORWARD_M128)?;
+        let kernels = (k::CONV2D_FORWARD, k::CONV2D_FORWARD_M128);
         let cols = us(p.n) * us(p.h_out) * us(p.w_out);
-        let grid = Grid::Tiles {
-            cols,
-            rows: us(p.c_out),
+        self.conv_tiled(
+            "conv2d_forward",
+            p,
             tile_m,
-            z: 1,
-        };
-        self.launch(kernel, grid, || {
-            let [x, w, y] = self.ptrs([x, w, y])?;
-            Ok(k::ConvFwdArgs { x, w, y, p: *p })
-        })
+            kernels,
+            us(p.c_out),
+            cols,
+            || {
+                let [x, w, y] = self.ptrs([x, w, y])?;
+                Ok(k::ConvFwdArgs { x, w, y, p: *p })
+            },
+        )
     }
 
     /// conv2d_input_grad with an explicit row tile (CONV_TILE_M or CONV_TILE_M_LARGE).
@@ -124,21 +124,46 @@ impl<R: Runner> GpuBackend<R> {
         dx: &mut Tensor,
         tile_m: u32,
     ) -> Result<()> {
-        const OP: &str = "conv2d_input_grad";
         shapes::conv_input_grad(p, dy, w, dx)?;
-        conv_fits_i32(OP, p)?;
-        let kernel = tiled_kernel(OP, tile_m, k::CONV2D_INPUT_GRAD, k::CONV2D_INPUT_GRAD_M128)?;
+        let kernels = (k::CONV2D_INPUT_GRAD, k::CONV2D_INPUT_GRAD_M128);
         let cols = us(p.n) * us(p.h_in) * us(p.w_in);
+        self.conv_tiled(
+            "conv2d_input_grad",
+            p,
+            tile_m,
+            kernels,
+            us(p.c_in),
+            cols,
+            || {
+                let [dy, w, dx] = self.ptrs([dy, w, dx])?;
+                Ok(k::ConvDgradArgs { dy, w, dx, p: *p })
+            },
+        )
+    }
+
+    /// The tiled implicit-GEMM launch of conv forward and input-grad (after the op's shape check):
+    /// the 32-bit limit, the (64-row, 128-row) kernel pair's member for `tile_m`, and `rows` x
+    /// `cols` output tiles.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_tiled<A: Pod>(
+        &self,
+        op: &'static str,
+        p: &ConvParams,
+        tile_m: u32,
+        (small, large): (KernelId, KernelId),
+        rows: usize,
+        cols: usize,
+        args: impl FnOnce() -> Result<A>,
+    ) -> Result<()> {
+        conv_fits_i32(op, p)?;
+        let kernel = tiled_kernel(op, tile_m, small, large)?;
         let grid = Grid::Tiles {
             cols,
-            rows: us(p.c_in),
+            rows,
             tile_m,
             z: 1,
         };
-        self.launch(kernel, grid, || {
-            let [dy, w, dx] = self.ptrs([dy, w, dx])?;
-            Ok(k::ConvDgradArgs { dy, w, dx, p: *p })
-        })
+        self.launch(kernel, grid, args)
     }
 
     /// The weight-gradient kernel with an explicit split count (tests use this to cover both the
