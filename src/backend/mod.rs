@@ -28,6 +28,17 @@ macro_rules! ops {
     };
 }
 
+/// Trait methods that call the method of the same name on `self.<field>` with the same arguments:
+/// `delegate! { field: fn op(args) -> Ret; ... }` (`&self` implied).
+macro_rules! delegate {
+    ($field:ident: $(fn $op:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty;)*) => {
+        $(fn $op(&self, $($arg: $ty),*) -> $ret {
+            self.$field.$op($($arg),*)
+        })*
+    };
+}
+pub(crate) use delegate;
+
 pub trait Backend: Send + Sync {
     /// Human-readable description, e.g. "cpu (2 threads)" or "cuda:0 NVIDIA H100 (sm_90)".
     fn name(&self) -> String;

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use super::count::{self, OpCost};
 use super::timing::BenchDevice;
-use crate::backend::{Backend, ConvParams};
+use crate::backend::{delegate, Backend, ConvParams};
 use crate::error::Result;
 use crate::tensor::{Indices, Tensor};
 
@@ -208,14 +208,11 @@ impl Backend for ProfiledBackend {
     fn name(&self) -> String {
         format!("{} [profiled]", self.inner.name())
     }
-    fn is_gpu(&self) -> bool {
-        self.inner.is_gpu()
-    }
-    fn synchronize(&self) -> Result<()> {
-        self.inner.synchronize()
-    }
-    fn memory_budget(&self) -> usize {
-        self.inner.memory_budget()
+    delegate! { inner:
+        fn is_gpu() -> bool;
+        fn synchronize() -> Result<()>;
+        fn memory_budget() -> usize;
+        fn indices_from_host(data: &[u32]) -> Result<Indices>;
     }
     fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
         let n: usize = shape.iter().product();
@@ -250,9 +247,6 @@ impl Backend for ProfiledBackend {
             OpCost::new(0, 4 * numel(t)),
             || self.inner.to_host(t),
         )
-    }
-    fn indices_from_host(&self, data: &[u32]) -> Result<Indices> {
-        self.inner.indices_from_host(data)
     }
     fn copy(&self, src: &Tensor, dst: &mut Tensor) -> Result<()> {
         self.rec(

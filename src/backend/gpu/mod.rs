@@ -23,7 +23,7 @@ use bytemuck::Pod;
 use self::kernels as k;
 use self::runner::{KernelId, Runner};
 use super::shapes::{self, broadcast_batch, numel_is, same_shape};
-use super::{Backend, ConvParams};
+use super::{delegate, Backend, ConvParams};
 use crate::ensure_shape;
 use crate::error::Result;
 use crate::tensor::{Indices, Tensor};
@@ -250,29 +250,15 @@ impl<R: Runner> GpuBackend<R> {
 }
 
 impl<R: Runner> Backend for GpuBackend<R> {
-    fn name(&self) -> String {
-        self.runner.name()
-    }
-    fn is_gpu(&self) -> bool {
-        self.runner.is_gpu()
-    }
-    fn synchronize(&self) -> Result<()> {
-        self.runner.synchronize()
-    }
-    fn memory_budget(&self) -> usize {
-        self.runner.memory_budget()
-    }
-    fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
-        self.runner.zeros(shape)
-    }
-    fn from_host(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
-        self.runner.from_host(data, shape)
-    }
-    fn to_host(&self, t: &Tensor) -> Result<Vec<f32>> {
-        self.runner.to_host(t)
-    }
-    fn indices_from_host(&self, data: &[u32]) -> Result<Indices> {
-        self.runner.indices_from_host(data)
+    delegate! { runner:
+        fn name() -> String;
+        fn is_gpu() -> bool;
+        fn synchronize() -> Result<()>;
+        fn memory_budget() -> usize;
+        fn zeros(shape: &[usize]) -> Result<Tensor>;
+        fn from_host(data: &[f32], shape: &[usize]) -> Result<Tensor>;
+        fn to_host(t: &Tensor) -> Result<Vec<f32>>;
+        fn indices_from_host(data: &[u32]) -> Result<Indices>;
     }
 
     fn copy(&self, src: &Tensor, dst: &mut Tensor) -> Result<()> {
