@@ -156,10 +156,8 @@ impl Backend for CpuBackend {
         Ok(Tensor::on_host(vec![0.0; n], shape))
     }
     fn empty(&self, shape: &[usize]) -> Result<Tensor> {
-        Ok(Tensor {
-            storage: Storage::Host(crate::tensor::recycle::take(shape.iter().product())),
-            shape: shape.to_vec(),
-        })
+        let data = crate::tensor::recycle::take(shape.iter().product());
+        Ok(Tensor::on_host(data, shape))
     }
     fn from_host(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
         super::shapes::from_host(data.len(), shape)?;
