@@ -141,36 +141,20 @@ inline int __all_sync(unsigned int mask, int pred) {
 }
 
 // ---- atomics (fibers never preempt each other, so a plain read-modify-write is atomic) ---------
-template <class T>
-inline T atomicAdd(T* p, T v) {
-    T old = *p;
-    *p = old + v;
-    return old;
-}
-template <class T>
-inline T atomicSub(T* p, T v) {
-    T old = *p;
-    *p = old - v;
-    return old;
-}
-template <class T>
-inline T atomicMax(T* p, T v) {
-    T old = *p;
-    *p = old > v ? old : v;
-    return old;
-}
-template <class T>
-inline T atomicMin(T* p, T v) {
-    T old = *p;
-    *p = old < v ? old : v;
-    return old;
-}
-template <class T>
-inline T atomicExch(T* p, T v) {
-    T old = *p;
-    *p = v;
-    return old;
-}
+// FMP_EMU_ATOMIC(name, new): `name(p, v)` stores `new` (of `old` = *p and v) and returns old.
+#define FMP_EMU_ATOMIC(name, new_value) \
+    template <class T>                  \
+    inline T name(T* p, T v) {          \
+        T old = *p;                     \
+        *p = new_value;                 \
+        return old;                     \
+    }
+FMP_EMU_ATOMIC(atomicAdd, old + v)
+FMP_EMU_ATOMIC(atomicSub, old - v)
+FMP_EMU_ATOMIC(atomicMax, old > v ? old : v)
+FMP_EMU_ATOMIC(atomicMin, old < v ? old : v)
+FMP_EMU_ATOMIC(atomicExch, v)
+#undef FMP_EMU_ATOMIC
 template <class T>
 inline T atomicCAS(T* p, T cmp, T v) {
     T old = *p;

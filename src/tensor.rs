@@ -24,6 +24,14 @@ pub struct Tensor {
 }
 
 impl Tensor {
+    /// A tensor over a host buffer (the CPU backend's and the emulator's storage); the caller has
+    /// checked that `data` holds `shape`'s element count.
+    pub fn on_host(data: Vec<f32>, shape: &[usize]) -> Tensor {
+        Tensor {
+            storage: Storage::Host(data),
+            shape: shape.to_vec(),
+        }
+    }
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
@@ -62,21 +70,17 @@ impl Tensor {
     }
     /// Reinterpret with a new shape of the same element count.
     pub fn reshape(mut self, shape: &[usize]) -> Self {
-        assert_eq!(
-            shape.iter().product::<usize>(),
-            self.numel(),
-            "reshape {:?} -> {:?}",
-            self.shape,
-            shape
-        );
-        self.shape = shape.to_vec();
+        self.change_shape("reshape", shape);
         self
     }
     pub fn set_shape(&mut self, shape: &[usize]) {
+        self.change_shape("set_shape", shape);
+    }
+    fn change_shape(&mut self, op: &str, shape: &[usize]) {
         assert_eq!(
             shape.iter().product::<usize>(),
             self.numel(),
-            "set_shape {:?} -> {:?}",
+            "{op} {:?} -> {:?}",
             self.shape,
             shape
         );
@@ -156,6 +160,13 @@ pub struct Indices {
 }
 
 impl Indices {
+    /// Indices over a host buffer.
+    pub fn on_host(data: &[u32]) -> Indices {
+        Indices {
+            storage: Storage::Host(data.to_vec()),
+            len: data.len(),
+        }
+    }
     pub fn host(&self) -> Option<&[u32]> {
         match &self.storage {
             Storage::Host(v) => Some(v),

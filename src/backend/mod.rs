@@ -20,6 +20,25 @@ pub use params::ConvParams;
 use crate::error::Result;
 use crate::tensor::{Indices, Tensor};
 
+/// The ops of `Backend`, which write into outputs passed in: `fn op(args);` declares
+/// `fn op(&self, args) -> Result<()>;` (one line an op, so the list reads as the op table).
+macro_rules! ops {
+    ($($(#[$meta:meta])* fn $op:ident($($arg:ident: $ty:ty),* $(,)?);)*) => {
+        $($(#[$meta])* fn $op(&self, $($arg: $ty),*) -> Result<()>;)*
+    };
+}
+
+/// Trait methods that call the method of the same name on `self.<field>` with the same arguments:
+/// `delegate! { field: fn op(args) -> Ret; ... }` (`&self` implied).
+macro_rules! delegate {
+    ($field:ident: $(fn $op:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty;)*) => {
+        $(fn $op(&self, $($arg: $ty),*) -> $ret {
+            self.$field.$op($($arg),*)
+        })*
+    };
+}
+pub(crate) use delegate;
+
 pub trait Backend: Send + Sync {
     /// Human-readable description, e.g. "cpu (2 threads)" or "cuda:0 NVIDIA H100 (sm_90)".
     fn name(&self) -> String;
@@ -45,151 +64,82 @@ pub trait Backend: Send + Sync {
     fn copy(&self, src: &Tensor, dst: &mut Tensor) -> Result<()>;
     fn fill(&self, t: &mut Tensor, value: f32) -> Result<()>;
 
-    // ---- convolution (square kernel, zero padding, no bias) ------------------------------------
-    /// y[n,co,oh,ow] = sum_{ci,kh,kw} x[n,ci,oh*s-p+kh,ow*s-p+kw] * w[co,ci,kh,kw]
-    fn conv2d_forward(&self, p: &ConvParams, x: &Tensor, w: &Tensor, y: &mut Tensor) -> Result<()>;
-    /// dx = d(sum y*dy)/dx.
-    fn conv2d_input_grad(
-        &self,
-        p: &ConvParams,
-        dy: &Tensor,
-        w: &Tensor,
-        dx: &mut Tensor,
-    ) -> Result<()>;
-    /// dw = d(sum y*dy)/dw, overwritten.
-    fn conv2d_weight_grad(
-        &self,
-        p: &ConvParams,
-        x: &Tensor,
-        dy: &Tensor,
-        dw: &mut Tensor,
-    ) -> Result<()>;
-    /// Input gradient of a cotangent that is non-zero in a single output channel per item:
-    /// `seed` is [N, 1, h_out, w_out]; item i uses filter `first_channel + i / group`.
-    /// Equals `conv2d_input_grad` of the one-hot-expanded cotangent. `p.n` is N, `p.c_out` the
-    /// full filter count of `w`.
-    fn conv2d_input_grad_onehot(
-        &self,
-        p: &ConvParams,
-        seed: &Tensor,
-        w: &Tensor,
-        first_channel: usize,
-        group: usize,
-        dx: &mut Tensor,
-    ) -> Result<()>;
+    ops! {
+        // ---- convolution (square kernel, zero padding, no bias) ---------------------------------
+        /// y[n,co,oh,ow] = sum_{ci,kh,kw} x[n,ci,oh*s-p+kh,ow*s-p+kw] * w[co,ci,kh,kw]
+        fn conv2d_forward(p: &ConvParams, x: &Tensor, w: &Tensor, y: &mut Tensor);
+        /// dx = d(sum y*dy)/dx.
+        fn conv2d_input_grad(p: &ConvParams, dy: &Tensor, w: &Tensor, dx: &mut Tensor);
+        /// dw = d(sum y*dy)/dw, overwritten.
+        fn conv2d_weight_grad(p: &ConvParams, x: &Tensor, dy: &Tensor, dw: &mut Tensor);
+        /// Input gradient of a cotangent that is non-zero in a single output channel per item:
+        /// `seed` is [N, 1, h_out, w_out]; item i uses filter `first_channel + i / group`.
+        /// Equals `conv2d_input_grad` of the one-hot-expanded cotangent. `p.n` is N, `p.c_out` the
+        /// full filter count of `w`.
+        fn conv2d_input_grad_onehot(p: &ConvParams, seed: &Tensor, w: &Tensor, first_channel: usize,
+            group: usize, dx: &mut Tensor);
 
-    // ---- per-channel affine: eval-mode batchnorm and input normalisation -------------------------
-    /// y = x * scale[c] + shift[c], then max(., 0) when `relu`.
-    fn channel_affine(
-        &self,
-        x: &Tensor,
-        scale: &Tensor,
-        shift: &Tensor,
-        relu: bool,
-        y: &mut Tensor,
-    ) -> Result<()>;
-    /// dx = dy * scale[c], masked by (y_saved > 0) when `y_saved` (the forward output of a fused
-    /// affine+ReLU) is given. y_saved's batch may divide dy's batch (see module docs).
-    fn channel_affine_backward(
-        &self,
-        y_saved: Option<&Tensor>,
-        dy: &Tensor,
-        scale: &Tensor,
-        dx: &mut Tensor,
-    ) -> Result<()>;
+        // ---- per-channel affine: eval-mode batchnorm and input normalisation --------------------
+        /// y = x * scale[c] + shift[c], then max(., 0) when `relu`.
+        fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor, relu: bool, y: &mut Tensor);
+        /// dx = dy * scale[c], masked by (y_saved > 0) when `y_saved` (the forward output of a
+        /// fused affine+ReLU) is given. y_saved's batch may divide dy's batch (see module docs).
+        fn channel_affine_backward(y_saved: Option<&Tensor>, dy: &Tensor, scale: &Tensor,
+            dx: &mut Tensor);
 
-    // ---- training-mode batchnorm ----------------------------------------------------------------
-    /// Normalises with batch statistics (biased variance), writes save_mean/save_invstd [C]
-    /// (invstd = 1/sqrt(var + eps)) and updates running stats in place with PyTorch semantics:
-    /// r = (1 - momentum) * r + momentum * stat, using the *unbiased* batch variance for running_var.
-    #[allow(clippy::too_many_arguments)]
-    fn batchnorm_train_forward(
-        &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        eps: f32,
-        momentum: f32,
-        running_mean: &mut Tensor,
-        running_var: &mut Tensor,
-        save_mean: &mut Tensor,
-        save_invstd: &mut Tensor,
-        y: &mut Tensor,
-    ) -> Result<()>;
-    /// Gradients of training-mode batchnorm; dgamma/dbeta [C] are overwritten.
-    #[allow(clippy::too_many_arguments)]
-    fn batchnorm_train_backward(
-        &self,
-        x: &Tensor,
-        dy: &Tensor,
-        gamma: &Tensor,
-        save_mean: &Tensor,
-        save_invstd: &Tensor,
-        dx: &mut Tensor,
-        dgamma: &mut Tensor,
-        dbeta: &mut Tensor,
-    ) -> Result<()>;
+        // ---- training-mode batchnorm ------------------------------------------------------------
+        /// Normalises with batch statistics (biased variance), writes save_mean/save_invstd [C]
+        /// (invstd = 1/sqrt(var + eps)) and updates running stats in place with PyTorch semantics:
+        /// r = (1 - momentum) * r + momentum * stat, using the *unbiased* batch variance for
+        /// running_var.
+        #[allow(clippy::too_many_arguments)]
+        fn batchnorm_train_forward(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32,
+            momentum: f32, running_mean: &mut Tensor, running_var: &mut Tensor,
+            save_mean: &mut Tensor, save_invstd: &mut Tensor, y: &mut Tensor);
+        /// Gradients of training-mode batchnorm; dgamma/dbeta [C] are overwritten.
+        #[allow(clippy::too_many_arguments)]
+        fn batchnorm_train_backward(x: &Tensor, dy: &Tensor, gamma: &Tensor, save_mean: &Tensor,
+            save_invstd: &Tensor, dx: &mut Tensor, dgamma: &mut Tensor, dbeta: &mut Tensor);
 
-    // ---- elementwise ----------------------------------------------------------------------------
-    fn relu(&self, x: &Tensor, y: &mut Tensor) -> Result<()>;
-    /// dx = dy * (y_saved > 0); y_saved's batch may divide dy's batch.
-    fn relu_backward(&self, y_saved: &Tensor, dy: &Tensor, dx: &mut Tensor) -> Result<()>;
-    /// y = a + b (residual add).
-    fn add(&self, a: &Tensor, b: &Tensor, y: &mut Tensor) -> Result<()>;
-    /// y += x.
-    fn add_assign(&self, y: &mut Tensor, x: &Tensor) -> Result<()>;
-    /// y *= m elementwise (masks for pruned filters).
-    fn mul_assign(&self, y: &mut Tensor, m: &Tensor) -> Result<()>;
+        // ---- elementwise ------------------------------------------------------------------------
+        fn relu(x: &Tensor, y: &mut Tensor);
+        /// dx = dy * (y_saved > 0); y_saved's batch may divide dy's batch.
+        fn relu_backward(y_saved: &Tensor, dy: &Tensor, dx: &mut Tensor);
+        /// y = a + b (residual add).
+        fn add(a: &Tensor, b: &Tensor, y: &mut Tensor);
+        /// y += x.
+        fn add_assign(y: &mut Tensor, x: &Tensor);
+        /// y *= m elementwise (masks for pruned filters).
+        fn mul_assign(y: &mut Tensor, m: &Tensor);
 
-    // ---- pooling and head -----------------------------------------------------------------------
-    /// [N,C,H,W] -> [N,C] mean over H*W.
-    fn global_avg_pool(&self, x: &Tensor, y: &mut Tensor) -> Result<()>;
-    fn global_avg_pool_backward(&self, dy: &Tensor, dx: &mut Tensor) -> Result<()>;
-    /// y[n,o] = sum_i x[n,i] w[o,i] + b[o].
-    fn linear_forward(&self, x: &Tensor, w: &Tensor, b: &Tensor, y: &mut Tensor) -> Result<()>;
-    fn linear_backward_input(&self, dy: &Tensor, w: &Tensor, dx: &mut Tensor) -> Result<()>;
-    /// dw = dy^T x, db = sum_n dy (overwritten).
-    fn linear_backward_params(
-        &self,
-        x: &Tensor,
-        dy: &Tensor,
-        dw: &mut Tensor,
-        db: &mut Tensor,
-    ) -> Result<()>;
-    /// Per-sample loss[n] = -log softmax(logits[n])[label[n]] and dlogits = (softmax - onehot) / N
-    /// (the gradient of the *mean* loss).
-    fn softmax_cross_entropy(
-        &self,
-        logits: &Tensor,
-        labels: &Indices,
-        loss: &mut Tensor,
-        dlogits: &mut Tensor,
-    ) -> Result<()>;
+        // ---- pooling and head -------------------------------------------------------------------
+        /// [N,C,H,W] -> [N,C] mean over H*W.
+        fn global_avg_pool(x: &Tensor, y: &mut Tensor);
+        fn global_avg_pool_backward(dy: &Tensor, dx: &mut Tensor);
+        /// y[n,o] = sum_i x[n,i] w[o,i] + b[o].
+        fn linear_forward(x: &Tensor, w: &Tensor, b: &Tensor, y: &mut Tensor);
+        fn linear_backward_input(dy: &Tensor, w: &Tensor, dx: &mut Tensor);
+        /// dw = dy^T x, db = sum_n dy (overwritten).
+        fn linear_backward_params(x: &Tensor, dy: &Tensor, dw: &mut Tensor, db: &mut Tensor);
+        /// Per-sample loss[n] = -log softmax(logits[n])[label[n]] and
+        /// dlogits = (softmax - onehot) / N (the gradient of the *mean* loss).
+        fn softmax_cross_entropy(logits: &Tensor, labels: &Indices, loss: &mut Tensor,
+            dlogits: &mut Tensor);
 
-    // ---- FRG ------------------------------------------------------------------------------------
-    /// loss[c] = mean over (n,h,w) of (a - b)^2, for every channel c.
-    fn channel_mse(&self, a: &Tensor, b: &Tensor, loss: &mut Tensor) -> Result<()>;
-    /// Batched FRG cotangent: a_x, a_x0 are [B,C,H,W] activations of X and X0 at a conv output;
-    /// seed is [K*B,1,H,W] with seed[k*B+b] = 2/(B*H*W) * (a_x0[b,c] - a_x[b,c]), c = first_channel+k:
-    /// the gradient of channel c's `channel_mse(a_x, a_x0)` with respect to a_x0[:, c].
-    fn frg_seed(
-        &self,
-        a_x: &Tensor,
-        a_x0: &Tensor,
-        first_channel: usize,
-        seed: &mut Tensor,
-    ) -> Result<()>;
-    /// y[i] = clamp(x0[i % B] + eps * sign(g[i]), 0, 1), sign(0) = 0; x0 has batch B dividing N.
-    fn sign_step(&self, x0: &Tensor, g: &Tensor, eps: f32, y: &mut Tensor) -> Result<()>;
-    /// PyTorch SGD (dampening 0, no Nesterov): g = grad + wd * param; buf = momentum * buf + g;
-    /// param -= lr * buf. `momentum_buf` starts at zero.
-    fn sgd_step(
-        &self,
-        param: &mut Tensor,
-        grad: &Tensor,
-        momentum_buf: &mut Tensor,
-        lr: f32,
-        momentum: f32,
-        weight_decay: f32,
-    ) -> Result<()>;
+        // ---- FRG --------------------------------------------------------------------------------
+        /// loss[c] = mean over (n,h,w) of (a - b)^2, for every channel c.
+        fn channel_mse(a: &Tensor, b: &Tensor, loss: &mut Tensor);
+        /// Batched FRG cotangent: a_x, a_x0 are [B,C,H,W] activations of X and X0 at a conv
+        /// output; seed is [K*B,1,H,W] with seed[k*B+b] = 2/(B*H*W) * (a_x0[b,c] - a_x[b,c]),
+        /// c = first_channel+k: the gradient of channel c's `channel_mse(a_x, a_x0)` with respect
+        /// to a_x0[:, c].
+        fn frg_seed(a_x: &Tensor, a_x0: &Tensor, first_channel: usize, seed: &mut Tensor);
+        /// y[i] = clamp(x0[i % B] + eps * sign(g[i]), 0, 1), sign(0) = 0; x0 has batch B
+        /// dividing N.
+        fn sign_step(x0: &Tensor, g: &Tensor, eps: f32, y: &mut Tensor);
+        /// PyTorch SGD (dampening 0, no Nesterov): g = grad + wd * param; buf = momentum * buf + g;
+        /// param -= lr * buf. `momentum_buf` starts at zero.
+        fn sgd_step(param: &mut Tensor, grad: &Tensor, momentum_buf: &mut Tensor, lr: f32,
+            momentum: f32, weight_decay: f32);
+    }
 }

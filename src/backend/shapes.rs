@@ -10,6 +10,17 @@ use crate::backend::ConvParams;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
+/// `from_host`: `data_len` values fill `shape`; returns its element count.
+pub fn from_host(data_len: usize, shape: &[usize]) -> Result<usize> {
+    let n: usize = shape.iter().product();
+    crate::ensure_shape!(
+        data_len == n,
+        "from_host",
+        "{data_len} values for shape {shape:?} ({n} elements)"
+    );
+    Ok(n)
+}
+
 pub fn same_shape(
     op: &'static str,
     a_name: &str,

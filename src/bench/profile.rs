@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use super::count::{self, OpCost};
 use super::timing::BenchDevice;
-use crate::backend::{Backend, ConvParams};
+use crate::backend::{delegate, Backend, ConvParams};
 use crate::error::Result;
 use crate::tensor::{Indices, Tensor};
 
@@ -193,18 +193,26 @@ pub fn profile_table(entries: &[ProfileEntry], peak_flops: f64) -> String {
     s
 }
 
+/// Ops recorded under a key and forwarded unchanged: `op(args) => key;`, where `key` evaluates
+/// to the (op name, shape, counted cost) of the call (`&self` and `-> Result<()>` implied).
+macro_rules! profile {
+    ($($op:ident($($arg:ident: $ty:ty),* $(,)?) => $key:expr;)*) => {
+        $(fn $op(&self, $($arg: $ty),*) -> Result<()> {
+            let (op, shape, cost) = $key;
+            self.rec(op, shape, cost, || self.inner.$op($($arg),*))
+        })*
+    };
+}
+
 impl Backend for ProfiledBackend {
     fn name(&self) -> String {
         format!("{} [profiled]", self.inner.name())
     }
-    fn is_gpu(&self) -> bool {
-        self.inner.is_gpu()
-    }
-    fn synchronize(&self) -> Result<()> {
-        self.inner.synchronize()
-    }
-    fn memory_budget(&self) -> usize {
-        self.inner.memory_budget()
+    delegate! { inner:
+        fn is_gpu() -> bool;
+        fn synchronize() -> Result<()>;
+        fn memory_budget() -> usize;
+        fn indices_from_host(data: &[u32]) -> Result<Indices>;
     }
     fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
         let n: usize = shape.iter().product();
@@ -240,9 +248,6 @@ impl Backend for ProfiledBackend {
             || self.inner.to_host(t),
         )
     }
-    fn indices_from_host(&self, data: &[u32]) -> Result<Indices> {
-        self.inner.indices_from_host(data)
-    }
     fn copy(&self, src: &Tensor, dst: &mut Tensor) -> Result<()> {
         self.rec(
             "copy",
@@ -255,286 +260,99 @@ impl Backend for ProfiledBackend {
         let c = OpCost::new(0, 4 * numel(t));
         self.rec("fill", item_shape(t), c, || self.inner.fill(t, value))
     }
-    fn conv2d_forward(&self, p: &ConvParams, x: &Tensor, w: &Tensor, y: &mut Tensor) -> Result<()> {
-        self.rec("conv_fwd", conv_shape(p), count::conv_forward(p), || {
-            self.inner.conv2d_forward(p, x, w, y)
-        })
-    }
-    fn conv2d_input_grad(
-        &self,
-        p: &ConvParams,
-        dy: &Tensor,
-        w: &Tensor,
-        dx: &mut Tensor,
-    ) -> Result<()> {
-        self.rec(
-            "conv_dgrad",
-            conv_shape(p),
-            count::conv_input_grad(p),
-            || self.inner.conv2d_input_grad(p, dy, w, dx),
-        )
-    }
-    fn conv2d_weight_grad(
-        &self,
-        p: &ConvParams,
-        x: &Tensor,
-        dy: &Tensor,
-        dw: &mut Tensor,
-    ) -> Result<()> {
-        self.rec(
-            "conv_wgrad",
-            conv_shape(p),
-            count::conv_weight_grad(p),
-            || self.inner.conv2d_weight_grad(p, x, dy, dw),
-        )
-    }
-    fn conv2d_input_grad_onehot(
-        &self,
-        p: &ConvParams,
-        seed: &Tensor,
-        w: &Tensor,
-        first_channel: usize,
-        group: usize,
-        dx: &mut Tensor,
-    ) -> Result<()> {
-        let filters = (p.n as usize).div_ceil(group.max(1));
-        self.rec(
-            "conv_dgrad_onehot",
-            conv_shape(p),
-            count::conv_input_grad_onehot(p, filters),
-            || {
-                self.inner
-                    .conv2d_input_grad_onehot(p, seed, w, first_channel, group, dx)
-            },
-        )
-    }
-    fn channel_affine(
-        &self,
-        x: &Tensor,
-        scale: &Tensor,
-        shift: &Tensor,
-        relu: bool,
-        y: &mut Tensor,
-    ) -> Result<()> {
-        let op = if relu {
-            "bn_affine+relu"
-        } else {
-            "affine (normalise)"
+    profile! {
+        conv2d_forward(p: &ConvParams, x: &Tensor, w: &Tensor, y: &mut Tensor)
+            => ("conv_fwd", conv_shape(p), count::conv_forward(p));
+        conv2d_input_grad(p: &ConvParams, dy: &Tensor, w: &Tensor, dx: &mut Tensor)
+            => ("conv_dgrad", conv_shape(p), count::conv_input_grad(p));
+        conv2d_weight_grad(p: &ConvParams, x: &Tensor, dy: &Tensor, dw: &mut Tensor)
+            => ("conv_wgrad", conv_shape(p), count::conv_weight_grad(p));
+        conv2d_input_grad_onehot(p: &ConvParams, seed: &Tensor, w: &Tensor, first_channel: usize,
+            group: usize, dx: &mut Tensor) => {
+            let filters = (p.n as usize).div_ceil(group.max(1));
+            let c = count::conv_input_grad_onehot(p, filters);
+            ("conv_dgrad_onehot", conv_shape(p), c)
         };
-        let c = count::channel_affine(numel(x), channels(x), relu);
-        self.rec(op, item_shape(x), c, || {
-            self.inner.channel_affine(x, scale, shift, relu, y)
-        })
-    }
-    fn channel_affine_backward(
-        &self,
-        y_saved: Option<&Tensor>,
-        dy: &Tensor,
-        scale: &Tensor,
-        dx: &mut Tensor,
-    ) -> Result<()> {
-        let c = count::channel_affine_backward(
-            numel(dy),
-            channels(dy),
-            y_saved.map(numel).unwrap_or(0),
-        );
-        let op = if y_saved.is_some() {
-            "bn_affine+relu backward"
-        } else {
-            "affine backward (normalise)"
+        channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor, relu: bool, y: &mut Tensor)
+            => {
+            let op = if relu { "bn_affine+relu" } else { "affine (normalise)" };
+            (op, item_shape(x), count::channel_affine(numel(x), channels(x), relu))
         };
-        self.rec(op, item_shape(dy), c, || {
-            self.inner.channel_affine_backward(y_saved, dy, scale, dx)
-        })
-    }
-    fn batchnorm_train_forward(
-        &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        eps: f32,
-        momentum: f32,
-        running_mean: &mut Tensor,
-        running_var: &mut Tensor,
-        save_mean: &mut Tensor,
-        save_invstd: &mut Tensor,
-        y: &mut Tensor,
-    ) -> Result<()> {
-        let c = count::batchnorm_train_forward(numel(x), channels(x));
-        self.rec("batchnorm_train_fwd", item_shape(x), c, || {
-            self.inner.batchnorm_train_forward(
-                x,
-                gamma,
-                beta,
-                eps,
-                momentum,
-                running_mean,
-                running_var,
-                save_mean,
-                save_invstd,
-                y,
-            )
-        })
-    }
-    fn batchnorm_train_backward(
-        &self,
-        x: &Tensor,
-        dy: &Tensor,
-        gamma: &Tensor,
-        save_mean: &Tensor,
-        save_invstd: &Tensor,
-        dx: &mut Tensor,
-        dgamma: &mut Tensor,
-        dbeta: &mut Tensor,
-    ) -> Result<()> {
-        let c = count::batchnorm_train_backward(numel(x), channels(x));
-        self.rec("batchnorm_train_bwd", item_shape(x), c, || {
-            self.inner.batchnorm_train_backward(
-                x,
-                dy,
-                gamma,
-                save_mean,
-                save_invstd,
-                dx,
-                dgamma,
-                dbeta,
-            )
-        })
-    }
-    fn relu(&self, x: &Tensor, y: &mut Tensor) -> Result<()> {
-        self.rec("relu", item_shape(x), count::relu(numel(x)), || {
-            self.inner.relu(x, y)
-        })
-    }
-    fn relu_backward(&self, y_saved: &Tensor, dy: &Tensor, dx: &mut Tensor) -> Result<()> {
-        let c = count::relu_backward(numel(dy), numel(y_saved));
-        self.rec("relu_backward", item_shape(dy), c, || {
-            self.inner.relu_backward(y_saved, dy, dx)
-        })
-    }
-    fn add(&self, a: &Tensor, b: &Tensor, y: &mut Tensor) -> Result<()> {
-        self.rec("residual add", item_shape(a), count::add(numel(a)), || {
-            self.inner.add(a, b, y)
-        })
-    }
-    fn add_assign(&self, y: &mut Tensor, x: &Tensor) -> Result<()> {
-        let c = count::binary_in_place(numel(x));
-        self.rec("residual add (in place)", item_shape(x), c, || {
-            self.inner.add_assign(y, x)
-        })
-    }
-    fn mul_assign(&self, y: &mut Tensor, m: &Tensor) -> Result<()> {
-        let c = count::binary_in_place(numel(m));
-        self.rec("mask multiply", item_shape(m), c, || {
-            self.inner.mul_assign(y, m)
-        })
-    }
-    fn global_avg_pool(&self, x: &Tensor, y: &mut Tensor) -> Result<()> {
-        let (n, c, h, w) = x.nchw();
-        let cost = count::global_avg_pool(n as u64, c as u64, (h * w) as u64);
-        self.rec("global_avg_pool", item_shape(x), cost, || {
-            self.inner.global_avg_pool(x, y)
-        })
-    }
-    fn global_avg_pool_backward(&self, dy: &Tensor, dx: &mut Tensor) -> Result<()> {
-        let (n, c, h, w) = dx.nchw();
-        let cost = count::global_avg_pool_backward(n as u64, c as u64, (h * w) as u64);
-        self.rec("global_avg_pool_backward", item_shape(dx), cost, || {
-            self.inner.global_avg_pool_backward(dy, dx)
-        })
-    }
-    fn linear_forward(&self, x: &Tensor, w: &Tensor, b: &Tensor, y: &mut Tensor) -> Result<()> {
-        let (n, i, o) = (x.batch() as u64, w.shape()[1] as u64, w.shape()[0] as u64);
-        self.rec(
-            "linear",
-            format!("{i}->{o}"),
-            count::linear_forward(n, i, o),
-            || self.inner.linear_forward(x, w, b, y),
-        )
-    }
-    fn linear_backward_input(&self, dy: &Tensor, w: &Tensor, dx: &mut Tensor) -> Result<()> {
-        let (n, i, o) = (dy.batch() as u64, w.shape()[1] as u64, w.shape()[0] as u64);
-        self.rec(
-            "linear backward input",
-            format!("{i}->{o}"),
-            count::linear_backward_input(n, i, o),
-            || self.inner.linear_backward_input(dy, w, dx),
-        )
-    }
-    fn linear_backward_params(
-        &self,
-        x: &Tensor,
-        dy: &Tensor,
-        dw: &mut Tensor,
-        db: &mut Tensor,
-    ) -> Result<()> {
-        let (n, i, o) = (x.batch() as u64, dw.shape()[1] as u64, dw.shape()[0] as u64);
-        self.rec(
-            "linear backward params",
-            format!("{i}->{o}"),
-            count::linear_backward_params(n, i, o),
-            || self.inner.linear_backward_params(x, dy, dw, db),
-        )
-    }
-    fn softmax_cross_entropy(
-        &self,
-        logits: &Tensor,
-        labels: &Indices,
-        loss: &mut Tensor,
-        dlogits: &mut Tensor,
-    ) -> Result<()> {
-        let (n, k) = (logits.batch() as u64, channels(logits));
-        self.rec(
-            "softmax_xent",
-            item_shape(logits),
-            count::softmax_cross_entropy(n, k),
-            || {
-                self.inner
-                    .softmax_cross_entropy(logits, labels, loss, dlogits)
-            },
-        )
-    }
-    fn channel_mse(&self, a: &Tensor, b: &Tensor, loss: &mut Tensor) -> Result<()> {
-        let c = count::channel_mse(numel(a), channels(a));
-        self.rec("channel_mse", item_shape(a), c, || {
-            self.inner.channel_mse(a, b, loss)
-        })
-    }
-    fn frg_seed(
-        &self,
-        a_x: &Tensor,
-        a_x0: &Tensor,
-        first_channel: usize,
-        seed: &mut Tensor,
-    ) -> Result<()> {
-        let (kb, b) = (seed.batch() as u64, a_x.batch().max(1) as u64);
-        let hw = (seed.numel() / seed.batch().max(1)) as u64;
-        self.rec(
-            "frg_seed",
-            item_shape(a_x),
-            count::frg_seed(kb / b, b, hw),
-            || self.inner.frg_seed(a_x, a_x0, first_channel, seed),
-        )
-    }
-    fn sign_step(&self, x0: &Tensor, g: &Tensor, eps: f32, y: &mut Tensor) -> Result<()> {
-        let c = count::sign_step(numel(g), numel(x0));
-        self.rec("sign_step", item_shape(g), c, || {
-            self.inner.sign_step(x0, g, eps, y)
-        })
-    }
-    fn sgd_step(
-        &self,
-        param: &mut Tensor,
-        grad: &Tensor,
-        momentum_buf: &mut Tensor,
-        lr: f32,
-        momentum: f32,
-        weight_decay: f32,
-    ) -> Result<()> {
-        let c = count::sgd_step(numel(grad));
-        self.rec("sgd_step", String::new(), c, || {
-            self.inner
-                .sgd_step(param, grad, momentum_buf, lr, momentum, weight_decay)
-        })
+        channel_affine_backward(y_saved: Option<&Tensor>, dy: &Tensor, scale: &Tensor,
+            dx: &mut Tensor) => {
+            let saved = y_saved.map(numel).unwrap_or(0);
+            let c = count::channel_affine_backward(numel(dy), channels(dy), saved);
+            let op = if y_saved.is_some() {
+                "bn_affine+relu backward"
+            } else {
+                "affine backward (normalise)"
+            };
+            (op, item_shape(dy), c)
+        };
+        batchnorm_train_forward(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32, momentum: f32,
+            running_mean: &mut Tensor, running_var: &mut Tensor, save_mean: &mut Tensor,
+            save_invstd: &mut Tensor, y: &mut Tensor) => {
+            let c = count::batchnorm_train_forward(numel(x), channels(x));
+            ("batchnorm_train_fwd", item_shape(x), c)
+        };
+        batchnorm_train_backward(x: &Tensor, dy: &Tensor, gamma: &Tensor, save_mean: &Tensor,
+            save_invstd: &Tensor, dx: &mut Tensor, dgamma: &mut Tensor, dbeta: &mut Tensor) => {
+            let c = count::batchnorm_train_backward(numel(x), channels(x));
+            ("batchnorm_train_bwd", item_shape(x), c)
+        };
+        relu(x: &Tensor, y: &mut Tensor) => ("relu", item_shape(x), count::relu(numel(x)));
+        relu_backward(y_saved: &Tensor, dy: &Tensor, dx: &mut Tensor) => {
+            let c = count::relu_backward(numel(dy), numel(y_saved));
+            ("relu_backward", item_shape(dy), c)
+        };
+        add(a: &Tensor, b: &Tensor, y: &mut Tensor)
+            => ("residual add", item_shape(a), count::add(numel(a)));
+        add_assign(y: &mut Tensor, x: &Tensor) => {
+            let c = count::binary_in_place(numel(x));
+            ("residual add (in place)", item_shape(x), c)
+        };
+        mul_assign(y: &mut Tensor, m: &Tensor)
+            => ("mask multiply", item_shape(m), count::binary_in_place(numel(m)));
+        global_avg_pool(x: &Tensor, y: &mut Tensor) => {
+            let (n, c, h, w) = x.nchw();
+            let cost = count::global_avg_pool(n as u64, c as u64, (h * w) as u64);
+            ("global_avg_pool", item_shape(x), cost)
+        };
+        global_avg_pool_backward(dy: &Tensor, dx: &mut Tensor) => {
+            let (n, c, h, w) = dx.nchw();
+            let cost = count::global_avg_pool_backward(n as u64, c as u64, (h * w) as u64);
+            ("global_avg_pool_backward", item_shape(dx), cost)
+        };
+        linear_forward(x: &Tensor, w: &Tensor, b: &Tensor, y: &mut Tensor) => {
+            let (n, i, o) = (x.batch() as u64, w.shape()[1] as u64, w.shape()[0] as u64);
+            ("linear", format!("{i}->{o}"), count::linear_forward(n, i, o))
+        };
+        linear_backward_input(dy: &Tensor, w: &Tensor, dx: &mut Tensor) => {
+            let (n, i, o) = (dy.batch() as u64, w.shape()[1] as u64, w.shape()[0] as u64);
+            let c = count::linear_backward_input(n, i, o);
+            ("linear backward input", format!("{i}->{o}"), c)
+        };
+        linear_backward_params(x: &Tensor, dy: &Tensor, dw: &mut Tensor, db: &mut Tensor) => {
+            let (n, i, o) = (x.batch() as u64, dw.shape()[1] as u64, dw.shape()[0] as u64);
+            let c = count::linear_backward_params(n, i, o);
+            ("linear backward params", format!("{i}->{o}"), c)
+        };
+        softmax_cross_entropy(logits: &Tensor, labels: &Indices, loss: &mut Tensor,
+            dlogits: &mut Tensor) => {
+            let (n, k) = (logits.batch() as u64, channels(logits));
+            ("softmax_xent", item_shape(logits), count::softmax_cross_entropy(n, k))
+        };
+        channel_mse(a: &Tensor, b: &Tensor, loss: &mut Tensor)
+            => ("channel_mse", item_shape(a), count::channel_mse(numel(a), channels(a)));
+        frg_seed(a_x: &Tensor, a_x0: &Tensor, first_channel: usize, seed: &mut Tensor) => {
+            let (kb, b) = (seed.batch() as u64, a_x.batch().max(1) as u64);
+            let hw = (seed.numel() / seed.batch().max(1)) as u64;
+            ("frg_seed", item_shape(a_x), count::frg_seed(kb / b, b, hw))
+        };
+        sign_step(x0: &Tensor, g: &Tensor, eps: f32, y: &mut Tensor)
+            => ("sign_step", item_shape(g), count::sign_step(numel(g), numel(x0)));
+        sgd_step(param: &mut Tensor, grad: &Tensor, momentum_buf: &mut Tensor, lr: f32,
+            momentum: f32, weight_decay: f32)
+            => ("sgd_step", String::new(), count::sgd_step(numel(grad)));
     }
 }

@@ -113,24 +113,31 @@ fn out_of(i: usize, kidx: usize, s: usize, pad: usize, out: usize) -> Option<usi
     (o < out).then_some(o)
 }
 
+/// The (kh, kw, oh, ow) through which input position (ih, iw) receives outputs, kh then kw
+/// ascending (the order the references sum in).
+fn taps(
+    (ih, iw): (usize, usize),
+    (ho, wo): (usize, usize),
+    k: usize,
+    s: usize,
+    pad: usize,
+) -> impl Iterator<Item = (usize, usize, usize, usize)> {
+    (0..k).flat_map(move |kh| {
+        let oh = out_of(ih, kh, s, pad, ho);
+        (0..k).filter_map(move |kw| Some((kh, kw, oh?, out_of(iw, kw, s, pad, wo)?)))
+    })
+}
+
 /// dx[n,ci,ih,iw] of `conv2d_input_grad`.
 pub fn conv_input_grad_at(p: &ConvParams, dy: &[f32], w: &[f32], index: usize) -> Expect {
     let (_, _, _, co_n, ho, wo, k, s, pad) = p4(p);
     let [n, ci, ih, iw] = unflat(index, p.input_shape());
     let mut e = Expect::at(index);
     for co in 0..co_n {
-        for kh in 0..k {
-            let Some(oh) = out_of(ih, kh, s, pad, ho) else {
-                continue;
-            };
-            for kw in 0..k {
-                let Some(ow) = out_of(iw, kw, s, pad, wo) else {
-                    continue;
-                };
-                let t = dy[flat([n, co, oh, ow], p.output_shape())] as f64
-                    * w[flat([co, ci, kh, kw], p.weight_shape())] as f64;
-                e.add(t);
-            }
+        for (kh, kw, oh, ow) in taps((ih, iw), (ho, wo), k, s, pad) {
+            let t = dy[flat([n, co, oh, ow], p.output_shape())] as f64
+                * w[flat([co, ci, kh, kw], p.weight_shape())] as f64;
+            e.add(t);
         }
     }
     e
@@ -174,18 +181,10 @@ pub fn conv_onehot_at(
     let [n, ci, ih, iw] = unflat(index, p.input_shape());
     let f = first + n / group;
     let mut e = Expect::at(index);
-    for kh in 0..k {
-        let Some(oh) = out_of(ih, kh, s, pad, ho) else {
-            continue;
-        };
-        for kw in 0..k {
-            let Some(ow) = out_of(iw, kw, s, pad, wo) else {
-                continue;
-            };
-            let t = seed[(n * ho + oh) * wo + ow] as f64
-                * w[flat([f, ci, kh, kw], p.weight_shape())] as f64;
-            e.add(t);
-        }
+    for (kh, kw, oh, ow) in taps((ih, iw), (ho, wo), k, s, pad) {
+        let t = seed[(n * ho + oh) * wo + ow] as f64
+            * w[flat([f, ci, kh, kw], p.weight_shape())] as f64;
+        e.add(t);
     }
     e
 }

@@ -6,7 +6,7 @@ use fmp_engine::backend::cpu::CpuBackend;
 use fmp_engine::backend::select::DeviceSpec;
 use fmp_engine::backend::Backend;
 use fmp_engine::bench::kernels::{run_and_report, write_json, SuiteConfig};
-use fmp_engine::bench::profile::profile_table;
+use fmp_engine::bench::profile::{profile_table, ProfileEntry};
 use fmp_engine::bench::scan::{conv_line, run_scan_bench, summary, ScanBenchConfig};
 use fmp_engine::bench::timing::BenchDevice;
 use fmp_engine::bench::train::{run_train_bench, summary as train_summary, TrainBenchConfig};
@@ -140,14 +140,27 @@ fn train(a: TrainArgs) -> Result<()> {
     println!("# fine-tuning step on {}", dev.backend.name());
     let rep = run_train_bench(&dev, &cfg)?;
     println!("{}", train_summary(&rep));
-    if let Some(p) = &rep.profile {
-        print!("{}", profile_table(p, rep.ceilings.peak_flops));
+    let profile = rep.profile.as_deref();
+    finish(&rep, profile, rep.ceilings.peak_flops, &json, json_file)
+}
+
+/// The end of `bench scan` and `bench train`: the profile table (with --profile), the JSON file
+/// (--json FILE) and the JSON on stdout (--json -).
+fn finish<T: serde::Serialize>(
+    rep: &T,
+    profile: Option<&[ProfileEntry]>,
+    peak_flops: f64,
+    json: &JsonOut,
+    json_file: Option<&std::path::Path>,
+) -> Result<()> {
+    if let Some(p) = profile {
+        print!("{}", profile_table(p, peak_flops));
     }
     if let Some(p) = json_file {
-        write_json(p, &rep)?;
+        write_json(p, rep)?;
         println!("# wrote {}", p.display());
     }
-    json.emit(&rep)
+    json.emit(rep)
 }
 
 /// `--json -`: the report goes to stdout (returns the output and no path), else to the file.
@@ -190,14 +203,8 @@ fn scan(a: ScanArgs) -> Result<()> {
     );
     let rep = run_scan_bench(&dev, &cfg, |r| println!("{}", conv_line(r)))?;
     println!("{}", summary(&rep));
-    if let Some(p) = &rep.profile {
-        print!("{}", profile_table(p, rep.ceilings.peak_flops));
-    }
-    if let Some(p) = json_file {
-        write_json(p, &rep)?;
-        println!("# wrote {}", p.display());
-    }
-    json.emit(&rep)
+    let profile = rep.profile.as_deref();
+    finish(&rep, profile, rep.ceilings.peak_flops, &json, json_file)
 }
 
 fn kernels(a: KernelArgs) -> Result<()> {

@@ -18,6 +18,7 @@ use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
+use super::frg_steps;
 use super::metrics::argmax;
 use super::rng::Rng;
 use super::select::{reference_order_remap, select_lowest, ConvReport};
@@ -130,6 +131,36 @@ pub fn scan_layer_batched_range(
     chunk: usize,
     progress: &mut dyn FnMut(usize),
 ) -> Result<LayerScores> {
+    scan_chunks(
+        model,
+        x,
+        x0,
+        layer,
+        range,
+        chunk,
+        progress,
+        &mut |tx, tx0, c0, k, res| score_channels(model, tx, tx0, x0, labels, c0, k, eps, res),
+    )
+}
+
+/// Scores one chunk: `(tx, tx0, c0, k, res)` appends channels `c0..c0+k` to `res`.
+pub(crate) type ChunkScorer<'a> =
+    dyn FnMut(&Trace, &Trace, usize, usize, &mut LayerScores) -> Result<()> + 'a;
+
+/// The batched engines' loop (`scan_layer_batched_range`, `frg_steps::scan_layer_steps_range`):
+/// the traces of X and X0 up to conv `layer` once, then `score(tx, tx0, c0, k, res)` for each
+/// chunk of at most `chunk` channels of `range`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn scan_chunks(
+    model: &PreActResNet18,
+    x: &Tensor,
+    x0: &Tensor,
+    layer: usize,
+    range: Range<usize>,
+    chunk: usize,
+    progress: &mut dyn FnMut(usize),
+    score: &mut ChunkScorer,
+) -> Result<LayerScores> {
     let tx = model.forward_trace(x, layer)?;
     let tx0 = model.forward_trace(x0, layer)?;
     let channels = range.end;
@@ -137,11 +168,28 @@ pub fn scan_layer_batched_range(
     let mut c0 = range.start;
     while c0 < channels {
         let k = chunk.max(1).min(channels - c0);
-        score_channels(model, &tx, &tx0, x0, labels, c0, k, eps, &mut res)?;
+        score(&tx, &tx0, c0, k, &mut res)?;
         c0 += k;
         progress(k);
     }
     Ok(res)
+}
+
+/// The K*B input gradients of a chunk's one-channel cotangents `seed` ([K*B,1,H,W]; item i in
+/// channel `c0 + i / b`) through `trace`.
+pub(crate) fn onehot_grad(
+    model: &PreActResNet18,
+    trace: &Trace,
+    seed: &Tensor,
+    c0: usize,
+    b: usize,
+) -> Result<Tensor> {
+    let cot = Cotangent::OneHot {
+        seed,
+        first_channel: c0,
+        group: b,
+    };
+    model.input_grad(trace, cot)
 }
 
 /// One batched chunk: channels `c0..c0+k` of the traced conv (`tx`, `tx0`: traces of X and X0 up to
@@ -164,14 +212,7 @@ pub fn score_channels(
     let (_, _, h, w) = tx.tap().nchw();
     let mut seed = be.empty(&[k * b, 1, h, w])?;
     be.frg_seed(tx.tap(), tx0.tap(), c0, &mut seed)?;
-    let g = model.input_grad(
-        tx0,
-        Cotangent::OneHot {
-            seed: &seed,
-            first_channel: c0,
-            group: b,
-        },
-    )?;
+    let g = onehot_grad(model, tx0, &seed, c0, b)?;
     drop(seed);
     let mut xadv = be.empty(&[k * b, 3, 32, 32])?;
     be.sign_step(x0, &g, eps, &mut xadv)?;
@@ -191,10 +232,11 @@ pub fn scan_layer_naive(
     progress: &mut dyn FnMut(usize),
 ) -> Result<LayerScores> {
     let channels = conv_channels(model, layer)?;
-    scan_layer_naive_range(model, x, x0, labels, layer, 0..channels, eps, progress)
+    scan_layer_naive_range(model, x, x0, labels, layer, 0..channels, eps, 1, progress)
 }
 
-/// Score channels `range` of conv `layer` one channel at a time.
+/// Score channels `range` of conv `layer` one channel at a time, with `steps` sign steps each
+/// (1: the spec's single step; more: `frg_steps`): a full cotangent, host-side sign steps.
 #[allow(clippy::too_many_arguments)]
 pub fn scan_layer_naive_range(
     model: &PreActResNet18,
@@ -204,6 +246,7 @@ pub fn scan_layer_naive_range(
     layer: usize,
     range: Range<usize>,
     eps: f32,
+    steps: usize,
     progress: &mut dyn FnMut(usize),
 ) -> Result<LayerScores> {
     let be = model.backend().clone();
@@ -212,26 +255,24 @@ pub fn scan_layer_naive_range(
     let x0h = be.to_host(x0)?;
     let mut res = LayerScores::default();
     for c in range {
-        let tx0 = model.forward_trace(x0, layer)?;
-        let a0 = tx0.tap();
-        let shape = a0.shape().to_vec();
-        let (_, cc, h, w) = a0.nchw();
-        let ax0 = be.to_host(a0)?;
-        // d/dA_x0 of mean_(b,h,w) (A_x - A_x0)[:, c]^2, zero outside channel c
-        let scale = 2.0 / (b * h * w) as f32;
-        let mut cot = vec![0f32; ax0.len()];
-        for bi in 0..b {
-            let base = (bi * cc + c) * h * w;
-            for i in base..base + h * w {
-                cot[i] = scale * (ax0[i] - ax[i]);
+        let mut z = x0h.clone();
+        for _ in 0..steps.max(1) {
+            let zt = be.from_host(&z, &[b, 3, 32, 32])?;
+            let tz = model.forward_trace(&zt, layer)?;
+            let shape = tz.tap().shape().to_vec();
+            let (_, cc, h, w) = tz.tap().nchw();
+            let az = be.to_host(tz.tap())?;
+            let scale = 2.0 / (b * h * w) as f32;
+            let mut cot = vec![0f32; az.len()];
+            for bi in 0..b {
+                let base = (bi * cc + c) * h * w;
+                for i in base..base + h * w {
+                    cot[i] = scale * (az[i] - ax[i]);
+                }
             }
-        }
-        let cot = be.from_host(&cot, &shape)?;
-        let g = be.to_host(&model.input_grad(&tx0, Cotangent::Full(&cot))?)?;
-        let xadv: Vec<f32> = x0h
-            .iter()
-            .zip(&g)
-            .map(|(&v, &gi)| {
+            let cot = be.from_host(&cot, &shape)?;
+            let g = be.to_host(&model.input_grad(&tz, Cotangent::Full(&cot))?)?;
+            for (v, &gi) in z.iter_mut().zip(&g) {
                 let s = if gi > 0.0 {
                     1.0
                 } else if gi < 0.0 {
@@ -239,10 +280,10 @@ pub fn scan_layer_naive_range(
                 } else {
                     0.0
                 };
-                (v + eps * s).clamp(0.0, 1.0)
-            })
-            .collect();
-        let xadv = be.from_host(&xadv, &[b, 3, 32, 32])?;
+                *v = (*v + eps * s).clamp(0.0, 1.0);
+            }
+        }
+        let xadv = be.from_host(&z, &[b, 3, 32, 32])?;
         let logits = be.to_host(&model.forward(&xadv)?)?;
         score_chunk(&logits, labels, 1, &mut res)?;
         progress(1);
@@ -382,53 +423,27 @@ pub fn scan_slices(
                 s.start, s.end, s.conv
             )));
         }
-        let (ls, k) = if opts.steps > 1 {
-            let k = opts
-                .chunk
-                .unwrap_or_else(|| super::frg_steps::chunk_channels(model, s.conv, b))
-                .min(s.end - s.start)
-                .max(1);
-            let ls = super::frg_steps::scan_layer_steps_range(
-                model,
-                &x,
-                &x0,
-                labels,
-                s.conv,
-                s.start..s.end,
-                opts,
-                k,
-                progress,
-            )?;
-            (ls, if opts.naive { 0 } else { k })
-        } else if opts.naive {
-            let ls = scan_layer_naive_range(
-                model,
-                &x,
-                &x0,
-                labels,
-                s.conv,
-                s.start..s.end,
-                opts.eps,
-                progress,
-            )?;
+        // the chunk: --chunk or what fits the memory budget (`f`), at most the slice
+        let pick = |f: fn(&PreActResNet18, usize, usize) -> usize| {
+            let k = opts.chunk.unwrap_or_else(|| f(model, s.conv, b));
+            k.min(s.end - s.start).max(1)
+        };
+        let (conv, range, eps) = (s.conv, s.start..s.end, opts.eps);
+        let (ls, k) = if opts.naive {
+            let steps = opts.steps;
+            let ls =
+                scan_layer_naive_range(model, &x, &x0, labels, conv, range, eps, steps, progress)?;
             (ls, 0)
-        } else {
-            let k = opts
-                .chunk
-                .unwrap_or_else(|| chunk_channels(model, s.conv, b))
-                .min(s.end - s.start)
-                .max(1);
-            let ls = scan_layer_batched_range(
-                model,
-                &x,
-                &x0,
-                labels,
-                s.conv,
-                s.start..s.end,
-                opts.eps,
-                k,
-                progress,
+        } else if opts.steps > 1 {
+            let k = pick(frg_steps::chunk_channels);
+            let ls = frg_steps::scan_layer_steps_range(
+                model, &x, &x0, labels, conv, range, opts, k, progress,
             )?;
+            (ls, k)
+        } else {
+            let k = pick(chunk_channels);
+            let ls =
+                scan_layer_batched_range(model, &x, &x0, labels, conv, range, eps, k, progress)?;
             (ls, k)
         };
         done(s, ls, k)?;

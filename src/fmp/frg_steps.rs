@@ -10,12 +10,15 @@
 //! `input_grad(Cotangent::OneHot)` over the K*B trace and one `sign_step` advance all of them. With S = 1 it
 //! computes what `frg::score_channels` computes (checked in tests/fmp_steps.rs); the scan uses
 //! `score_channels` for S = 1. Naive (`scan_layer_naive_steps`): one channel at a time with a full
-//! cotangent and host-side sign steps. Both give identical scores (tests/fmp_steps.rs).
+//! cotangent and host-side sign steps (`frg::scan_layer_naive_range`, which also runs the single
+//! step). Both give identical scores (tests/fmp_steps.rs).
 use std::ops::Range;
 
-use super::frg::{score_chunk, LayerScores, ScanOptions};
+use super::frg::{
+    onehot_grad, scan_chunks, scan_layer_naive_range, score_chunk, LayerScores, ScanOptions,
+};
 use crate::error::{Error, Result};
-use crate::model::{Cotangent, PreActResNet18, Trace};
+use crate::model::{PreActResNet18, Trace};
 use crate::tensor::Tensor;
 
 /// Channels per chunk with several steps: a third of the single-step chunk (`frg::chunk_channels`), since
@@ -68,25 +71,22 @@ pub fn scan_layer_steps_range(
     if opts.steps == 0 {
         return Err(Error::InvalidArgument("--steps must be at least 1".into()));
     }
+    let (eps, steps) = (opts.eps, opts.steps);
     if opts.naive {
-        return scan_layer_naive_steps_range(
-            model, x, x0, labels, layer, range, opts.eps, opts.steps, progress,
-        );
+        return scan_layer_naive_range(model, x, x0, labels, layer, range, eps, steps, progress);
     }
-    let tx = model.forward_trace(x, layer)?;
-    let tx0 = model.forward_trace(x0, layer)?;
-    let channels = range.end;
-    let mut res = LayerScores::default();
-    let mut c0 = range.start;
-    while c0 < channels {
-        let k = chunk.max(1).min(channels - c0);
-        score_channels_steps(
-            model, &tx, &tx0, x0, labels, c0, k, opts.eps, opts.steps, &mut res,
-        )?;
-        c0 += k;
-        progress(k);
-    }
-    Ok(res)
+    scan_chunks(
+        model,
+        x,
+        x0,
+        layer,
+        range,
+        chunk,
+        progress,
+        &mut |tx, tx0, c0, k, res| {
+            score_channels_steps(model, tx, tx0, x0, labels, c0, k, eps, steps, res)
+        },
+    )
 }
 
 /// `2/(B*H*W) * (a_z[i, c] - a_x[i % B, c])` for item i = ki*B + bi, c = c0 + ki: the one-channel
@@ -141,30 +141,14 @@ pub fn score_channels_steps(
             None => {
                 let mut seed = be.empty(&[k * b, 1, h, w])?;
                 be.frg_seed(tx.tap(), tx0.tap(), c0, &mut seed)?;
-                let g = model.input_grad(
-                    tx0,
-                    Cotangent::OneHot {
-                        seed: &seed,
-                        first_channel: c0,
-                        group: b,
-                    },
-                )?;
-                (g, x0)
+                (onehot_grad(model, tx0, &seed, c0, b)?, x0)
             }
             Some(z) => {
                 let tz = model.forward_trace(z, layer)?;
                 let az = be.to_host(tz.tap())?;
                 let seed = stacked_seed(&az, &ax, b, c, h * w, c0, k);
                 let seed = be.from_host(&seed, &[k * b, 1, h, w])?;
-                let g = model.input_grad(
-                    &tz,
-                    Cotangent::OneHot {
-                        seed: &seed,
-                        first_channel: c0,
-                        group: b,
-                    },
-                )?;
-                (g, z)
+                (onehot_grad(model, &tz, &seed, c0, b)?, z)
             }
         };
         let mut next = be.empty(&[k * b, 3, 32, 32])?;
@@ -176,7 +160,8 @@ pub fn score_channels_steps(
     score_chunk(&logits, labels, k, res)
 }
 
-/// The plain loop with `steps` sign steps: one channel at a time, full cotangents, host sign steps.
+/// The plain loop with `steps` sign steps: one channel at a time, full cotangents, host sign steps
+/// (`frg::scan_layer_naive_range`).
 #[allow(clippy::too_many_arguments)]
 pub fn scan_layer_naive_steps(
     model: &PreActResNet18,
@@ -189,7 +174,7 @@ pub fn scan_layer_naive_steps(
     progress: &mut dyn FnMut(usize),
 ) -> Result<LayerScores> {
     let channels = super::frg::conv_channels(model, layer)?;
-    scan_layer_naive_steps_range(
+    scan_layer_naive_range(
         model,
         x,
         x0,
@@ -200,59 +185,4 @@ pub fn scan_layer_naive_steps(
         steps,
         progress,
     )
-}
-
-/// The plain loop with `steps` sign steps over channels `range` of conv `layer`.
-#[allow(clippy::too_many_arguments)]
-pub fn scan_layer_naive_steps_range(
-    model: &PreActResNet18,
-    x: &Tensor,
-    x0: &Tensor,
-    labels: &[u32],
-    layer: usize,
-    range: Range<usize>,
-    eps: f32,
-    steps: usize,
-    progress: &mut dyn FnMut(usize),
-) -> Result<LayerScores> {
-    let be = model.backend().clone();
-    let b = labels.len();
-    let ax = be.to_host(model.forward_trace(x, layer)?.tap())?;
-    let x0h = be.to_host(x0)?;
-    let mut res = LayerScores::default();
-    for c in range {
-        let mut z = x0h.clone();
-        for _ in 0..steps.max(1) {
-            let zt = be.from_host(&z, &[b, 3, 32, 32])?;
-            let tz = model.forward_trace(&zt, layer)?;
-            let shape = tz.tap().shape().to_vec();
-            let (_, cc, h, w) = tz.tap().nchw();
-            let az = be.to_host(tz.tap())?;
-            let scale = 2.0 / (b * h * w) as f32;
-            let mut cot = vec![0f32; az.len()];
-            for bi in 0..b {
-                let base = (bi * cc + c) * h * w;
-                for i in base..base + h * w {
-                    cot[i] = scale * (az[i] - ax[i]);
-                }
-            }
-            let cot = be.from_host(&cot, &shape)?;
-            let g = be.to_host(&model.input_grad(&tz, Cotangent::Full(&cot))?)?;
-            for (v, &gi) in z.iter_mut().zip(&g) {
-                let s = if gi > 0.0 {
-                    1.0
-                } else if gi < 0.0 {
-                    -1.0
-                } else {
-                    0.0
-                };
-                *v = (*v + eps * s).clamp(0.0, 1.0);
-            }
-        }
-        let xadv = be.from_host(&z, &[b, 3, 32, 32])?;
-        let logits = be.to_host(&model.forward(&xadv)?)?;
-        score_chunk(&logits, labels, 1, &mut res)?;
-        progress(1);
-    }
-    Ok(res)
 }

@@ -16,14 +16,19 @@ pub fn relu(x: &Tensor, y: &mut Tensor) -> Result<()> {
     same_shape(OP, "x", x, "y", y)?;
     let xs = host(OP, "x", x)?;
     let ys = host_mut(OP, "y", y)?;
+    zip_apply(ys, xs, |o, v| *o = if v > 0.0 { v } else { 0.0 });
+    Ok(())
+}
+
+/// `f(&mut y[i], x[i])` for every element, in parallel chunks of `CHUNK`.
+fn zip_apply(ys: &mut [f32], xs: &[f32], f: impl Fn(&mut f32, f32) + Sync) {
     ys.par_chunks_mut(CHUNK)
         .zip(xs.par_chunks(CHUNK))
         .for_each(|(yc, xc)| {
             for (o, &v) in yc.iter_mut().zip(xc) {
-                *o = if v > 0.0 { v } else { 0.0 };
+                f(o, v);
             }
         });
-    Ok(())
 }
 
 /// Applies `f(out, dy, saved)` over a gradient tensor whose saved tensor has a batch dividing its
@@ -49,15 +54,34 @@ pub(crate) fn broadcast_zip(
 }
 
 pub fn relu_backward(y_saved: &Tensor, dy: &Tensor, dx: &mut Tensor) -> Result<()> {
-    const OP: &str = "relu_backward";
-    same_shape(OP, "dy", dy, "dx", dx)?;
-    let b = broadcast_batch(OP, "y_saved", y_saved, "dy", dy)?;
-    let s = host(OP, "y_saved", y_saved)?;
-    let g = host(OP, "dy", dy)?;
-    let o = host_mut(OP, "dx", dx)?;
-    broadcast_zip(s, b, g, o, |o, g, s| {
+    let names = ["y_saved", "dy", "dx"];
+    broadcast_op("relu_backward", names, y_saved, dy, dx, |g, s| {
+        if s > 0.0 {
+            g
+        } else {
+            0.0
+        }
+    })
+}
+
+/// `out[i] = f(g[i], saved[i])` of an op whose `saved` input's batch divides g's (gradient item i
+/// reads saved item i % B); `names` are the (saved, g, out) names in errors.
+fn broadcast_op(
+    op: &'static str,
+    [saved_name, g_name, out_name]: [&str; 3],
+    saved: &Tensor,
+    g: &Tensor,
+    out: &mut Tensor,
+    f: impl Fn(f32, f32) -> f32 + Sync,
+) -> Result<()> {
+    same_shape(op, g_name, g, out_name, out)?;
+    let b = broadcast_batch(op, saved_name, saved, g_name, g)?;
+    let s = host(op, saved_name, saved)?;
+    let gs = host(op, g_name, g)?;
+    let o = host_mut(op, out_name, out)?;
+    broadcast_zip(s, b, gs, o, |o, g, s| {
         for ((o, &g), &s) in o.iter_mut().zip(g).zip(s) {
-            *o = if s > 0.0 { g } else { 0.0 };
+            *o = f(g, s);
         }
     });
     Ok(())
@@ -82,32 +106,25 @@ pub fn add(a: &Tensor, b: &Tensor, y: &mut Tensor) -> Result<()> {
 }
 
 pub fn add_assign(y: &mut Tensor, x: &Tensor) -> Result<()> {
-    const OP: &str = "add_assign";
-    same_shape(OP, "y", y, "x", x)?;
-    let xv = host(OP, "x", x)?;
-    let yv = host_mut(OP, "y", y)?;
-    yv.par_chunks_mut(CHUNK)
-        .zip(xv.par_chunks(CHUNK))
-        .for_each(|(y, x)| {
-            for (o, &v) in y.iter_mut().zip(x) {
-                *o += v;
-            }
-        });
-    Ok(())
+    in_place("add_assign", y, "x", x, |o, v| *o += v)
 }
 
 pub fn mul_assign(y: &mut Tensor, m: &Tensor) -> Result<()> {
-    const OP: &str = "mul_assign";
-    same_shape(OP, "y", y, "m", m)?;
-    let mv = host(OP, "m", m)?;
-    let yv = host_mut(OP, "y", y)?;
-    yv.par_chunks_mut(CHUNK)
-        .zip(mv.par_chunks(CHUNK))
-        .for_each(|(y, m)| {
-            for (o, &v) in y.iter_mut().zip(m) {
-                *o *= v;
-            }
-        });
+    in_place("mul_assign", y, "m", m, |o, v| *o *= v)
+}
+
+/// `y[i] = f(y[i], x[i])` of an in-place binary op (`x_name` names x in errors).
+fn in_place(
+    op: &'static str,
+    y: &mut Tensor,
+    x_name: &str,
+    x: &Tensor,
+    f: impl Fn(&mut f32, f32) + Sync,
+) -> Result<()> {
+    same_shape(op, "y", y, x_name, x)?;
+    let xv = host(op, x_name, x)?;
+    let yv = host_mut(op, "y", y)?;
+    zip_apply(yv, xv, f);
     Ok(())
 }
 
@@ -124,18 +141,9 @@ fn sign0(v: f32) -> f32 {
 }
 
 pub fn sign_step(x0: &Tensor, g: &Tensor, eps: f32, y: &mut Tensor) -> Result<()> {
-    const OP: &str = "sign_step";
-    same_shape(OP, "g", g, "y", y)?;
-    let b = broadcast_batch(OP, "x0", x0, "g", g)?;
-    let xs = host(OP, "x0", x0)?;
-    let gs = host(OP, "g", g)?;
-    let ys = host_mut(OP, "y", y)?;
-    broadcast_zip(xs, b, gs, ys, |o, g, x| {
-        for ((o, &g), &x) in o.iter_mut().zip(g).zip(x) {
-            *o = (x + eps * sign0(g)).clamp(0.0, 1.0);
-        }
-    });
-    Ok(())
+    broadcast_op("sign_step", ["x0", "g", "y"], x0, g, y, |g, x| {
+        (x + eps * sign0(g)).clamp(0.0, 1.0)
+    })
 }
 
 pub fn sgd_step(

@@ -114,6 +114,16 @@ pub(crate) fn host_mut<'a>(
 
 pub(crate) use super::shapes::{broadcast_batch, numel_is, same_shape};
 
+/// Trait methods that hand their arguments, in order, to one op-family function and return its
+/// result: `op(args) => function;` (`&self` and `-> Result<()>` implied).
+macro_rules! forward {
+    ($($op:ident($($arg:ident: $ty:ty),* $(,)?) => $f:path;)*) => {
+        $(fn $op(&self, $($arg: $ty),*) -> Result<()> {
+            $f($($arg),*)
+        })*
+    };
+}
+
 impl Backend for CpuBackend {
     fn name(&self) -> String {
         format!(
@@ -143,38 +153,21 @@ impl Backend for CpuBackend {
 
     fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
         let n: usize = shape.iter().product();
-        Ok(Tensor {
-            storage: Storage::Host(vec![0.0; n]),
-            shape: shape.to_vec(),
-        })
+        Ok(Tensor::on_host(vec![0.0; n], shape))
     }
     fn empty(&self, shape: &[usize]) -> Result<Tensor> {
-        Ok(Tensor {
-            storage: Storage::Host(crate::tensor::recycle::take(shape.iter().product())),
-            shape: shape.to_vec(),
-        })
+        let data = crate::tensor::recycle::take(shape.iter().product());
+        Ok(Tensor::on_host(data, shape))
     }
     fn from_host(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        if n != data.len() {
-            return Err(Error::shape(
-                "from_host",
-                format!("{} values for shape {shape:?} ({n} elements)", data.len()),
-            ));
-        }
-        Ok(Tensor {
-            storage: Storage::Host(data.to_vec()),
-            shape: shape.to_vec(),
-        })
+        super::shapes::from_host(data.len(), shape)?;
+        Ok(Tensor::on_host(data.to_vec(), shape))
     }
     fn to_host(&self, t: &Tensor) -> Result<Vec<f32>> {
         Ok(host("to_host", "tensor", t)?.to_vec())
     }
     fn indices_from_host(&self, data: &[u32]) -> Result<Indices> {
-        Ok(Indices {
-            storage: Storage::Host(data.to_vec()),
-            len: data.len(),
-        })
+        Ok(Indices::on_host(data))
     }
     fn copy(&self, src: &Tensor, dst: &mut Tensor) -> Result<()> {
         let s = host("copy", "src", src)?;
@@ -187,169 +180,47 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn conv2d_forward(&self, p: &ConvParams, x: &Tensor, w: &Tensor, y: &mut Tensor) -> Result<()> {
-        conv::forward(p, x, w, y)
-    }
-    fn conv2d_input_grad(
-        &self,
-        p: &ConvParams,
-        dy: &Tensor,
-        w: &Tensor,
-        dx: &mut Tensor,
-    ) -> Result<()> {
-        conv::input_grad(p, dy, w, dx)
-    }
-    fn conv2d_weight_grad(
-        &self,
-        p: &ConvParams,
-        x: &Tensor,
-        dy: &Tensor,
-        dw: &mut Tensor,
-    ) -> Result<()> {
-        conv::weight_grad(p, x, dy, dw)
-    }
-    fn conv2d_input_grad_onehot(
-        &self,
-        p: &ConvParams,
-        seed: &Tensor,
-        w: &Tensor,
-        first_channel: usize,
-        group: usize,
-        dx: &mut Tensor,
-    ) -> Result<()> {
-        conv::input_grad_onehot(p, seed, w, first_channel, group, dx)
-    }
+    forward! {
+        conv2d_forward(p: &ConvParams, x: &Tensor, w: &Tensor, y: &mut Tensor) => conv::forward;
+        conv2d_input_grad(p: &ConvParams, dy: &Tensor, w: &Tensor, dx: &mut Tensor)
+            => conv::input_grad;
+        conv2d_weight_grad(p: &ConvParams, x: &Tensor, dy: &Tensor, dw: &mut Tensor)
+            => conv::weight_grad;
+        conv2d_input_grad_onehot(p: &ConvParams, seed: &Tensor, w: &Tensor, first_channel: usize,
+            group: usize, dx: &mut Tensor) => conv::input_grad_onehot;
 
-    fn channel_affine(
-        &self,
-        x: &Tensor,
-        scale: &Tensor,
-        shift: &Tensor,
-        relu: bool,
-        y: &mut Tensor,
-    ) -> Result<()> {
-        norm::channel_affine(x, scale, shift, relu, y)
-    }
-    fn channel_affine_backward(
-        &self,
-        y_saved: Option<&Tensor>,
-        dy: &Tensor,
-        scale: &Tensor,
-        dx: &mut Tensor,
-    ) -> Result<()> {
-        norm::channel_affine_backward(y_saved, dy, scale, dx)
-    }
-    fn batchnorm_train_forward(
-        &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        eps: f32,
-        momentum: f32,
-        running_mean: &mut Tensor,
-        running_var: &mut Tensor,
-        save_mean: &mut Tensor,
-        save_invstd: &mut Tensor,
-        y: &mut Tensor,
-    ) -> Result<()> {
-        norm::bn_train_forward(
-            x,
-            gamma,
-            beta,
-            eps,
-            momentum,
-            running_mean,
-            running_var,
-            save_mean,
-            save_invstd,
-            y,
-        )
-    }
-    fn batchnorm_train_backward(
-        &self,
-        x: &Tensor,
-        dy: &Tensor,
-        gamma: &Tensor,
-        save_mean: &Tensor,
-        save_invstd: &Tensor,
-        dx: &mut Tensor,
-        dgamma: &mut Tensor,
-        dbeta: &mut Tensor,
-    ) -> Result<()> {
-        norm::bn_train_backward(x, dy, gamma, save_mean, save_invstd, dx, dgamma, dbeta)
-    }
+        channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor, relu: bool, y: &mut Tensor)
+            => norm::channel_affine;
+        channel_affine_backward(y_saved: Option<&Tensor>, dy: &Tensor, scale: &Tensor,
+            dx: &mut Tensor) => norm::channel_affine_backward;
+        batchnorm_train_forward(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32, momentum: f32,
+            running_mean: &mut Tensor, running_var: &mut Tensor, save_mean: &mut Tensor,
+            save_invstd: &mut Tensor, y: &mut Tensor) => norm::bn_train_forward;
+        batchnorm_train_backward(x: &Tensor, dy: &Tensor, gamma: &Tensor, save_mean: &Tensor,
+            save_invstd: &Tensor, dx: &mut Tensor, dgamma: &mut Tensor, dbeta: &mut Tensor)
+            => norm::bn_train_backward;
 
-    fn relu(&self, x: &Tensor, y: &mut Tensor) -> Result<()> {
-        elementwise::relu(x, y)
-    }
-    fn relu_backward(&self, y_saved: &Tensor, dy: &Tensor, dx: &mut Tensor) -> Result<()> {
-        elementwise::relu_backward(y_saved, dy, dx)
-    }
-    fn add(&self, a: &Tensor, b: &Tensor, y: &mut Tensor) -> Result<()> {
-        elementwise::add(a, b, y)
-    }
-    fn add_assign(&self, y: &mut Tensor, x: &Tensor) -> Result<()> {
-        elementwise::add_assign(y, x)
-    }
-    fn mul_assign(&self, y: &mut Tensor, m: &Tensor) -> Result<()> {
-        elementwise::mul_assign(y, m)
-    }
+        relu(x: &Tensor, y: &mut Tensor) => elementwise::relu;
+        relu_backward(y_saved: &Tensor, dy: &Tensor, dx: &mut Tensor) => elementwise::relu_backward;
+        add(a: &Tensor, b: &Tensor, y: &mut Tensor) => elementwise::add;
+        add_assign(y: &mut Tensor, x: &Tensor) => elementwise::add_assign;
+        mul_assign(y: &mut Tensor, m: &Tensor) => elementwise::mul_assign;
 
-    fn global_avg_pool(&self, x: &Tensor, y: &mut Tensor) -> Result<()> {
-        loss::global_avg_pool(x, y)
-    }
-    fn global_avg_pool_backward(&self, dy: &Tensor, dx: &mut Tensor) -> Result<()> {
-        loss::global_avg_pool_backward(dy, dx)
-    }
-    fn linear_forward(&self, x: &Tensor, w: &Tensor, b: &Tensor, y: &mut Tensor) -> Result<()> {
-        loss::linear_forward(x, w, b, y)
-    }
-    fn linear_backward_input(&self, dy: &Tensor, w: &Tensor, dx: &mut Tensor) -> Result<()> {
-        loss::linear_backward_input(dy, w, dx)
-    }
-    fn linear_backward_params(
-        &self,
-        x: &Tensor,
-        dy: &Tensor,
-        dw: &mut Tensor,
-        db: &mut Tensor,
-    ) -> Result<()> {
-        loss::linear_backward_params(x, dy, dw, db)
-    }
-    fn softmax_cross_entropy(
-        &self,
-        logits: &Tensor,
-        labels: &Indices,
-        loss_out: &mut Tensor,
-        dlogits: &mut Tensor,
-    ) -> Result<()> {
-        loss::softmax_cross_entropy(logits, labels, loss_out, dlogits)
-    }
+        global_avg_pool(x: &Tensor, y: &mut Tensor) => loss::global_avg_pool;
+        global_avg_pool_backward(dy: &Tensor, dx: &mut Tensor) => loss::global_avg_pool_backward;
+        linear_forward(x: &Tensor, w: &Tensor, b: &Tensor, y: &mut Tensor) => loss::linear_forward;
+        linear_backward_input(dy: &Tensor, w: &Tensor, dx: &mut Tensor)
+            => loss::linear_backward_input;
+        linear_backward_params(x: &Tensor, dy: &Tensor, dw: &mut Tensor, db: &mut Tensor)
+            => loss::linear_backward_params;
+        softmax_cross_entropy(logits: &Tensor, labels: &Indices, loss_out: &mut Tensor,
+            dlogits: &mut Tensor) => loss::softmax_cross_entropy;
 
-    fn channel_mse(&self, a: &Tensor, b: &Tensor, loss_out: &mut Tensor) -> Result<()> {
-        loss::channel_mse(a, b, loss_out)
-    }
-    fn frg_seed(
-        &self,
-        a_x: &Tensor,
-        a_x0: &Tensor,
-        first_channel: usize,
-        seed: &mut Tensor,
-    ) -> Result<()> {
-        loss::frg_seed(a_x, a_x0, first_channel, seed)
-    }
-    fn sign_step(&self, x0: &Tensor, g: &Tensor, eps: f32, y: &mut Tensor) -> Result<()> {
-        elementwise::sign_step(x0, g, eps, y)
-    }
-    fn sgd_step(
-        &self,
-        param: &mut Tensor,
-        grad: &Tensor,
-        momentum_buf: &mut Tensor,
-        lr: f32,
-        momentum: f32,
-        weight_decay: f32,
-    ) -> Result<()> {
-        elementwise::sgd_step(param, grad, momentum_buf, lr, momentum, weight_decay)
+        channel_mse(a: &Tensor, b: &Tensor, loss_out: &mut Tensor) => loss::channel_mse;
+        frg_seed(a_x: &Tensor, a_x0: &Tensor, first_channel: usize, seed: &mut Tensor)
+            => loss::frg_seed;
+        sign_step(x0: &Tensor, g: &Tensor, eps: f32, y: &mut Tensor) => elementwise::sign_step;
+        sgd_step(param: &mut Tensor, grad: &Tensor, momentum_buf: &mut Tensor, lr: f32,
+            momentum: f32, weight_decay: f32) => elementwise::sgd_step;
     }
 }

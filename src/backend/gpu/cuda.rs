@@ -584,13 +584,7 @@ impl Runner for CudaRunner {
         })
     }
     fn from_host(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        crate::ensure_shape!(
-            data.len() == n,
-            "from_host",
-            "{} values for shape {shape:?} ({n} elements)",
-            data.len()
-        );
+        let n = crate::backend::shapes::from_host(data.len(), shape)?;
         let mut s = self.alloc_uninit::<f32>(n, &format!("allocating a {shape:?} tensor"))?;
         if n > 0 {
             self.stream

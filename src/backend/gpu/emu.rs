@@ -78,10 +78,7 @@ impl Runner for EmuRunner {
         1 << 30
     }
     fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
-        Ok(Tensor {
-            storage: Storage::Host(vec![0.0; shape.iter().product()]),
-            shape: shape.to_vec(),
-        })
+        Ok(Tensor::on_host(vec![0.0; shape.iter().product()], shape))
     }
     fn from_host(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
         let n: usize = shape.iter().product();
@@ -91,19 +88,13 @@ impl Runner for EmuRunner {
                 format!("{} values for shape {shape:?}", data.len()),
             ));
         }
-        Ok(Tensor {
-            storage: Storage::Host(data.to_vec()),
-            shape: shape.to_vec(),
-        })
+        Ok(Tensor::on_host(data.to_vec(), shape))
     }
     fn to_host(&self, t: &Tensor) -> Result<Vec<f32>> {
         Ok(host_of(t)?.to_vec())
     }
     fn indices_from_host(&self, data: &[u32]) -> Result<Indices> {
-        Ok(Indices {
-            storage: Storage::Host(data.to_vec()),
-            len: data.len(),
-        })
+        Ok(Indices::on_host(data))
     }
     fn ptr(&self, t: &Tensor) -> Result<u64> {
         // The kernels write only through pointers of tensors the launcher holds `&mut` to (the

@@ -23,7 +23,7 @@ use bytemuck::Pod;
 use self::kernels as k;
 use self::runner::{KernelId, Runner};
 use super::shapes::{self, broadcast_batch, numel_is, same_shape};
-use super::{Backend, ConvParams};
+use super::{delegate, Backend, ConvParams};
 use crate::ensure_shape;
 use crate::error::Result;
 use crate::tensor::{Indices, Tensor};
@@ -98,21 +98,21 @@ impl<R: Runner> GpuBackend<R> {
         y: &mut Tensor,
         tile_m: u32,
     ) -> Result<()> {
-        const OP: &str = "conv2d_forward";
         shapes::conv_forward(p, x, w, y)?;
-        conv_fits_i32(OP, p)?;
-        let kernel = tiled_kernel(OP, tile_m, k::CONV2D_FORWARD, k::CONV2D_FORWARD_M128)?;
+        let kernels = (k::CONV2D_FORWARD, k::CONV2D_FORWARD_M128);
         let cols = us(p.n) * us(p.h_out) * us(p.w_out);
-        let grid = Grid::Tiles {
-            cols,
-            rows: us(p.c_out),
+        self.conv_tiled(
+            "conv2d_forward",
+            p,
             tile_m,
-            z: 1,
-        };
-        self.launch(kernel, grid, || {
-            let [x, w, y] = self.ptrs([x, w, y])?;
-            Ok(k::ConvFwdArgs { x, w, y, p: *p })
-        })
+            kernels,
+            us(p.c_out),
+            cols,
+            || {
+                let [x, w, y] = self.ptrs([x, w, y])?;
+                Ok(k::ConvFwdArgs { x, w, y, p: *p })
+            },
+        )
     }
 
     /// conv2d_input_grad with an explicit row tile (CONV_TILE_M or CONV_TILE_M_LARGE).
@@ -124,21 +124,46 @@ impl<R: Runner> GpuBackend<R> {
         dx: &mut Tensor,
         tile_m: u32,
     ) -> Result<()> {
-        const OP: &str = "conv2d_input_grad";
         shapes::conv_input_grad(p, dy, w, dx)?;
-        conv_fits_i32(OP, p)?;
-        let kernel = tiled_kernel(OP, tile_m, k::CONV2D_INPUT_GRAD, k::CONV2D_INPUT_GRAD_M128)?;
+        let kernels = (k::CONV2D_INPUT_GRAD, k::CONV2D_INPUT_GRAD_M128);
         let cols = us(p.n) * us(p.h_in) * us(p.w_in);
+        self.conv_tiled(
+            "conv2d_input_grad",
+            p,
+            tile_m,
+            kernels,
+            us(p.c_in),
+            cols,
+            || {
+                let [dy, w, dx] = self.ptrs([dy, w, dx])?;
+                Ok(k::ConvDgradArgs { dy, w, dx, p: *p })
+            },
+        )
+    }
+
+    /// The tiled implicit-GEMM launch of conv forward and input-grad (after the op's shape check):
+    /// the 32-bit limit, the (64-row, 128-row) kernel pair's member for `tile_m`, and `rows` x
+    /// `cols` output tiles.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_tiled<A: Pod>(
+        &self,
+        op: &'static str,
+        p: &ConvParams,
+        tile_m: u32,
+        (small, large): (KernelId, KernelId),
+        rows: usize,
+        cols: usize,
+        args: impl FnOnce() -> Result<A>,
+    ) -> Result<()> {
+        conv_fits_i32(op, p)?;
+        let kernel = tiled_kernel(op, tile_m, small, large)?;
         let grid = Grid::Tiles {
             cols,
-            rows: us(p.c_in),
+            rows,
             tile_m,
             z: 1,
         };
-        self.launch(kernel, grid, || {
-            let [dy, w, dx] = self.ptrs([dy, w, dx])?;
-            Ok(k::ConvDgradArgs { dy, w, dx, p: *p })
-        })
+        self.launch(kernel, grid, args)
     }
 
     /// The weight-gradient kernel with an explicit split count (tests use this to cover both the
@@ -225,29 +250,15 @@ impl<R: Runner> GpuBackend<R> {
 }
 
 impl<R: Runner> Backend for GpuBackend<R> {
-    fn name(&self) -> String {
-        self.runner.name()
-    }
-    fn is_gpu(&self) -> bool {
-        self.runner.is_gpu()
-    }
-    fn synchronize(&self) -> Result<()> {
-        self.runner.synchronize()
-    }
-    fn memory_budget(&self) -> usize {
-        self.runner.memory_budget()
-    }
-    fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
-        self.runner.zeros(shape)
-    }
-    fn from_host(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
-        self.runner.from_host(data, shape)
-    }
-    fn to_host(&self, t: &Tensor) -> Result<Vec<f32>> {
-        self.runner.to_host(t)
-    }
-    fn indices_from_host(&self, data: &[u32]) -> Result<Indices> {
-        self.runner.indices_from_host(data)
+    delegate! { runner:
+        fn name() -> String;
+        fn is_gpu() -> bool;
+        fn synchronize() -> Result<()>;
+        fn memory_budget() -> usize;
+        fn zeros(shape: &[usize]) -> Result<Tensor>;
+        fn from_host(data: &[f32], shape: &[usize]) -> Result<Tensor>;
+        fn to_host(t: &Tensor) -> Result<Vec<f32>>;
+        fn indices_from_host(data: &[u32]) -> Result<Indices>;
     }
 
     fn copy(&self, src: &Tensor, dst: &mut Tensor) -> Result<()> {
