@@ -65,7 +65,7 @@ pub fn reproduce_steps(a: &Args, data: &Path, scan_report: &Path, width: usize) 
     let p = s.p.unwrap_or(width.min(64));
     for (k, v) in [
         ("--data", d.clone()),
-        ("--samples", s.samples.to_string()),
+        ("--samples", s.samples().to_string()),
         ("--p", p.to_string()),
         ("--alpha", fraction_arg(s.alpha)),
         ("--eps", fraction_arg(s.eps)),

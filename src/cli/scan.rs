@@ -26,12 +26,46 @@ use super::check::{
 };
 use super::common::{DeviceArgs, JsonOut};
 
+/// Named scan settings: the defaults of `--samples`, `--score` and `--repeats`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Recipe {
+    /// The paper's: one batch of 32 images, accuracy score, one draw.
+    Paper,
+    /// 4 independent draws of 32 images and X0 noise, mean logit margin (ties by accuracy),
+    /// averaged: a continuous score from 128 images (docs/STUDY.md).
+    Margin4,
+}
+
+impl Recipe {
+    fn samples(self) -> usize {
+        32
+    }
+    fn score(self) -> ScoreKind {
+        match self {
+            Recipe::Paper => ScoreKind::Acc,
+            Recipe::Margin4 => ScoreKind::Margin,
+        }
+    }
+    fn repeats(self) -> usize {
+        match self {
+            Recipe::Paper => 1,
+            Recipe::Margin4 => 4,
+        }
+    }
+}
+
 /// Scan settings shared by `scan`, `defend` and `demo`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ScanArgs {
-    /// Clean images scoring every feature map (the reference uses one batch of 32).
-    #[arg(long, default_value_t = 32, value_parser = int_in::<usize>(1, MAX_SAMPLES))]
-    pub samples: usize,
+    /// Scan recipe: sets the defaults of --samples, --score and --repeats (each flag given
+    /// overrides its part). paper: 32 images, accuracy score, one draw; margin4: 4 draws of 32,
+    /// mean logit margin.
+    #[arg(long, value_enum, default_value = "paper")]
+    pub recipe: Recipe,
+    /// Clean images scoring every feature map, per draw [default: the recipe's, 32 (the reference
+    /// uses one batch of 32)].
+    #[arg(long = "samples", value_parser = int_in::<usize>(1, MAX_SAMPLES))]
+    pub samples_flag: Option<usize>,
     /// Prune floor(C/p) channels per conv [default: min(64, base width): 64 for the paper's width-64
     /// model; for narrower models the base width, so each conv loses as many channels as in the paper
     /// (1, 2, 4, 8 per conv of layers 1-4: 75 in all)].
@@ -56,13 +90,15 @@ pub struct ScanArgs {
     #[arg(long)]
     pub naive: bool,
     /// Independent draws of scan images and X0 noise (seeds derived from --seed); the report gives each
-    /// map's aggregate score and spread and the agreement between repeats, and selects from the aggregate.
-    #[arg(long, default_value_t = 1, value_parser = int_in::<usize>(1, MAX_REPEATS))]
-    pub repeats: usize,
+    /// map's aggregate score and spread and the agreement between repeats, and selects from the
+    /// aggregate [default: the recipe's: paper 1, margin4 4].
+    #[arg(long = "repeats", value_parser = int_in::<usize>(1, MAX_REPEATS))]
+    pub repeats_flag: Option<usize>,
     /// Selection score: acc (accuracy, ties by true-class probability: the paper), prob (mean true-class
-    /// probability, ties by accuracy) or margin (mean logit margin, ties by accuracy).
-    #[arg(long, default_value = "acc")]
-    pub score: ScoreKind,
+    /// probability, ties by accuracy) or margin (mean logit margin, ties by accuracy) [default: the
+    /// recipe's: paper acc, margin4 margin].
+    #[arg(long = "score")]
+    pub score_flag: Option<ScoreKind>,
     /// How repeats are combined per map: mean or median.
     #[arg(long, default_value = "mean")]
     pub aggregate: Aggregate,
@@ -72,10 +108,24 @@ pub struct ScanArgs {
 }
 
 impl ScanArgs {
+    /// Clean images per draw: --samples, else the recipe's.
+    pub fn samples(&self) -> usize {
+        self.samples_flag.unwrap_or(self.recipe.samples())
+    }
+    /// Draws: --repeats, else the recipe's.
+    pub fn repeats(&self) -> usize {
+        self.repeats_flag.unwrap_or(self.recipe.repeats())
+    }
+    /// Selection score: --score, else the recipe's.
+    pub fn score(&self) -> ScoreKind {
+        self.score_flag.unwrap_or(self.recipe.score())
+    }
+
     /// The paper's recipe (32 samples, accuracy score, one draw, one step) with the given seed and p.
     pub fn paper(seed: u64, p: Option<usize>) -> Self {
         ScanArgs {
-            samples: 32,
+            recipe: Recipe::Paper,
+            samples_flag: None,
             p,
             alpha: 1.0 / 255.0,
             eps: 4.0 / 255.0,
@@ -83,8 +133,8 @@ impl ScanArgs {
             reference_order: false,
             chunk: None,
             naive: false,
-            repeats: 1,
-            score: ScoreKind::Acc,
+            repeats_flag: None,
+            score_flag: None,
             aggregate: Aggregate::Mean,
             steps: 1,
         }
@@ -159,7 +209,7 @@ pub fn run(a: Args) -> Result<()> {
             a.out.display()
         )));
     }
-    if a.scan.repeats == 1 {
+    if a.scan.repeats() == 1 {
         // journaled: the first Ctrl-C stops after the current slice is saved (with --repeats > 1
         // nothing is journaled, and Ctrl-C stops at once, leaving no output)
         super::interrupt::install();
@@ -254,12 +304,12 @@ pub fn check_journal_flags(
     resume: bool,
     shard: Option<(usize, usize)>,
 ) -> Result<()> {
-    if s.repeats > 1 {
+    if s.repeats() > 1 {
         for (given, flag) in [(resume, "--resume"), (shard.is_some(), "--shard")] {
             if given {
                 return Err(Error::InvalidArgument(format!(
                     "{flag} cannot be combined with --repeats {} (a journal or shard holds one draw of scan images); run the repeats without {flag}, or one scan per --seed",
-                    s.repeats
+                    s.repeats()
                 )));
             }
         }
@@ -325,12 +375,12 @@ pub fn run_scan_parts(
         return Err(Error::InvalidArgument("--steps must be at least 1".into()));
     }
     let ro = RepeatOptions {
-        samples: s.samples,
-        repeats: s.repeats,
-        score: s.score,
+        samples: s.samples(),
+        repeats: s.repeats(),
+        score: s.score(),
         aggregate: s.aggregate,
     };
-    if s.repeats > 1 {
+    if s.repeats() > 1 {
         check_journal_flags(
             s,
             journal.is_some_and(|j| j.resume),
@@ -340,7 +390,7 @@ pub fn run_scan_parts(
             model, weights, data_dir, clean, s, &opts, &ro, backend,
         )?));
     }
-    let (pixels, labels) = scan_samples(clean, s.samples, s.seed)?;
+    let (pixels, labels) = scan_samples(clean, s.samples(), s.seed)?;
     check_scan_inputs(model, &pixels, &labels, &opts)?;
     let identity = ScanIdentity {
         weights_md5: weights_md5(weights)?,
@@ -348,14 +398,14 @@ pub fn run_scan_parts(
         width,
         num_classes: model.config().num_classes,
         convs: conv_layout(model),
-        samples: s.samples,
+        samples: s.samples(),
         p,
         alpha: s.alpha,
         eps: s.eps,
         seed: s.seed,
         reference_order: s.reference_order,
-        score: s.score.name().into(),
-        repeats: s.repeats,
+        score: s.score().name().into(),
+        repeats: s.repeats(),
         aggregate: s.aggregate.name().into(),
         steps: s.steps,
     };
@@ -508,7 +558,7 @@ fn scan_repeats(
 ) -> Result<ScanReport> {
     let width = model.config().width;
     let total: usize = model.convs().iter().map(|c| c.params.c_out as usize).sum();
-    let pb = progress_bar((total * s.repeats) as u64, "FRG scan");
+    let pb = progress_bar((total * s.repeats()) as u64, "FRG scan");
     let t0 = Instant::now();
     let (convs, stability, chunk) =
         scan_repeated(model, clean, opts, ro, &mut |k| pb.inc(k as u64))?;
@@ -527,7 +577,7 @@ fn scan_repeats(
             num_classes: model.config().num_classes,
         },
         settings: ReportSettings {
-            samples: s.samples,
+            samples: s.samples(),
             p: opts.p,
             alpha: s.alpha,
             eps: s.eps,
@@ -536,8 +586,8 @@ fn scan_repeats(
             data: data_dir.display().to_string(),
             device: backend.name(),
             chunk_channels: if s.naive { 0 } else { chunk },
-            score: s.score.name().into(),
-            repeats: s.repeats,
+            score: s.score().name().into(),
+            repeats: s.repeats(),
             aggregate: s.aggregate.name().into(),
             steps: s.steps,
         },
@@ -639,5 +689,55 @@ pub fn print_summary(r: &ScanReport) {
     }
     if let Some(t) = &r.trigger {
         println!("{}", t.line());
+    }
+}
+
+#[cfg(test)]
+mod recipe_tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        s: ScanArgs,
+    }
+
+    fn parse(args: &[&str]) -> ScanArgs {
+        T::try_parse_from(std::iter::once("t").chain(args.iter().copied()))
+            .unwrap()
+            .s
+    }
+
+    #[test]
+    fn recipes_set_defaults_and_flags_override_them() {
+        let paper = parse(&["--recipe", "paper"]);
+        assert_eq!(
+            (paper.samples(), paper.repeats(), paper.score()),
+            (32, 1, ScoreKind::Acc)
+        );
+        let m = parse(&["--recipe", "margin4"]);
+        assert_eq!(
+            (m.samples(), m.repeats(), m.score()),
+            (32, 4, ScoreKind::Margin)
+        );
+        let o = parse(&[
+            "--recipe",
+            "margin4",
+            "--repeats",
+            "2",
+            "--score",
+            "prob",
+            "--samples",
+            "64",
+        ]);
+        assert_eq!(
+            (o.samples(), o.repeats(), o.score()),
+            (64, 2, ScoreKind::Prob)
+        );
+        let d = parse(&[]);
+        assert_eq!(d.recipe, Recipe::Paper);
+        assert!(T::try_parse_from(["t", "--recipe", "best"]).is_err());
     }
 }

@@ -47,9 +47,9 @@ pub struct Recipe {
 impl Recipe {
     pub fn scan_args(&self, seed: u64, p: Option<usize>) -> Result<ScanArgs> {
         let mut s = ScanArgs::paper(seed, p);
-        s.samples = self.samples;
-        s.score = self.score.parse()?;
-        s.repeats = self.repeats;
+        s.samples_flag = Some(self.samples);
+        s.score_flag = Some(self.score.parse()?);
+        s.repeats_flag = Some(self.repeats);
         s.steps = self.steps;
         s.aggregate = self.aggregate.parse()?;
         Ok(s)
@@ -741,7 +741,7 @@ mod tests {
             ("margin", "median")
         );
         let s = r.scan_args(7, Some(8)).unwrap();
-        assert_eq!((s.seed, s.p, s.samples, s.repeats), (7, Some(8), 64, 4));
+        assert_eq!((s.seed, s.p, s.samples(), s.repeats()), (7, Some(8), 64, 4));
         for bad in [
             ":score=acc",
             "x:samples=0",

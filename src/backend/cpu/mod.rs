@@ -139,16 +139,17 @@ impl Backend for CpuBackend {
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
-    /// A cache-sized working set, not a memory limit: the scan's chunk of stacked (channel,
-    /// sample) pairs is sized from it, and on a CPU smaller chunks whose activations stay in the
-    /// caches beat large ones (the per-item work is the same; see benches/RESULTS.md).
-    /// `FMP_CPU_WORKSET` (bytes) overrides the 16 MiB default.
+    /// A working set, not a memory limit: the scan's chunk of stacked (channel, sample) pairs is
+    /// sized from it. Since op outputs reuse recycled buffers and the direct convs pack weights
+    /// once per call, larger chunks win: 64 MiB against 16 MiB, 24.0-24.9 s against 28.3 s for
+    /// the width-16 scan and 1,306 s against 1,334 s projected at width 64 (benches/RESULTS.md).
+    /// `FMP_CPU_WORKSET` (bytes) overrides the 64 MiB default.
     fn memory_budget(&self) -> usize {
         std::env::var("FMP_CPU_WORKSET")
             .ok()
             .and_then(|v| v.parse::<usize>().ok())
             .filter(|&v| v > 0)
-            .unwrap_or(16 << 20)
+            .unwrap_or(64 << 20)
     }
 
     fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
