@@ -157,29 +157,24 @@ fn sums(
     )
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn sums_avx512(
-    bases: impl Iterator<Item = usize>,
-    hw: usize,
-    a: &[f32],
-    b: &[f32],
-    f: impl Fn(f32, f32) -> (f64, f64),
-) -> (f64, f64) {
-    sums(bases, hw, a, b, f)
+/// `sums` compiled for an instruction set (the caller checks it is present).
+macro_rules! sums_for {
+    ($name:ident, $features:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name(
+            bases: impl Iterator<Item = usize>,
+            hw: usize,
+            a: &[f32],
+            b: &[f32],
+            f: impl Fn(f32, f32) -> (f64, f64),
+        ) -> (f64, f64) {
+            sums(bases, hw, a, b, f)
+        }
+    };
 }
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn sums_avx2(
-    bases: impl Iterator<Item = usize>,
-    hw: usize,
-    a: &[f32],
-    b: &[f32],
-    f: impl Fn(f32, f32) -> (f64, f64),
-) -> (f64, f64) {
-    sums(bases, hw, a, b, f)
-}
+sums_for!(sums_avx512, "avx512f,avx2,fma");
+sums_for!(sums_avx2, "avx2,fma");
 
 #[allow(clippy::too_many_arguments)]
 pub fn bn_train_forward(
