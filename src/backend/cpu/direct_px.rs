@@ -24,8 +24,11 @@ pub(super) const CW: usize = 32;
 const PX: usize = 8;
 
 type PTile = [[f32; CW]; PX];
-/// (K, weight panel [K][CW], the tile's pixel bases, K offsets) -> tile.
-type PMicroFn = unsafe fn(usize, *const f32, &[*const f32; PX], *const u32) -> PTile;
+/// (K, weight panel [K][CW], the tile's pixel bases, K offsets, tile): adds the K terms to the tile.
+type PMicroFn = unsafe fn(usize, *const f32, &[*const f32; PX], *const u32, &mut PTile);
+
+/// K terms per block: a block of a panel (16 KiB) stays in L1 while every tile of the item uses it.
+const KB: usize = 128;
 
 /// All `d.co` output planes of one item from CW-wide `panels`: y is [co, ho, wo].
 pub(super) fn run_item(d: &DGeom, panels: &[f32], koff: &[u32], xp: &[f32], y: &mut [f32]) {
@@ -36,19 +39,38 @@ pub(super) fn run_item(d: &DGeom, panels: &[f32], koff: &[u32], xp: &[f32], y: &
     let bases: Vec<usize> = (0..hw)
         .map(|q| d.origin + (q / d.wo) * wp + q % d.wo)
         .collect();
+    // A partial last tile repeats the last pixel; its extra columns are dropped.
+    // SAFETY: each base is a valid output pixel's grid offset, below the padded plane.
+    let xbs: Vec<[*const f32; PX]> = (0..hw)
+        .step_by(PX)
+        .map(|t0| std::array::from_fn(|i| unsafe { xp.as_ptr().add(bases[(t0 + i).min(hw - 1)]) }))
+        .collect();
+    let mut tiles = vec![[[0f32; CW]; PX]; xbs.len()];
     for q in 0..npanels {
         let wpanel = &panels[q * kdim * CW..(q + 1) * kdim * CW];
         let rows = CW.min(d.co - q * CW);
-        for t0 in (0..hw).step_by(PX) {
-            // A partial last tile repeats the last pixel; its extra columns are dropped.
-            // SAFETY: each base is a valid output pixel's grid offset, below the padded plane.
-            let xb: [*const f32; PX] =
-                std::array::from_fn(|i| unsafe { xp.as_ptr().add(bases[(t0 + i).min(hw - 1)]) });
-            // SAFETY: the kernel reads wpanel[..kdim * CW] and xp[base + koff[p]] for the tile's
-            // bases; base + koff[p] is a valid pixel's term inside the padded buffer, and the
-            // kernel's CPU features were detected.
-            let tile = unsafe { micro(kdim, wpanel.as_ptr(), &xb, koff.as_ptr()) };
-            let px = PX.min(hw - t0);
+        tiles.iter_mut().for_each(|t| *t = [[0f32; CW]; PX]);
+        // K blocks outermost: each block of the panel is read from L1 by every tile; a tile's
+        // terms still run in ascending order.
+        for k0 in (0..kdim).step_by(KB) {
+            let kb = KB.min(kdim - k0);
+            for (tile, xb) in tiles.iter_mut().zip(&xbs) {
+                // SAFETY: the kernel reads wpanel[k0 * CW..(k0 + kb) * CW] and xp[base + koff[p]]
+                // for the tile's bases; base + koff[p] is a valid pixel's term inside the padded
+                // buffer, and the kernel's CPU features were detected.
+                unsafe {
+                    micro(
+                        kb,
+                        wpanel[k0 * CW..].as_ptr(),
+                        xb,
+                        koff[k0..].as_ptr(),
+                        tile,
+                    )
+                };
+            }
+        }
+        for (t, tile) in tiles.iter().enumerate() {
+            let (t0, px) = (t * PX, PX.min(hw - t * PX));
             for r in 0..rows {
                 let out = &mut y[(q * CW + r) * hw + t0..][..px];
                 for (i, o) in out.iter_mut().enumerate() {
@@ -65,8 +87,8 @@ unsafe fn pmicro_plain(
     w: *const f32,
     xb: &[*const f32; PX],
     koff: *const u32,
-) -> PTile {
-    let mut acc = [[0.0f32; CW]; PX];
+    acc: &mut PTile,
+) {
     for p in 0..kdim {
         // SAFETY: the caller guarantees kdim weights x CW, kdim offsets and in-bounds loads.
         let (o, wv) = unsafe {
@@ -83,7 +105,6 @@ unsafe fn pmicro_plain(
             }
         }
     }
-    acc
 }
 
 /// AVX2 + FMA: two passes of 16 channels x 8 pixels (16 ymm accumulators each).
@@ -94,11 +115,15 @@ unsafe fn pmicro_avx2(
     w: *const f32,
     xb: &[*const f32; PX],
     koff: *const u32,
-) -> PTile {
+    out: &mut PTile,
+) {
     use std::arch::x86_64::*;
-    let mut out = [[0.0f32; CW]; PX];
     for half in 0..2 {
-        let mut acc = [[_mm256_setzero_ps(); 2]; PX];
+        // SAFETY: each row holds CW floats; half * 16 + 16 <= CW.
+        let mut acc: [[__m256; 2]; PX] = std::array::from_fn(|i| unsafe {
+            let row = out[i].as_ptr().add(half * 16);
+            [_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8))]
+        });
         for p in 0..kdim {
             // SAFETY: the caller guarantees kdim weights x CW, kdim offsets, in-bounds loads.
             unsafe {
@@ -120,7 +145,6 @@ unsafe fn pmicro_avx2(
             }
         }
     }
-    out
 }
 
 /// AVX-512: the whole 8 x 32 tile in 16 zmm accumulators.
@@ -131,9 +155,14 @@ unsafe fn pmicro_avx512(
     w: *const f32,
     xb: &[*const f32; PX],
     koff: *const u32,
-) -> PTile {
+    out: &mut PTile,
+) {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); 2]; PX];
+    // SAFETY: each row holds CW = 32 floats.
+    let mut acc: [[__m512; 2]; PX] = std::array::from_fn(|i| unsafe {
+        let row = out[i].as_ptr();
+        [_mm512_loadu_ps(row), _mm512_loadu_ps(row.add(16))]
+    });
     for p in 0..kdim {
         // SAFETY: the caller guarantees kdim weights x CW, kdim offsets and in-bounds loads.
         unsafe {
@@ -147,7 +176,6 @@ unsafe fn pmicro_avx512(
             }
         }
     }
-    let mut out = [[0.0f32; CW]; PX];
     for (row, a) in out.iter_mut().zip(&acc) {
         // SAFETY: each row holds CW = 32 floats.
         unsafe {
@@ -155,7 +183,6 @@ unsafe fn pmicro_avx512(
             _mm512_storeu_ps(row.as_mut_ptr().add(16), a[1]);
         }
     }
-    out
 }
 
 /// The pixel-layout kernel for `gemm::isa()`.
