@@ -16,7 +16,7 @@ use super::check::{int_in, real_in, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_WIDTH
 use super::common::{DeviceArgs, JsonOut};
 use super::defend::{defend, print_metrics_table};
 use super::finetune::FinetuneArgs;
-use super::scan::ScanArgs;
+use super::scan::{Recipe, ScanArgs, DEFAULT_RECIPE};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -50,6 +50,9 @@ pub struct Args {
     /// trigger, on on a GPU as the spec says]. Fine-tuning always augments CIFAR-10.
     #[arg(long)]
     pub augment: Option<bool>,
+    /// Scan recipe of the FMP defense (see `scan --help`): paper or margin4.
+    #[arg(long, value_enum, default_value = DEFAULT_RECIPE)]
+    pub recipe: Recipe,
     /// Where the trained and defended weights go.
     #[arg(long, default_value = "fmp-demo")]
     pub workdir: PathBuf,
@@ -132,7 +135,10 @@ pub fn run(a: Args) -> Result<()> {
         "2/2 FMP defense: scan (p = {}: as many channels per conv as the paper prunes), prune, fine-tune",
         width.min(64)
     );
-    let scan = ScanArgs::paper(0, Some(width.min(64)));
+    let scan = ScanArgs {
+        recipe: a.recipe,
+        ..ScanArgs::paper(0, Some(width.min(64)))
+    };
     let ft = FinetuneArgs {
         epochs: a.ft_epochs,
         ratio: 0.1,

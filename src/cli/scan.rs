@@ -26,6 +26,9 @@ use super::check::{
 };
 use super::common::{DeviceArgs, JsonOut};
 
+/// The recipe `scan`, `defend` and `demo` use unless `--recipe` says otherwise (docs/STUDY.md).
+pub const DEFAULT_RECIPE: &str = "paper";
+
 /// Named scan settings: the defaults of `--samples`, `--score` and `--repeats`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Recipe {
@@ -60,7 +63,7 @@ pub struct ScanArgs {
     /// Scan recipe: sets the defaults of --samples, --score and --repeats (each flag given
     /// overrides its part). paper: 32 images, accuracy score, one draw; margin4: 4 draws of 32,
     /// mean logit margin.
-    #[arg(long, value_enum, default_value = "paper")]
+    #[arg(long, value_enum, default_value = DEFAULT_RECIPE)]
     pub recipe: Recipe,
     /// Clean images scoring every feature map, per draw [default: the recipe's, 32 (the reference
     /// uses one batch of 32)].
@@ -694,7 +697,7 @@ pub fn print_summary(r: &ScanReport) {
 
 #[cfg(test)]
 mod recipe_tests {
-    use clap::Parser;
+    use clap::{Parser, ValueEnum};
 
     use super::*;
 
@@ -737,7 +740,7 @@ mod recipe_tests {
             (64, 2, ScoreKind::Prob)
         );
         let d = parse(&[]);
-        assert_eq!(d.recipe, Recipe::Paper);
+        assert_eq!(Some(d.recipe), Recipe::from_str(DEFAULT_RECIPE, false).ok());
         assert!(T::try_parse_from(["t", "--recipe", "best"]).is_err());
     }
 }
