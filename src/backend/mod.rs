@@ -45,8 +45,8 @@ pub trait Backend: Send + Sync {
     fn is_gpu(&self) -> bool;
     /// Wait until all queued work has finished (no-op on the CPU).
     fn synchronize(&self) -> Result<()>;
-    /// Bytes of work buffers the scan's chunks are sized for: device memory on a GPU, a
-    /// cache-sized working set on the CPU.
+    /// Bytes of work buffers the scan's chunks are sized for: device memory on a GPU, a working
+    /// set on the CPU (64 MiB by default, `FMP_CPU_WORKSET`).
     fn memory_budget(&self) -> usize;
 
     // ---- memory ------------------------------------------------------------------------------
