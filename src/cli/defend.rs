@@ -19,7 +19,7 @@ use super::check::{int_in, real_in, MAX_CLASS, MAX_IMAGES};
 use super::common::{DeviceArgs, JsonOut};
 use super::finetune::{run_finetune, FinetuneArgs};
 use super::methods::{run_method, Ctx, Method};
-use super::scan::{print_summary, run_scan, ScanArgs};
+use super::scan::{print_summary, run_scan, ScanArgs, DEFEND_RECIPE};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -75,7 +75,8 @@ pub struct Args {
     pub device: DeviceArgs,
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(mut a: Args) -> Result<()> {
+    a.scan = a.scan.with_default_recipe(DEFEND_RECIPE);
     super::check::input_file(&a.weights, "WEIGHTS")?;
     super::check::output_path(&a.out, "--out")?;
     let report_path = a.scan_report.clone().unwrap_or_else(|| {

@@ -66,6 +66,10 @@ pub fn reproduce_steps(a: &Args, data: &Path, scan_report: &Path, width: usize) 
     for (k, v) in [
         ("--data", d.clone()),
         ("--samples", s.samples().to_string()),
+        ("--score", s.score().name().to_string()),
+        ("--repeats", s.repeats().to_string()),
+        ("--aggregate", s.aggregate.name().to_string()),
+        ("--steps", s.steps.to_string()),
         ("--p", p.to_string()),
         ("--alpha", fraction_arg(s.alpha)),
         ("--eps", fraction_arg(s.eps)),

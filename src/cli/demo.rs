@@ -16,7 +16,7 @@ use super::check::{int_in, real_in, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_WIDTH
 use super::common::{DeviceArgs, JsonOut};
 use super::defend::{defend, print_metrics_table};
 use super::finetune::FinetuneArgs;
-use super::scan::{Recipe, ScanArgs, DEFAULT_RECIPE};
+use super::scan::{Recipe, ScanArgs, DEFEND_RECIPE};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -50,9 +50,10 @@ pub struct Args {
     /// trigger, on on a GPU as the spec says]. Fine-tuning always augments CIFAR-10.
     #[arg(long)]
     pub augment: Option<bool>,
-    /// Scan recipe of the FMP defense (see `scan --help`): paper or margin4.
-    #[arg(long, value_enum, default_value = DEFAULT_RECIPE)]
-    pub recipe: Recipe,
+    /// Scan recipe of the FMP defense (see `scan --help`): paper or margin4 [default: the study's
+    /// best (docs/STUDY.md), as `defend`].
+    #[arg(long, value_enum)]
+    pub recipe: Option<Recipe>,
     /// Where the trained and defended weights go.
     #[arg(long, default_value = "fmp-demo")]
     pub workdir: PathBuf,
@@ -136,7 +137,7 @@ pub fn run(a: Args) -> Result<()> {
         width.min(64)
     );
     let scan = ScanArgs {
-        recipe: a.recipe,
+        recipe: Some(a.recipe.unwrap_or(DEFEND_RECIPE)),
         ..ScanArgs::paper(0, Some(width.min(64)))
     };
     let ft = FinetuneArgs {

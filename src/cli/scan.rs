@@ -26,8 +26,9 @@ use super::check::{
 };
 use super::common::{DeviceArgs, JsonOut};
 
-/// The recipe `scan`, `defend` and `demo` use unless `--recipe` says otherwise (docs/STUDY.md).
-pub const DEFAULT_RECIPE: &str = "paper";
+/// The recipe `defend` and `demo` use unless `--recipe` says otherwise: the study's best
+/// (docs/STUDY.md). `scan` keeps the paper's (one draw: resumable and shardable).
+pub const DEFEND_RECIPE: Recipe = Recipe::Paper;
 
 /// Named scan settings: the defaults of `--samples`, `--score` and `--repeats`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -62,9 +63,10 @@ impl Recipe {
 pub struct ScanArgs {
     /// Scan recipe: sets the defaults of --samples, --score and --repeats (each flag given
     /// overrides its part). paper: 32 images, accuracy score, one draw; margin4: 4 draws of 32,
-    /// mean logit margin.
-    #[arg(long, value_enum, default_value = DEFAULT_RECIPE)]
-    pub recipe: Recipe,
+    /// mean logit margin [default: paper for `scan`; for `defend` and `demo` the study's best
+    /// (docs/STUDY.md)].
+    #[arg(long, value_enum)]
+    pub recipe: Option<Recipe>,
     /// Clean images scoring every feature map, per draw [default: the recipe's, 32 (the reference
     /// uses one batch of 32)].
     #[arg(long = "samples", value_parser = int_in::<usize>(1, MAX_SAMPLES))]
@@ -111,23 +113,34 @@ pub struct ScanArgs {
 }
 
 impl ScanArgs {
+    /// --recipe, else the paper's.
+    pub fn recipe(&self) -> Recipe {
+        self.recipe.unwrap_or(Recipe::Paper)
+    }
+    /// The same settings with `r` as the recipe when --recipe was not given.
+    pub fn with_default_recipe(self, r: Recipe) -> Self {
+        ScanArgs {
+            recipe: Some(self.recipe.unwrap_or(r)),
+            ..self
+        }
+    }
     /// Clean images per draw: --samples, else the recipe's.
     pub fn samples(&self) -> usize {
-        self.samples_flag.unwrap_or(self.recipe.samples())
+        self.samples_flag.unwrap_or(self.recipe().samples())
     }
     /// Draws: --repeats, else the recipe's.
     pub fn repeats(&self) -> usize {
-        self.repeats_flag.unwrap_or(self.recipe.repeats())
+        self.repeats_flag.unwrap_or(self.recipe().repeats())
     }
     /// Selection score: --score, else the recipe's.
     pub fn score(&self) -> ScoreKind {
-        self.score_flag.unwrap_or(self.recipe.score())
+        self.score_flag.unwrap_or(self.recipe().score())
     }
 
     /// The paper's recipe (32 samples, accuracy score, one draw, one step) with the given seed and p.
     pub fn paper(seed: u64, p: Option<usize>) -> Self {
         ScanArgs {
-            recipe: Recipe::Paper,
+            recipe: Some(Recipe::Paper),
             samples_flag: None,
             p,
             alpha: 1.0 / 255.0,
@@ -697,7 +710,7 @@ pub fn print_summary(r: &ScanReport) {
 
 #[cfg(test)]
 mod recipe_tests {
-    use clap::{Parser, ValueEnum};
+    use clap::Parser;
 
     use super::*;
 
@@ -740,7 +753,10 @@ mod recipe_tests {
             (64, 2, ScoreKind::Prob)
         );
         let d = parse(&[]);
-        assert_eq!(Some(d.recipe), Recipe::from_str(DEFAULT_RECIPE, false).ok());
+        assert_eq!((d.recipe, d.recipe()), (None, Recipe::Paper));
+        assert_eq!(d.with_default_recipe(Recipe::Margin4).repeats(), 4);
+        let given = parse(&["--recipe", "paper"]).with_default_recipe(Recipe::Margin4);
+        assert_eq!(given.repeats(), 1);
         assert!(T::try_parse_from(["t", "--recipe", "best"]).is_err());
     }
 }
