@@ -28,7 +28,7 @@ use super::common::{DeviceArgs, JsonOut};
 
 /// The recipe `defend` and `demo` use unless `--recipe` says otherwise: the study's best
 /// (docs/STUDY.md). `scan` keeps the paper's (one draw: resumable and shardable).
-pub const DEFEND_RECIPE: Recipe = Recipe::Paper;
+pub const DEFEND_RECIPE: Recipe = Recipe::Margin4;
 
 /// Named scan settings: the defaults of `--samples`, `--score` and `--repeats`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -515,11 +515,21 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
+/// The distinct values in order of first appearance (models run attack-major within each training
+/// seed, so an attack recurs after the others).
+fn distinct<'a>(it: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut out: Vec<&str> = Vec::new();
+    for v in it {
+        if !out.contains(&v) {
+            out.push(v);
+        }
+    }
+    out
+}
+
 fn summarize(results: &[ModelResult]) -> Vec<Summary> {
     let mut out = Vec::new();
-    let mut attacks: Vec<&str> = results.iter().map(|r| r.attack.as_str()).collect();
-    attacks.dedup();
-    for at in attacks {
+    for at in distinct(results.iter().map(|r| r.attack.as_str())) {
         let models: Vec<&ModelResult> = results.iter().filter(|r| r.attack == at).collect();
         let mut defs: Vec<String> = vec!["before".into()];
         for m in &models {
@@ -675,9 +685,7 @@ fn write_outputs(
          selected maps two scan seeds have in common (mean over pairs). *Trigger*: selected maps among their \
          conv's most trigger-sensitive maps, against chance. *Time*: defense seconds (the row `before`: training).\n\n",
     );
-    let mut attacks: Vec<&str> = summary.iter().map(|s| s.attack.as_str()).collect();
-    attacks.dedup();
-    for at in attacks {
+    for at in distinct(summary.iter().map(|s| s.attack.as_str())) {
         md.push_str(&format!("## {at}\n\n"));
         md.push_str("| defense | Acc | ASR | RA | Acc pruned | ASR pruned | overlap | trigger / chance | maps | time s |\n");
         md.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
@@ -723,6 +731,12 @@ fn write_outputs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attacks_are_listed_once_in_order_of_first_appearance() {
+        let runs = ["badnets", "blended", "badnets", "blended", "wanet"];
+        assert_eq!(distinct(runs.into_iter()), ["badnets", "blended", "wanet"]);
+    }
 
     #[test]
     fn recipes_parse_with_defaults_and_errors() {
