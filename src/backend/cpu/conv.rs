@@ -19,7 +19,7 @@
 use rayon::prelude::*;
 
 use super::gemm::{gemm, ASrc, COut, Pack, PackedA, RowMajor, MR, NR};
-use super::{direct, direct_dgrad, direct_px};
+use super::{direct, direct_dgrad, direct_px, direct_wgrad};
 use super::{host, host_mut};
 use crate::backend::{shapes, ConvParams};
 use crate::error::Result;
@@ -768,8 +768,8 @@ pub fn weight_grad(p: &ConvParams, x: &Tensor, dy: &Tensor, dw: &mut Tensor) -> 
     let xs = host(OP, "x", x)?;
     let gs = host(OP, "dy", dy)?;
     let o = host_mut(OP, "dw", dw)?;
-    if direct::suits_weight_grad(&g) {
-        direct::weight_grad(&g, xs, gs, o);
+    if direct_wgrad::suits_weight_grad(&g) {
+        direct_wgrad::weight_grad(&g, xs, gs, o);
         return Ok(());
     }
     if direct_px::suits_weight_grad(&g) {

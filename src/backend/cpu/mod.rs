@@ -12,6 +12,7 @@ mod conv;
 mod direct;
 mod direct_dgrad;
 mod direct_px;
+mod direct_wgrad;
 mod elementwise;
 mod gemm;
 mod loss;
