@@ -24,7 +24,7 @@ use rayon::prelude::*;
 
 use super::conv::Geom;
 use super::direct_px::{self, CW};
-use super::gemm::{isa, Isa};
+use super::gemm::by_isa;
 
 /// Output channels per tile.
 const DR: usize = 8;
@@ -607,13 +607,11 @@ unsafe fn dmicro_avx512(
 
 /// The direct kernel for `gemm::isa()` (the GEMM's selection and `FMP_CPU_KERNEL` override).
 pub(super) fn kernel() -> (DMicroFn, &'static str) {
-    match isa() {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => (dmicro_avx512 as DMicroFn, "direct avx512 8x32"),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => (dmicro_avx2 as DMicroFn, "direct avx2+fma 4x(4x16)"),
-        _ => (dmicro_plain as DMicroFn, "direct portable 8x32"),
-    }
+    by_isa!(
+        (dmicro_avx512 as DMicroFn, "direct avx512 8x32"),
+        (dmicro_avx2 as DMicroFn, "direct avx2+fma 4x(4x16)"),
+        (dmicro_plain as DMicroFn, "direct portable 8x32"),
+    )
 }
 
 pub fn kernel_name() -> &'static str {

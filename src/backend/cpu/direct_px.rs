@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 use super::conv::Geom;
 use super::direct::{dgeom, fills_panels, k_offsets, pad_item, DGeom};
-use super::gemm::{isa, Isa};
+use super::gemm::by_isa;
 
 /// Output channels per tile (two 16-lane vectors) and pixels per tile.
 pub(super) const CW: usize = 32;
@@ -187,13 +187,11 @@ unsafe fn pmicro_avx512(
 
 /// The pixel-layout kernel for `gemm::isa()`.
 fn kernel() -> PMicroFn {
-    match isa() {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => pmicro_avx512 as PMicroFn,
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => pmicro_avx2 as PMicroFn,
-        _ => pmicro_plain as PMicroFn,
-    }
+    by_isa!(
+        pmicro_avx512 as PMicroFn,
+        pmicro_avx2 as PMicroFn,
+        pmicro_plain as PMicroFn
+    )
 }
 
 // ---- weight gradient -------------------------------------------------------------------------
@@ -409,11 +407,9 @@ unsafe fn wmicro_avx512(
 }
 
 fn wkernel() -> WMicroFn {
-    match isa() {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => wmicro_avx512 as WMicroFn,
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => wmicro_avx2 as WMicroFn,
-        _ => wmicro_plain as WMicroFn,
-    }
+    by_isa!(
+        wmicro_avx512 as WMicroFn,
+        wmicro_avx2 as WMicroFn,
+        wmicro_plain as WMicroFn
+    )
 }

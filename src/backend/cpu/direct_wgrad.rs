@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::conv::Geom;
 use super::direct::{dgeom, k_offsets, keeps_lanes, pad_item, suits, DGeom, V};
-use super::gemm::{isa, Isa};
+use super::gemm::by_isa;
 
 /// Output channels per weight-gradient pass (x 3 taps = 12 accumulators).
 const WR: usize = 4;
@@ -160,13 +160,11 @@ unsafe fn wmicro_avx512(
 }
 
 fn wkernel() -> WMicroFn {
-    match isa() {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => wmicro_avx512 as WMicroFn,
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => wmicro_avx2 as WMicroFn,
-        _ => wmicro_plain as WMicroFn,
-    }
+    by_isa!(
+        wmicro_avx512 as WMicroFn,
+        wmicro_avx2 as WMicroFn,
+        wmicro_plain as WMicroFn
+    )
 }
 
 /// Weight gradient, 3x3: dw[co, ci, kh, kw] = sum over items and output pixels of

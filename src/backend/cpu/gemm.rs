@@ -146,15 +146,28 @@ pub(crate) fn isa() -> Isa {
     })
 }
 
+/// `by_isa!(avx512, avx2, portable)`: the expression for `isa()`, the one instruction-set choice
+/// of every CPU kernel family (the x86 arms are compiled only on x86_64).
+macro_rules! by_isa {
+    ($avx512:expr, $avx2:expr, $portable:expr $(,)?) => {
+        match $crate::backend::cpu::gemm::isa() {
+            #[cfg(target_arch = "x86_64")]
+            $crate::backend::cpu::gemm::Isa::Avx512 => $avx512,
+            #[cfg(target_arch = "x86_64")]
+            $crate::backend::cpu::gemm::Isa::Avx2 => $avx2,
+            _ => $portable,
+        }
+    };
+}
+pub(super) use by_isa;
+
 /// The GEMM micro-kernel for `isa()`.
 fn kernel() -> (MicroFn, &'static str) {
-    match isa() {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => (micro_avx512 as MicroFn, "sgemm avx512 12x16"),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => (micro_avx2 as MicroFn, "sgemm avx2+fma 2x6x16"),
-        _ => (micro_plain as MicroFn, "sgemm portable 12x16"),
-    }
+    by_isa!(
+        (micro_avx512 as MicroFn, "sgemm avx512 12x16"),
+        (micro_avx2 as MicroFn, "sgemm avx2+fma 2x6x16"),
+        (micro_plain as MicroFn, "sgemm portable 12x16"),
+    )
 }
 
 fn k_block(k_align: usize) -> usize {

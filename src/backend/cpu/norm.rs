@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use super::elementwise::broadcast_zip;
-use super::gemm::{isa, Isa};
+use super::gemm::by_isa;
 use super::{broadcast_batch, host, host_mut};
 use crate::backend::shapes;
 use crate::error::Result;
@@ -113,14 +113,14 @@ where
     let planes = |ch: usize| (0..n).map(move |i| (i * c + ch) * hw);
     (0..c)
         .into_par_iter()
-        .map(|ch| match isa() {
-            // SAFETY: the instruction set was detected (gemm::isa).
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { sums_avx512(planes(ch), hw, a, b, |x, y| f(x, y, ch)) },
-            // SAFETY: as above.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { sums_avx2(planes(ch), hw, a, b, |x, y| f(x, y, ch)) },
-            _ => sums(planes(ch), hw, a, b, |x, y| f(x, y, ch)),
+        .map(|ch| {
+            by_isa!(
+                // SAFETY: the instruction set was detected (gemm::isa).
+                unsafe { sums_avx512(planes(ch), hw, a, b, |x, y| f(x, y, ch)) },
+                // SAFETY: as above.
+                unsafe { sums_avx2(planes(ch), hw, a, b, |x, y| f(x, y, ch)) },
+                sums(planes(ch), hw, a, b, |x, y| f(x, y, ch)),
+            )
         })
         .collect()
 }
