@@ -147,6 +147,36 @@ unsafe fn pmicro_avx2(
     }
 }
 
+/// A tile's rows of CW floats as pairs of zmm accumulators, and back.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn load_rows<const N: usize>(rows: &[[f32; CW]; N]) -> [[std::arch::x86_64::__m512; 2]; N] {
+    use std::arch::x86_64::*;
+    // SAFETY: each row holds CW = 32 floats.
+    std::array::from_fn(|i| unsafe {
+        let row = rows[i].as_ptr();
+        [_mm512_loadu_ps(row), _mm512_loadu_ps(row.add(16))]
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store_rows<const N: usize>(
+    acc: &[[std::arch::x86_64::__m512; 2]; N],
+    rows: &mut [[f32; CW]; N],
+) {
+    use std::arch::x86_64::*;
+    for (row, a) in rows.iter_mut().zip(acc) {
+        // SAFETY: each row holds CW = 32 floats.
+        unsafe {
+            _mm512_storeu_ps(row.as_mut_ptr(), a[0]);
+            _mm512_storeu_ps(row.as_mut_ptr().add(16), a[1]);
+        }
+    }
+}
+
 /// AVX-512: the whole 8 x 32 tile in 16 zmm accumulators.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
@@ -158,11 +188,8 @@ unsafe fn pmicro_avx512(
     out: &mut PTile,
 ) {
     use std::arch::x86_64::*;
-    // SAFETY: each row holds CW = 32 floats.
-    let mut acc: [[__m512; 2]; PX] = std::array::from_fn(|i| unsafe {
-        let row = out[i].as_ptr();
-        [_mm512_loadu_ps(row), _mm512_loadu_ps(row.add(16))]
-    });
+    // SAFETY: the features were detected (the caller's contract).
+    let mut acc = unsafe { load_rows(out) };
     for p in 0..kdim {
         // SAFETY: the caller guarantees kdim weights x CW, kdim offsets and in-bounds loads.
         unsafe {
@@ -176,13 +203,8 @@ unsafe fn pmicro_avx512(
             }
         }
     }
-    for (row, a) in out.iter_mut().zip(&acc) {
-        // SAFETY: each row holds CW = 32 floats.
-        unsafe {
-            _mm512_storeu_ps(row.as_mut_ptr(), a[0]);
-            _mm512_storeu_ps(row.as_mut_ptr().add(16), a[1]);
-        }
-    }
+    // SAFETY: as above.
+    unsafe { store_rows(&acc, out) };
 }
 
 /// The pixel-layout kernel for `gemm::isa()`.
@@ -379,11 +401,8 @@ unsafe fn wmicro_avx512(
     out: &mut WTile,
 ) {
     use std::arch::x86_64::*;
-    // SAFETY: each row holds CW = 32 floats.
-    let mut acc: [[__m512; 2]; WT] = std::array::from_fn(|i| unsafe {
-        let row = out[i].as_ptr();
-        [_mm512_loadu_ps(row), _mm512_loadu_ps(row.add(16))]
-    });
+    // SAFETY: the features were detected (the caller's contract).
+    let mut acc = unsafe { load_rows(out) };
     for j in 0..npix {
         // SAFETY: the caller guarantees npix rows, bases and in-bounds term reads.
         unsafe {
@@ -397,13 +416,8 @@ unsafe fn wmicro_avx512(
             }
         }
     }
-    for (row, a) in out.iter_mut().zip(&acc) {
-        // SAFETY: each row holds CW = 32 floats.
-        unsafe {
-            _mm512_storeu_ps(row.as_mut_ptr(), a[0]);
-            _mm512_storeu_ps(row.as_mut_ptr().add(16), a[1]);
-        }
-    }
+    // SAFETY: as above.
+    unsafe { store_rows(&acc, out) };
 }
 
 fn wkernel() -> WMicroFn {
