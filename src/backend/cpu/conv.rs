@@ -1,7 +1,10 @@
 //! Convolutions (square kernel, zero padding, no bias, NCHW).
 //!
-//! All three passes are one `gemm` each, with operands packed straight from the NCHW tensors
-//! (no im2col buffer):
+//! Each pass first offers its shape to the direct paths (`direct`: lane layout, any stride via
+//! phase planes; `direct_px`: small planes, channels in lanes; `direct_dgrad`: strided input
+//! gradients by output phase; `direct_wgrad`: 3x3 weight gradients), which take the scan's and
+//! fine-tuning's shapes. The rest (few channels on small planes, 5x5 on tiny ones, ...) is one
+//! `gemm` per pass, with operands packed straight from the NCHW tensors (no im2col buffer):
 //! - forward: Y[co, (n,oh,ow)] = W[co, (ci,kh,kw)] * im2col(x)[(ci,kh,kw), (n,oh,ow)];
 //! - input gradient, computed directly per input pixel (no col2im scatter):
 //!   dX[ci, (n,ih,iw)] = W'[ci, (co,kh,kw)] * D[(co,kh,kw), (n,ih,iw)], where D holds
