@@ -333,6 +333,8 @@ fn every_bad_input_fails_cleanly() {
         case("scan --trigger-images 0", &scan("--attack badnets --trigger-images 0"), &["--trigger-images", "1..="]),
         case("scan --resume with --repeats 2", &scan("--resume --repeats 2"), &["--resume", "--repeats 2"]),
         case("scan --shard with --repeats 3", &scan("--shard 1/2 --repeats 3"), &["--shard", "--repeats 3"]),
+        case("scan --resume with --recipe margin4", &scan("--resume --recipe margin4"), &["--resume", "--recipe margin4"]),
+        case("scan --recipe unknown", &scan("--recipe best"), &["--recipe", "best"]),
         case("scan --shard with --attack", &scan("--shard 1/2 --attack badnets"), &["--attack", "--shard"]),
         case("scan --plot missing folder", &scan("--plot no/where.svg"), &["--plot", "does not exist"]),
         case("prune --random -1", "prune ../in/good.safetensors --random=-1 --out p.safetensors --device cpu", &["--random"]),

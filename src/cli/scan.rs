@@ -41,6 +41,12 @@ pub enum Recipe {
 }
 
 impl Recipe {
+    fn name(self) -> &'static str {
+        match self {
+            Recipe::Paper => "paper",
+            Recipe::Margin4 => "margin4",
+        }
+    }
     fn samples(self) -> usize {
         32
     }
@@ -321,10 +327,15 @@ pub fn check_journal_flags(
     shard: Option<(usize, usize)>,
 ) -> Result<()> {
     if s.repeats() > 1 {
+        // Name where the repeats came from when --repeats was not given.
+        let from = match (s.repeats_flag, s.recipe) {
+            (None, Some(r)) => format!(" (from --recipe {})", r.name()),
+            _ => String::new(),
+        };
         for (given, flag) in [(resume, "--resume"), (shard.is_some(), "--shard")] {
             if given {
                 return Err(Error::InvalidArgument(format!(
-                    "{flag} cannot be combined with --repeats {} (a journal or shard holds one draw of scan images); run the repeats without {flag}, or one scan per --seed",
+                    "{flag} cannot be combined with --repeats {}{from} (a journal or shard holds one draw of scan images); run the repeats without {flag}, or one scan per --seed",
                     s.repeats()
                 )));
             }
