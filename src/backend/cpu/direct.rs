@@ -114,15 +114,17 @@ impl DGeom {
             ((self.ho - 1) * self.wp() + self.wo).div_ceil(V)
         }
     }
+    /// Grid offset of output pixel q (row-major over ho x wo).
+    pub fn pixel_off(&self, q: usize) -> usize {
+        self.origin + (q / self.wo) * self.wp() + q % self.wo
+    }
     /// Input offset (in the padded plane) of vector j's first lane.
     pub fn in_off(&self, j: usize) -> usize {
-        self.origin
-            + if self.row_layout() {
-                let q = j * V;
-                (q / self.wo) * self.wp() + q % self.wo
-            } else {
-                j * V
-            }
+        if self.row_layout() {
+            self.pixel_off(j * V)
+        } else {
+            self.origin + j * V
+        }
     }
 }
 
@@ -239,6 +241,11 @@ pub(super) fn pad_item(d: &DGeom, x: &[f32], buf: &mut Vec<f32>) {
         buf.clear();
         buf.resize(d.buf_len(), 0.0);
     }
+    pad_into(d, x, buf);
+}
+
+/// Writes one item's planes into the interior of a padded buffer whose border is already zero.
+pub(super) fn pad_into(d: &DGeom, x: &[f32], buf: &mut [f32]) {
     let (plane, wp, hw, s, ph) = (d.plane(), d.wp(), d.hi * d.wi, d.s, d.phases());
     for c in 0..d.ci {
         let src = &x[c * hw..(c + 1) * hw];

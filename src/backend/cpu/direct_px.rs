@@ -16,7 +16,7 @@
 use rayon::prelude::*;
 
 use super::conv::Geom;
-use super::direct::{dgeom, fills_panels, k_offsets, pad_item, DGeom};
+use super::direct::{dgeom, fills_panels, k_offsets, pad_into, DGeom};
 use super::gemm::by_isa;
 
 /// Output channels per tile (two 16-lane vectors) and pixels per tile.
@@ -33,17 +33,16 @@ const KB: usize = 128;
 /// All `d.co` output planes of one item from CW-wide `panels`: y is [co, ho, wo].
 pub(super) fn run_item(d: &DGeom, panels: &[f32], koff: &[u32], xp: &[f32], y: &mut [f32]) {
     let micro = kernel();
-    let (kdim, hw, wp) = (koff.len(), d.ho * d.wo, d.wp());
+    let (kdim, hw) = (koff.len(), d.ho * d.wo);
     let npanels = d.co.div_ceil(CW);
     assert!(xp.len() >= d.buf_len() && panels.len() >= npanels * kdim * CW && hw > 0);
-    let bases: Vec<usize> = (0..hw)
-        .map(|q| d.origin + (q / d.wo) * wp + q % d.wo)
-        .collect();
     // A partial last tile repeats the last pixel; its extra columns are dropped.
     // SAFETY: each base is a valid output pixel's grid offset, below the padded plane.
     let xbs: Vec<[*const f32; PX]> = (0..hw)
         .step_by(PX)
-        .map(|t0| std::array::from_fn(|i| unsafe { xp.as_ptr().add(bases[(t0 + i).min(hw - 1)]) }))
+        .map(|t0| {
+            std::array::from_fn(|i| unsafe { xp.as_ptr().add(d.pixel_off((t0 + i).min(hw - 1))) })
+        })
         .collect();
     let mut tiles = vec![[[0f32; CW]; PX]; xbs.len()];
     for q in 0..npanels {
@@ -263,13 +262,9 @@ pub(super) fn weight_grad(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     let item_in = g.ci * g.hi * g.wi;
     xpad.par_chunks_mut(blen)
         .enumerate()
-        .for_each_init(Vec::new, |buf, (n, dst)| {
-            pad_item(&d, &x[n * item_in..(n + 1) * item_in], buf);
-            dst.copy_from_slice(&buf[..blen]);
-        });
-    let wp = d.wp();
+        .for_each(|(n, dst)| pad_into(&d, &x[n * item_in..(n + 1) * item_in], dst));
     let bases: Vec<usize> = (0..npix)
-        .map(|j| (j / hw) * blen + d.origin + (j % hw / g.wo) * wp + j % g.wo)
+        .map(|j| (j / hw) * blen + d.pixel_off(j % hw))
         .collect();
     let micro = wkernel();
     let blocks = kdim.div_ceil(WT);
