@@ -476,6 +476,20 @@ pub(crate) fn input_grad(g: &Geom, dy: &[f32], w: &[f32], dx: &mut [f32]) {
     );
 }
 
+/// `pack(c)` for the filter of every group of a one-hot gradient's items (channels
+/// `first_channel..`, one per `group` items), in parallel.
+pub(super) fn per_filter<T: Send>(
+    n: usize,
+    group: usize,
+    first_channel: usize,
+    pack: impl Fn(usize) -> T + Sync,
+) -> Vec<T> {
+    (0..n.div_ceil(group))
+        .into_par_iter()
+        .map(|f| pack(first_channel + f))
+        .collect()
+}
+
 /// One-hot input gradient: item i's cotangent is seed[i] (one plane) in channel
 /// `first_channel + i / group`; the terms are those of `input_grad` for that channel alone.
 pub(crate) fn input_grad_onehot(
@@ -489,14 +503,9 @@ pub(crate) fn input_grad_onehot(
     let t = transposed(g);
     let d = DGeom { ci: 1, ..dgeom(&t) };
     let kk = g.k * g.k;
-    let filters = g.n.div_ceil(group);
-    let panels: Vec<Vec<f32>> = (0..filters)
-        .into_par_iter()
-        .map(|f| {
-            let c = first_channel + f;
-            pack_panels(d.panel_width(), g.ci, kk, |ci, p| flipped(g, w, ci, c, p))
-        })
-        .collect();
+    let panels = per_filter(g.n, group, first_channel, |c| {
+        pack_panels(d.panel_width(), g.ci, kk, |ci, p| flipped(g, w, ci, c, p))
+    });
     let plane = g.ho * g.wo;
     run(
         &d,

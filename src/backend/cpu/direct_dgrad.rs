@@ -18,7 +18,7 @@
 use rayon::prelude::*;
 
 use super::conv::Geom;
-use super::direct::{fits, kernel, pack_panels, pad_item, run_item, DGeom, DMicroFn};
+use super::direct::{fits, kernel, pack_panels, pad_item, per_filter, run_item, DGeom, DMicroFn};
 
 /// One output phase (a, b): its dx pixels are (s * (u0 + u) + a - p, s * (v0 + v) + b - p) for
 /// u < nu, v < nv; taps (a + s * th, b + s * tw) for th < ta, tw < tb.
@@ -52,6 +52,8 @@ struct Plan {
     pad: usize,
     /// The padded dy copy's geometry (`ci` = channels of dy).
     dpad: DGeom,
+    /// Per phase: grid offsets of its terms.
+    koffs: Vec<Vec<u32>>,
 }
 
 fn plan(g: &Geom, dy_channels: usize) -> Plan {
@@ -96,7 +98,18 @@ fn plan(g: &Geom, dy_channels: usize) -> Plan {
         origin: 0,
         px: false,
     };
-    Plan { phases, pad, dpad }
+    let mut plan = Plan {
+        phases,
+        pad,
+        dpad,
+        koffs: Vec::new(),
+    };
+    plan.koffs = plan
+        .phases
+        .iter()
+        .map(|ph| plan.offsets(ph, dy_channels))
+        .collect();
+    plan
 }
 
 impl Plan {
@@ -190,11 +203,10 @@ fn interleave(g: &Geom, plan: &Plan, tmp: &[f32], dx: &mut [f32]) {
 }
 
 /// dx for every item: `panels_of(i)` are item i's panels, one set per phase (in plan order),
-/// with offsets `koffs` (per phase).
+/// with the plan's offsets.
 fn run<'a>(
     g: &Geom,
     plan: &Plan,
-    koffs: &[Vec<u32>],
     x_of: impl Fn(usize) -> &'a [f32] + Sync,
     panels_of: impl Fn(usize) -> &'a [Vec<f32>] + Sync,
     dx: &mut [f32],
@@ -211,10 +223,10 @@ fn run<'a>(
             let mut at = 0;
             for (q, d) in geoms.iter().enumerate() {
                 let out = &mut tmp[at..at + g.ci * d.ho * d.wo];
-                if koffs[q].is_empty() {
+                if plan.koffs[q].is_empty() {
                     out.fill(0.0); // no tap reaches this phase (stride above the filter size)
                 } else {
-                    run_item(d, micro, &panels[q], &koffs[q], buf, out);
+                    run_item(d, micro, &panels[q], &plan.koffs[q], buf, out);
                 }
                 at += out.len();
             }
@@ -243,29 +255,28 @@ pub(crate) fn suits(g: &Geom) -> bool {
         .all(|ph| fits(&plan.geom(ph)))
 }
 
-/// Input gradient of a strided conv.
-pub(crate) fn input_grad(g: &Geom, dy: &[f32], w: &[f32], dx: &mut [f32]) {
-    let plan = plan(g, g.co);
-    let koffs: Vec<Vec<u32>> = plan
-        .phases
-        .iter()
-        .map(|ph| plan.offsets(ph, g.co))
-        .collect();
-    let panels: Vec<Vec<f32>> = plan
-        .phases
+/// Every phase's panels for the dy channels `cos` (all of them, or a one-hot gradient's one):
+/// terms (co, th, tw) in ascending order.
+fn phase_panels(g: &Geom, w: &[f32], plan: &Plan, cos: std::ops::Range<usize>) -> Vec<Vec<f32>> {
+    plan.phases
         .iter()
         .map(|ph| {
             let t = ph.ta * ph.tb;
-            pack_panels(plan.geom(ph).panel_width(), g.ci, g.co * t, |ci, p| {
-                tap(g, w, ph, p / t, ci, (p % t) / ph.tb, p % ph.tb)
+            pack_panels(plan.geom(ph).panel_width(), g.ci, cos.len() * t, |ci, p| {
+                tap(g, w, ph, cos.start + p / t, ci, (p % t) / ph.tb, p % ph.tb)
             })
         })
-        .collect();
+        .collect()
+}
+
+/// Input gradient of a strided conv.
+pub(crate) fn input_grad(g: &Geom, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+    let plan = plan(g, g.co);
+    let panels = phase_panels(g, w, &plan, 0..g.co);
     let item_in = g.co * g.ho * g.wo;
     run(
         g,
         &plan,
-        &koffs,
         |i| &dy[i * item_in..(i + 1) * item_in],
         |_| &panels,
         dx,
@@ -283,29 +294,13 @@ pub(crate) fn input_grad_onehot(
     dx: &mut [f32],
 ) {
     let plan = plan(g, 1);
-    let koffs: Vec<Vec<u32>> = plan.phases.iter().map(|ph| plan.offsets(ph, 1)).collect();
-    let filters = g.n.div_ceil(group);
-    let panels: Vec<Vec<Vec<f32>>> = (0..filters)
-        .into_par_iter()
-        .map(|f| {
-            let c = first_channel + f;
-            plan.phases
-                .iter()
-                .map(|ph| {
-                    let t = ph.ta * ph.tb;
-                    let width = plan.geom(ph).panel_width();
-                    pack_panels(width, g.ci, t, |ci, p| {
-                        tap(g, w, ph, c, ci, p / ph.tb, p % ph.tb)
-                    })
-                })
-                .collect()
-        })
-        .collect();
+    let panels = per_filter(g.n, group, first_channel, |c| {
+        phase_panels(g, w, &plan, c..c + 1)
+    });
     let plane = g.ho * g.wo;
     run(
         g,
         &plan,
-        &koffs,
         |i| &seed[i * plane..(i + 1) * plane],
         |i| &panels[i / group],
         dx,
