@@ -41,22 +41,22 @@ pub enum Recipe {
 }
 
 impl Recipe {
-    fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             Recipe::Paper => "paper",
             Recipe::Margin4 => "margin4",
         }
     }
-    fn samples(self) -> usize {
+    pub(super) fn samples(self) -> usize {
         32
     }
-    fn score(self) -> ScoreKind {
+    pub(super) fn score(self) -> ScoreKind {
         match self {
             Recipe::Paper => ScoreKind::Acc,
             Recipe::Margin4 => ScoreKind::Margin,
         }
     }
-    fn repeats(self) -> usize {
+    pub(super) fn repeats(self) -> usize {
         match self {
             Recipe::Paper => 1,
             Recipe::Margin4 => 4,

@@ -31,7 +31,7 @@ use super::check::{int_in, real_in, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_WIDTH
 use super::common::DeviceArgs;
 use super::finetune::FinetuneArgs;
 use super::methods::{run_method, Ctx, Method};
-use super::scan::ScanArgs;
+use super::scan::{Recipe as Named, ScanArgs};
 
 /// One FMP recipe: a name and scan settings (seed and p are filled in per run).
 #[derive(Clone, Debug, Serialize)]
@@ -66,11 +66,14 @@ impl std::str::FromStr for Recipe {
                 "give a name before ':', e.g. margin4:score=margin,repeats=4".into(),
             ));
         }
+        // A named recipe of `--recipe` (paper, margin4) starts from its settings; any other name
+        // from the paper's.
+        let base = <Named as clap::ValueEnum>::from_str(name, true).unwrap_or(Named::Paper);
         let mut r = Recipe {
             name: name.into(),
-            samples: 32,
-            score: "acc".into(),
-            repeats: 1,
+            samples: base.samples(),
+            score: base.score().name().into(),
+            repeats: base.repeats(),
             steps: 1,
             aggregate: "mean".into(),
         };
@@ -148,8 +151,8 @@ pub struct Args {
     /// Defenses, comma-separated: fmp, random, finetune-only, fine-pruning, clp.
     #[arg(long, default_value = "fmp,random,finetune-only,fine-pruning,clp")]
     pub methods: String,
-    /// FMP recipes `NAME:key=value,...` (repeatable) [default: paper and margin4 =
-    /// score=margin,repeats=4].
+    /// FMP recipes `NAME:key=value,...` (repeatable): NAME paper or margin4 starts from that
+    /// `--recipe`'s settings, any other name from the paper's [default: paper and margin4].
     #[arg(long = "fmp")]
     pub recipes: Vec<Recipe>,
     /// Base width of the trained models.
@@ -301,10 +304,7 @@ pub fn run(a: Args) -> Result<()> {
         ));
     }
     let recipes = if a.recipes.is_empty() {
-        vec![
-            "paper".parse::<Recipe>()?,
-            "margin4:score=margin,repeats=4".parse()?,
-        ]
+        vec!["paper".parse::<Recipe>()?, "margin4".parse()?]
     } else {
         a.recipes.clone()
     };
@@ -745,6 +745,10 @@ mod tests {
             (r.samples, r.score.as_str(), r.repeats, r.steps),
             (32, "acc", 1, 1)
         );
+        let r: Recipe = "margin4".parse().unwrap();
+        assert_eq!((r.samples, r.score.as_str(), r.repeats), (32, "margin", 4));
+        let r: Recipe = "margin4:repeats=2".parse().unwrap();
+        assert_eq!((r.score.as_str(), r.repeats), ("margin", 2));
         let r: Recipe = "m4:samples=64,score=margin,repeats=4,steps=2,aggregate=median"
             .parse()
             .unwrap();
