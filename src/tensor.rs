@@ -131,7 +131,7 @@ pub mod recycle {
             let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
             free.iter()
                 .rposition(|b| b.len() == n)
-                .map(|i| free.swap_remove(i))
+                .map(|i| free.remove(i))
         };
         let mut v = found.unwrap_or_else(|| vec![0.0; n]);
         if POISON.load(Ordering::Relaxed) {
