@@ -151,6 +151,14 @@ fn conv_cases() -> Vec<G> {
         g(3, 5, 3, 5, 32, 3, 1, 1),
         g(2, 9, 8, 8, 24, 3, 2, 1),
         g(2, 7, 2, 2, 64, 3, 1, 1),
+        // Winograd F(2x2, 3x3) shapes (FMP_CPU_CONV=winograd; 3x3, stride 1, pad 1, even planes,
+        // 8+ input channels): 32-, 16-, 4- and 2-wide rows (one tile row per 16, 8, 2, 1 tiles),
+        // a non-square plane, a partial last panel
+        g(2, 9, 32, 32, 17, 3, 1, 1),
+        g(3, 12, 16, 16, 20, 3, 1, 1),
+        g(3, 10, 6, 16, 9, 3, 1, 1),
+        g(5, 33, 4, 4, 14, 3, 1, 1),
+        g(3, 9, 2, 2, 10, 3, 1, 1),
     ]
 }
 

@@ -22,7 +22,7 @@
 use rayon::prelude::*;
 
 use super::gemm::{gemm, ASrc, COut, Pack, PackedA, RowMajor, MR, NR};
-use super::{direct, direct_dgrad, direct_px, direct_wgrad};
+use super::{direct, direct_dgrad, direct_px, direct_wgrad, winograd};
 use super::{host, host_mut};
 use crate::backend::{shapes, ConvParams};
 use crate::error::Result;
@@ -628,6 +628,10 @@ pub fn forward(p: &ConvParams, x: &Tensor, w: &Tensor, y: &mut Tensor) -> Result
     let xs = host(OP, "x", x)?;
     let ws = host(OP, "w", w)?;
     let ys = host_mut(OP, "y", y)?;
+    if winograd::suits(&g) {
+        winograd::forward(&g, xs, ws, ys);
+        return Ok(());
+    }
     if direct::suits(&g) {
         direct::forward(&g, xs, ws, ys);
         return Ok(());
@@ -668,6 +672,10 @@ pub fn input_grad(p: &ConvParams, dy: &Tensor, w: &Tensor, dx: &mut Tensor) -> R
     let gs = host(OP, "dy", dy)?;
     let ws = host(OP, "w", w)?;
     let o = host_mut(OP, "dx", dx)?;
+    if winograd::suits_input_grad(&g) {
+        winograd::input_grad(&g, gs, ws, o);
+        return Ok(());
+    }
     if direct::suits_input_grad(&g) {
         direct::input_grad(&g, gs, ws, o);
         return Ok(());
@@ -719,6 +727,10 @@ pub fn input_grad_onehot(
     let ss = host(OP, "seed", seed)?;
     let ws = host(OP, "w", w)?;
     let o = host_mut(OP, "dx", dx)?;
+    if winograd::suits_input_grad(&g) {
+        winograd::input_grad_onehot(&g, ss, ws, first_channel, group, o);
+        return Ok(());
+    }
     if direct::suits_input_grad(&g) {
         direct::input_grad_onehot(&g, ss, ws, first_channel, group, o);
         return Ok(());

@@ -17,6 +17,8 @@ mod elementwise;
 mod gemm;
 mod loss;
 mod norm;
+mod winograd;
+mod winograd_avx512;
 
 use super::{Backend, ConvParams};
 use crate::error::{Error, Result};
