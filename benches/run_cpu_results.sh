@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Measure the CPU section of benches/RESULTS.md, engine and PyTorch peer side by side in one run:
 #   1. the FRG scan at width 16, every one of the 1,200 feature maps, B = 32 (engine batched scan vs
-#      the reference per-channel loop, same weights);
+#      the reference per-channel loop, same weights); again with both held to AVX2, and with the
+#      engine's direct convolutions instead of Winograd;
 #   2. the FRG scan at width 64, SCAN_CHANNELS per conv, projected conv by conv to 4,800 maps;
 #   3. the fine-tuning SGD step (batch 256) at widths 16 and 64;
 #   4. `bench scan --profile` at widths 8, 16 and 64 (the chunk step by op);
@@ -48,7 +49,8 @@ done_step() { echo "$1: load after $(load)" >>"$OUTD/loads.txt"; }
   echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) cpus"
   echo "flags: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx2|fma|avx512f|avx512bw|avx512vl|avx_vnni|amx_tile)$' | tr '\n' ' ')"
   echo "engine: $("$E" info 2>/dev/null | grep -i -m1 cpu || true)"
-  echo "torch: $("$PY" -c 'import torch; print(torch.__version__, torch.backends.mkldnn.is_available())' 2>/dev/null || echo none)"
+  echo "torch: $("$PY" -c 'import torch; print(torch.__version__, torch.backends.mkldnn.is_available(), torch.backends.cpu.get_cpu_capability())' 2>/dev/null || echo none)"
+  echo "torch, AVX2 forced: $(ATEN_CPU_CAPABILITY=avx2 "$PY" -c 'import torch; print(torch.backends.cpu.get_cpu_capability())' 2>/dev/null || echo none)"
   echo "load at start: $(load)"
 } | tee "$OUTD/env.txt"
 
@@ -65,6 +67,18 @@ step "scan width 16 (engine, AVX2 kernels forced)"
 FMP_CPU_KERNEL=avx2 "$E" bench scan --device cpu --width 16 --samples 32 --channels 100000 \
   --weights "$OUTD/w16.safetensors" --json "$OUTD/scan16-avx2-cpu.json" >"$OUTD/scan16-avx2-cpu.txt"
 done_step "scan width 16 (engine, AVX2 kernels forced)"
+# The fair AVX2 peer: PyTorch held to AVX2 too (ATen kernels and oneDNN convolutions), as it runs on
+# an AVX2-only machine.
+step "scan width 16 (PyTorch reference loop, AVX2 forced)"
+ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 "$PY" benches/peers/frg_reference.py --device cpu \
+  --threads "$TH" --samples 32 --width 16 --channels 0 --weights "$OUTD/w16.safetensors" \
+  --json "$OUTD/frg16-peer-avx2-cpu.json" >/dev/null 2>"$OUTD/frg16-peer-avx2-cpu.txt"
+done_step "scan width 16 (PyTorch reference loop, AVX2 forced)"
+
+step "scan width 16 (engine, direct convolutions: FMP_CPU_CONV=direct)"
+FMP_CPU_CONV=direct "$E" bench scan --device cpu --width 16 --samples 32 --channels 100000 \
+  --weights "$OUTD/w16.safetensors" --json "$OUTD/scan16-direct-cpu.json" >"$OUTD/scan16-direct-cpu.txt"
+done_step "scan width 16 (engine, direct convolutions: FMP_CPU_CONV=direct)"
 
 step "scan width 64 (engine)"
 "$E" bench scan --device cpu --width 64 --samples 32 --channels "$CH" \
@@ -105,6 +119,10 @@ fi
   "$PY" benches/peers/compare.py scan "$OUTD/scan16-cpu.json" "$OUTD/frg16-peer-cpu.json"; echo
   echo "### FRG scan, width 16, engine with AVX2 kernels forced (FMP_CPU_KERNEL=avx2)"; echo
   "$PY" benches/peers/compare.py scan "$OUTD/scan16-avx2-cpu.json" "$OUTD/frg16-peer-cpu.json"; echo
+  echo "### FRG scan, width 16, both held to AVX2 (engine FMP_CPU_KERNEL=avx2; PyTorch ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2)"; echo
+  "$PY" benches/peers/compare.py scan "$OUTD/scan16-avx2-cpu.json" "$OUTD/frg16-peer-avx2-cpu.json"; echo
+  echo "### FRG scan, width 16, engine with direct convolutions only (FMP_CPU_CONV=direct)"; echo
+  "$PY" benches/peers/compare.py scan "$OUTD/scan16-direct-cpu.json" "$OUTD/frg16-peer-cpu.json"; echo
   echo "### FRG scan, width 64, $CH maps per conv, projected to 4,800"; echo
   "$PY" benches/peers/compare.py scan "$OUTD/scan64-cpu.json" "$OUTD/frg64-peer-cpu.json"; echo
   for W in 16 64; do

@@ -186,6 +186,45 @@ fn conv_forward_matches_f64() {
     }
 }
 
+/// Passes that keep state between calls (Winograd's transformed-filter cache) must follow
+/// weights that change between calls with the same shapes, as in fine-tuning.
+#[test]
+fn conv_follows_weights_changed_between_calls() {
+    let b = be();
+    let g = g(3, 12, 16, 16, 20, 3, 1, 1);
+    let mut r = Rng::new(77);
+    let x = r.vec(g.xs().iter().product(), -1.0, 1.0);
+    let dy = r.vec(g.ys().iter().product(), -1.0, 1.0);
+    let mut w = r.vec(g.ws().iter().product(), -1.0, 1.0);
+    for step in 0..3 {
+        let mut y = z(&b, &g.ys());
+        let mut dx = z(&b, &g.xs());
+        let wt = t(&b, &w, &g.ws());
+        b.conv2d_forward(&g.params(), &t(&b, &x, &g.xs()), &wt, &mut y)
+            .unwrap();
+        b.conv2d_input_grad(&g.params(), &t(&b, &dy, &g.ys()), &wt, &mut dx)
+            .unwrap();
+        let (xd, wd) = (f64v(&x), f64v(&w));
+        assert_close(
+            &format!("fwd step {step}"),
+            &h(&b, &y),
+            &g.fwd(&xd, &wd),
+            1e-5,
+        );
+        assert_close(
+            &format!("igrad step {step}"),
+            &h(&b, &dx),
+            &g.igrad(&f64v(&dy), &wd),
+            1e-4,
+        );
+        // an SGD-like update of one filter element, then of all
+        w[5] += 0.25;
+        for v in w.iter_mut().skip(step) {
+            *v *= 0.9;
+        }
+    }
+}
+
 #[test]
 fn conv_input_grad_matches_f64_and_fd() {
     let b = be();

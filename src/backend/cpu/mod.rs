@@ -129,11 +129,13 @@ macro_rules! forward {
 
 impl Backend for CpuBackend {
     fn name(&self) -> String {
+        let winograd = winograd::kernel_name().map(|k| format!(", {k}"));
         format!(
-            "cpu ({} threads, {}, {})",
+            "cpu ({} threads, {}, {}{})",
             rayon::current_num_threads(),
             gemm::kernel_name(),
-            direct::kernel_name()
+            direct::kernel_name(),
+            winograd.unwrap_or_default()
         )
     }
     fn is_gpu(&self) -> bool {

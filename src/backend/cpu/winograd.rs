@@ -17,7 +17,7 @@
 //! The rounding differs from the direct convolution's (the transforms add and subtract inputs
 //! before the products), so this path is chosen by `FMP_CPU_CONV=winograd`; `direct` (the
 //! default) keeps the direct kernels.
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rayon::prelude::*;
 
@@ -33,10 +33,35 @@ pub(super) const XI: usize = 16;
 /// Bytes of V + M a unit may hold (half of a 1-2 MiB L2).
 const UNIT_BYTES: usize = 3 << 18;
 
-/// `FMP_CPU_CONV=winograd` turns the Winograd forward on (read once).
+/// `FMP_CPU_CONV=winograd` turns this path on, `direct` off (read once; anything else is
+/// reported on stderr and treated as the default).
 pub(crate) fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("FMP_CPU_CONV").is_ok_and(|v| v == "winograd"))
+    *ON.get_or_init(|| match std::env::var("FMP_CPU_CONV").as_deref() {
+        Ok("winograd") => true,
+        Ok("direct") => false,
+        Ok("") | Err(_) => DEFAULT_ON,
+        Ok(other) => {
+            eprintln!(
+                "warning: FMP_CPU_CONV={other:?} is not one of winograd, direct; using the default"
+            );
+            DEFAULT_ON
+        }
+    })
+}
+
+/// Whether the path is on without FMP_CPU_CONV.
+const DEFAULT_ON: bool = false;
+
+/// The kernel's name for the backend description, when it is on.
+pub(crate) fn kernel_name() -> Option<&'static str> {
+    enabled().then(|| {
+        by_isa!(
+            "winograd F(2x2,3x3) avx512",
+            "winograd F(2x2,3x3) avx2",
+            "winograd F(2x2,3x3) portable",
+        )
+    })
 }
 
 /// 3x3, stride 1, pad 1, same-size even planes.
@@ -211,10 +236,66 @@ unsafe impl Sync for OutPtr {}
 
 /// y = conv(x, w): 3x3, stride 1, pad 1 (`suits`).
 pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32]) {
-    let u = pack_weights(g.co, g.ci, |o, c| {
-        w[(o * g.ci + c) * 9..][..9].try_into().unwrap()
+    let u = transformed(Pass::Forward, w, g, || {
+        pack_weights(g.co, g.ci, |o, c| {
+            w[(o * g.ci + c) * 9..][..9].try_into().unwrap()
+        })
     });
     run(g, x, &u, y);
+}
+
+/// Which filters a cached transform holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Forward,
+    InputGrad,
+}
+
+/// A transformed filter bank and the filters it was made from.
+struct Transformed {
+    pass: Pass,
+    co: usize,
+    ci: usize,
+    filters: Vec<f32>,
+    u: Arc<Vec<f32>>,
+}
+
+/// Recently transformed filters, newest first. The scan runs every conv over many chunks with
+/// the same weights, where transforming a 512 x 512 bank each call would cost a quarter of the
+/// products at 32 items. A hit needs the filters equal element for element (a copy is kept), so
+/// weights changed in place (fine-tuning) are never served stale.
+static CACHE: Mutex<Vec<Transformed>> = Mutex::new(Vec::new());
+/// Bytes of transforms and filter copies the cache may hold.
+const CACHE_BYTES: usize = 256 << 20;
+
+fn transformed(pass: Pass, w: &[f32], g: &Geom, make: impl FnOnce() -> Vec<f32>) -> Arc<Vec<f32>> {
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    let hit = cache
+        .iter()
+        .position(|e| e.pass == pass && e.co == g.co && e.ci == g.ci && e.filters == w);
+    if let Some(i) = hit {
+        let e = cache.remove(i);
+        let u = e.u.clone();
+        cache.insert(0, e);
+        return u;
+    }
+    let u = Arc::new(make());
+    cache.insert(
+        0,
+        Transformed {
+            pass,
+            co: g.co,
+            ci: g.ci,
+            filters: w.to_vec(),
+            u: u.clone(),
+        },
+    );
+    let mut bytes = 0;
+    cache.retain(|e| {
+        bytes += 4 * (e.filters.len() + e.u.len());
+        bytes <= CACHE_BYTES
+    });
+    u
 }
 
 /// Filter (input channel ci, output channel co) of the input gradient's conv: w[co][ci] flipped.
@@ -226,7 +307,9 @@ fn flipped(g: &Geom, w: &[f32], ci: usize, co: usize) -> [f32; 9] {
 /// dx = conv(dy, flip(w)^T), padding 1 (`suits_input_grad`).
 pub(crate) fn input_grad(g: &Geom, dy: &[f32], w: &[f32], dx: &mut [f32]) {
     let t = transposed(g);
-    let u = pack_weights(t.co, t.ci, |ci, co| flipped(g, w, ci, co));
+    let u = transformed(Pass::InputGrad, w, g, || {
+        pack_weights(t.co, t.ci, |ci, co| flipped(g, w, ci, co))
+    });
     run(&t, dy, &u, dx);
 }
 
