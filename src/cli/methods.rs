@@ -181,7 +181,7 @@ pub fn run_method(
         if ctx.mask {
             m.set_masks(&pruned)?;
         }
-        run_finetune(&mut m, ctx.clean, ctx.ft, ctx.kind)?;
+        run_finetune(&mut m, ctx.clean, ctx.ft, ctx.kind, None)?;
         m.clear_masks();
     }
     let seconds = t0.elapsed().as_secs_f64() - eval_s;
