@@ -6,7 +6,7 @@ use fmp_engine::fmp::checkpoint::{checkpoint_path, data_md5, open_for_resume, sg
 use fmp_engine::fmp::download::md5_file;
 use fmp_engine::fmp::finetune::{finetune_resumable, FinetuneOptions};
 use fmp_engine::fmp::prune::PruneMask;
-use fmp_engine::fmp::train::{Checkpointing, EpochStats, LoopState, SgdOptions};
+use fmp_engine::fmp::train::{Checkpointing, EpochStats, SgdOptions};
 use fmp_engine::fmp::LabeledImages;
 use fmp_engine::model::PreActResNet18;
 use fmp_engine::Result;
@@ -143,21 +143,10 @@ pub fn run(a: Args) -> Result<()> {
         }
         None => None,
     };
-    super::interrupt::install();
     let epochs = opts.sgd.epochs;
-    let mut save = |m: &PreActResNet18, st: &LoopState| {
-        super::interrupt::checkpoint(&ckpt_path, m, st, &identity, epochs)
-    };
-    let epochs = run_finetune(
-        &mut model,
-        &clean,
-        &a.ft,
-        kind,
-        Some(Checkpointing {
-            resume,
-            save: &mut save,
-        }),
-    )?;
+    let epochs = super::interrupt::run_checkpointed(&ckpt_path, &identity, epochs, resume, |c| {
+        run_finetune(&mut model, &clean, &a.ft, kind, Some(c))
+    })?;
     model.save(&a.out)?;
     let _ = std::fs::remove_file(&ckpt_path);
     println!("fine-tuned weights: {}", a.out.display());

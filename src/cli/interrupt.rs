@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use fmp_engine::fmp::train::{EpochStats, LoopState};
+use fmp_engine::fmp::train::{Checkpointing, EpochStats, LoopState};
 use fmp_engine::model::PreActResNet18;
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -54,9 +54,26 @@ pub fn stopped() -> fmp_engine::Error {
     fmp_engine::Error::Msg(format!("interrupted by Ctrl-C. {}", kept()))
 }
 
-/// The per-epoch checkpoint of `train` and `finetune` (of `epochs`): write it to `path`, record it as
-/// what an interruption keeps, and end the run after it when Ctrl-C was pressed.
-pub fn checkpoint(
+/// The training loop of `train` and `finetune`: Ctrl-C installed, `train` runs with a checkpoint of
+/// `identity` at `path` after each of its `epochs` (resuming from `resume`).
+pub fn run_checkpointed(
+    path: &Path,
+    identity: &BTreeMap<String, String>,
+    epochs: usize,
+    resume: Option<LoopState>,
+    train: impl FnOnce(Checkpointing) -> fmp_engine::Result<Vec<EpochStats>>,
+) -> fmp_engine::Result<Vec<EpochStats>> {
+    install();
+    let mut save = |m: &PreActResNet18, st: &LoopState| checkpoint(path, m, st, identity, epochs);
+    train(Checkpointing {
+        resume,
+        save: &mut save,
+    })
+}
+
+/// A per-epoch checkpoint (of `epochs`): write it to `path`, record it as what an interruption
+/// keeps, and end the run after it when Ctrl-C was pressed.
+fn checkpoint(
     path: &Path,
     model: &PreActResNet18,
     st: &LoopState,

@@ -76,14 +76,16 @@ const REQUIRED_SYMBOLS: &[&str] = &[
     "nvrtcGetSupportedArchs",
 ];
 
+/// A path from environment variable `k` (None when unset or empty).
+fn env(k: &str) -> Option<PathBuf> {
+    std::env::var_os(k)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
 /// Directories that may hold libnvrtc (searched only when the loader cannot find it by name).
 fn library_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
-    let env = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
     if let Some(d) = env("FMP_NVRTC_DIR") {
         dirs.push(d.join("nvidia/cu13/lib"));
         dirs.push(d.join("lib"));
@@ -252,11 +254,6 @@ pub fn parse_arch(s: &str) -> Result<u32> {
 /// engine cache, `/usr/local/cuda/include`. Only existing directories are returned.
 pub fn include_dirs() -> Vec<PathBuf> {
     let mut c = Vec::new();
-    let env = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
     if let Some(d) = env("FMP_CUDA_INCLUDE") {
         c.push(d);
     }
