@@ -285,7 +285,7 @@ pub fn defend(
     backend: &Arc<dyn Backend>,
     after_prune: &mut dyn FnMut(&PreActResNet18) -> Result<()>,
 ) -> Result<(ScanReport, usize)> {
-    let report = run_scan(model, weights, clean, data_dir, scan, backend)?;
+    let report = run_scan(model, weights, clean, data_dir, scan, backend, None)?.report();
     report.save(report_path)?;
     print_summary(&report);
     println!("report: {}", report_path.display());

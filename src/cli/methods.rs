@@ -145,7 +145,9 @@ pub fn run_method(
                 ctx.data_dir,
                 ctx.scan,
                 ctx.backend,
-            )?;
+                None,
+            )?
+            .report();
             if let Some(path) = ctx.report_path {
                 r.save(path)?;
                 println!("report: {}", path.display());

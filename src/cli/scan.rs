@@ -243,7 +243,7 @@ pub fn run(a: Args) -> Result<()> {
         resume: a.resume,
         shard: a.shard,
     };
-    match run_scan_parts(
+    match run_scan(
         &model,
         &a.weights,
         &clean,
@@ -357,24 +357,20 @@ pub enum ScanOutcome {
     Shard(PartialScan),
 }
 
-/// Scan `model` with images drawn from `clean`; prints nothing but the progress bar.
-pub fn run_scan(
-    model: &PreActResNet18,
-    weights: &Path,
-    clean: &LabeledImages,
-    data_dir: &Path,
-    s: &ScanArgs,
-    backend: &Arc<dyn Backend>,
-) -> Result<ScanReport> {
-    match run_scan_parts(model, weights, clean, data_dir, s, backend, None)? {
-        ScanOutcome::Report(r) => Ok(r),
-        ScanOutcome::Shard(_) => unreachable!("no shard without a journal"),
+impl ScanOutcome {
+    /// The whole scan's report (what `run_scan` returns without a journal's shard).
+    pub fn report(self) -> ScanReport {
+        match self {
+            ScanOutcome::Report(r) => r,
+            ScanOutcome::Shard(_) => unreachable!("no shard without a journal"),
+        }
     }
 }
 
-/// The scan as slices (`fmp::journal`): with `journal`, each finished slice is saved to `journal.path`
-/// (and a matching journal is resumed), and `journal.shard` limits the scan to one shard.
-pub fn run_scan_parts(
+/// Scan `model` with images drawn from `clean`; prints nothing but the progress bar. The scan runs as
+/// slices (`fmp::journal`): with `journal`, each finished slice is saved to `journal.path` (and a
+/// matching journal is resumed), and `journal.shard` limits the scan to one shard.
+pub fn run_scan(
     model: &PreActResNet18,
     weights: &Path,
     clean: &LabeledImages,
