@@ -22,7 +22,7 @@ use bytemuck::Pod;
 
 use self::kernels as k;
 use self::runner::{KernelId, Runner};
-use super::shapes::{self, broadcast_batch, numel_is, same_shape};
+use super::shapes::{self, numel_is, same_shape};
 use super::{delegate, Backend, ConvParams};
 use crate::ensure_shape;
 use crate::error::Result;
@@ -503,9 +503,8 @@ impl<R: Runner> Backend for GpuBackend<R> {
     }
 
     fn relu_backward(&self, y_saved: &Tensor, dy: &Tensor, dx: &mut Tensor) -> Result<()> {
-        const OP: &str = "relu_backward";
-        same_shape(OP, "dy", dy, "dx", dx)?;
-        broadcast_batch(OP, "y_saved", y_saved, "dy", dy)?;
+        let names = ["y_saved", "dy", "dx"];
+        shapes::broadcast_op("relu_backward", names, y_saved, dy, dx)?;
         let n = dy.numel();
         let saved_numel = y_saved.numel() as i32;
         self.launch(k::RELU_BACKWARD, Grid::Elems(n), || {
@@ -522,8 +521,7 @@ impl<R: Runner> Backend for GpuBackend<R> {
     }
 
     fn add(&self, a: &Tensor, b: &Tensor, y: &mut Tensor) -> Result<()> {
-        same_shape("add", "a", a, "b", b)?;
-        same_shape("add", "a", a, "y", y)?;
+        shapes::same_shapes("add", ("a", a), &[("b", b), ("y", y)])?;
         let n = y.numel();
         self.launch(k::ADD_FORWARD, Grid::Elems(n), || {
             let [a, b, y] = self.ptrs([a, b, y])?;
@@ -676,9 +674,7 @@ impl<R: Runner> Backend for GpuBackend<R> {
     }
 
     fn sign_step(&self, x0: &Tensor, g: &Tensor, eps: f32, y: &mut Tensor) -> Result<()> {
-        const OP: &str = "sign_step";
-        same_shape(OP, "g", g, "y", y)?;
-        broadcast_batch(OP, "x0", x0, "g", g)?;
+        shapes::broadcast_op("sign_step", ["x0", "g", "y"], x0, g, y)?;
         let n = g.numel();
         let x0_numel = x0.numel() as i32;
         self.launch(k::SIGN_STEP, Grid::Elems(n), || {
@@ -705,9 +701,8 @@ impl<R: Runner> Backend for GpuBackend<R> {
         momentum: f32,
         weight_decay: f32,
     ) -> Result<()> {
-        const OP: &str = "sgd_step";
-        same_shape(OP, "param", param, "grad", grad)?;
-        same_shape(OP, "param", param, "momentum_buf", momentum_buf)?;
+        let rest = [("grad", grad), ("momentum_buf", &*momentum_buf)];
+        shapes::same_shapes("sgd_step", ("param", param), &rest)?;
         let n = param.numel();
         self.launch(k::SGD_STEP, Grid::Elems(n), || {
             let [param, grad, buf] = self.ptrs([param, grad, momentum_buf])?;
