@@ -81,6 +81,8 @@ impl std::str::FromStr for Recipe {
             let (k, v) = kv
                 .split_once('=')
                 .ok_or_else(|| bad(format!("'{kv}' is not key=value")))?;
+            // the kind's own name for any spelling it accepts
+            let canonical = |p: Result<&str>| p.map(String::from).map_err(|e| bad(e.to_string()));
             let num = |v: &str| -> Result<usize> {
                 match v.parse::<usize>() {
                     Ok(n) if n >= 1 => Ok(n),
@@ -91,20 +93,8 @@ impl std::str::FromStr for Recipe {
                 "samples" => r.samples = num(v)?,
                 "repeats" => r.repeats = num(v)?,
                 "steps" => r.steps = num(v)?,
-                "score" => {
-                    r.score = v
-                        .parse::<ScoreKind>()
-                        .map_err(|e| bad(e.to_string()))?
-                        .name()
-                        .into()
-                }
-                "aggregate" => {
-                    r.aggregate = v
-                        .parse::<Aggregate>()
-                        .map_err(|e| bad(e.to_string()))?
-                        .name()
-                        .into()
-                }
+                "score" => r.score = canonical(v.parse::<ScoreKind>().map(|k| k.name()))?,
+                "aggregate" => r.aggregate = canonical(v.parse::<Aggregate>().map(|a| a.name()))?,
                 _ => {
                     return Err(bad(format!(
                         "unknown key '{k}' (samples, score, repeats, steps, aggregate)"
