@@ -1,6 +1,7 @@
 // Training-mode batchnorm, forward and backward. One block per channel reduces over the
 // channel's n*hw elements: each thread walks a fixed strided subset, then a fixed-shape
-// warp-shuffle tree combines them (fmp_block_sum), so results are bit-reproducible (no atomics).
+// warp-shuffle tree combines them (fmp_channel_sum, fmp_block_sum), so results are bit-reproducible
+// (no atomics).
 // Forward is two-pass (mean, then centred sum of squares) for accuracy, then normalises;
 // thread 0 writes save_mean/save_invstd and updates the running stats (unbiased variance).
 // Backward: dgamma = sum dy*xhat, dbeta = sum dy,
@@ -12,17 +13,12 @@ extern "C" __global__ void __launch_bounds__(256) batchnorm_train_forward(const 
     __shared__ float red[33];
     const int c = blockIdx.x;
     const int cnt = a.n * a.hw;
-    float s = 0.f;
-    for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
-        s += a.x[fmp_channel_at(e, c, a.c, a.hw)];
-    }
-    const float mean = fmp_block_sum(s, red) / (float)cnt;
-    float q = 0.f;
-    for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
-        const float d = a.x[fmp_channel_at(e, c, a.c, a.hw)] - mean;
-        q = fmaf(d, d, q);
-    }
-    const float m2 = fmp_block_sum(q, red);
+    const float mean =
+        fmp_channel_sum(a.n, a.c, a.hw, red, [&](float s, int i) { return s + a.x[i]; }) / (float)cnt;
+    const float m2 = fmp_channel_sum(a.n, a.c, a.hw, red, [&](float q, int i) {
+        const float d = a.x[i] - mean;
+        return fmaf(d, d, q);
+    });
     const float var = m2 / (float)cnt;
     const float invstd = rsqrtf(var + a.eps);
     const float g = a.gamma[c] * invstd, b = a.beta[c];

@@ -30,16 +30,11 @@ extern "C" __global__ void __launch_bounds__(256) softmax_cross_entropy(const So
 
 extern "C" __global__ void __launch_bounds__(256) channel_mse(const ChannelMseArgs a) {
     __shared__ float red[33];
-    const int c = blockIdx.x;
-    const int cnt = a.n * a.hw;
-    float s = 0.f;
-    for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
-        const int idx = fmp_channel_at(e, c, a.c, a.hw);
-        const float d = a.a[idx] - a.b[idx];
-        s = fmaf(d, d, s);
-    }
-    s = fmp_block_sum(s, red);
-    if (threadIdx.x == 0) a.loss[c] = s / (float)cnt;
+    const float s = fmp_channel_sum(a.n, a.c, a.hw, red, [&](float s, int i) {
+        const float d = a.a[i] - a.b[i];
+        return fmaf(d, d, s);
+    });
+    if (threadIdx.x == 0) a.loss[blockIdx.x] = s / (float)(a.n * a.hw);
 }
 
 extern "C" __global__ void __launch_bounds__(256) frg_seed(const FrgSeedArgs a) {

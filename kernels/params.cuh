@@ -169,3 +169,14 @@ __device__ __forceinline__ float fmp_block_sum(float v, float* red) {
     __syncthreads();  // red may be reused by the next call
     return total;
 }
+
+// The per-channel reductions' one loop (batchnorm, channel_mse; grid: a block per channel
+// blockIdx.x): over channel c's n*hw elements, each thread folds its fixed strided subset into
+// s = term(s, NCHW index of the element), from 0; then fmp_block_sum, so every thread gets the total.
+template <class Term>
+__device__ __forceinline__ float fmp_channel_sum(int n, int channels, int hw, float* red, Term term) {
+    const int c = blockIdx.x, cnt = n * hw;
+    float s = 0.f;
+    for (int e = threadIdx.x; e < cnt; e += blockDim.x) s = term(s, fmp_channel_at(e, c, channels, hw));
+    return fmp_block_sum(s, red);
+}

@@ -65,3 +65,29 @@ macro_rules! ensure_shape {
         }
     };
 }
+
+/// A unit enum's names from one table: `name()` (each variant's first spelling) and `FromStr`
+/// (any listed spelling, in any case; anything else is an `InvalidArgument` with the message
+/// `$err`, which may use the rejected string as `$s`).
+#[macro_export]
+macro_rules! named_enum {
+    ($ty:ident { $($variant:ident => $name:literal $(| $alias:literal)*,)+ } else |$s:ident| $err:expr) => {
+        impl $ty {
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name,)+
+                }
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = $crate::error::Error;
+            fn from_str($s: &str) -> $crate::error::Result<Self> {
+                match $s.to_ascii_lowercase().as_str() {
+                    $($name $(| $alias)* => Ok($ty::$variant),)+
+                    _ => Err($crate::error::Error::InvalidArgument($err)),
+                }
+            }
+        }
+    };
+}

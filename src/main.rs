@@ -13,54 +13,56 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Subcommand)]
-enum Command {
+/// The subcommands, one line each: the variant, its doc line (the help text) and the `cli` module that
+/// holds its `Args` and `run`. Gives the `Command` enum and `run`, which dispatches to the module.
+macro_rules! subcommands {
+    ($($(#[$doc:meta])* $variant:ident => $module:ident,)*) => {
+        #[derive(Subcommand)]
+        enum Command {
+            $($(#[$doc])* $variant(cli::$module::Args),)*
+        }
+
+        fn run(command: Command) -> fmp_engine::Result<()> {
+            match command {
+                $(Command::$variant(a) => cli::$module::run(a),)*
+            }
+        }
+    };
+}
+
+subcommands! {
     /// Version, available backends and threads.
-    Info(cli::info::Args),
+    Info => info,
     /// Clean accuracy (and ASR/RA under an attack) of a model on a test set.
-    Eval(cli::eval::Args),
+    Eval => eval,
     /// FRG scan: rank every conv feature map by how badly a perturbation aimed at it breaks the model.
-    Scan(cli::scan::Args),
+    Scan => scan,
     /// Combine the partial reports of `scan --shard I/N` into one scan report.
-    Merge(cli::merge::Args),
+    Merge => merge,
     /// Zero the feature maps selected by a scan report.
-    Prune(cli::prune::Args),
+    Prune => prune,
     /// Fine-tune a (pruned) model on a clean class-balanced subset.
-    Finetune(cli::finetune::Args),
+    Finetune => finetune,
     /// Scan, prune and fine-tune in one run.
-    Defend(cli::defend::Args),
+    Defend => defend,
     /// Train a (backdoored) PreActResNet18 the way BackdoorBench does.
-    Train(cli::train::Args),
+    Train => train,
     /// Train a small backdoored model, defend it, print Acc/ASR/RA before and after.
-    Demo(cli::demo::Args),
+    Demo => demo,
     /// Train backdoored models and compare every defense over scan seeds; writes a Markdown table and JSON.
-    Study(cli::study::Args),
+    Study => study,
     /// Download datasets into the engine's cache.
-    Data(cli::data::Args),
+    Data => data,
     /// Compile every CUDA kernel with NVRTC and print its resource usage.
-    Kernels(cli::kernels::Args),
+    Kernels => kernels,
     /// Benchmarks: kernels and the FRG scan.
-    Bench(cli::bench::Args),
+    Bench => bench,
 }
 
 fn main() {
     let cli = Cli::parse();
     fmp_engine::fmp::download::set_offline(cli.offline);
-    let result = match cli.command {
-        Command::Info(a) => cli::info::run(a),
-        Command::Eval(a) => cli::eval::run(a),
-        Command::Scan(a) => cli::scan::run(a),
-        Command::Merge(a) => cli::merge::run(a),
-        Command::Prune(a) => cli::prune::run(a),
-        Command::Finetune(a) => cli::finetune::run(a),
-        Command::Defend(a) => cli::defend::run(a),
-        Command::Train(a) => cli::train::run(a),
-        Command::Demo(a) => cli::demo::run(a),
-        Command::Study(a) => cli::study::run(a),
-        Command::Data(a) => cli::data::run(a),
-        Command::Kernels(a) => cli::kernels::run(a),
-        Command::Bench(a) => cli::bench::run(a),
-    };
+    let result = run(cli.command);
     if let Err(e) = result {
         eprintln!("fmp-engine: error: {e}");
         if cli::interrupt::requested() {

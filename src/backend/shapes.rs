@@ -2,7 +2,7 @@
 //! reject the same inputs with the same messages (`Error::Shape`, naming the op and the tensor).
 //!
 //! Two layers: primitives (`same_shape`, `broadcast_batch`, `numel_is`, `dims4`, `exact`, `rows`,
-//! `conv_params`) and one check per op family that returns the dimensions the op works with
+//! `conv_params`) and one check per op family (`same_shapes` and `broadcast_op` for the elementwise ops, that returns the dimensions the op works with
 //! (`conv_*`, `per_channel`, `batchnorm_train_forward`, `linear_*`, `softmax_cross_entropy`,
 //! `global_avg_pool*`, `frg_seed`). A backend calls the op's check first, then adds only what its
 //! own implementation needs (the GPU: 32-bit indexing limits, grid limits).
@@ -35,6 +35,33 @@ pub fn same_shape(
         ));
     }
     Ok(())
+}
+
+/// The elementwise ops' check (add, sgd_step): every tensor of `rest` has the shape of `first`
+/// (the first that differs is named in the error, beside `first`).
+pub fn same_shapes(
+    op: &'static str,
+    (first_name, first): (&str, &Tensor),
+    rest: &[(&str, &Tensor)],
+) -> Result<()> {
+    for &(name, t) in rest {
+        same_shape(op, first_name, first, name, t)?;
+    }
+    Ok(())
+}
+
+/// The check of an elementwise op whose `saved` input broadcasts over the gradient's batch
+/// (relu_backward, sign_step): `out` has g's shape and `saved` passes `broadcast_batch`; `names`
+/// are the (saved, g, out) names in errors. Returns saved's batch B.
+pub fn broadcast_op(
+    op: &'static str,
+    [saved_name, g_name, out_name]: [&str; 3],
+    saved: &Tensor,
+    g: &Tensor,
+    out: &Tensor,
+) -> Result<usize> {
+    same_shape(op, g_name, g, out_name, out)?;
+    broadcast_batch(op, saved_name, saved, g_name, g)
 }
 
 /// Saved tensor with batch B dividing the gradient batch N and the same per-item shape.

@@ -66,6 +66,17 @@ impl ProfiledBackend {
         }
     }
 
+    /// `rec` of an allocation of `shape` (its bytes written, no FLOPs).
+    fn rec_alloc(
+        &self,
+        op: &str,
+        shape: &[usize],
+        f: impl FnOnce() -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        self.rec(op, item_dims(shape), OpCost::new(0, 4 * n as u64), f)
+    }
+
     fn rec<T>(
         &self,
         op: &str,
@@ -215,22 +226,10 @@ impl Backend for ProfiledBackend {
         fn indices_from_host(data: &[u32]) -> Result<Indices>;
     }
     fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        self.rec(
-            "alloc (zeros)",
-            item_dims(shape),
-            OpCost::new(0, 4 * n as u64),
-            || self.inner.zeros(shape),
-        )
+        self.rec_alloc("alloc (zeros)", shape, || self.inner.zeros(shape))
     }
     fn empty(&self, shape: &[usize]) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        self.rec(
-            "alloc (empty)",
-            item_dims(shape),
-            OpCost::new(0, 4 * n as u64),
-            || self.inner.empty(shape),
-        )
+        self.rec_alloc("alloc (empty)", shape, || self.inner.empty(shape))
     }
     fn from_host(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
         self.rec(

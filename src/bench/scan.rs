@@ -131,7 +131,7 @@ fn score_chunk(
     eps: f32,
 ) -> Result<Vec<f32>> {
     let mut res = LayerScores::default();
-    score_channels(model, tx, tx0, x0, labels, c0, k, eps, &mut res)?;
+    score_channels(model, tx, tx0, x0, labels, c0, k, eps, 1, &mut res)?;
     Ok(res.scores)
 }
 

@@ -196,6 +196,12 @@ pub fn lock_output(path: &Path, flag: &str) -> Result<OutputLock> {
     )))
 }
 
+/// `--out` that a command writes: it must be writable (`output_path`), and this run holds its lock.
+pub fn claim_out(path: &Path) -> Result<OutputLock> {
+    output_path(path, "--out")?;
+    lock_output(path, "--out")
+}
+
 impl OutputLock {
     /// Remove temporary files a killed run left beside `files` (`.NAME.tmpPID`, from
     /// `weights::write_atomic`); safe because the lock shows that no other run writes them now.

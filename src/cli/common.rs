@@ -1,9 +1,14 @@
-//! Arguments shared by subcommands.
+//! Arguments shared by subcommands, and the loading they start with.
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fmp_engine::backend::select::{select, DeviceSpec};
 use fmp_engine::backend::Backend;
-use fmp_engine::Result;
+use fmp_engine::data::{DatasetKind, Split};
+use fmp_engine::fmp::pipeline::{find_data, load_clean, load_model, load_split};
+use fmp_engine::fmp::LabeledImages;
+use fmp_engine::model::PreActResNet18;
+use fmp_engine::{Error, Result};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct DeviceArgs {
@@ -16,6 +21,74 @@ impl DeviceArgs {
     pub fn backend(&self) -> Result<Arc<dyn Backend>> {
         select(self.device.parse::<DeviceSpec>()?)
     }
+}
+
+/// `--json` and `--device`, the last flags of `scan`, `prune`, `finetune` and `train`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct JsonDeviceArgs {
+    /// Print one JSON object on stdout (progress text goes to stderr); fields in docs/report.md.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// `--data` of the subcommands that find their dataset (`find_data`: the flag, `$FMP_DATA`,
+/// `../shared/data`, the cache, else a download).
+#[derive(clap::Args, Clone, Debug)]
+pub struct DataArgs {
+    /// Dataset folder [default: $FMP_DATA, ../shared/data, the engine's cache].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+}
+
+impl DataArgs {
+    pub fn dir(&self) -> Result<PathBuf> {
+        find_data(self.data.as_deref())
+    }
+}
+
+/// What `scan`, `finetune` and `defend` start from: the backend of `--device`, the dataset folder
+/// and its clean split, and WEIGHTS loaded with that dataset's normalisation.
+pub struct Loaded {
+    pub backend: Arc<dyn Backend>,
+    pub dir: PathBuf,
+    pub clean: LabeledImages,
+    pub kind: DatasetKind,
+    pub model: PreActResNet18,
+}
+
+impl Loaded {
+    pub fn new(device: &DeviceArgs, data: &DataArgs, weights: &Path) -> Result<Loaded> {
+        let backend = device.backend()?;
+        let dir = data.dir()?;
+        let (clean, kind) = load_clean(&dir)?;
+        let model = load_model(backend.clone(), weights, kind)?;
+        Ok(Loaded {
+            backend,
+            dir,
+            clean,
+            kind,
+            model,
+        })
+    }
+}
+
+/// The training split of the dataset `data` finds, which must be CIFAR-10 (`demo` and `study`, named
+/// by `what`), with its folder.
+pub fn cifar10_train(data: Option<&Path>, what: &str) -> Result<(PathBuf, LabeledImages)> {
+    let dir = find_data(data)?;
+    let (train, kind) = load_split(&dir, Split::Train)?;
+    if kind != DatasetKind::Cifar10 {
+        return Err(Error::Data {
+            path: dir,
+            msg: format!(
+                "the {what} runs on CIFAR-10; this folder holds {}",
+                kind.name()
+            ),
+        });
+    }
+    Ok((dir, train))
 }
 
 /// `--json`: stdout carries one JSON object and nothing else. From `begin(true)` on, the process's stdout

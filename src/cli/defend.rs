@@ -7,7 +7,7 @@ use fmp_engine::backend::Backend;
 use fmp_engine::data::{DatasetKind, Split};
 use fmp_engine::fmp::attacks::{Attack, AttackKind};
 use fmp_engine::fmp::metrics::{evaluate, Metrics};
-use fmp_engine::fmp::pipeline::{eval_batch, find_data, load_clean, load_model, load_split};
+use fmp_engine::fmp::pipeline::{eval_batch, load_split};
 use fmp_engine::fmp::prune::{apply, selections};
 use fmp_engine::fmp::select::ScanReport;
 use fmp_engine::fmp::LabeledImages;
@@ -16,7 +16,7 @@ use fmp_engine::report::write_defend_report;
 use fmp_engine::Result;
 
 use super::check::{int_in, real_in, MAX_CLASS, MAX_IMAGES};
-use super::common::{DeviceArgs, JsonOut};
+use super::common::{DataArgs, DeviceArgs, JsonOut, Loaded};
 use super::finetune::{run_finetune, FinetuneArgs};
 use super::methods::{run_method, Ctx, Method};
 use super::scan::{print_summary, run_scan, ScanArgs, DEFEND_RECIPE};
@@ -25,9 +25,8 @@ use super::scan::{print_summary, run_scan, ScanArgs, DEFEND_RECIPE};
 pub struct Args {
     /// Model weights (.safetensors).
     pub weights: PathBuf,
-    /// Dataset folder [default: $FMP_DATA, ../shared/data, the engine's cache].
-    #[arg(long)]
-    pub data: Option<PathBuf>,
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Defended weights.
     #[arg(long)]
     pub out: PathBuf,
@@ -90,10 +89,13 @@ pub fn run(mut a: Args) -> Result<()> {
     }
     let _lock = super::check::lock_output(&a.out, "--out")?;
     let json = JsonOut::begin(a.json)?;
-    let backend = a.device.backend()?;
-    let dir = find_data(a.data.as_deref())?;
-    let (clean, kind) = load_clean(&dir)?;
-    let mut model = load_model(backend.clone(), &a.weights, kind)?;
+    let Loaded {
+        backend,
+        dir,
+        clean,
+        kind,
+        mut model,
+    } = Loaded::new(&a.device, &a.data, &a.weights)?;
     if a.attack.is_some() && a.target as usize >= model.config().num_classes {
         return Err(fmp_engine::Error::InvalidArgument(format!(
             "--target {} out of range 0..{} (the model's classes)",
@@ -283,7 +285,7 @@ pub fn defend(
     backend: &Arc<dyn Backend>,
     after_prune: &mut dyn FnMut(&PreActResNet18) -> Result<()>,
 ) -> Result<(ScanReport, usize)> {
-    let report = run_scan(model, weights, clean, data_dir, scan, backend)?;
+    let report = run_scan(model, weights, clean, data_dir, scan, backend, None)?.report();
     report.save(report_path)?;
     print_summary(&report);
     println!("report: {}", report_path.display());
@@ -302,7 +304,7 @@ pub fn defend(
         }
     );
     after_prune(model)?;
-    run_finetune(model, clean, ft, kind)?;
+    run_finetune(model, clean, ft, kind, None)?;
     Ok((report, pruned.len()))
 }
 

@@ -7,13 +7,13 @@ use std::time::Instant;
 use fmp_engine::data::{DatasetKind, Split};
 use fmp_engine::fmp::attacks::{Attack, AttackKind};
 use fmp_engine::fmp::metrics::evaluate;
-use fmp_engine::fmp::pipeline::{eval_batch, find_data, load_split};
+use fmp_engine::fmp::pipeline::{eval_batch, load_split};
 use fmp_engine::fmp::train::{train_backdoored, BackdoorOptions};
 use fmp_engine::model::{ModelConfig, PreActResNet18};
 use fmp_engine::{Error, Result};
 
 use super::check::{int_in, real_in, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_WIDTH};
-use super::common::{DeviceArgs, JsonOut};
+use super::common::{cifar10_train, DeviceArgs, JsonOut};
 use super::defend::{defend, print_metrics_table};
 use super::finetune::FinetuneArgs;
 use super::scan::{Recipe, ScanArgs, DEFEND_RECIPE};
@@ -75,17 +75,8 @@ pub fn run(a: Args) -> Result<()> {
     let backend = a.device.backend()?;
     let gpu = backend.is_gpu();
     // finds the data or, with none anywhere, downloads CIFAR-10 into the cache (unless --offline)
-    let dir = find_data(a.data.as_deref())?;
-    let (train, kind) = load_split(&dir, Split::Train)?;
-    if kind != DatasetKind::Cifar10 {
-        return Err(Error::Data {
-            path: dir,
-            msg: format!(
-                "the demo runs on CIFAR-10; this folder holds {}",
-                kind.name()
-            ),
-        });
-    }
+    let (dir, train) = cifar10_train(a.data.as_deref(), "demo")?;
+    let kind = DatasetKind::Cifar10;
     let (test, _) = load_split(&dir, Split::Test)?;
     let width = a.width.unwrap_or(if gpu { 64 } else { 8 });
     // The attacker trains on the first `train_images`; the defender's clean pool is the whole training
@@ -121,10 +112,7 @@ pub fn run(a: Args) -> Result<()> {
         opts.sgd.lr
     );
     train_backdoored(&mut model, &train, &opts, &mut |s| {
-        println!(
-            "  epoch {:>3}  loss {:.4}  train acc {:.3}  {:.1} s",
-            s.epoch, s.loss, s.train_acc, s.seconds
-        )
+        super::interrupt::print_epoch(s, false)
     })?;
     let trained = a.workdir.join(format!("{}-w{width}.safetensors", a.attack));
     model.save(&trained)?;

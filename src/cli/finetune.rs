@@ -5,15 +5,14 @@ use fmp_engine::data::DatasetKind;
 use fmp_engine::fmp::checkpoint::{checkpoint_path, data_md5, open_for_resume, sgd_identity};
 use fmp_engine::fmp::download::md5_file;
 use fmp_engine::fmp::finetune::{finetune_resumable, FinetuneOptions};
-use fmp_engine::fmp::pipeline::{find_data, load_clean, load_model};
 use fmp_engine::fmp::prune::PruneMask;
-use fmp_engine::fmp::train::{Checkpointing, EpochStats, LoopState, SgdOptions};
+use fmp_engine::fmp::train::{Checkpointing, EpochStats, SgdOptions};
 use fmp_engine::fmp::LabeledImages;
 use fmp_engine::model::PreActResNet18;
 use fmp_engine::Result;
 
 use super::check::{int_in, real_in, seed, MAX_BATCH, MAX_EPOCHS};
-use super::common::{DeviceArgs, JsonOut};
+use super::common::{DataArgs, JsonDeviceArgs, JsonOut, Loaded};
 
 /// Fine-tuning settings shared by `finetune`, `defend` and `demo`.
 #[derive(clap::Args, Clone, Debug, serde::Serialize)]
@@ -62,9 +61,8 @@ impl FinetuneArgs {
 pub struct Args {
     /// Model weights (.safetensors), usually pruned.
     pub weights: PathBuf,
-    /// Dataset folder [default: $FMP_DATA, ../shared/data, the engine's cache].
-    #[arg(long)]
-    pub data: Option<PathBuf>,
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Fine-tuned weights.
     #[arg(long)]
     pub out: PathBuf,
@@ -80,25 +78,24 @@ pub struct Args {
     /// weights, mask, data and settings only); the result is bit-identical to an uninterrupted run.
     #[arg(long)]
     pub resume: bool,
-    /// Print one JSON object on stdout (progress text goes to stderr); fields in docs/report.md.
-    #[arg(long)]
-    pub json: bool,
     #[command(flatten)]
-    pub device: DeviceArgs,
+    pub common: JsonDeviceArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
     super::check::input_file(&a.weights, "WEIGHTS")?;
-    super::check::output_path(&a.out, "--out")?;
-    let lock = super::check::lock_output(&a.out, "--out")?;
+    let lock = super::check::claim_out(&a.out)?;
     if let Some(m) = &a.mask {
         super::check::input_file(m, "--mask")?;
     }
-    let json = JsonOut::begin(a.json)?;
-    let backend = a.device.backend()?;
-    let dir = find_data(a.data.as_deref())?;
-    let (clean, kind) = load_clean(&dir)?;
-    let mut model = load_model(backend.clone(), &a.weights, kind)?;
+    let json = JsonOut::begin(a.common.json)?;
+    let Loaded {
+        backend,
+        dir,
+        clean,
+        kind,
+        mut model,
+    } = Loaded::new(&a.common.device, &a.data, &a.weights)?;
     let mut pairs = Vec::new();
     let mut mask_md5 = "-".to_string();
     let mut mask = None;
@@ -146,30 +143,10 @@ pub fn run(a: Args) -> Result<()> {
         }
         None => None,
     };
-    super::interrupt::install();
     let epochs = opts.sgd.epochs;
-    let mut save = |m: &PreActResNet18, st: &LoopState| {
-        fmp_engine::fmp::checkpoint::save(&ckpt_path, m, st, &identity)?;
-        super::interrupt::keep(format!(
-            "the checkpoint {} after epoch {}/{epochs}; continue with the same command and --resume",
-            ckpt_path.display(),
-            st.epoch
-        ));
-        if super::interrupt::requested() {
-            return Err(super::interrupt::stopped());
-        }
-        Ok(())
-    };
-    let epochs = run_finetune_with(
-        &mut model,
-        &clean,
-        &a.ft,
-        kind,
-        Some(Checkpointing {
-            resume,
-            save: &mut save,
-        }),
-    )?;
+    let epochs = super::interrupt::run_checkpointed(&ckpt_path, &identity, epochs, resume, |c| {
+        run_finetune(&mut model, &clean, &a.ft, kind, Some(c))
+    })?;
     model.save(&a.out)?;
     let _ = std::fs::remove_file(&ckpt_path);
     println!("fine-tuned weights: {}", a.out.display());
@@ -186,17 +163,9 @@ pub fn run(a: Args) -> Result<()> {
     }))
 }
 
+/// Fine-tune `model` on the subset `ft` takes of `clean`, printing each epoch (with per-epoch
+/// checkpoints when `ckpt` is given).
 pub fn run_finetune(
-    model: &mut PreActResNet18,
-    clean: &LabeledImages,
-    ft: &FinetuneArgs,
-    kind: DatasetKind,
-) -> Result<Vec<EpochStats>> {
-    run_finetune_with(model, clean, ft, kind, None)
-}
-
-/// `run_finetune` with per-epoch checkpoints.
-pub fn run_finetune_with(
     model: &mut PreActResNet18,
     clean: &LabeledImages,
     ft: &FinetuneArgs,
@@ -214,12 +183,7 @@ pub fn run_finetune_with(
         model,
         clean,
         &opts,
-        &mut |s| {
-            println!(
-                "  epoch {:>3}  lr {:.5}  loss {:.4}  train acc {:.3}  {:.1} s",
-                s.epoch, s.lr, s.loss, s.train_acc, s.seconds
-            )
-        },
+        &mut |s| super::interrupt::print_epoch(s, true),
         ckpt,
     )
 }

@@ -24,8 +24,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    super::check::output_path(&a.out, "--out")?;
-    let _lock = super::check::lock_output(&a.out, "--out")?;
+    let _lock = super::check::claim_out(&a.out)?;
     let json = JsonOut::begin(a.json)?;
     let mut parts = Vec::new();
     for p in &a.parts {

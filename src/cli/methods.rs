@@ -18,7 +18,7 @@ use fmp_engine::fmp::prune::{apply, selections};
 use fmp_engine::fmp::rng::Rng;
 use fmp_engine::fmp::LabeledImages;
 use fmp_engine::model::PreActResNet18;
-use fmp_engine::{Error, Result};
+use fmp_engine::Result;
 
 use super::finetune::{run_finetune, FinetuneArgs};
 use super::scan::{print_summary, run_scan, ScanArgs};
@@ -33,37 +33,24 @@ pub enum Method {
     Clp,
 }
 
-impl Method {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Method::Fmp => "fmp",
-            Method::Random => "random",
-            Method::FinetuneOnly => "finetune-only",
-            Method::FinePruning => "fine-pruning",
-            Method::Clp => "clp",
-        }
+fmp_engine::named_enum! {
+    Method {
+        Fmp => "fmp",
+        Random => "random",
+        FinetuneOnly => "finetune-only" | "finetune" | "ft",
+        FinePruning => "fine-pruning" | "fineprune" | "fp",
+        Clp => "clp",
+    } else |s| {
+        format!("unknown defense '{s}': expected fmp, random, finetune-only, fine-pruning or clp")
     }
+}
+
+impl Method {
     pub fn fine_tunes(&self) -> bool {
         *self != Method::Clp
     }
     pub fn prunes(&self) -> bool {
         *self != Method::FinetuneOnly
-    }
-}
-
-impl std::str::FromStr for Method {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "fmp" => Ok(Method::Fmp),
-            "random" => Ok(Method::Random),
-            "finetune-only" | "finetune" | "ft" => Ok(Method::FinetuneOnly),
-            "fine-pruning" | "fineprune" | "fp" => Ok(Method::FinePruning),
-            "clp" => Ok(Method::Clp),
-            _ => Err(Error::InvalidArgument(format!(
-                "unknown defense '{s}': expected fmp, random, finetune-only, fine-pruning or clp"
-            ))),
-        }
     }
 }
 
@@ -145,7 +132,9 @@ pub fn run_method(
                 ctx.data_dir,
                 ctx.scan,
                 ctx.backend,
-            )?;
+                None,
+            )?
+            .report();
             if let Some(path) = ctx.report_path {
                 r.save(path)?;
                 println!("report: {}", path.display());
@@ -181,7 +170,7 @@ pub fn run_method(
         if ctx.mask {
             m.set_masks(&pruned)?;
         }
-        run_finetune(&mut m, ctx.clean, ctx.ft, ctx.kind)?;
+        run_finetune(&mut m, ctx.clean, ctx.ft, ctx.kind, None)?;
         m.clear_masks();
     }
     let seconds = t0.elapsed().as_secs_f64() - eval_s;

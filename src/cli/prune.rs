@@ -10,7 +10,7 @@ use fmp_engine::model::PreActResNet18;
 use fmp_engine::Result;
 
 use super::check::{int_in, seed, MAX_CHANNELS};
-use super::common::{DeviceArgs, JsonOut};
+use super::common::{JsonDeviceArgs, JsonOut};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -32,11 +32,8 @@ pub struct Args {
     /// Also write `<out>.mask.json`, so `finetune` keeps the pruned filters at zero.
     #[arg(long)]
     pub mask: bool,
-    /// Print one JSON object on stdout (progress text goes to stderr); fields in docs/report.md.
-    #[arg(long)]
-    pub json: bool,
     #[command(flatten)]
-    pub device: DeviceArgs,
+    pub common: JsonDeviceArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -44,19 +41,18 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(report) = &a.report {
         super::check::input_file(report, "--report")?;
     }
-    super::check::output_path(&a.out, "--out")?;
-    let _lock = super::check::lock_output(&a.out, "--out")?;
+    let _lock = super::check::claim_out(&a.out)?;
     if a.mask {
         super::check::output_path(&PruneMask::sidecar(&a.out), "--mask")?;
     }
-    let json = JsonOut::begin(a.json)?;
+    let json = JsonOut::begin(a.common.json)?;
     let report = match &a.report {
         Some(path) => Some(ScanReport::load(path)?),
         None => None,
     };
     // Normalisation constants do not matter for pruning; the file's own shapes give width and classes.
     let (mut model, _) =
-        PreActResNet18::load(a.device.backend()?, &a.weights, DatasetKind::Cifar10)?;
+        PreActResNet18::load(a.common.device.backend()?, &a.weights, DatasetKind::Cifar10)?;
     let from_report = match (&report, &a.report) {
         (Some(r), Some(path)) => Some(selections(&model, r, path)?),
         _ => None,

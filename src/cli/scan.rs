@@ -11,9 +11,7 @@ use fmp_engine::fmp::journal::{
     conv_layout, images_md5, journal_path, merge, select, shard_slices, weights_md5, PartialScan,
     ScanIdentity,
 };
-use fmp_engine::fmp::pipeline::{
-    eval_batch, find_data, load_clean, load_model, progress_bar, scan_samples,
-};
+use fmp_engine::fmp::pipeline::{eval_batch, progress_bar, scan_samples};
 use fmp_engine::fmp::rng::Rng;
 use fmp_engine::fmp::select::{ReportModel, ReportSettings, ReportTotals, ScanReport, SCAN_SCHEMA};
 use fmp_engine::fmp::stability::{scan_repeated, Aggregate, RepeatOptions, ScoreKind};
@@ -24,7 +22,7 @@ use fmp_engine::{Error, Result};
 use super::check::{
     int_in, real_in, seed, MAX_CHANNELS, MAX_IMAGES, MAX_REPEATS, MAX_SAMPLES, MAX_STEPS,
 };
-use super::common::{DeviceArgs, JsonOut};
+use super::common::{DataArgs, JsonDeviceArgs, JsonOut, Loaded};
 
 /// The recipe `defend` and `demo` use unless `--recipe` says otherwise: the study's best
 /// (docs/STUDY.md). `scan` keeps the paper's (one draw: resumable and shardable).
@@ -167,9 +165,8 @@ impl ScanArgs {
 pub struct Args {
     /// Model weights (.safetensors, PyTorch state_dict names).
     pub weights: PathBuf,
-    /// Dataset folder [default: $FMP_DATA, ../shared/data, the engine's cache].
-    #[arg(long)]
-    pub data: Option<PathBuf>,
+    #[command(flatten)]
+    pub data: DataArgs,
     #[command(flatten)]
     pub scan: ScanArgs,
     /// Known attack (badnets, blended, lowfreq, wanet): also report how many selected maps are among the
@@ -195,11 +192,8 @@ pub struct Args {
     /// selected ones marked.
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
-    /// Print one JSON object on stdout (progress text goes to stderr); fields in docs/report.md.
-    #[arg(long)]
-    pub json: bool,
     #[command(flatten)]
-    pub device: DeviceArgs,
+    pub common: JsonDeviceArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -236,17 +230,20 @@ pub fn run(a: Args) -> Result<()> {
         // nothing is journaled, and Ctrl-C stops at once, leaving no output)
         super::interrupt::install();
     }
-    let json = JsonOut::begin(a.json)?;
-    let backend = a.device.backend()?;
-    let dir = find_data(a.data.as_deref())?;
-    let (clean, kind) = load_clean(&dir)?;
-    let model = load_model(backend.clone(), &a.weights, kind)?;
+    let json = JsonOut::begin(a.common.json)?;
+    let Loaded {
+        backend,
+        dir,
+        clean,
+        model,
+        ..
+    } = Loaded::new(&a.common.device, &a.data, &a.weights)?;
     let j = JournalOpts {
         path: journal,
         resume: a.resume,
         shard: a.shard,
     };
-    match run_scan_parts(
+    match run_scan(
         &model,
         &a.weights,
         &clean,
@@ -360,24 +357,20 @@ pub enum ScanOutcome {
     Shard(PartialScan),
 }
 
-/// Scan `model` with images drawn from `clean`; prints nothing but the progress bar.
-pub fn run_scan(
-    model: &PreActResNet18,
-    weights: &Path,
-    clean: &LabeledImages,
-    data_dir: &Path,
-    s: &ScanArgs,
-    backend: &Arc<dyn Backend>,
-) -> Result<ScanReport> {
-    match run_scan_parts(model, weights, clean, data_dir, s, backend, None)? {
-        ScanOutcome::Report(r) => Ok(r),
-        ScanOutcome::Shard(_) => unreachable!("no shard without a journal"),
+impl ScanOutcome {
+    /// The whole scan's report (what `run_scan` returns without a journal's shard).
+    pub fn report(self) -> ScanReport {
+        match self {
+            ScanOutcome::Report(r) => r,
+            ScanOutcome::Shard(_) => unreachable!("no shard without a journal"),
+        }
     }
 }
 
-/// The scan as slices (`fmp::journal`): with `journal`, each finished slice is saved to `journal.path`
-/// (and a matching journal is resumed), and `journal.shard` limits the scan to one shard.
-pub fn run_scan_parts(
+/// Scan `model` with images drawn from `clean`; prints nothing but the progress bar. The scan runs as
+/// slices (`fmp::journal`): with `journal`, each finished slice is saved to `journal.path` (and a
+/// matching journal is resumed), and `journal.shard` limits the scan to one shard.
+pub fn run_scan(
     model: &PreActResNet18,
     weights: &Path,
     clean: &LabeledImages,

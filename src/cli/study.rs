@@ -19,7 +19,7 @@ use fmp_engine::data::{DatasetKind, Split};
 use fmp_engine::fmp::attacks::{Attack, AttackKind};
 use fmp_engine::fmp::controls::{trigger_overlap_pairs, trigger_sensitivity, TriggerDiagnostic};
 use fmp_engine::fmp::metrics::{evaluate, Metrics};
-use fmp_engine::fmp::pipeline::{eval_batch, find_data, load_model, load_split};
+use fmp_engine::fmp::pipeline::{eval_batch, load_model, load_split};
 use fmp_engine::fmp::rng::Rng;
 use fmp_engine::fmp::stability::{Aggregate, ScoreKind};
 use fmp_engine::fmp::train::{train_backdoored, BackdoorOptions};
@@ -28,7 +28,7 @@ use fmp_engine::model::{ModelConfig, PreActResNet18};
 use fmp_engine::{Error, Result};
 
 use super::check::{int_in, real_in, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_WIDTH};
-use super::common::DeviceArgs;
+use super::common::{cifar10_train, DeviceArgs};
 use super::finetune::FinetuneArgs;
 use super::methods::{run_method, Ctx, Method};
 use super::scan::{Recipe as Named, ScanArgs};
@@ -81,6 +81,8 @@ impl std::str::FromStr for Recipe {
             let (k, v) = kv
                 .split_once('=')
                 .ok_or_else(|| bad(format!("'{kv}' is not key=value")))?;
+            // the kind's own name for any spelling it accepts
+            let canonical = |p: Result<&str>| p.map(String::from).map_err(|e| bad(e.to_string()));
             let num = |v: &str| -> Result<usize> {
                 match v.parse::<usize>() {
                     Ok(n) if n >= 1 => Ok(n),
@@ -91,20 +93,8 @@ impl std::str::FromStr for Recipe {
                 "samples" => r.samples = num(v)?,
                 "repeats" => r.repeats = num(v)?,
                 "steps" => r.steps = num(v)?,
-                "score" => {
-                    r.score = v
-                        .parse::<ScoreKind>()
-                        .map_err(|e| bad(e.to_string()))?
-                        .name()
-                        .into()
-                }
-                "aggregate" => {
-                    r.aggregate = v
-                        .parse::<Aggregate>()
-                        .map_err(|e| bad(e.to_string()))?
-                        .name()
-                        .into()
-                }
+                "score" => r.score = canonical(v.parse::<ScoreKind>().map(|k| k.name()))?,
+                "aggregate" => r.aggregate = canonical(v.parse::<Aggregate>().map(|a| a.name()))?,
                 _ => {
                     return Err(bad(format!(
                         "unknown key '{k}' (samples, score, repeats, steps, aggregate)"
@@ -309,17 +299,8 @@ pub fn run(a: Args) -> Result<()> {
         a.recipes.clone()
     };
     let backend = a.device.backend()?;
-    let dir = find_data(a.data.as_deref())?;
-    let (pool, kind) = load_split(&dir, Split::Train)?;
-    if kind != DatasetKind::Cifar10 {
-        return Err(Error::Data {
-            path: dir,
-            msg: format!(
-                "the study runs on CIFAR-10; this folder holds {}",
-                kind.name()
-            ),
-        });
-    }
+    let (dir, pool) = cifar10_train(a.data.as_deref(), "study")?;
+    let kind = DatasetKind::Cifar10;
     let test = load_split(&dir, Split::Test)?.0.truncate(a.test_images);
     let train = pool.clone().truncate(a.train_images);
     std::fs::create_dir_all(&a.workdir).map_err(|e| Error::io(&a.workdir, e))?;
@@ -358,10 +339,7 @@ pub fn run(a: Args) -> Result<()> {
                 opts.sgd.batch = a.batch;
                 opts.sgd.seed = ts;
                 train_backdoored(&mut m, &train, &opts, &mut |s| {
-                    println!(
-                        "  epoch {:>3}  loss {:.4}  train acc {:.3}  {:.1} s",
-                        s.epoch, s.loss, s.train_acc, s.seconds
-                    )
+                    super::interrupt::print_epoch(s, false)
                 })?;
                 m.save(&weights)?;
                 m

@@ -6,17 +6,15 @@ use fmp_engine::data::{DatasetKind, Split};
 use fmp_engine::fmp::attacks::{Attack, AttackKind};
 use fmp_engine::fmp::checkpoint::{checkpoint_path, data_md5, open_for_resume, sgd_identity};
 use fmp_engine::fmp::metrics::evaluate;
-use fmp_engine::fmp::pipeline::{eval_batch, find_data, load_split};
-use fmp_engine::fmp::train::{
-    train_backdoored_resumable, BackdoorOptions, Checkpointing, LoopState,
-};
+use fmp_engine::fmp::pipeline::{eval_batch, load_split};
+use fmp_engine::fmp::train::{train_backdoored_resumable, BackdoorOptions, EpochStats};
 use fmp_engine::model::{ModelConfig, PreActResNet18};
 use fmp_engine::{Error, Result};
 
 use super::check::{
     int_in, real_in, seed, MAX_BATCH, MAX_CLASS, MAX_EPOCHS, MAX_IMAGES, MAX_WIDTH,
 };
-use super::common::{DeviceArgs, JsonOut};
+use super::common::{DataArgs, JsonDeviceArgs, JsonOut};
 use super::defend::print_metrics_table;
 
 /// `none` or an attack name.
@@ -41,9 +39,8 @@ impl std::str::FromStr for AttackOrNone {
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Dataset folder [default: $FMP_DATA, ../shared/data, the engine's cache].
-    #[arg(long)]
-    pub data: Option<PathBuf>,
+    #[command(flatten)]
+    pub data: DataArgs,
     /// badnets, blended, lowfreq, wanet or none.
     #[arg(long)]
     pub attack: AttackOrNone,
@@ -84,19 +81,15 @@ pub struct Args {
     /// settings only); the result is bit-identical to an uninterrupted run.
     #[arg(long)]
     pub resume: bool,
-    /// Print one JSON object on stdout (progress text goes to stderr); fields in docs/report.md.
-    #[arg(long)]
-    pub json: bool,
     #[command(flatten)]
-    pub device: DeviceArgs,
+    pub common: JsonDeviceArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    super::check::output_path(&a.out, "--out")?;
-    let lock = super::check::lock_output(&a.out, "--out")?;
-    let json = JsonOut::begin(a.json)?;
-    let backend = a.device.backend()?;
-    let dir = find_data(a.data.as_deref())?;
+    let lock = super::check::claim_out(&a.out)?;
+    let json = JsonOut::begin(a.common.json)?;
+    let backend = a.common.device.backend()?;
+    let dir = a.data.dir()?;
     let (train, kind) = load_split(&dir, Split::Train)?;
     let train = train.truncate(a.limit.unwrap_or(usize::MAX));
     let cfg = ModelConfig::for_dataset(kind, a.width);
@@ -153,35 +146,11 @@ pub fn run(a: Args) -> Result<()> {
             None,
         ),
     };
-    super::interrupt::install();
-    let mut save = |m: &PreActResNet18, st: &LoopState| {
-        fmp_engine::fmp::checkpoint::save(&ckpt_path, m, st, &identity)?;
-        super::interrupt::keep(format!(
-            "the checkpoint {} after epoch {}/{}; continue with the same command and --resume",
-            ckpt_path.display(),
-            st.epoch,
-            a.epochs
-        ));
-        if super::interrupt::requested() {
-            return Err(super::interrupt::stopped());
-        }
-        Ok(())
-    };
-    let epochs = train_backdoored_resumable(
-        &mut model,
-        &train,
-        &opts,
-        &mut |s| {
-            println!(
-                "  epoch {:>3}  lr {:.5}  loss {:.4}  train acc {:.3}  {:.1} s",
-                s.epoch, s.lr, s.loss, s.train_acc, s.seconds
-            )
-        },
-        Some(Checkpointing {
-            resume,
-            save: &mut save,
-        }),
-    )?;
+    let epochs =
+        super::interrupt::run_checkpointed(&ckpt_path, &identity, a.epochs, resume, |c| {
+            let print = &mut |s: &EpochStats| super::interrupt::print_epoch(s, true);
+            train_backdoored_resumable(&mut model, &train, &opts, print, Some(c))
+        })?;
     model.save(&a.out)?;
     let _ = std::fs::remove_file(&ckpt_path);
     println!("weights: {}", a.out.display());

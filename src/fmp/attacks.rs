@@ -17,7 +17,6 @@
 //!   (fresh per image) before the clamp. The warped image is rounded back to u8, so every attack maps a u8 image
 //!   to a u8 image and training applies triggers before augmentation, as section 7 says.
 use super::rng::Rng;
-use crate::error::{Error, Result};
 
 pub const SIDE: usize = 32;
 pub const PLANE: usize = SIDE * SIDE;
@@ -32,30 +31,13 @@ pub enum AttackKind {
     WaNet,
 }
 
-impl AttackKind {
-    pub fn name(&self) -> &'static str {
-        match self {
-            AttackKind::BadNets => "badnets",
-            AttackKind::Blended => "blended",
-            AttackKind::LowFreq => "lowfreq",
-            AttackKind::WaNet => "wanet",
-        }
-    }
-}
-
-impl std::str::FromStr for AttackKind {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "badnets" | "badnet" => Ok(AttackKind::BadNets),
-            "blended" | "blend" => Ok(AttackKind::Blended),
-            "lowfreq" | "low-frequency" | "lf" => Ok(AttackKind::LowFreq),
-            "wanet" => Ok(AttackKind::WaNet),
-            _ => Err(Error::InvalidArgument(format!(
-                "unknown attack '{s}': expected badnets, blended, lowfreq or wanet"
-            ))),
-        }
-    }
+crate::named_enum! {
+    AttackKind {
+        BadNets => "badnets" | "badnet",
+        Blended => "blended" | "blend",
+        LowFreq => "lowfreq" | "low-frequency" | "lf",
+        WaNet => "wanet",
+    } else |s| format!("unknown attack '{s}': expected badnets, blended, lowfreq or wanet")
 }
 
 impl std::fmt::Display for AttackKind {

@@ -139,7 +139,7 @@ pub fn scan_layer_batched_range(
         range,
         chunk,
         progress,
-        &mut |tx, tx0, c0, k, res| score_channels(model, tx, tx0, x0, labels, c0, k, eps, res),
+        &mut |tx, tx0, c0, k, res| score_channels(model, tx, tx0, x0, labels, c0, k, eps, 1, res),
     )
 }
 
@@ -194,7 +194,9 @@ pub(crate) fn onehot_grad(
 
 /// One batched chunk: channels `c0..c0+k` of the traced conv (`tx`, `tx0`: traces of X and X0 up to
 /// it), stacked with the B samples channel-major: `frg_seed` -> one-hot input gradient -> `sign_step`
-/// -> scoring forward. Appends k scores and mean true-class probabilities to `res`.
+/// -> scoring forward. Appends k scores and mean true-class probabilities to `res`. With `steps` > 1
+/// every further sign step starts from the previous adversarial images, whose own traces give the
+/// one-channel seeds (`frg_steps`: `stacked_seed` on the host).
 #[allow(clippy::too_many_arguments)]
 pub fn score_channels(
     model: &PreActResNet18,
@@ -205,11 +207,12 @@ pub fn score_channels(
     c0: usize,
     k: usize,
     eps: f32,
+    steps: usize,
     res: &mut LayerScores,
 ) -> Result<()> {
     let be = model.backend();
     let b = labels.len();
-    let (_, _, h, w) = tx.tap().nchw();
+    let (_, c, h, w) = tx.tap().nchw();
     let mut seed = be.empty(&[k * b, 1, h, w])?;
     be.frg_seed(tx.tap(), tx0.tap(), c0, &mut seed)?;
     let g = onehot_grad(model, tx0, &seed, c0, b)?;
@@ -217,6 +220,20 @@ pub fn score_channels(
     let mut xadv = be.empty(&[k * b, 3, 32, 32])?;
     be.sign_step(x0, &g, eps, &mut xadv)?;
     drop(g);
+    if steps > 1 {
+        let ax = be.to_host(tx.tap())?;
+        for _ in 1..steps {
+            let tz = model.forward_trace(&xadv, tx.upto())?;
+            let az = be.to_host(tz.tap())?;
+            let seed = frg_steps::stacked_seed(&az, &ax, b, c, h * w, c0, k);
+            let seed = be.from_host(&seed, &[k * b, 1, h, w])?;
+            let g = onehot_grad(model, &tz, &seed, c0, b)?;
+            drop((tz, seed));
+            let mut next = be.empty(&[k * b, 3, 32, 32])?;
+            be.sign_step(&xadv, &g, eps, &mut next)?;
+            xadv = next;
+        }
+    }
     let logits = be.to_host(&model.forward(&xadv)?)?;
     score_chunk(&logits, labels, k, res)
 }

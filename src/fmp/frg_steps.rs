@@ -5,20 +5,18 @@
 //! `G_c(Z) = d/dZ mean_(b,h,w) (A_l(X) - A_l(Z))[:, c]^2` (each step moves every pixel by at most eps; after
 //! S steps by at most S * eps from X0; only the [0, 1] clamp bounds it). The score is taken on `Xadv_S`.
 //!
-//! Batched (`score_channels_steps`): the K*B stacked images of a chunk keep their own traces after step 1,
-//! so the one-channel seed of step t >= 2 is formed on the host from the stacked activations, then one
-//! `input_grad(Cotangent::OneHot)` over the K*B trace and one `sign_step` advance all of them. With S = 1 it
-//! computes what `frg::score_channels` computes (checked in tests/fmp_steps.rs); the scan uses
-//! `score_channels` for S = 1. Naive (`scan_layer_naive_steps`): one channel at a time with a full
-//! cotangent and host-side sign steps (`frg::scan_layer_naive_range`, which also runs the single
-//! step). Both give identical scores (tests/fmp_steps.rs).
+//! Batched (`frg::score_channels` with `steps`): the K*B stacked images of a chunk keep their own traces
+//! after step 1, so the one-channel seed of step t >= 2 is formed on the host from the stacked activations
+//! (`stacked_seed`), then one `input_grad(Cotangent::OneHot)` over the K*B trace and one `sign_step` advance
+//! all of them. With S = 1 it is the scan's single-step chunk (checked in tests/fmp_steps.rs). Naive
+//! (`scan_layer_naive_steps`): one channel at a time with a full cotangent and host-side sign steps
+//! (`frg::scan_layer_naive_range`, which also runs the single step). Both give identical scores
+//! (tests/fmp_steps.rs).
 use std::ops::Range;
 
-use super::frg::{
-    onehot_grad, scan_chunks, scan_layer_naive_range, score_chunk, LayerScores, ScanOptions,
-};
+use super::frg::{scan_chunks, scan_layer_naive_range, score_channels, LayerScores, ScanOptions};
 use crate::error::{Error, Result};
-use crate::model::{PreActResNet18, Trace};
+use crate::model::PreActResNet18;
 use crate::tensor::Tensor;
 
 /// Channels per chunk with several steps: a third of the single-step chunk (`frg::chunk_channels`), since
@@ -84,14 +82,14 @@ pub fn scan_layer_steps_range(
         chunk,
         progress,
         &mut |tx, tx0, c0, k, res| {
-            score_channels_steps(model, tx, tx0, x0, labels, c0, k, eps, steps, res)
+            score_channels(model, tx, tx0, x0, labels, c0, k, eps, steps, res)
         },
     )
 }
 
 /// `2/(B*H*W) * (a_z[i, c] - a_x[i % B, c])` for item i = ki*B + bi, c = c0 + ki: the one-channel
 /// cotangents of the stacked items (a_z: [K*B, C, H, W], a_x: [B, C, H, W], host copies).
-fn stacked_seed(
+pub(crate) fn stacked_seed(
     a_z: &[f32],
     a_x: &[f32],
     b: usize,
@@ -114,50 +112,6 @@ fn stacked_seed(
         }
     }
     seed
-}
-
-/// One batched chunk with `steps` sign steps; appends k scores to `res`.
-#[allow(clippy::too_many_arguments)]
-pub fn score_channels_steps(
-    model: &PreActResNet18,
-    tx: &Trace,
-    tx0: &Trace,
-    x0: &Tensor,
-    labels: &[u32],
-    c0: usize,
-    k: usize,
-    eps: f32,
-    steps: usize,
-    res: &mut LayerScores,
-) -> Result<()> {
-    let be = model.backend();
-    let b = labels.len();
-    let layer = tx.upto();
-    let (_, c, h, w) = tx.tap().nchw();
-    let ax = be.to_host(tx.tap())?;
-    let mut xadv: Option<Tensor> = None;
-    for _ in 0..steps.max(1) {
-        let (g, from) = match &xadv {
-            None => {
-                let mut seed = be.empty(&[k * b, 1, h, w])?;
-                be.frg_seed(tx.tap(), tx0.tap(), c0, &mut seed)?;
-                (onehot_grad(model, tx0, &seed, c0, b)?, x0)
-            }
-            Some(z) => {
-                let tz = model.forward_trace(z, layer)?;
-                let az = be.to_host(tz.tap())?;
-                let seed = stacked_seed(&az, &ax, b, c, h * w, c0, k);
-                let seed = be.from_host(&seed, &[k * b, 1, h, w])?;
-                (onehot_grad(model, &tz, &seed, c0, b)?, z)
-            }
-        };
-        let mut next = be.empty(&[k * b, 3, 32, 32])?;
-        be.sign_step(from, &g, eps, &mut next)?;
-        xadv = Some(next);
-    }
-    let xadv = xadv.expect("at least one step");
-    let logits = be.to_host(&model.forward(&xadv)?)?;
-    score_chunk(&logits, labels, k, res)
 }
 
 /// The plain loop with `steps` sign steps: one channel at a time, full cotangents, host sign steps

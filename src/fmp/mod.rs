@@ -21,10 +21,6 @@ pub mod select;
 pub mod stability;
 pub mod train;
 
-use std::path::Path;
-
-use crate::error::{Error, Result};
-
 /// u8 images (CIFAR layout, [N, 3, 32, 32]) with labels.
 #[derive(Clone, Debug, Default)]
 pub struct LabeledImages {
@@ -69,24 +65,6 @@ pub fn u8_to_pixels(x: &[u8]) -> Vec<f32> {
     x.iter().map(|&v| v as f32 / 255.0).collect()
 }
 
-/// Write `bytes` to a temporary file beside `path`, then rename it over `path`.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| Error::File {
-        path: path.into(),
-        msg: "not a file path".into(),
-    })?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
-}
+/// The one atomic write (temporary file beside `path`, fsync, rename), for reports, masks and
+/// journals as for weights.
+pub use crate::weights::write_atomic;

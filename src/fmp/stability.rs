@@ -28,14 +28,15 @@ pub enum ScoreKind {
     Margin,
 }
 
+crate::named_enum! {
+    ScoreKind {
+        Acc => "acc" | "accuracy",
+        Prob => "prob" | "probability",
+        Margin => "margin",
+    } else |s| format!("--score '{s}': expected acc, prob or margin")
+}
+
 impl ScoreKind {
-    pub fn name(&self) -> &'static str {
-        match self {
-            ScoreKind::Acc => "acc",
-            ScoreKind::Prob => "prob",
-            ScoreKind::Margin => "margin",
-        }
-    }
     /// (ranking score, tie-break) of a conv's report under this kind.
     pub fn keys<'a>(&self, c: &'a ConvReport) -> Result<(&'a [f32], &'a [f32])> {
         match self {
@@ -54,20 +55,6 @@ impl ScoreKind {
     }
 }
 
-impl std::str::FromStr for ScoreKind {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "acc" | "accuracy" => Ok(ScoreKind::Acc),
-            "prob" | "probability" => Ok(ScoreKind::Prob),
-            "margin" => Ok(ScoreKind::Margin),
-            _ => Err(Error::InvalidArgument(format!(
-                "--score '{s}': expected acc, prob or margin"
-            ))),
-        }
-    }
-}
-
 /// How repeats are combined per map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Aggregate {
@@ -75,13 +62,14 @@ pub enum Aggregate {
     Median,
 }
 
+crate::named_enum! {
+    Aggregate {
+        Mean => "mean",
+        Median => "median",
+    } else |s| format!("--aggregate '{s}': expected mean or median")
+}
+
 impl Aggregate {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Aggregate::Mean => "mean",
-            Aggregate::Median => "median",
-        }
-    }
     fn of(&self, v: &mut [f32]) -> f32 {
         match self {
             Aggregate::Mean => (v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64) as f32,
@@ -94,19 +82,6 @@ impl Aggregate {
                     0.5 * (v[n / 2 - 1] + v[n / 2])
                 }
             }
-        }
-    }
-}
-
-impl std::str::FromStr for Aggregate {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "mean" => Ok(Aggregate::Mean),
-            "median" => Ok(Aggregate::Median),
-            _ => Err(Error::InvalidArgument(format!(
-                "--aggregate '{s}': expected mean or median"
-            ))),
         }
     }
 }

@@ -481,9 +481,9 @@ impl PreActResNet18 {
         Ok(a)
     }
 
-    /// Zero output filter `channel` of conv `conv` and the gamma of its `pruned_bn` (spec section 4;
-    /// beta is kept). No mask: fine-tuning may change them again unless `set_masks` is used.
-    pub fn zero_channel(&mut self, conv: usize, channel: usize) -> Result<()> {
+    /// Conv `conv` and its output channel count, checking that `channel` is one of its channels
+    /// (`zero_channel`, `set_masks`).
+    fn conv_channel(&self, conv: usize, channel: usize) -> Result<(&ConvInfo, usize)> {
         let info = self.convs.get(conv).ok_or_else(|| {
             Error::InvalidArgument(format!("conv index {conv} out of range 0..20"))
         })?;
@@ -494,6 +494,13 @@ impl PreActResNet18 {
                 info.name
             )));
         }
+        Ok((info, cout))
+    }
+
+    /// Zero output filter `channel` of conv `conv` and the gamma of its `pruned_bn` (spec section 4;
+    /// beta is kept). No mask: fine-tuning may change them again unless `set_masks` is used.
+    pub fn zero_channel(&mut self, conv: usize, channel: usize) -> Result<()> {
+        let (info, cout) = self.conv_channel(conv, channel)?;
         let bn = info.pruned_bn.clone();
         let b = self.backend.clone();
         let w = &mut self.conv_w[conv];
@@ -524,16 +531,7 @@ impl PreActResNet18 {
         let mut conv_m: Vec<Option<Vec<f32>>> = vec![None; self.convs.len()];
         let mut gamma_m: Vec<Option<Vec<f32>>> = vec![None; self.bns.len()];
         for &(conv, ch) in pruned {
-            let info = self.convs.get(conv).ok_or_else(|| {
-                Error::InvalidArgument(format!("conv index {conv} out of range 0..20"))
-            })?;
-            let cout = info.params.c_out as usize;
-            if ch >= cout {
-                return Err(Error::InvalidArgument(format!(
-                    "channel {ch} out of range 0..{cout} of {}",
-                    info.name
-                )));
-            }
+            let (info, cout) = self.conv_channel(conv, ch)?;
             let numel = self.conv_w[conv].numel();
             let per = numel / cout;
             let m = conv_m[conv].get_or_insert_with(|| vec![1.0; numel]);
@@ -541,11 +539,7 @@ impl PreActResNet18 {
                 .iter_mut()
                 .for_each(|v| *v = 0.0);
             if let Some(bn) = &info.pruned_bn {
-                let j = self
-                    .bns
-                    .iter()
-                    .position(|x| &x.name == bn)
-                    .expect("pruned_bn names a BN");
+                let j = self.bn_index(bn).expect("pruned_bn names a BN");
                 gamma_m[j].get_or_insert_with(|| vec![1.0; cout])[ch] = 0.0;
             }
         }

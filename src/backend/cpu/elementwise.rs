@@ -4,7 +4,8 @@
 //! on the thread count.
 use rayon::prelude::*;
 
-use super::{broadcast_batch, host, host_mut, same_shape};
+use super::{host, host_mut, same_shape};
+use crate::backend::shapes;
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -74,8 +75,7 @@ fn broadcast_op(
     out: &mut Tensor,
     f: impl Fn(f32, f32) -> f32 + Sync,
 ) -> Result<()> {
-    same_shape(op, g_name, g, out_name, out)?;
-    let b = broadcast_batch(op, saved_name, saved, g_name, g)?;
+    let b = shapes::broadcast_op(op, [saved_name, g_name, out_name], saved, g, out)?;
     let s = host(op, saved_name, saved)?;
     let gs = host(op, g_name, g)?;
     let o = host_mut(op, out_name, out)?;
@@ -89,8 +89,7 @@ fn broadcast_op(
 
 pub fn add(a: &Tensor, b: &Tensor, y: &mut Tensor) -> Result<()> {
     const OP: &str = "add";
-    same_shape(OP, "a", a, "b", b)?;
-    same_shape(OP, "a", a, "y", y)?;
+    shapes::same_shapes(OP, ("a", a), &[("b", b), ("y", y)])?;
     let av = host(OP, "a", a)?;
     let bv = host(OP, "b", b)?;
     let yv = host_mut(OP, "y", y)?;
@@ -155,8 +154,8 @@ pub fn sgd_step(
     weight_decay: f32,
 ) -> Result<()> {
     const OP: &str = "sgd_step";
-    same_shape(OP, "param", param, "grad", grad)?;
-    same_shape(OP, "param", param, "momentum_buf", momentum_buf)?;
+    let rest = [("grad", grad), ("momentum_buf", &*momentum_buf)];
+    shapes::same_shapes(OP, ("param", param), &rest)?;
     let gs = host(OP, "grad", grad)?;
     let bs = host_mut(OP, "momentum_buf", momentum_buf)?;
     let ps = host_mut(OP, "param", param)?;

@@ -23,29 +23,42 @@ pub fn channel_affine(
     let sc = host(OP, "scale", scale)?;
     let sh = host(OP, "shift", shift)?;
     let ys = host_mut(OP, "y", y)?;
-    if xs.is_empty() || hw == 0 {
-        return Ok(());
+    per_plane(ys, xs, c, hw, |ch, yo, xo| {
+        let (a, b) = (sc[ch], sh[ch]);
+        if relu {
+            for (o, &v) in yo.iter_mut().zip(xo) {
+                let t = v * a + b;
+                *o = if t > 0.0 { t } else { 0.0 };
+            }
+        } else {
+            for (o, &v) in yo.iter_mut().zip(xo) {
+                *o = v * a + b;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// `f(channel, out plane, in plane)` for every (item, channel) plane of [N, C, HW] tensors `ys`
+/// and `xs`, items in parallel.
+fn per_plane(
+    ys: &mut [f32],
+    xs: &[f32],
+    c: usize,
+    hw: usize,
+    f: impl Fn(usize, &mut [f32], &[f32]) + Sync,
+) {
+    if ys.is_empty() || hw == 0 {
+        return;
     }
     ys.par_chunks_mut((c * hw).max(1))
         .zip(xs.par_chunks((c * hw).max(1)))
         .for_each(|(yi, xi)| {
             for ch in 0..c {
-                let (a, b) = (sc[ch], sh[ch]);
-                let yo = &mut yi[ch * hw..(ch + 1) * hw];
-                let xo = &xi[ch * hw..(ch + 1) * hw];
-                if relu {
-                    for (o, &v) in yo.iter_mut().zip(xo) {
-                        let t = v * a + b;
-                        *o = if t > 0.0 { t } else { 0.0 };
-                    }
-                } else {
-                    for (o, &v) in yo.iter_mut().zip(xo) {
-                        *o = v * a + b;
-                    }
-                }
+                let r = ch * hw..(ch + 1) * hw;
+                f(ch, &mut yi[r.clone()], &xi[r]);
             }
         });
-    Ok(())
 }
 
 pub fn channel_affine_backward(
@@ -61,22 +74,12 @@ pub fn channel_affine_backward(
     match y_saved {
         None => {
             let o = host_mut(OP, "dx", dx)?;
-            if o.is_empty() || hw == 0 {
-                return Ok(());
-            }
-            o.par_chunks_mut((c * hw).max(1))
-                .zip(g.par_chunks((c * hw).max(1)))
-                .for_each(|(o, g)| {
-                    for ch in 0..c {
-                        let a = sc[ch];
-                        for (o, &g) in o[ch * hw..(ch + 1) * hw]
-                            .iter_mut()
-                            .zip(&g[ch * hw..(ch + 1) * hw])
-                        {
-                            *o = g * a;
-                        }
-                    }
-                });
+            per_plane(o, g, c, hw, |ch, o, g| {
+                let a = sc[ch];
+                for (o, &g) in o.iter_mut().zip(g) {
+                    *o = g * a;
+                }
+            });
         }
         Some(ys) => {
             let b = broadcast_batch(OP, "y_saved", ys, "dy", dy)?;

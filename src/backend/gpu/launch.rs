@@ -122,6 +122,21 @@ pub(super) fn pick_tile_m(rows: usize, cols: usize) -> u32 {
     }
 }
 
+/// The conv kernels' implicit GEMMs, the one rule for both the tile choice and the launch:
+/// forward (rows, cols) = (c_out, N*Ho*Wo), input gradient (c_in, N*H*W), weight gradient
+/// (c_out, c_in*k*k) over a reduction of N*Ho*Wo.
+pub(super) fn fwd_gemm(p: &ConvParams) -> (usize, usize) {
+    (us(p.c_out), us(p.n) * us(p.h_out) * us(p.w_out))
+}
+pub(super) fn dgrad_gemm(p: &ConvParams) -> (usize, usize) {
+    (us(p.c_in), us(p.n) * us(p.h_in) * us(p.w_in))
+}
+/// (rows, cols, reduction) of the weight gradient.
+pub(super) fn wgrad_gemm(p: &ConvParams) -> (usize, usize, usize) {
+    let cols = us(p.c_in) * us(p.kernel) * us(p.kernel);
+    (us(p.c_out), cols, us(p.n) * us(p.h_out) * us(p.w_out))
+}
+
 /// The weight gradient splits K for parallelism, so it takes the large tile whenever c_out allows.
 pub(super) fn wgrad_tile_m(p: &ConvParams) -> u32 {
     if p.c_out >= k::CONV_TILE_M_LARGE as i32 {

@@ -22,15 +22,15 @@ use bytemuck::Pod;
 
 use self::kernels as k;
 use self::runner::{KernelId, Runner};
-use super::shapes::{self, broadcast_batch, numel_is, same_shape};
+use super::shapes::{self, numel_is, same_shape};
 use super::{delegate, Backend, ConvParams};
 use crate::ensure_shape;
 use crate::error::Result;
 use crate::tensor::{Indices, Tensor};
 
 use self::launch::{
-    conv_fits_i32, div_up, i32_of, non_empty, pick_tile_m, tiled_kernel, us, wgrad_splits,
-    wgrad_tile_m, Grid, BLOCK,
+    conv_fits_i32, dgrad_gemm, div_up, fwd_gemm, i32_of, non_empty, pick_tile_m, tiled_kernel, us,
+    wgrad_gemm, wgrad_splits, wgrad_tile_m, Grid, BLOCK,
 };
 
 pub struct GpuBackend<R: Runner> {
@@ -99,20 +99,11 @@ impl<R: Runner> GpuBackend<R> {
         tile_m: u32,
     ) -> Result<()> {
         shapes::conv_forward(p, x, w, y)?;
-        let kernels = (k::CONV2D_FORWARD, k::CONV2D_FORWARD_M128);
-        let cols = us(p.n) * us(p.h_out) * us(p.w_out);
-        self.conv_tiled(
-            "conv2d_forward",
-            p,
-            tile_m,
-            kernels,
-            us(p.c_out),
-            cols,
-            || {
-                let [x, w, y] = self.ptrs([x, w, y])?;
-                Ok(k::ConvFwdArgs { x, w, y, p: *p })
-            },
-        )
+        let pair = (k::CONV2D_FORWARD, k::CONV2D_FORWARD_M128);
+        self.conv_tiled("conv2d_forward", p, tile_m, pair, fwd_gemm(p), || {
+            let [x, w, y] = self.ptrs([x, w, y])?;
+            Ok(k::ConvFwdArgs { x, w, y, p: *p })
+        })
     }
 
     /// conv2d_input_grad with an explicit row tile (CONV_TILE_M or CONV_TILE_M_LARGE).
@@ -125,34 +116,23 @@ impl<R: Runner> GpuBackend<R> {
         tile_m: u32,
     ) -> Result<()> {
         shapes::conv_input_grad(p, dy, w, dx)?;
-        let kernels = (k::CONV2D_INPUT_GRAD, k::CONV2D_INPUT_GRAD_M128);
-        let cols = us(p.n) * us(p.h_in) * us(p.w_in);
-        self.conv_tiled(
-            "conv2d_input_grad",
-            p,
-            tile_m,
-            kernels,
-            us(p.c_in),
-            cols,
-            || {
-                let [dy, w, dx] = self.ptrs([dy, w, dx])?;
-                Ok(k::ConvDgradArgs { dy, w, dx, p: *p })
-            },
-        )
+        let pair = (k::CONV2D_INPUT_GRAD, k::CONV2D_INPUT_GRAD_M128);
+        self.conv_tiled("conv2d_input_grad", p, tile_m, pair, dgrad_gemm(p), || {
+            let [dy, w, dx] = self.ptrs([dy, w, dx])?;
+            Ok(k::ConvDgradArgs { dy, w, dx, p: *p })
+        })
     }
 
     /// The tiled implicit-GEMM launch of conv forward and input-grad (after the op's shape check):
     /// the 32-bit limit, the (64-row, 128-row) kernel pair's member for `tile_m`, and `rows` x
     /// `cols` output tiles.
-    #[allow(clippy::too_many_arguments)]
     fn conv_tiled<A: Pod>(
         &self,
         op: &'static str,
         p: &ConvParams,
         tile_m: u32,
         (small, large): (KernelId, KernelId),
-        rows: usize,
-        cols: usize,
+        (rows, cols): (usize, usize),
         args: impl FnOnce() -> Result<A>,
     ) -> Result<()> {
         conv_fits_i32(op, p)?;
@@ -200,9 +180,8 @@ impl<R: Runner> GpuBackend<R> {
         )?;
         shapes::conv_weight_grad(p, x, dy, dw)?;
         conv_fits_i32(OP, p)?;
-        let kdim = us(p.n) * us(p.h_out) * us(p.w_out);
-        let cols = us(p.c_in) * us(p.kernel) * us(p.kernel);
-        let count = us(p.c_out) * cols;
+        let (rows, cols, kdim) = wgrad_gemm(p);
+        let count = rows * cols;
         if kdim == 0 {
             // An empty batch contributes nothing: dw is overwritten with zeros.
             return self.fill(dw, 0.0);
@@ -213,7 +192,7 @@ impl<R: Runner> GpuBackend<R> {
         let splits = div_up(kdim, k_chunk);
         let grid = Grid::Tiles {
             cols,
-            rows: us(p.c_out),
+            rows,
             tile_m,
             z: splits,
         };
@@ -276,9 +255,8 @@ impl<R: Runner> Backend for GpuBackend<R> {
     }
 
     fn conv2d_forward(&self, p: &ConvParams, x: &Tensor, w: &Tensor, y: &mut Tensor) -> Result<()> {
-        let cols = us(p.n) * us(p.h_out) * us(p.w_out);
-        let tile = pick_tile_m(us(p.c_out), cols);
-        self.conv2d_forward_tiled(p, x, w, y, tile)
+        let (rows, cols) = fwd_gemm(p);
+        self.conv2d_forward_tiled(p, x, w, y, pick_tile_m(rows, cols))
     }
 
     fn conv2d_input_grad(
@@ -288,9 +266,8 @@ impl<R: Runner> Backend for GpuBackend<R> {
         w: &Tensor,
         dx: &mut Tensor,
     ) -> Result<()> {
-        let cols = us(p.n) * us(p.h_in) * us(p.w_in);
-        let tile = pick_tile_m(us(p.c_in), cols);
-        self.conv2d_input_grad_tiled(p, dy, w, dx, tile)
+        let (rows, cols) = dgrad_gemm(p);
+        self.conv2d_input_grad_tiled(p, dy, w, dx, pick_tile_m(rows, cols))
     }
 
     fn conv2d_weight_grad(
@@ -301,9 +278,8 @@ impl<R: Runner> Backend for GpuBackend<R> {
         dw: &mut Tensor,
     ) -> Result<()> {
         let tile = wgrad_tile_m(p);
-        let cols = us(p.c_in) * us(p.kernel) * us(p.kernel);
-        let tiles = div_up(us(p.c_out), tile as usize) * div_up(cols, k::CONV_TILE_N as usize);
-        let kdim = us(p.n) * us(p.h_out) * us(p.w_out);
+        let (rows, cols, kdim) = wgrad_gemm(p);
+        let tiles = div_up(rows, tile as usize) * div_up(cols, k::CONV_TILE_N as usize);
         self.conv2d_weight_grad_tiled(p, x, dy, dw, tile, wgrad_splits(tiles, kdim))
     }
 
@@ -503,9 +479,8 @@ impl<R: Runner> Backend for GpuBackend<R> {
     }
 
     fn relu_backward(&self, y_saved: &Tensor, dy: &Tensor, dx: &mut Tensor) -> Result<()> {
-        const OP: &str = "relu_backward";
-        same_shape(OP, "dy", dy, "dx", dx)?;
-        broadcast_batch(OP, "y_saved", y_saved, "dy", dy)?;
+        let names = ["y_saved", "dy", "dx"];
+        shapes::broadcast_op("relu_backward", names, y_saved, dy, dx)?;
         let n = dy.numel();
         let saved_numel = y_saved.numel() as i32;
         self.launch(k::RELU_BACKWARD, Grid::Elems(n), || {
@@ -522,8 +497,7 @@ impl<R: Runner> Backend for GpuBackend<R> {
     }
 
     fn add(&self, a: &Tensor, b: &Tensor, y: &mut Tensor) -> Result<()> {
-        same_shape("add", "a", a, "b", b)?;
-        same_shape("add", "a", a, "y", y)?;
+        shapes::same_shapes("add", ("a", a), &[("b", b), ("y", y)])?;
         let n = y.numel();
         self.launch(k::ADD_FORWARD, Grid::Elems(n), || {
             let [a, b, y] = self.ptrs([a, b, y])?;
@@ -676,9 +650,7 @@ impl<R: Runner> Backend for GpuBackend<R> {
     }
 
     fn sign_step(&self, x0: &Tensor, g: &Tensor, eps: f32, y: &mut Tensor) -> Result<()> {
-        const OP: &str = "sign_step";
-        same_shape(OP, "g", g, "y", y)?;
-        broadcast_batch(OP, "x0", x0, "g", g)?;
+        shapes::broadcast_op("sign_step", ["x0", "g", "y"], x0, g, y)?;
         let n = g.numel();
         let x0_numel = x0.numel() as i32;
         self.launch(k::SIGN_STEP, Grid::Elems(n), || {
@@ -705,9 +677,8 @@ impl<R: Runner> Backend for GpuBackend<R> {
         momentum: f32,
         weight_decay: f32,
     ) -> Result<()> {
-        const OP: &str = "sgd_step";
-        same_shape(OP, "param", param, "grad", grad)?;
-        same_shape(OP, "param", param, "momentum_buf", momentum_buf)?;
+        let rest = [("grad", grad), ("momentum_buf", &*momentum_buf)];
+        shapes::same_shapes("sgd_step", ("param", param), &rest)?;
         let n = param.numel();
         self.launch(k::SGD_STEP, Grid::Elems(n), || {
             let [param, grad, buf] = self.ptrs([param, grad, momentum_buf])?;

@@ -76,14 +76,16 @@ const REQUIRED_SYMBOLS: &[&str] = &[
     "nvrtcGetSupportedArchs",
 ];
 
+/// A path from environment variable `k` (None when unset or empty).
+fn env(k: &str) -> Option<PathBuf> {
+    std::env::var_os(k)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
 /// Directories that may hold libnvrtc (searched only when the loader cannot find it by name).
 fn library_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
-    let env = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
     if let Some(d) = env("FMP_NVRTC_DIR") {
         dirs.push(d.join("nvidia/cu13/lib"));
         dirs.push(d.join("lib"));
@@ -252,11 +254,6 @@ pub fn parse_arch(s: &str) -> Result<u32> {
 /// engine cache, `/usr/local/cuda/include`. Only existing directories are returned.
 pub fn include_dirs() -> Vec<PathBuf> {
     let mut c = Vec::new();
-    let env = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
     if let Some(d) = env("FMP_CUDA_INCLUDE") {
         c.push(d);
     }
@@ -387,40 +384,34 @@ fn compile_program(
             log,
         });
     }
-    let mut size = 0usize;
-    let image = match target {
-        Target::Cubin => {
-            // SAFETY: live, compiled program; valid out-pointer.
-            check(
-                unsafe { sys::nvrtcGetCUBINSize(prog, &mut size) },
-                "nvrtcGetCUBINSize",
-            )?;
-            let mut v = vec![0u8; size];
-            // SAFETY: `v` holds exactly the `size` bytes NVRTC writes.
-            check(
-                unsafe { sys::nvrtcGetCUBIN(prog, v.as_mut_ptr() as *mut c_char) },
-                "nvrtcGetCUBIN",
-            )?;
-            v
-        }
-        Target::Ptx => {
-            // SAFETY: as above.
-            check(
-                unsafe { sys::nvrtcGetPTXSize(prog, &mut size) },
-                "nvrtcGetPTXSize",
-            )?;
-            let mut v = vec![0u8; size];
-            // SAFETY: as above.
-            check(
-                unsafe { sys::nvrtcGetPTX(prog, v.as_mut_ptr() as *mut c_char) },
-                "nvrtcGetPTX",
-            )?;
-            while v.last() == Some(&0) {
-                v.pop();
-            }
-            v
-        }
+    // the target's size and copy calls, by name for errors
+    type Size = unsafe fn(sys::nvrtcProgram, *mut usize) -> sys::nvrtcResult;
+    type Get = unsafe fn(sys::nvrtcProgram, *mut c_char) -> sys::nvrtcResult;
+    let ((size_fn, size_name), (get_fn, get_name)): ((Size, &str), (Get, &str)) = match target {
+        Target::Cubin => (
+            (sys::nvrtcGetCUBINSize, "nvrtcGetCUBINSize"),
+            (sys::nvrtcGetCUBIN, "nvrtcGetCUBIN"),
+        ),
+        Target::Ptx => (
+            (sys::nvrtcGetPTXSize, "nvrtcGetPTXSize"),
+            (sys::nvrtcGetPTX, "nvrtcGetPTX"),
+        ),
     };
+    let mut size = 0usize;
+    // SAFETY: live, compiled program; valid out-pointer.
+    check(unsafe { size_fn(prog, &mut size) }, size_name)?;
+    let mut image = vec![0u8; size];
+    // SAFETY: `image` holds exactly the `size` bytes NVRTC writes.
+    check(
+        unsafe { get_fn(prog, image.as_mut_ptr() as *mut c_char) },
+        get_name,
+    )?;
+    if target == Target::Ptx {
+        // PTX text comes NUL-terminated
+        while image.last() == Some(&0) {
+            image.pop();
+        }
+    }
     if image.is_empty() {
         return Err(Error::Nvrtc {
             file: file_name.to_string(),

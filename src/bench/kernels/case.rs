@@ -308,12 +308,8 @@ impl Case {
                 vec![(0..n * o)
                     .map(|j| {
                         let (b, k) = (j / o, j % o);
-                        let (mut v, mut s) = (ins[2][k] as f64, (ins[2][k] as f64).abs());
-                        for i in 0..fi {
-                            let t = ins[0][b * fi + i] as f64 * ins[1][k * fi + i] as f64;
-                            v += t;
-                            s += t.abs();
-                        }
+                        let terms = (0..fi).map(|i| (ins[0][b * fi + i], ins[1][k * fi + i]));
+                        let (v, s) = dot(ins[2][k] as f64, terms);
                         e(j, v, s)
                     })
                     .collect()]
@@ -324,12 +320,8 @@ impl Case {
                 vec![(0..n * fi)
                     .map(|j| {
                         let (b, i) = (j / fi, j % fi);
-                        let (mut v, mut s) = (0.0, 0.0);
-                        for k in 0..o {
-                            let t = ins[0][b * o + k] as f64 * ins[1][k * fi + i] as f64;
-                            v += t;
-                            s += t.abs();
-                        }
+                        let (v, s) =
+                            dot(0.0, (0..o).map(|k| (ins[0][b * o + k], ins[1][k * fi + i])));
                         e(j, v, s)
                     })
                     .collect()]
@@ -340,12 +332,8 @@ impl Case {
                 let dw = (0..o * fi)
                     .map(|j| {
                         let (k, i) = (j / fi, j % fi);
-                        let (mut v, mut s) = (0.0, 0.0);
-                        for b in 0..n {
-                            let t = ins[1][b * o + k] as f64 * ins[0][b * fi + i] as f64;
-                            v += t;
-                            s += t.abs();
-                        }
+                        let (v, s) =
+                            dot(0.0, (0..n).map(|b| (ins[1][b * o + k], ins[0][b * fi + i])));
                         e(j, v, s)
                     })
                     .collect();
@@ -451,4 +439,13 @@ impl Case {
             }
         }
     }
+}
+
+/// `v0` plus the products of `terms` in order, in f64, and the same sum of absolute values (the
+/// linear references' value and error scale).
+fn dot(v0: f64, terms: impl Iterator<Item = (f32, f32)>) -> (f64, f64) {
+    terms.fold((v0, v0.abs()), |(v, s), (a, b)| {
+        let t = a as f64 * b as f64;
+        (v + t, s + t.abs())
+    })
 }
