@@ -2,7 +2,8 @@
 # Measure the CPU section of benches/RESULTS.md, engine and PyTorch peer side by side in one run:
 #   1. the FRG scan at width 16, every one of the 1,200 feature maps, B = 32 (engine batched scan vs
 #      the reference per-channel loop, same weights); again with both held to AVX2, and with the
-#      engine's direct convolutions instead of Winograd;
+#      engine's opt-in Winograd convolutions (FMP_CPU_CONV=winograd; also at width 64 and for the
+#      fine-tuning steps);
 #   2. the FRG scan at width 64, SCAN_CHANNELS per conv, projected conv by conv to 4,800 maps;
 #   3. the fine-tuning SGD step (batch 256) at widths 16 and 64;
 #   4. `bench scan --profile` at widths 8, 16 and 64 (the chunk step by op);
@@ -75,15 +76,19 @@ ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 "$PY" benches/peers/frg_referen
   --json "$OUTD/frg16-peer-avx2-cpu.json" >/dev/null 2>"$OUTD/frg16-peer-avx2-cpu.txt"
 done_step "scan width 16 (PyTorch reference loop, AVX2 forced)"
 
-step "scan width 16 (engine, direct convolutions: FMP_CPU_CONV=direct)"
-FMP_CPU_CONV=direct "$E" bench scan --device cpu --width 16 --samples 32 --channels 100000 \
-  --weights "$OUTD/w16.safetensors" --json "$OUTD/scan16-direct-cpu.json" >"$OUTD/scan16-direct-cpu.txt"
-done_step "scan width 16 (engine, direct convolutions: FMP_CPU_CONV=direct)"
+step "scan width 16 (engine, Winograd convolutions: FMP_CPU_CONV=winograd)"
+FMP_CPU_CONV=winograd "$E" bench scan --device cpu --width 16 --samples 32 --channels 100000 \
+  --weights "$OUTD/w16.safetensors" --json "$OUTD/scan16-winograd-cpu.json" >"$OUTD/scan16-winograd-cpu.txt"
+done_step "scan width 16 (engine, Winograd convolutions: FMP_CPU_CONV=winograd)"
 
 step "scan width 64 (engine)"
 "$E" bench scan --device cpu --width 64 --samples 32 --channels "$CH" \
   --save-weights "$OUTD/w64.safetensors" --json "$OUTD/scan64-cpu.json" >"$OUTD/scan64-cpu.txt"
 done_step "scan width 64 (engine)"
+step "scan width 64 (engine, Winograd)"
+FMP_CPU_CONV=winograd "$E" bench scan --device cpu --width 64 --samples 32 --channels "$CH" \
+  --weights "$OUTD/w64.safetensors" --json "$OUTD/scan64-winograd-cpu.json" >"$OUTD/scan64-winograd-cpu.txt"
+done_step "scan width 64 (engine, Winograd)"
 step "scan width 64 (PyTorch reference loop)"
 "$PY" benches/peers/frg_reference.py --device cpu --threads "$TH" --samples 32 --width 64 --channels "$CH" \
   --weights "$OUTD/w64.safetensors" --json "$OUTD/frg64-peer-cpu.json" >/dev/null 2>"$OUTD/frg64-peer-cpu.txt"
@@ -94,6 +99,10 @@ for W in 16 64; do
   step "fine-tuning step width $W (engine)"
   "$E" bench train --device cpu --width "$W" --batch 256 --steps "$S" --json "$OUTD/train$W-cpu.json" >"$OUTD/train$W-cpu.txt"
   done_step "fine-tuning step width $W (engine)"
+  step "fine-tuning step width $W (engine, Winograd)"
+  FMP_CPU_CONV=winograd "$E" bench train --device cpu --width "$W" --batch 256 --steps "$S" \
+    --json "$OUTD/train$W-winograd-cpu.json" >"$OUTD/train$W-winograd-cpu.txt"
+  done_step "fine-tuning step width $W (engine, Winograd)"
   step "fine-tuning step width $W (PyTorch)"
   "$PY" benches/peers/finetune_peer.py --threads "$TH" --width "$W" --batch 256 --steps "$S" \
     --json "$OUTD/finetune$W-peer-cpu.json" >/dev/null 2>"$OUTD/finetune$W-peer-cpu.txt"
@@ -121,13 +130,17 @@ fi
   "$PY" benches/peers/compare.py scan "$OUTD/scan16-avx2-cpu.json" "$OUTD/frg16-peer-cpu.json"; echo
   echo "### FRG scan, width 16, both held to AVX2 (engine FMP_CPU_KERNEL=avx2; PyTorch ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2)"; echo
   "$PY" benches/peers/compare.py scan "$OUTD/scan16-avx2-cpu.json" "$OUTD/frg16-peer-avx2-cpu.json"; echo
-  echo "### FRG scan, width 16, engine with direct convolutions only (FMP_CPU_CONV=direct)"; echo
-  "$PY" benches/peers/compare.py scan "$OUTD/scan16-direct-cpu.json" "$OUTD/frg16-peer-cpu.json"; echo
+  echo "### FRG scan, width 16, engine with Winograd convolutions (FMP_CPU_CONV=winograd, opt-in)"; echo
+  "$PY" benches/peers/compare.py scan "$OUTD/scan16-winograd-cpu.json" "$OUTD/frg16-peer-cpu.json"; echo
   echo "### FRG scan, width 64, $CH maps per conv, projected to 4,800"; echo
   "$PY" benches/peers/compare.py scan "$OUTD/scan64-cpu.json" "$OUTD/frg64-peer-cpu.json"; echo
+  echo "### FRG scan, width 64, Winograd (opt-in), projected to 4,800"; echo
+  "$PY" benches/peers/compare.py scan "$OUTD/scan64-winograd-cpu.json" "$OUTD/frg64-peer-cpu.json"; echo
   for W in 16 64; do
     echo "### Fine-tuning step, width $W"; echo
     "$PY" benches/peers/compare.py train "$OUTD/train$W-cpu.json" "$OUTD/finetune$W-peer-cpu.json"; echo
+    echo "### Fine-tuning step, width $W, Winograd (opt-in)"; echo
+    "$PY" benches/peers/compare.py train "$OUTD/train$W-winograd-cpu.json" "$OUTD/finetune$W-peer-cpu.json"; echo
   done
   if [ -f "$OUTD/kernels-cpu.json" ]; then
     "$PY" benches/peers/compare.py kernels "$OUTD/kernels-cpu.json" "$OUTD/conv-peer-cpu.json"; echo
