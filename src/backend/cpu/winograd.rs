@@ -350,9 +350,17 @@ thread_local! {
     };
 }
 
-/// One unit: panels p0..p1 of the call.
-type UnitFn =
-    unsafe fn(&Tiles, WMicroFn, &[f32], &[f32], OutPtr, usize, usize, &mut [f32], &mut [f32]);
+/// What every unit of one call shares.
+struct Call<'a> {
+    t: &'a Tiles,
+    micro: WMicroFn,
+    x: &'a [f32],
+    u: &'a [f32],
+    out: OutPtr,
+}
+
+/// One unit: panels p0..p1 of the call, with the task's V and M.
+type UnitFn = unsafe fn(&Call, usize, usize, &mut [f32], &mut [f32]);
 
 fn run(g: &Geom, x: &[f32], u: &[f32], y: &mut [f32]) {
     run_on(&Tiles::new(g), x, u, y, true);
@@ -364,8 +372,13 @@ fn run_on(t: &Tiles, x: &[f32], u: &[f32], y: &mut [f32], parallel: bool) {
     assert!(x.len() >= items * t.ci * t.h * t.w && y.len() >= items * t.co * t.h * t.w);
     let seg = seg_of(t.tw).expect("winograd: suits() admits only kernel segment widths");
     let unit = unit_kernel(seg);
-    let micro = micro_kernel();
-    let out = OutPtr(y.as_mut_ptr());
+    let call = Call {
+        t,
+        micro: micro_kernel(),
+        x,
+        u,
+        out: OutPtr(y.as_mut_ptr()),
+    };
     let units = t.panels().div_ceil(t.per_unit);
     let one = |ui: usize| {
         let p0 = ui * t.per_unit;
@@ -379,7 +392,7 @@ fn run_on(t: &Tiles, x: &[f32], u: &[f32], y: &mut [f32], parallel: bool) {
             }
             // SAFETY: panels p0..p1 hold tiles whose output pixels no other unit writes, inside
             // y (asserted); v and m are sized for a unit; the kernels' CPU features were detected.
-            unsafe { unit(t, micro, x, u, out, p0, p1, v, m) };
+            unsafe { unit(&call, p0, p1, v, m) };
         });
     };
     if parallel {
@@ -405,15 +418,11 @@ fn unit_kernel(seg: usize) -> UnitFn {
     by_isa!(pick!(unit_avx512), pick!(unit_avx2), pick!(unit_plain))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// AVX-512: the intrinsic transforms (`winograd_avx512`) for segments of 2+ tiles.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn unit_avx512<const SEG: usize>(
-    t: &Tiles,
-    micro: WMicroFn,
-    x: &[f32],
-    u: &[f32],
-    out: OutPtr,
+    c: &Call,
     p0: usize,
     p1: usize,
     v: &mut [f32],
@@ -422,72 +431,58 @@ unsafe fn unit_avx512<const SEG: usize>(
     use super::winograd_avx512 as x512;
     if SEG == 1 {
         // SAFETY: forwarded contract.
-        return unsafe { unit_body::<SEG>(t, micro, x, u, out, p0, p1, v, m) };
+        return unsafe { unit_body::<SEG>(c, p0, p1, v, m) };
     }
     // SAFETY: forwarded contract; AVX-512F was detected (this kernel's dispatch).
     unsafe {
-        x512::input_transform::<SEG>(t, x, p0, p1, v);
-        products(t, micro, u, p1 - p0, v, m);
-        x512::output_transform::<SEG>(t, m, p0, p1, out);
+        x512::input_transform::<SEG>(c.t, c.x, p0, p1, v);
+        products(c.t, c.micro, c.u, p1 - p0, v, m);
+        x512::output_transform::<SEG>(c.t, m, p0, p1, c.out);
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The portable transforms compiled for AVX2 + FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn unit_avx2<const SEG: usize>(
-    t: &Tiles,
-    micro: WMicroFn,
-    x: &[f32],
-    u: &[f32],
-    out: OutPtr,
+    c: &Call,
     p0: usize,
     p1: usize,
     v: &mut [f32],
     m: &mut [f32],
 ) {
     // SAFETY: forwarded contract.
-    unsafe { unit_body::<SEG>(t, micro, x, u, out, p0, p1, v, m) }
+    unsafe { unit_body::<SEG>(c, p0, p1, v, m) }
 }
 
-#[allow(clippy::too_many_arguments)]
 unsafe fn unit_plain<const SEG: usize>(
-    t: &Tiles,
-    micro: WMicroFn,
-    x: &[f32],
-    u: &[f32],
-    out: OutPtr,
+    c: &Call,
     p0: usize,
     p1: usize,
     v: &mut [f32],
     m: &mut [f32],
 ) {
     // SAFETY: forwarded contract.
-    unsafe { unit_body::<SEG>(t, micro, x, u, out, p0, p1, v, m) }
+    unsafe { unit_body::<SEG>(c, p0, p1, v, m) }
 }
 
 /// Input transform, products, output transform of panels p0..p1.
 ///
 /// # Safety
-/// `out` points to the [n, co, h, w] output; the pixels of these panels' tiles are the
-/// caller's alone; `micro` runs on this CPU.
-#[allow(clippy::too_many_arguments)]
+/// `c.out` points to the [n, co, h, w] output; the pixels of these panels' tiles are the
+/// caller's alone; `c.micro` runs on this CPU.
 #[inline(always)]
 unsafe fn unit_body<const SEG: usize>(
-    t: &Tiles,
-    micro: WMicroFn,
-    x: &[f32],
-    u: &[f32],
-    out: OutPtr,
+    c: &Call,
     p0: usize,
     p1: usize,
     v: &mut [f32],
     m: &mut [f32],
 ) {
-    input_transform::<SEG>(t, x, p0, p1, v);
-    products(t, micro, u, p1 - p0, v, m);
+    input_transform::<SEG>(c.t, c.x, p0, p1, v);
+    products(c.t, c.micro, c.u, p1 - p0, v, m);
     // SAFETY: forwarded contract.
-    unsafe { output_transform::<SEG>(t, m, p0, p1, out) };
+    unsafe { output_transform::<SEG>(c.t, m, p0, p1, c.out) };
 }
 
 /// The panel's pixels of input row `2 ty - 1 + a` (zero outside the plane) for each segment,
