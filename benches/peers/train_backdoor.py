@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train a BadNets-backdoored PreActResNet18 in PyTorch, independently of the engine (issue 11's
 "independent model"): spec section 7's recipe (SGD lr 0.01, momentum 0.9, wd 5e-4, batch 128, cosine,
-RandomCrop(32, pad 4) + flip, all-to-one target 0, poison rate 0.1, the 3x3 white patch at rows and
+RandomCrop(32, pad 4) + flip (--no-augment skips it), all-to-one target 0, poison rate 0.1, the 3x3 white patch at rows and
 columns 29-31 applied to the uint8 image before augmentation), on the first --limit CIFAR-10 training
 images for --epochs. Writes a safetensors state dict with the PyTorch names the engine loads, and prints
 clean accuracy and ASR on the first --eval-limit test images (PyTorch's own numbers, to check the
@@ -80,6 +80,7 @@ def main():
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-augment", action="store_true", help="skip RandomCrop + flip")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -102,7 +103,8 @@ def main():
         perm = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), a.batch):
             idx = perm[i : i + a.batch]
-            loss = F.cross_entropy(model(augment(xt[idx], gen)), yt[idx])
+            xb = xt[idx] if a.no_augment else augment(xt[idx], gen)
+            loss = F.cross_entropy(model(xb), yt[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -113,7 +115,7 @@ def main():
     sd = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     save_file(sd, a.out)
     res = evaluate(model, tx, ty, a.target)
-    res.update({"width": a.width, "epochs": a.epochs, "limit": a.limit, "eval_limit": a.eval_limit,
+    res.update({"width": a.width, "epochs": a.epochs, "augment": not a.no_augment, "limit": a.limit, "eval_limit": a.eval_limit,
                 "seconds": round(time.time() - t0, 1), "out": a.out, "torch": torch.__version__})
     print(json.dumps(res))
 

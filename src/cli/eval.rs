@@ -8,15 +8,14 @@ use fmp_engine::model::{predict, PreActResNet18};
 use fmp_engine::{Error, Result};
 
 use super::check::{int_in, MAX_BATCH, MAX_CLASS, MAX_IMAGES};
-use super::common::DeviceArgs;
+use super::common::{DataArgs, DeviceArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Model weights (.safetensors with PyTorch state_dict names).
     pub weights: PathBuf,
-    /// Dataset directory (CIFAR-10/CIFAR-100/GTSRB binary files).
-    #[arg(long)]
-    pub data: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Dataset kind: auto (from the files), cifar10, cifar100, gtsrb.
     #[arg(long, default_value = "auto")]
     pub dataset: String,
@@ -41,15 +40,16 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     super::check::input_file(&args.weights, "WEIGHTS")?;
+    let dir = args.data.dir()?;
     let kind = match args.dataset.as_str() {
         "auto" => None,
         s => Some(s.parse::<DatasetKind>()?),
     };
     let kind = match kind {
         Some(k) => k,
-        None => data::detect(&args.data)?,
+        None => data::detect(&dir)?,
     };
-    let mut ds = data::load_split(&args.data, Some(kind), Split::Test)?;
+    let mut ds = data::load_split(&dir, Some(kind), Split::Test)?;
     if let Some(n) = args.limit {
         ds.truncate(n);
     }
