@@ -1,22 +1,25 @@
-//! Winograd F(2x2, 3x3) forward convolution for the 3x3, stride-1, pad-1 convs on even planes
-//! (every 3x3 conv of a PreActResNet18 block but the strided ones).
+//! Winograd F(2x2, 3x3) convolution for the 3x3, stride-1, pad-1 convs on even planes (every
+//! 3x3 conv of a PreActResNet18 block but the strided ones): the forward, the input gradient (the
+//! same kind of conv, of dy with the flipped, transposed filters) and the one-hot input gradient.
 //!
 //! Design: output tiles are 2x2 pixels, read from 4x4 input patches. With the transforms of
 //! Lavin & Gray (2016), Y = A^T [ (G g G^T) . (B^T d B) ] A, and the element-wise product summed
 //! over input channels is 16 independent GEMMs, one per transform point xi:
 //! M[xi][co][t] = sum_ci U[xi][co][ci] * V[xi][ci][t], 16 multiply-adds per tile and channel
-//! pair instead of the direct form's 36 (2.25x fewer). Weights are transformed once per call
-//! (U, packed in panels of MR output channels, ci-major). The tiles of a batch (item, tile row,
-//! tile column, row-major) are cut into units of whole tile rows, sized so the unit's
-//! transformed input V ([xi][tile panel][ci][16]) and products M ([co][xi][t]) stay in L2.
+//! pair instead of the direct form's 36 (2.25x fewer). Filters are transformed once (U, in
+//! panels of MR output channels: [panel][xi][ci][MR]) and cached across calls while they stay
+//! the same. Tiles are numbered row-major over (item, tile row, tile column); 16 consecutive
+//! tiles are a panel (one per lane), and units of panels, sized so the unit's transformed input
+//! V ([xi][panel][ci][16]) and products M ([co][xi][tile]) stay near L2, are the rayon tasks.
 //! Per unit: the input transform writes V, the register-tiled micro-kernel (MR channels x 16
 //! tiles, K = ci ascending, one fused multiply-add per term) writes M, the output transform
-//! writes the 2x2 pixels of each tile. Units are independent rayon tasks with disjoint output
-//! rows; every output depends only on its own item (batch- and thread-count invariant).
+//! writes the 2x2 pixels of each tile. Every output depends only on its own item and is written
+//! by one task: results do not depend on the batch or the thread count.
 //!
 //! The rounding differs from the direct convolution's (the transforms add and subtract inputs
-//! before the products), so this path is chosen by `FMP_CPU_CONV=winograd`; `direct` (the
-//! default) keeps the direct kernels.
+//! before the products), so this path is opt-in (`FMP_CPU_CONV=winograd`): on real models its
+//! scans selected the same maps in three of four comparisons and one map differently in the
+//! fourth (benches/RESULTS.md), short of the bar for a default.
 use std::sync::{Arc, Mutex, OnceLock};
 
 use rayon::prelude::*;
