@@ -125,6 +125,50 @@ fn every_subcommand_prints_one_json_object() {
     assert_eq!(f["masked_filters"], report.totals.selected);
     assert_eq!(f["epochs"][0]["epoch"], 1);
 
+    // defend with its controls: one object with a row per defense stage
+    let c = run(&[
+        "defend",
+        "m.safetensors",
+        "--out",
+        "c.safetensors",
+        "--controls",
+        "--attack",
+        "badnets",
+        "--recipe",
+        "paper",
+        "--samples",
+        "4",
+        "--epochs",
+        "1",
+        "--batch",
+        "10",
+    ]);
+    keys(
+        &c,
+        &["schema", "out", "method", "rows", "seconds"],
+        "defend --controls",
+    );
+    let names: Vec<&str> = c["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "before",
+            "fmp pruned",
+            "fmp",
+            "finetune-only",
+            "random pruned",
+            "random"
+        ],
+        "{c}"
+    );
+    assert!(c["rows"][2]["metrics"]["asr"].is_number(), "{c}");
+    assert_eq!(c["seconds"].as_array().unwrap().len(), 3);
+
     let d = run(&[
         "demo",
         "--width",

@@ -85,6 +85,13 @@ pub fn run(mut a: Args) -> Result<()> {
     });
     super::check::output_path(&report_path, "--scan-report")?;
     if let Some(r) = &a.report {
+        if a.controls || a.method != Method::Fmp {
+            return Err(fmp_engine::Error::InvalidArgument(
+                "--report describes one FMP defense: it cannot be combined with --controls or a \
+                 --method other than fmp (use --json for their rows)"
+                    .into(),
+            ));
+        }
         super::defend_report::check_report_dir(r)?;
     }
     let _lock = super::check::lock_output(&a.out, "--out")?;
@@ -140,6 +147,7 @@ pub fn run(mut a: Args) -> Result<()> {
             attack.as_ref(),
             before,
             &report_path,
+            &json,
         );
     }
     let t0 = Instant::now();
@@ -218,6 +226,7 @@ fn run_methods(
     attack: Option<&Attack>,
     before: Option<Metrics>,
     report_path: &std::path::Path,
+    json: &JsonOut,
 ) -> Result<()> {
     let ctx = Ctx {
         clean,
@@ -247,6 +256,7 @@ fn run_methods(
         .into_iter()
         .collect();
     let mut times = Vec::new();
+    let mut seconds = Vec::new();
     for (i, &m) in list.iter().enumerate() {
         let (defended, out) = run_method(model, m, &ctx)?;
         if i == 0 {
@@ -260,13 +270,28 @@ fn run_methods(
             rows.push((m.name().to_string(), x));
         }
         times.push(format!("{} {:.1} s", m.name(), out.seconds));
+        seconds.push((m.name(), out.seconds));
     }
     if !rows.is_empty() {
         let r: Vec<(&str, Metrics)> = rows.iter().map(|(n, m)| (n.as_str(), *m)).collect();
         print_metrics_table(&r);
     }
     println!("time: {}", times.join(", "));
-    Ok(())
+    json.emit(&serde_json::json!({
+        "schema": 1,
+        "weights": a.weights,
+        "out": a.out,
+        "method": a.method.name(),
+        "seed": a.scan.seed,
+        "rows": rows
+            .iter()
+            .map(|(name, m)| serde_json::json!({ "name": name, "metrics": m }))
+            .collect::<Vec<_>>(),
+        "seconds": seconds
+            .iter()
+            .map(|(name, s)| serde_json::json!({ "method": name, "seconds": s }))
+            .collect::<Vec<_>>(),
+    }))
 }
 
 /// Scan (report written to `report_path`), prune, optionally mask, `after_prune(model)`, fine-tune; `model`
