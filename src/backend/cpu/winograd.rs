@@ -199,7 +199,6 @@ impl Tiles {
     fn m_rows(&self) -> usize {
         self.co.div_ceil(MR) * MR
     }
-    /// M row stride: XI x the unit's tiles.
     /// M's row stride (one output channel): XI x the unit's tiles, plus a cache line (rows a
     /// multiple of 4 KiB apart would share L1 sets).
     pub(super) fn m_stride(&self) -> usize {
