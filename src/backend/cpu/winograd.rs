@@ -684,24 +684,34 @@ unsafe fn micro_rows<const R: usize, const FMA: bool>(
     }
 }
 
-unsafe fn wmicro_plain(kb: usize, a: *const f32, b: *const f32, m: *mut f32, rs: usize) {
+/// MR rows as 6 + 6 + 4-row passes (12 AVX2 accumulators at most).
+#[inline(always)]
+unsafe fn micro_passes<const FMA: bool>(
+    kb: usize,
+    a: *const f32,
+    b: *const f32,
+    m: *mut f32,
+    rs: usize,
+) {
     // SAFETY: forwarded contract.
     unsafe {
-        micro_rows::<6, false>(kb, a, 0, b, m, rs);
-        micro_rows::<6, false>(kb, a, 6, b, m, rs);
-        micro_rows::<4, false>(kb, a, 12, b, m, rs);
+        micro_rows::<6, FMA>(kb, a, 0, b, m, rs);
+        micro_rows::<6, FMA>(kb, a, 6, b, m, rs);
+        micro_rows::<4, FMA>(kb, a, 12, b, m, rs);
     }
+}
+
+/// Portable: separate multiply and add.
+unsafe fn wmicro_plain(kb: usize, a: *const f32, b: *const f32, m: *mut f32, rs: usize) {
+    // SAFETY: forwarded contract.
+    unsafe { micro_passes::<false>(kb, a, b, m, rs) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn wmicro_avx2(kb: usize, a: *const f32, b: *const f32, m: *mut f32, rs: usize) {
     // SAFETY: forwarded contract.
-    unsafe {
-        micro_rows::<6, true>(kb, a, 0, b, m, rs);
-        micro_rows::<6, true>(kb, a, 6, b, m, rs);
-        micro_rows::<4, true>(kb, a, 12, b, m, rs);
-    }
+    unsafe { micro_passes::<true>(kb, a, b, m, rs) }
 }
 
 /// The whole MR x NT tile in 16 zmm accumulators (the same fused multiply-add per term, in the
