@@ -11,6 +11,10 @@ use fmp_engine::backend::select::DeviceSpec;
 use fmp_engine::bench::kernels::{run_and_report, SuiteConfig};
 use fmp_engine::bench::timing::BenchDevice;
 
+/// Tensors on cache lines, as in the `fmp-engine` binary.
+#[global_allocator]
+static ALLOC: fmp_engine::alloc::LineAligned = fmp_engine::alloc::LineAligned;
+
 fn main() {
     if let Err(e) = run() {
         eprintln!("kernels bench: error: {e}");

@@ -6,8 +6,17 @@
 // thread 0 writes save_mean/save_invstd and updates the running stats (unbiased variance).
 // Backward: dgamma = sum dy*xhat, dbeta = sum dy,
 //   dx = gamma * invstd / M * (M*dy - dbeta - xhat * dgamma).
+// ReLU fused (a.relu): the forward writes relu(bn(x)) and no separate bn(x); the backward takes
+// the gradient of relu(bn(x)) and masks it by bn(x) > 0, recomputed from x, gamma, beta and the
+// saved statistics with the forward's expression (bn_value), so the mask is the forward's bit for
+// bit and no activation is read or written for the ReLU.
 // Grid: (C, 1, 1), block 256.
 #include "params.cuh"
+
+// bn(x) with g = gamma * invstd: the forward's output and the backward's ReLU mask alike.
+__device__ __forceinline__ float bn_value(float x, float mean, float g, float b) {
+    return fmaf(x - mean, g, b);
+}
 
 extern "C" __global__ void __launch_bounds__(256) batchnorm_train_forward(const BnFwdArgs a) {
     __shared__ float red[33];
@@ -24,7 +33,8 @@ extern "C" __global__ void __launch_bounds__(256) batchnorm_train_forward(const 
     const float g = a.gamma[c] * invstd, b = a.beta[c];
     for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
         const int idx = fmp_channel_at(e, c, a.c, a.hw);
-        a.y[idx] = fmaf(a.x[idx] - mean, g, b);
+        const float v = bn_value(a.x[idx], mean, g, b);
+        a.y[idx] = a.relu ? fmaxf(v, 0.f) : v;
     }
     if (threadIdx.x == 0) {
         const float unbiased = cnt > 1 ? m2 / (float)(cnt - 1) : var;
@@ -40,10 +50,16 @@ extern "C" __global__ void __launch_bounds__(256) batchnorm_train_backward(const
     const int c = blockIdx.x;
     const int cnt = a.n * a.hw;
     const float mean = a.save_mean[c], invstd = a.save_invstd[c];
+    const float g = a.gamma[c] * invstd, b = a.beta[c];
+    // dy, masked by the forward's ReLU when it was fused.
+    auto grad = [&](int idx) {
+        const float d = a.dy[idx];
+        return a.relu && !(bn_value(a.x[idx], mean, g, b) > 0.f) ? 0.f : d;
+    };
     float sdy = 0.f, sdyx = 0.f;
     for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
         const int idx = fmp_channel_at(e, c, a.c, a.hw);
-        const float dy = a.dy[idx];
+        const float dy = grad(idx);
         sdy += dy;
         sdyx = fmaf(dy, (a.x[idx] - mean) * invstd, sdyx);
     }
@@ -53,7 +69,7 @@ extern "C" __global__ void __launch_bounds__(256) batchnorm_train_backward(const
     for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
         const int idx = fmp_channel_at(e, c, a.c, a.hw);
         const float xhat = (a.x[idx] - mean) * invstd;
-        a.dx[idx] = k * ((float)cnt * a.dy[idx] - dbeta - xhat * dgamma);
+        a.dx[idx] = k * ((float)cnt * grad(idx) - dbeta - xhat * dgamma);
     }
     if (threadIdx.x == 0) {
         a.dgamma[c] = dgamma;

@@ -63,12 +63,14 @@ struct BnFwdArgs {
     float* running_mean; float* running_var; float* save_mean; float* save_invstd; float* y;
     int n, c, hw;
     float eps, momentum;
-    int pad_;
+    int relu;  // nonzero: y = relu(bn(x))
 };
 struct BnBwdArgs {
-    const float* x; const float* dy; const float* gamma; const float* save_mean; const float* save_invstd;
+    const float* x; const float* dy; const float* gamma; const float* beta; const float* save_mean;
+    const float* save_invstd;
     float* dx; float* dgamma; float* dbeta;
-    int n, c, hw, pad_;
+    int n, c, hw;
+    int relu;  // nonzero: dy is the gradient of relu(bn(x)), masked by bn(x) > 0 recomputed from x
 };
 
 // ---- elementwise ----------------------------------------------------------------------------

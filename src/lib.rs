@@ -4,6 +4,7 @@
 //! Layout: `backend` (one trait; CPU reference, GPU kernels via CUDA or the emulator), `model`
 //! (PreActResNet18 on any backend), `weights` (safetensors), `data` (CIFAR/GTSRB readers),
 //! `fmp` (FRG scan, pruning, fine-tuning, attacks, metrics), `bench` (counted FLOPs/bytes, timing).
+pub mod alloc;
 pub mod backend;
 pub mod bench;
 pub mod data;

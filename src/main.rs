@@ -71,3 +71,7 @@ fn main() {
         std::process::exit(1);
     }
 }
+
+/// Tensors start on cache lines (see `fmp_engine::alloc`).
+#[global_allocator]
+static ALLOC: fmp_engine::alloc::LineAligned = fmp_engine::alloc::LineAligned;

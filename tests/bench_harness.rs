@@ -34,8 +34,9 @@ fn quick_suite_runs_and_checks_on_cpu() {
     let dev = BenchDevice::cpu();
     let cfg = tiny();
     let n_cases = cases(&cfg).len();
-    // 11 distinct conv shapes x 4, normalise, 4 stages x 11, 6 head ops, sign step, sgd.
-    assert_eq!(n_cases, 44 + 1 + 44 + 6 + 2);
+    // 11 distinct conv shapes x 4, normalise, 4 stages x 13 (training BN with and without its
+    // fused ReLU), 6 head ops, sign step, sgd.
+    assert_eq!(n_cases, 44 + 1 + 52 + 6 + 2);
     let rep = run_suite(&dev, None, &cfg, fake_ceilings(), |_| {});
     assert_eq!(rep.results.len(), n_cases);
     for r in &rep.results {

@@ -157,6 +157,7 @@ fn batchnorm_train_forward_and_running_stats() {
         &t(&b, &bt, &[c]),
         eps,
         0.1,
+        false,
         &mut rm,
         &mut rv,
         &mut sm,
@@ -186,6 +187,7 @@ fn batchnorm_train_forward_and_running_stats() {
         &t(&b, &bt, &[c]),
         eps,
         0.1,
+        false,
         &mut rm,
         &mut rv,
         &mut sm,
@@ -193,6 +195,17 @@ fn batchnorm_train_forward_and_running_stats() {
         &mut z(&b, &one),
     );
     assert!(matches!(r1, Err(Error::Shape { .. })));
+}
+
+#[test]
+fn batchnorm_train_relu_fused_is_the_composition() {
+    let b = be();
+    let s = [3, 5, 7, 9];
+    let mut r = Rng::new(31);
+    let x = r.vec(s.iter().product(), -1.0, 3.0);
+    let dr = r.vec(x.len(), -1.0, 1.0);
+    let (gm, bt) = (r.vec(5, 0.5, 1.5), r.vec(5, -0.5, 0.5));
+    op_refs::check_bn_relu_fused(&b, &x, &dr, &gm, &bt, s);
 }
 
 #[test]
@@ -216,6 +229,7 @@ fn batchnorm_train_backward_matches_fd() {
         &t(&b, &bt, &[c]),
         eps,
         0.1,
+        false,
         &mut rm,
         &mut rv,
         &mut sm,
@@ -228,8 +242,10 @@ fn batchnorm_train_backward_matches_fd() {
         &xt,
         &t(&b, &dy, &s),
         &t(&b, &gm, &[c]),
+        &t(&b, &bt, &[c]),
         &sm,
         &si,
+        false,
         &mut dx,
         &mut dg,
         &mut db,
@@ -703,13 +719,15 @@ fn other_op_timings() {
     };
     time("bn_train_forward", &mut || {
         b.batchnorm_train_forward(
-            &x, &gm, &bt, 1e-5, 0.1, &mut rm, &mut rv, &mut sm, &mut si, &mut y,
+            &x, &gm, &bt, 1e-5, 0.1, false, &mut rm, &mut rv, &mut sm, &mut si, &mut y,
         )
         .unwrap()
     });
     time("bn_train_backward", &mut || {
-        b.batchnorm_train_backward(&x, &dy, &gm, &sm, &si, &mut dx, &mut dg, &mut db)
-            .unwrap()
+        b.batchnorm_train_backward(
+            &x, &dy, &gm, &bt, &sm, &si, false, &mut dx, &mut dg, &mut db,
+        )
+        .unwrap()
     });
     time("channel_affine+relu", &mut || {
         b.channel_affine(&x, &gm, &bt, true, &mut y).unwrap()

@@ -233,7 +233,7 @@ fn emu_results_independent_of_thread_order() {
         );
         let mut yb = b.zeros(&p.output_shape()).unwrap();
         b.batchnorm_train_forward(
-            &y, &gt, &gt, 1e-5, 0.1, &mut rm, &mut rv, &mut sm, &mut si, &mut yb,
+            &y, &gt, &gt, 1e-5, 0.1, false, &mut rm, &mut rv, &mut sm, &mut si, &mut yb,
         )
         .unwrap();
         let mut pooled = b.zeros(&[3, 70]).unwrap();

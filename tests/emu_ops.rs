@@ -97,6 +97,23 @@ fn emu_channel_affine_and_backward() {
 }
 
 #[test]
+fn emu_batchnorm_train_relu_fused_is_the_composition() {
+    let b = emu();
+    let mut r = Rng::new(32);
+    for s in [[3usize, 5, 7, 6], [2, 70, 4, 4]] {
+        let x: Vec<f32> = r
+            .vec(s.iter().product())
+            .iter()
+            .map(|v| v * 2.0 + 0.5)
+            .collect();
+        let dr = r.vec(x.len());
+        let gm: Vec<f32> = r.vec(s[1]).iter().map(|v| v.abs() + 0.5).collect();
+        let bt = r.vec(s[1]);
+        op_refs::check_bn_relu_fused(&b, &x, &dr, &gm, &bt, s);
+    }
+}
+
+#[test]
 fn emu_batchnorm_train_forward_backward() {
     let b = emu();
     let mut r = Rng::new(6);
@@ -173,7 +190,7 @@ fn emu_batchnorm_train_forward_backward() {
             b.zeros(&shape).unwrap(),
         );
         b.batchnorm_train_forward(
-            &xt, &gt, &bt, eps, mom, &mut rm, &mut rv, &mut sm, &mut si, &mut y,
+            &xt, &gt, &bt, eps, mom, false, &mut rm, &mut rv, &mut sm, &mut si, &mut y,
         )
         .unwrap();
         assert_close("bn y", &host(&b, &y), &y_ref, 1e-5);
@@ -191,8 +208,10 @@ fn emu_batchnorm_train_forward_backward() {
             &xt,
             &t(&b, &dy, &shape),
             &gt,
+            &bt,
             &sm,
             &si,
+            false,
             &mut dx,
             &mut dg,
             &mut db,

@@ -149,12 +149,12 @@ fn emu_vs_cpu_other_ops() {
     let (mut yc, mut ye) = pr.nan(&s);
     pr.cpu
         .batchnorm_train_forward(
-            &xc, &scc, &shc, 1e-5, 0.1, &mut rmc, &mut rvc, &mut smc, &mut sic, &mut yc,
+            &xc, &scc, &shc, 1e-5, 0.1, false, &mut rmc, &mut rvc, &mut smc, &mut sic, &mut yc,
         )
         .unwrap();
     pr.emu
         .batchnorm_train_forward(
-            &xe, &sce, &she, 1e-5, 0.1, &mut rme, &mut rve, &mut sme, &mut sie, &mut ye,
+            &xe, &sce, &she, 1e-5, 0.1, false, &mut rme, &mut rve, &mut sme, &mut sie, &mut ye,
         )
         .unwrap();
     for (what, a, b) in [
@@ -170,10 +170,14 @@ fn emu_vs_cpu_other_ops() {
     let (mut dgc, mut dge) = pr.nan(&[c]);
     let (mut dbc, mut dbe) = pr.nan(&[c]);
     pr.cpu
-        .batchnorm_train_backward(&xc, &x2c, &scc, &smc, &sic, &mut dxc, &mut dgc, &mut dbc)
+        .batchnorm_train_backward(
+            &xc, &x2c, &scc, &shc, &smc, &sic, false, &mut dxc, &mut dgc, &mut dbc,
+        )
         .unwrap();
     pr.emu
-        .batchnorm_train_backward(&xe, &x2e, &sce, &sme, &sie, &mut dxe, &mut dge, &mut dbe)
+        .batchnorm_train_backward(
+            &xe, &x2e, &sce, &she, &sme, &sie, false, &mut dxe, &mut dge, &mut dbe,
+        )
         .unwrap();
     for (what, a, b) in [
         ("bn dx", &dxc, &dxe),

@@ -231,13 +231,15 @@ fn gpu_batchnorm_train_forward_backward() {
             let (mut rmt, mut rvt) = (up(b, &rm, &[c]), up(b, &rv, &[c]));
             let (mut sm, mut si, mut y) = (out(b, &[c]), out(b, &[c]), out(b, &shape));
             b.batchnorm_train_forward(
-                &xt, &gt, &bt, 1e-5, 0.1, &mut rmt, &mut rvt, &mut sm, &mut si, &mut y,
+                &xt, &gt, &bt, 1e-5, 0.1, false, &mut rmt, &mut rvt, &mut sm, &mut si, &mut y,
             )
             .unwrap();
             let dyt = up(b, &dy, &shape);
             let (mut dx, mut dg, mut db) = (out(b, &shape), out(b, &[c]), out(b, &[c]));
-            b.batchnorm_train_backward(&xt, &dyt, &gt, &sm, &si, &mut dx, &mut dg, &mut db)
-                .unwrap();
+            b.batchnorm_train_backward(
+                &xt, &dyt, &gt, &bt, &sm, &si, false, &mut dx, &mut dg, &mut db,
+            )
+            .unwrap();
             vec![
                 ("y", down(b, &y)),
                 ("running_mean", down(b, &rmt)),

@@ -91,15 +91,20 @@ pub trait Backend: Send + Sync {
         /// Normalises with batch statistics (biased variance), writes save_mean/save_invstd [C]
         /// (invstd = 1/sqrt(var + eps)) and updates running stats in place with PyTorch semantics:
         /// r = (1 - momentum) * r + momentum * stat, using the *unbiased* batch variance for
-        /// running_var.
+        /// running_var. With `relu`, y = relu(bn(x)) in the same pass (the ReLU that follows
+        /// every training BN of the model), and bn(x) itself is not kept.
         #[allow(clippy::too_many_arguments)]
         fn batchnorm_train_forward(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32,
-            momentum: f32, running_mean: &mut Tensor, running_var: &mut Tensor,
+            momentum: f32, relu: bool, running_mean: &mut Tensor, running_var: &mut Tensor,
             save_mean: &mut Tensor, save_invstd: &mut Tensor, y: &mut Tensor);
-        /// Gradients of training-mode batchnorm; dgamma/dbeta [C] are overwritten.
+        /// Gradients of training-mode batchnorm; dgamma/dbeta [C] are overwritten. With `relu`,
+        /// dy is the gradient of relu(bn(x)) (the forward's `relu`): it is masked by bn(x) > 0,
+        /// recomputed from x, gamma, beta and the saved statistics exactly as the forward
+        /// computed it, so no ReLU output is read and no masked gradient is written.
         #[allow(clippy::too_many_arguments)]
-        fn batchnorm_train_backward(x: &Tensor, dy: &Tensor, gamma: &Tensor, save_mean: &Tensor,
-            save_invstd: &Tensor, dx: &mut Tensor, dgamma: &mut Tensor, dbeta: &mut Tensor);
+        fn batchnorm_train_backward(x: &Tensor, dy: &Tensor, gamma: &Tensor, beta: &Tensor,
+            save_mean: &Tensor, save_invstd: &Tensor, relu: bool, dx: &mut Tensor,
+            dgamma: &mut Tensor, dbeta: &mut Tensor);
 
         // ---- elementwise ------------------------------------------------------------------------
         fn relu(x: &Tensor, y: &mut Tensor);

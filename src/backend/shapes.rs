@@ -328,15 +328,22 @@ pub fn batchnorm_train_forward(
     Ok((n, c, hw))
 }
 
-/// Training-mode batchnorm backward: dy and dx have x's shape; `stats` = gamma, save_mean,
+/// Training-mode batchnorm backward: dy and dx have x's shape; `stats` = gamma, beta, save_mean,
 /// save_invstd, dgamma, dbeta, each [C]. Returns (N, C, H*W).
 pub fn batchnorm_train_backward(
     x: &Tensor,
     dy: &Tensor,
     dx: &Tensor,
-    stats: [&Tensor; 5],
+    stats: [&Tensor; 6],
 ) -> Result<(usize, usize, usize)> {
-    let names = ["gamma", "save_mean", "save_invstd", "dgamma", "dbeta"];
+    let names = [
+        "gamma",
+        "beta",
+        "save_mean",
+        "save_invstd",
+        "dgamma",
+        "dbeta",
+    ];
     let channels: Vec<_> = names.into_iter().zip(stats).collect();
     let same = [("dy", dy), ("dx", dx)];
     per_channel("batchnorm_train_backward", "x", x, &same, &channels)

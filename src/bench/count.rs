@@ -111,13 +111,16 @@ pub fn channel_affine_backward(numel: u64, c: u64, saved_numel: u64) -> OpCost {
 }
 
 /// Training-mode batchnorm forward: mean (1), variance (3), normalise+affine (4) per element.
-pub fn batchnorm_train_forward(numel: u64, c: u64) -> OpCost {
-    OpCost::new(8 * numel, F32 * (2 * numel + 8 * c))
+/// A fused ReLU adds its max per element.
+pub fn batchnorm_train_forward(numel: u64, c: u64, relu: bool) -> OpCost {
+    OpCost::new((8 + relu as u64) * numel, F32 * (2 * numel + 8 * c))
 }
 
-/// Training-mode batchnorm backward: the two channel sums (4) and dx (6) per element.
-pub fn batchnorm_train_backward(numel: u64, c: u64) -> OpCost {
-    OpCost::new(10 * numel, F32 * (3 * numel + 5 * c))
+/// Training-mode batchnorm backward: the two channel sums (4) and dx (6) per element; a fused
+/// ReLU recomputes bn(x) and compares (3), in both passes (6), reading beta too.
+pub fn batchnorm_train_backward(numel: u64, c: u64, relu: bool) -> OpCost {
+    let (flops, stats) = if relu { (16, 6) } else { (10, 5) };
+    OpCost::new(flops * numel, F32 * (3 * numel + stats * c))
 }
 
 pub fn relu(numel: u64) -> OpCost {
@@ -518,11 +521,9 @@ impl Arch {
                 Node::Input => OpCost::default(),
                 Node::Affine { c, relu: false, .. } => channel_affine(numel, *c as u64, false),
                 Node::Affine { c, .. } => {
-                    // BN (train) then ReLU, forward and backward.
-                    batchnorm_train_forward(numel, *c as u64)
-                        + relu(numel)
-                        + relu_backward(numel, numel)
-                        + batchnorm_train_backward(numel, *c as u64)
+                    // BN (train) with its ReLU fused, forward and backward.
+                    batchnorm_train_forward(numel, *c as u64, true)
+                        + batchnorm_train_backward(numel, *c as u64, true)
                 }
                 Node::Conv { params, index, .. } => {
                     let p = params.with_batch(n as usize);

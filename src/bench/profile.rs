@@ -289,15 +289,18 @@ impl Backend for ProfiledBackend {
             (op, item_shape(dy), c)
         };
         batchnorm_train_forward(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32, momentum: f32,
-            running_mean: &mut Tensor, running_var: &mut Tensor, save_mean: &mut Tensor,
-            save_invstd: &mut Tensor, y: &mut Tensor) => {
-            let c = count::batchnorm_train_forward(numel(x), channels(x));
-            ("batchnorm_train_fwd", item_shape(x), c)
+            relu: bool, running_mean: &mut Tensor, running_var: &mut Tensor,
+            save_mean: &mut Tensor, save_invstd: &mut Tensor, y: &mut Tensor) => {
+            let c = count::batchnorm_train_forward(numel(x), channels(x), relu);
+            let op = if relu { "batchnorm_train_fwd+relu" } else { "batchnorm_train_fwd" };
+            (op, item_shape(x), c)
         };
-        batchnorm_train_backward(x: &Tensor, dy: &Tensor, gamma: &Tensor, save_mean: &Tensor,
-            save_invstd: &Tensor, dx: &mut Tensor, dgamma: &mut Tensor, dbeta: &mut Tensor) => {
-            let c = count::batchnorm_train_backward(numel(x), channels(x));
-            ("batchnorm_train_bwd", item_shape(x), c)
+        batchnorm_train_backward(x: &Tensor, dy: &Tensor, gamma: &Tensor, beta: &Tensor,
+            save_mean: &Tensor, save_invstd: &Tensor, relu: bool, dx: &mut Tensor,
+            dgamma: &mut Tensor, dbeta: &mut Tensor) => {
+            let c = count::batchnorm_train_backward(numel(x), channels(x), relu);
+            let op = if relu { "batchnorm_train_bwd+relu" } else { "batchnorm_train_bwd" };
+            (op, item_shape(x), c)
         };
         relu(x: &Tensor, y: &mut Tensor) => ("relu", item_shape(x), count::relu(numel(x)));
         relu_backward(y_saved: &Tensor, dy: &Tensor, dx: &mut Tensor) => {

@@ -79,10 +79,11 @@ impl SgdState {
 }
 
 impl PreActResNet18 {
+    /// relu(bn(x)) with batch statistics, in one fused op (every training BN is followed by a ReLU).
     fn bn_train(&mut self, j: usize, x: Tensor) -> Result<(Tensor, BnSave)> {
         let b = self.backend.clone();
         let c = x.nchw().1;
-        let mut y = b.empty(x.shape())?;
+        let mut r = b.empty(x.shape())?;
         let mut mean = b.zeros(&[c])?;
         let mut invstd = b.zeros(&[c])?;
         let bn = &mut self.bns[j];
@@ -92,15 +93,14 @@ impl PreActResNet18 {
             &bn.beta,
             BN_EPS,
             BN_MOMENTUM,
+            true,
             &mut bn.running_mean,
             &mut bn.running_var,
             &mut mean,
             &mut invstd,
-            &mut y,
+            &mut r,
         )?;
         bn.num_batches_tracked += 1;
-        let mut r = b.empty(y.shape())?;
-        b.relu(&y, &mut r)?;
         Ok((r, BnSave { x, mean, invstd }))
     }
 
@@ -192,11 +192,8 @@ impl PreActResNet18 {
             let blk = self.blocks[bi];
             slots[slot(ParamRef::Conv(blk.conv2))] = Some(wgrad(blk.conv2, &sv.a2, &d)?);
             let da2 = self.conv_bwd(blk.conv2, &d)?;
-            let mut dy2 = b.empty(da2.shape())?;
-            b.relu_backward(&sv.a2, &da2, &mut dy2)?;
+            let (dc1, dg2, db2) = self.bn_train_bwd(blk.bn2, &sv.bn2, &da2)?;
             drop(da2);
-            let (dc1, dg2, db2) = self.bn_train_bwd(blk.bn2, &sv.bn2, &dy2)?;
-            drop(dy2);
             slots[slot(ParamRef::Gamma(blk.bn2))] = Some(dg2);
             slots[slot(ParamRef::Beta(blk.bn2))] = Some(db2);
             slots[slot(ParamRef::Conv(blk.conv1))] = Some(wgrad(blk.conv1, &sv.o, &dc1)?);
@@ -207,10 +204,8 @@ impl PreActResNet18 {
                 let ds = self.conv_bwd(si, &d)?;
                 b.add_assign(&mut d_o, &ds)?;
             }
-            let mut dy1 = b.empty(d_o.shape())?;
-            b.relu_backward(&sv.o, &d_o, &mut dy1)?;
+            let (mut dh, dg1, db1) = self.bn_train_bwd(blk.bn1, &sv.bn1, &d_o)?;
             drop(d_o);
-            let (mut dh, dg1, db1) = self.bn_train_bwd(blk.bn1, &sv.bn1, &dy1)?;
             slots[slot(ParamRef::Gamma(blk.bn1))] = Some(dg1);
             slots[slot(ParamRef::Beta(blk.bn1))] = Some(db1);
             if blk.shortcut.is_none() {
@@ -228,6 +223,7 @@ impl PreActResNet18 {
         })
     }
 
+    /// Backward of `bn_train` (BN and its ReLU): `dy` is the gradient of the ReLU's output.
     fn bn_train_bwd(&self, j: usize, s: &BnSave, dy: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let b = &self.backend;
         let c = s.mean.numel();
@@ -238,8 +234,10 @@ impl PreActResNet18 {
             &s.x,
             dy,
             &self.bns[j].gamma,
+            &self.bns[j].beta,
             &s.mean,
             &s.invstd,
+            true,
             &mut dx,
             &mut dg,
             &mut dbeta,

@@ -3,8 +3,9 @@
 //!
 //! Design: for one input channel and one item, the padded (phase-split) plane is built once and
 //! every output channel's dy lanes are walked against it: per 16-lane vector, 3 x loads (one per
-//! tap of a filter row) and 4 dy loads feed 12 fused multiply-adds into lane-wise partial sums,
-//! for 4 output channels at a time. Tasks own ranges of input channels and walk the items in
+//! tap of a filter row) and 8 dy loads feed 24 fused multiply-adds into lane-wise partial sums,
+//! for 8 output channels at a time (AVX-512: 24 accumulators + 3 x vectors in registers; AVX2
+//! walks the 8 as two groups of 4), added to the call's running sums with one vector add each. Tasks own ranges of input channels and walk the items in
 //! cache-sized blocks, so a block of dy is read from cache by every channel of the task.
 //! Partial sums run over items and vectors in order and are summed across lanes at the end in
 //! lane order, so the result does not depend on the thread count. Shapes whose forward takes the
@@ -15,8 +16,9 @@ use super::conv::Geom;
 use super::direct::{dgeom, k_offsets, keeps_lanes, pad_item, suits, DGeom, V};
 use super::gemm::by_isa;
 
-/// Output channels per weight-gradient pass (x 3 taps = 12 accumulators).
-const WR: usize = 4;
+/// Output channels per weight-gradient pass (x 3 taps = 24 accumulators: AVX-512 holds them in
+/// registers with the 3 x vectors; AVX2 walks them as two groups of 4).
+const WR: usize = 8;
 
 /// Which shapes take the lane-layout weight gradient: 3x3 filters at any stride (strided inputs
 /// split into phase planes, as in the forward) whose output lanes are kept as in the forward and
@@ -87,33 +89,32 @@ unsafe fn wmicro_avx2(
     acc: &mut [[[f32; V]; 3]; WR],
 ) {
     use std::arch::x86_64::*;
-    for half in 0..2 {
-        let h = half * 8;
-        let mut a = [[_mm256_setzero_ps(); 3]; WR];
-        for &(xo, dyo) in offs {
-            // SAFETY: the caller guarantees in-bounds vectors at every offset.
-            unsafe {
-                let o = xo as usize + h;
-                let xv = [
-                    _mm256_loadu_ps(x[0].add(o)),
-                    _mm256_loadu_ps(x[1].add(o)),
-                    _mm256_loadu_ps(x[2].add(o)),
-                ];
-                for r in 0..WR {
-                    let dv = _mm256_loadu_ps(dy[r].add(dyo as usize + h));
-                    for kw in 0..3 {
-                        a[r][kw] = _mm256_fmadd_ps(dv, xv[kw], a[r][kw]);
+    const G: usize = 4;
+    for r0 in (0..WR).step_by(G) {
+        for h in [0, 8] {
+            let mut a = [[_mm256_setzero_ps(); 3]; G];
+            for &(xo, dyo) in offs {
+                // SAFETY: the caller guarantees in-bounds vectors at every offset.
+                unsafe {
+                    let o = xo as usize + h;
+                    let xv = [
+                        _mm256_loadu_ps(x[0].add(o)),
+                        _mm256_loadu_ps(x[1].add(o)),
+                        _mm256_loadu_ps(x[2].add(o)),
+                    ];
+                    for (r, ar) in a.iter_mut().enumerate() {
+                        let dv = _mm256_loadu_ps(dy[r0 + r].add(dyo as usize + h));
+                        for kw in 0..3 {
+                            ar[kw] = _mm256_fmadd_ps(dv, xv[kw], ar[kw]);
+                        }
                     }
                 }
             }
-        }
-        for r in 0..WR {
-            for kw in 0..3 {
-                let mut t = [0f32; 8];
-                // SAFETY: t holds 8 floats.
-                unsafe { _mm256_storeu_ps(t.as_mut_ptr(), a[r][kw]) };
-                for (l, v) in t.iter().enumerate() {
-                    acc[r][kw][h + l] += v;
+            for (r, ar) in a.iter().enumerate() {
+                for (kw, &v) in ar.iter().enumerate() {
+                    let dst = acc[r0 + r][kw][h..].as_mut_ptr();
+                    // SAFETY: dst holds 8 floats past h (h + 8 <= 16).
+                    unsafe { _mm256_storeu_ps(dst, _mm256_add_ps(_mm256_loadu_ps(dst), v)) };
                 }
             }
         }
@@ -147,14 +148,15 @@ unsafe fn wmicro_avx512(
             }
         }
     }
-    for r in 0..WR {
-        for kw in 0..3 {
-            let mut t = [0f32; V];
-            // SAFETY: t holds 16 floats.
-            unsafe { _mm512_storeu_ps(t.as_mut_ptr(), a[r][kw]) };
-            for (l, v) in t.iter().enumerate() {
-                acc[r][kw][l] += v;
-            }
+    for (ar, dr) in a.iter().zip(acc.iter_mut()) {
+        for (&v, d) in ar.iter().zip(dr.iter_mut()) {
+            // SAFETY: d holds 16 floats.
+            unsafe {
+                _mm512_storeu_ps(
+                    d.as_mut_ptr(),
+                    _mm512_add_ps(_mm512_loadu_ps(d.as_ptr()), v),
+                )
+            };
         }
     }
 }

@@ -200,11 +200,12 @@ impl Backend for CpuBackend {
         channel_affine_backward(y_saved: Option<&Tensor>, dy: &Tensor, scale: &Tensor,
             dx: &mut Tensor) => norm::channel_affine_backward;
         batchnorm_train_forward(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32, momentum: f32,
-            running_mean: &mut Tensor, running_var: &mut Tensor, save_mean: &mut Tensor,
-            save_invstd: &mut Tensor, y: &mut Tensor) => norm::bn_train_forward;
-        batchnorm_train_backward(x: &Tensor, dy: &Tensor, gamma: &Tensor, save_mean: &Tensor,
-            save_invstd: &Tensor, dx: &mut Tensor, dgamma: &mut Tensor, dbeta: &mut Tensor)
-            => norm::bn_train_backward;
+            relu: bool, running_mean: &mut Tensor, running_var: &mut Tensor,
+            save_mean: &mut Tensor, save_invstd: &mut Tensor, y: &mut Tensor)
+            => norm::bn_train_forward;
+        batchnorm_train_backward(x: &Tensor, dy: &Tensor, gamma: &Tensor, beta: &Tensor,
+            save_mean: &Tensor, save_invstd: &Tensor, relu: bool, dx: &mut Tensor,
+            dgamma: &mut Tensor, dbeta: &mut Tensor) => norm::bn_train_backward;
 
         relu(x: &Tensor, y: &mut Tensor) => elementwise::relu;
         relu_backward(y_saved: &Tensor, dy: &Tensor, dx: &mut Tensor) => elementwise::relu_backward;

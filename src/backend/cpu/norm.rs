@@ -108,21 +108,32 @@ pub fn channel_affine_backward(
 /// in order; a plane's tail to partial 0) combined in index order, so the adds do not wait on one
 /// another's latency. Planes are walked as slices in chunks of 8 (no per-element index checks),
 /// so the loop vectorises: the eight partials are the lanes of one AVX-512 register (two AVX2
-/// ones), compiled for the CPU's instruction set; every width gives the same sums.
-fn channel_sums<F>(n: usize, c: usize, hw: usize, a: &[f32], b: &[f32], f: F) -> Vec<(f64, f64)>
+/// ones), compiled for the CPU's instruction set; every width gives the same sums. `per_channel`
+/// gives channel ch's element function, holding that channel's constants by value (a closure
+/// that reads them through references keeps the loop from vectorising).
+fn channel_sums<F, G>(
+    n: usize,
+    c: usize,
+    hw: usize,
+    a: &[f32],
+    b: &[f32],
+    per_channel: F,
+) -> Vec<(f64, f64)>
 where
-    F: Fn(f32, f32, usize) -> (f64, f64) + Sync,
+    F: Fn(usize) -> G + Sync,
+    G: Fn(f32, f32) -> (f64, f64),
 {
     let planes = |ch: usize| (0..n).map(move |i| (i * c + ch) * hw);
     (0..c)
         .into_par_iter()
         .map(|ch| {
+            let f = per_channel(ch);
             by_isa!(
                 // SAFETY: the instruction set was detected (gemm::isa).
-                unsafe { sums_avx512(planes(ch), hw, a, b, |x, y| f(x, y, ch)) },
+                unsafe { sums_avx512(planes(ch), hw, a, b, f) },
                 // SAFETY: as above.
-                unsafe { sums_avx2(planes(ch), hw, a, b, |x, y| f(x, y, ch)) },
-                sums(planes(ch), hw, a, b, |x, y| f(x, y, ch)),
+                unsafe { sums_avx2(planes(ch), hw, a, b, f) },
+                sums(planes(ch), hw, a, b, f),
             )
         })
         .collect()
@@ -142,10 +153,14 @@ fn sums(
         let (pa, pb) = (&a[base..base + hw], &b[base..base + hw]);
         let (mut ca, mut cb) = (pa.chunks_exact(L), pb.chunks_exact(L));
         for (xa, xb) in (&mut ca).zip(&mut cb) {
+            // Two phases (the chunk's terms, then the adds), which the compiler vectorises.
+            let (mut u, mut v) = ([0.0f64; L], [0.0f64; L]);
             for j in 0..L {
-                let (u, v) = f(xa[j], xb[j]);
-                s0[j] += u;
-                s1[j] += v;
+                (u[j], v[j]) = f(xa[j], xb[j]);
+            }
+            for j in 0..L {
+                s0[j] += u[j];
+                s1[j] += v[j];
             }
         }
         for (&xa, &xb) in ca.remainder().iter().zip(cb.remainder()) {
@@ -179,6 +194,13 @@ macro_rules! sums_for {
 sums_for!(sums_avx512, "avx512f,avx2,fma");
 sums_for!(sums_avx2, "avx2,fma");
 
+/// bn(x) = x * a + b with (a, b) from the saved f32 statistics: the forward's output and, with a
+/// fused ReLU, the backward's mask are computed from the same (a, b), so they agree bit for bit.
+fn bn_coefs(gamma: f32, beta: f32, mean: f32, invstd: f32) -> (f32, f32) {
+    let a = gamma * invstd;
+    (a, beta - mean * a)
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn bn_train_forward(
     x: &Tensor,
@@ -186,6 +208,7 @@ pub fn bn_train_forward(
     beta: &Tensor,
     eps: f32,
     momentum: f32,
+    relu: bool,
     running_mean: &mut Tensor,
     running_var: &mut Tensor,
     save_mean: &mut Tensor,
@@ -207,36 +230,28 @@ pub fn bn_train_forward(
     let gs = host(OP, "gamma", gamma)?;
     let bs = host(OP, "beta", beta)?;
     // Two passes (mean, then centred sum of squares) for an accurate variance.
-    let sums = channel_sums(n, c, hw, xs, xs, |x, _, _| (x as f64, 0.0));
+    let sums = channel_sums(n, c, hw, xs, xs, |_| |x, _| (x as f64, 0.0));
     let mean: Vec<f64> = sums.iter().map(|s| s.0 / m as f64).collect();
-    let sq = channel_sums(n, c, hw, xs, xs, |x, _, ch| {
-        let d = x as f64 - mean[ch];
-        (d * d, 0.0)
+    let sq = channel_sums(n, c, hw, xs, xs, |ch| {
+        let mu = mean[ch];
+        move |x, _| {
+            let d = x as f64 - mu;
+            (d * d, 0.0)
+        }
     });
     let var: Vec<f64> = sq.iter().map(|s| s.0 / m as f64).collect();
     let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps as f64).sqrt()).collect();
-    let scale: Vec<f32> = (0..c)
-        .map(|ch| (gs[ch] as f64 * invstd[ch]) as f32)
+    let coefs: Vec<(f32, f32)> = (0..c)
+        .map(|ch| bn_coefs(gs[ch], bs[ch], mean[ch] as f32, invstd[ch] as f32))
         .collect();
-    let shift: Vec<f32> = (0..c)
-        .map(|ch| (bs[ch] as f64 - mean[ch] * gs[ch] as f64 * invstd[ch]) as f32)
-        .collect();
-    {
-        let ys = host_mut(OP, "y", y)?;
-        ys.par_chunks_mut((c * hw).max(1))
-            .zip(xs.par_chunks((c * hw).max(1)))
-            .for_each(|(yi, xi)| {
-                for ch in 0..c {
-                    let (a, b) = (scale[ch], shift[ch]);
-                    for (o, &v) in yi[ch * hw..(ch + 1) * hw]
-                        .iter_mut()
-                        .zip(&xi[ch * hw..(ch + 1) * hw])
-                    {
-                        *o = v * a + b;
-                    }
-                }
-            });
-    }
+    let ys = host_mut(OP, "y", y)?;
+    per_plane(ys, xs, c, hw, |ch, yo, xo| {
+        let (a, b) = coefs[ch];
+        for (o, &v) in yo.iter_mut().zip(xo) {
+            let t = v * a + b;
+            *o = if relu && !(t > 0.0) { 0.0 } else { t };
+        }
+    });
     let mom = momentum as f64;
     let rm = host_mut(OP, "running_mean", running_mean)?;
     for ch in 0..c {
@@ -263,25 +278,44 @@ pub fn bn_train_backward(
     x: &Tensor,
     dy: &Tensor,
     gamma: &Tensor,
+    beta: &Tensor,
     save_mean: &Tensor,
     save_invstd: &Tensor,
+    relu: bool,
     dx: &mut Tensor,
     dgamma: &mut Tensor,
     dbeta: &mut Tensor,
 ) -> Result<()> {
     const OP: &str = "batchnorm_train_backward";
-    let stats = [gamma, save_mean, save_invstd, dgamma, dbeta];
+    let stats = [gamma, beta, save_mean, save_invstd, dgamma, dbeta];
     let (n, c, hw) = shapes::batchnorm_train_backward(x, dy, dx, stats)?;
     let m = n * hw;
     let xs = host(OP, "x", x)?;
     let gs = host(OP, "dy", dy)?;
     let gamma = host(OP, "gamma", gamma)?;
+    let beta = host(OP, "beta", beta)?;
     let mean = host(OP, "save_mean", save_mean)?;
     let invstd = host(OP, "save_invstd", save_invstd)?;
+    let coefs: Vec<(f32, f32)> = (0..c)
+        .map(|ch| bn_coefs(gamma[ch], beta[ch], mean[ch], invstd[ch]))
+        .collect();
+    // Channel ch's dy, masked by the forward's ReLU (bn(x) > 0) when it was fused: branch-free
+    // (g's bits kept, or cleared to +0.0), with the channel's constants held by value.
+    let grad = |ch: usize| {
+        let (a, b) = coefs[ch];
+        move |x: f32, g: f32| {
+            let keep = !relu | (x * a + b > 0.0);
+            f32::from_bits(g.to_bits() & (keep as u32).wrapping_neg())
+        }
+    };
     // sum(dy) and sum(dy * xhat) per channel.
-    let sums = channel_sums(n, c, hw, xs, gs, |x, g, ch| {
-        let xhat = (x - mean[ch]) as f64 * invstd[ch] as f64;
-        (g as f64, g as f64 * xhat)
+    let sums = channel_sums(n, c, hw, xs, gs, |ch| {
+        let (grad, mu, is) = (grad(ch), mean[ch], invstd[ch] as f64);
+        move |x, g| {
+            let g = grad(x, g);
+            let xhat = (x - mu) as f64 * is;
+            (g as f64, g as f64 * xhat)
+        }
     });
     {
         let db = host_mut(OP, "dbeta", dbeta)?;
@@ -316,9 +350,10 @@ pub fn bn_train_backward(
         .for_each(|((o, g), xi)| {
             for ch in 0..c {
                 let (a, mdy, mdyx) = k[ch];
-                let (mu, is) = (mean[ch], invstd[ch]);
+                let (mu, is, grad) = (mean[ch], invstd[ch], grad(ch));
                 let r = ch * hw..(ch + 1) * hw;
                 for ((o, &g), &v) in o[r.clone()].iter_mut().zip(&g[r.clone()]).zip(&xi[r]) {
+                    let g = grad(v, g);
                     let xhat = (v - mu) * is;
                     *o = a * (g - mdy - xhat * mdyx);
                 }

@@ -186,7 +186,7 @@ pub struct BnFwdArgs {
     pub hw: i32,
     pub eps: f32,
     pub momentum: f32,
-    pub pad_: i32,
+    pub relu: i32,
 }
 
 #[repr(C)]
@@ -195,6 +195,7 @@ pub struct BnBwdArgs {
     pub x: u64,
     pub dy: u64,
     pub gamma: u64,
+    pub beta: u64,
     pub save_mean: u64,
     pub save_invstd: u64,
     pub dx: u64,
@@ -203,7 +204,7 @@ pub struct BnBwdArgs {
     pub n: i32,
     pub c: i32,
     pub hw: i32,
-    pub pad_: i32,
+    pub relu: i32,
 }
 
 /// relu_forward (x -> y), add_assign (y += x), mul_assign (y *= x), copy_f32 (y = x).
@@ -381,6 +382,7 @@ mod tests {
         assert_eq!(size_of::<ConvFwdArgs>(), 64);
         assert_eq!(size_of::<ConvWgradArgs>(), 72);
         assert_eq!(size_of::<BnFwdArgs>(), 88);
+        assert_eq!(size_of::<BnBwdArgs>(), 88);
         assert_eq!(size_of::<LinearArgs>(), 56);
         assert_eq!(size_of::<SgdArgs>(), 40);
     }

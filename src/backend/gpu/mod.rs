@@ -388,6 +388,7 @@ impl<R: Runner> Backend for GpuBackend<R> {
         beta: &Tensor,
         eps: f32,
         momentum: f32,
+        relu: bool,
         running_mean: &mut Tensor,
         running_var: &mut Tensor,
         save_mean: &mut Tensor,
@@ -431,7 +432,7 @@ impl<R: Runner> Backend for GpuBackend<R> {
                 hw,
                 eps,
                 momentum,
-                pad_: 0,
+                relu: relu as i32,
             })
         })
     }
@@ -441,25 +442,37 @@ impl<R: Runner> Backend for GpuBackend<R> {
         x: &Tensor,
         dy: &Tensor,
         gamma: &Tensor,
+        beta: &Tensor,
         save_mean: &Tensor,
         save_invstd: &Tensor,
+        relu: bool,
         dx: &mut Tensor,
         dgamma: &mut Tensor,
         dbeta: &mut Tensor,
     ) -> Result<()> {
         const OP: &str = "batchnorm_train_backward";
-        let stats = [gamma, save_mean, save_invstd, dgamma, dbeta];
+        let stats = [gamma, beta, save_mean, save_invstd, dgamma, dbeta];
         let (n, c, hw) = shapes::batchnorm_train_backward(x, dy, dx, stats)?;
         non_empty(OP, "batch", n * hw, x)?;
         i32_of(OP, "numel", x.numel())?;
         self.launch(k::BATCHNORM_TRAIN_BACKWARD, Grid::Channels(c), || {
-            let [x, dy, gamma, save_mean, save_invstd, dx, dgamma, dbeta] =
-                self.ptrs([x, dy, gamma, save_mean, save_invstd, dx, dgamma, dbeta])?;
+            let [x, dy, gamma, beta, save_mean, save_invstd, dx, dgamma, dbeta] = self.ptrs([
+                x,
+                dy,
+                gamma,
+                beta,
+                save_mean,
+                save_invstd,
+                dx,
+                dgamma,
+                dbeta,
+            ])?;
             let (n, c, hw) = (n as i32, c as i32, hw as i32);
             Ok(k::BnBwdArgs {
                 x,
                 dy,
                 gamma,
+                beta,
                 save_mean,
                 save_invstd,
                 dx,
@@ -468,7 +481,7 @@ impl<R: Runner> Backend for GpuBackend<R> {
                 n,
                 c,
                 hw,
-                pad_: 0,
+                relu: relu as i32,
             })
         })
     }

@@ -17,7 +17,7 @@ impl Case {
                 .map(|_| rng.below_mod(k) as u32)
                 .collect()
         });
-        if let Op::BnTrainBwd = self.op {
+        if let Op::BnTrainBwd { relu } = self.op {
             // save_mean / save_invstd must be the batch statistics of x.
             let [n, c, h, w] = shape4(&self.ins[0].0);
             let (mean, var) = r::channel_stats(&ins[0], n, c, h * w);
@@ -26,6 +26,16 @@ impl Case {
                 .iter()
                 .map(|&v| (1.0 / (v + 1e-5).sqrt()) as f32)
                 .collect();
+            if relu {
+                // No gradient where bn(x) is within rounding of the ReLU's kink, so the f32 mask
+                // and the f64 reference's agree wherever it matters.
+                let hw = h * w;
+                for i in 0..ins[0].len() {
+                    if bn_ref(&ins, i, (i / hw) % c).abs() < 1e-3 {
+                        ins[1][i] = 0.0;
+                    }
+                }
+            }
         }
         HostData { ins, outs, labels }
     }
@@ -49,12 +59,19 @@ impl Case {
             (Op::AffineBwd, [dx]) => {
                 be.channel_affine_backward(Some(&ins[0]), &ins[1], &ins[2], dx)
             }
-            (Op::BnTrainFwd { eps, momentum }, [rm, rv, sm, si, y]) => be.batchnorm_train_forward(
-                &ins[0], &ins[1], &ins[2], *eps, *momentum, rm, rv, sm, si, y,
+            (
+                Op::BnTrainFwd {
+                    eps,
+                    momentum,
+                    relu,
+                },
+                [rm, rv, sm, si, y],
+            ) => be.batchnorm_train_forward(
+                &ins[0], &ins[1], &ins[2], *eps, *momentum, *relu, rm, rv, sm, si, y,
             ),
-            (Op::BnTrainBwd, [dx, dg, db]) => {
-                be.batchnorm_train_backward(&ins[0], &ins[1], &ins[2], &ins[3], &ins[4], dx, dg, db)
-            }
+            (Op::BnTrainBwd { relu }, [dx, dg, db]) => be.batchnorm_train_backward(
+                &ins[0], &ins[1], &ins[2], &ins[5], &ins[3], &ins[4], *relu, dx, dg, db,
+            ),
             (Op::Relu, [y]) => be.relu(&ins[0], y),
             (Op::ReluBwd, [dx]) => be.relu_backward(&ins[0], &ins[1], dx),
             (Op::Add, [y]) => be.add(&ins[0], &ins[1], y),
@@ -93,7 +110,7 @@ impl Case {
             | Op::ConvWgrad(_)
             | Op::ConvOneHot { .. }
             | Op::BnTrainFwd { .. }
-            | Op::BnTrainBwd
+            | Op::BnTrainBwd { .. }
             | Op::Pool
             | Op::LinearFwd
             | Op::LinearBwdInput
@@ -160,7 +177,11 @@ impl Case {
                     })
                     .collect()]
             }
-            Op::BnTrainFwd { eps, momentum } => {
+            Op::BnTrainFwd {
+                eps,
+                momentum,
+                relu,
+            } => {
                 let [n, c, hh, ww] = shape4(&self.ins[0].0);
                 let hw = hh * ww;
                 let (mean, var) = r::channel_stats(&ins[0], n, c, hw);
@@ -191,20 +212,32 @@ impl Case {
                         let ch = (i / hw) % c;
                         let xh = (ins[0][i] as f64 - mean[ch]) * invstd[ch];
                         let g = ins[1][ch] as f64;
+                        let v = xh * g + ins[2][ch] as f64;
                         e(
                             i,
-                            xh * g + ins[2][ch] as f64,
+                            if *relu { v.max(0.0) } else { v },
                             (xh.abs() + 1.0) * g.abs() + (ins[2][ch] as f64).abs(),
                         )
                     })
                     .collect();
                 vec![rm, rv, sm, si, y]
             }
-            Op::BnTrainBwd => {
+            Op::BnTrainBwd { relu } => {
                 let [n, c, hh, ww] = shape4(&self.ins[0].0);
                 let hw = hh * ww;
                 let m = (n * hw) as f64;
-                let (x, dy, g, mu, is) = (&ins[0], &ins[1], &ins[2], &ins[3], &ins[4]);
+                let (x, g, mu, is) = (&ins[0], &ins[2], &ins[3], &ins[4]);
+                // The gradient reaching the BN: masked by bn(x) > 0 under a fused ReLU.
+                let dy: Vec<f32> = (0..x.len())
+                    .map(|i| {
+                        let off = *relu && bn_ref(ins, i, (i / hw) % c) <= 0.0;
+                        if off {
+                            0.0
+                        } else {
+                            ins[1][i]
+                        }
+                    })
+                    .collect();
                 let idx = |b: usize, ch: usize| (b * c + ch) * hw..(b * c + ch + 1) * hw;
                 let mut sdy = vec![0.0f64; c];
                 let mut sdyx = vec![0.0f64; c];
@@ -448,4 +481,10 @@ fn dot(v0: f64, terms: impl Iterator<Item = (f32, f32)>) -> (f64, f64) {
         let t = a as f64 * b as f64;
         (v + t, s + t.abs())
     })
+}
+
+/// bn(x[i]) of a BnTrainBwd case's inputs (x, dy, gamma, save_mean, save_invstd, beta), in f64.
+fn bn_ref(ins: &[Vec<f32>], i: usize, ch: usize) -> f64 {
+    let xh = (ins[0][i] as f64 - ins[3][ch] as f64) * ins[4][ch] as f64;
+    xh * ins[2][ch] as f64 + ins[5][ch] as f64
 }

@@ -147,41 +147,46 @@ pub fn cases(cfg: &SuiteConfig) -> Vec<Case> {
             vec![act.clone()],
             count::channel_affine_backward(numel, cu, numel),
         );
-        push(
-            "bn_train_fwd",
-            "bn_train_fwd",
-            Op::BnTrainFwd {
-                eps: 1e-5,
-                momentum: 0.1,
-            },
-            vec![
-                (s.clone(), Init::Uniform(-1.0, 3.0)),
-                vecc(0.5, 1.5),
-                vecc(-0.5, 0.5),
-            ],
-            vec![
-                vecc(-0.5, 0.5),
-                vecc(0.5, 1.5),
-                vecc(-1.0, 1.0),
-                vecc(-1.0, 1.0),
-                act.clone(),
-            ],
-            count::batchnorm_train_forward(numel, cu),
-        );
-        push(
-            "bn_train_bwd",
-            "bn_train_bwd",
-            Op::BnTrainBwd,
-            vec![
-                (s.clone(), Init::Uniform(-1.0, 3.0)),
-                act.clone(),
-                vecc(0.5, 1.5),
-                vecc(0.0, 1.0),
-                vecc(0.5, 1.0),
-            ],
-            vec![act.clone(), vecc(-1.0, 1.0), vecc(-1.0, 1.0)],
-            count::batchnorm_train_backward(numel, cu),
-        );
+        for relu in [false, true] {
+            let suffix = if relu { "_relu" } else { "" };
+            push(
+                &format!("bn_train_fwd{suffix}"),
+                "bn_train_fwd",
+                Op::BnTrainFwd {
+                    eps: 1e-5,
+                    momentum: 0.1,
+                    relu,
+                },
+                vec![
+                    (s.clone(), Init::Uniform(-1.0, 3.0)),
+                    vecc(0.5, 1.5),
+                    vecc(-0.5, 0.5),
+                ],
+                vec![
+                    vecc(-0.5, 0.5),
+                    vecc(0.5, 1.5),
+                    vecc(-1.0, 1.0),
+                    vecc(-1.0, 1.0),
+                    act.clone(),
+                ],
+                count::batchnorm_train_forward(numel, cu, relu),
+            );
+            push(
+                &format!("bn_train_bwd{suffix}"),
+                "bn_train_bwd",
+                Op::BnTrainBwd { relu },
+                vec![
+                    (s.clone(), Init::Uniform(-1.0, 3.0)),
+                    act.clone(),
+                    vecc(0.5, 1.5),
+                    vecc(0.0, 1.0),
+                    vecc(0.5, 1.0),
+                    vecc(-0.5, 0.5),
+                ],
+                vec![act.clone(), vecc(-1.0, 1.0), vecc(-1.0, 1.0)],
+                count::batchnorm_train_backward(numel, cu, relu),
+            );
+        }
         push(
             "relu",
             "relu",

@@ -118,8 +118,12 @@ pub enum Op {
     BnTrainFwd {
         eps: f32,
         momentum: f32,
+        relu: bool,
     },
-    BnTrainBwd,
+    /// Inputs x, dy, gamma, save_mean, save_invstd, beta.
+    BnTrainBwd {
+        relu: bool,
+    },
     Relu,
     ReluBwd,
     Add,
