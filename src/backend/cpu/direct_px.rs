@@ -217,8 +217,10 @@ fn kernel() -> PMicroFn {
 
 // ---- weight gradient -------------------------------------------------------------------------
 
-/// Filter terms per weight-gradient tile (x 2 vectors of 16 output channels = 24 accumulators).
-const WT: usize = 12;
+/// Filter terms per weight-gradient tile (x 2 vectors of 16 output channels = 16 accumulators,
+/// + 2 dy vectors and the 8 broadcast terms the compiler hoists = 26 of the 32 zmm registers; 12
+/// terms spilled accumulators to the stack).
+const WT: usize = 8;
 type WTile = [[f32; CW]; WT];
 /// (pixels, dy rows [pixels][CW], per-pixel input bases, padded inputs, term offsets, tile):
 /// adds the pixels' products to the tile.
@@ -339,7 +341,7 @@ unsafe fn wmicro_plain(
     }
 }
 
-/// AVX2 + FMA: four passes of 6 terms x 16 channels (12 ymm accumulators each).
+/// AVX2 + FMA: four passes of 4 terms x 16 channels (8 ymm accumulators each).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn wmicro_avx2(
@@ -384,7 +386,7 @@ unsafe fn wmicro_avx2(
     }
 }
 
-/// AVX-512: WT terms x 32 channels in 24 zmm accumulators.
+/// AVX-512: WT terms x 32 channels in 16 zmm accumulators.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn wmicro_avx512(
