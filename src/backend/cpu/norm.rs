@@ -112,7 +112,15 @@ pub fn channel_affine_backward(
 /// ones), compiled for the CPU's instruction set; every width gives the same sums. `f` holds the
 /// channel's constants by value (a closure that reads them through references keeps the loop
 /// from vectorising).
-fn channel_sum<G>(n: usize, c: usize, hw: usize, ch: usize, a: &[f32], b: &[f32], f: G) -> (f64, f64)
+fn channel_sum<G>(
+    n: usize,
+    c: usize,
+    hw: usize,
+    ch: usize,
+    a: &[f32],
+    b: &[f32],
+    f: G,
+) -> (f64, f64)
 where
     G: Fn(f32, f32) -> (f64, f64),
 {
