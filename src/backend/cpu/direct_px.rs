@@ -117,30 +117,36 @@ unsafe fn pmicro_avx2(
     out: &mut PTile,
 ) {
     use std::arch::x86_64::*;
+    // Quarters of the tile (16 channels x 4 pixels: 8 accumulators + 2 weight vectors + a
+    // broadcast fit the 16 ymm registers; the whole 8 pixels spilled accumulators in the loop).
+    const Q: usize = PX / 2;
     for half in 0..2 {
-        // SAFETY: each row holds CW floats; half * 16 + 16 <= CW.
-        let mut acc: [[__m256; 2]; PX] = std::array::from_fn(|i| unsafe {
-            let row = out[i].as_ptr().add(half * 16);
-            [_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8))]
-        });
-        for p in 0..kdim {
-            // SAFETY: the caller guarantees kdim weights x CW, kdim offsets, in-bounds loads.
-            unsafe {
-                let o = *koff.add(p) as usize;
-                let wp = w.add(p * CW + half * 16);
-                let (w0, w1) = (_mm256_loadu_ps(wp), _mm256_loadu_ps(wp.add(8)));
-                for (a, &b) in acc.iter_mut().zip(xb) {
-                    let xv = _mm256_broadcast_ss(&*b.add(o));
-                    a[0] = _mm256_fmadd_ps(xv, w0, a[0]);
-                    a[1] = _mm256_fmadd_ps(xv, w1, a[1]);
+        for q in 0..2 {
+            let (rows, bases) = (&mut out[q * Q..][..Q], &xb[q * Q..][..Q]);
+            // SAFETY: each row holds CW floats; half * 16 + 16 <= CW.
+            let mut acc: [[__m256; 2]; Q] = std::array::from_fn(|i| unsafe {
+                let row = rows[i].as_ptr().add(half * 16);
+                [_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8))]
+            });
+            for p in 0..kdim {
+                // SAFETY: the caller guarantees kdim weights x CW, kdim offsets, in-bounds loads.
+                unsafe {
+                    let o = *koff.add(p) as usize;
+                    let wp = w.add(p * CW + half * 16);
+                    let (w0, w1) = (_mm256_loadu_ps(wp), _mm256_loadu_ps(wp.add(8)));
+                    for (a, &b) in acc.iter_mut().zip(bases) {
+                        let xv = _mm256_broadcast_ss(&*b.add(o));
+                        a[0] = _mm256_fmadd_ps(xv, w0, a[0]);
+                        a[1] = _mm256_fmadd_ps(xv, w1, a[1]);
+                    }
                 }
             }
-        }
-        for (row, a) in out.iter_mut().zip(&acc) {
-            // SAFETY: each row holds CW floats; half * 16 + 16 <= CW.
-            unsafe {
-                _mm256_storeu_ps(row.as_mut_ptr().add(half * 16), a[0]);
-                _mm256_storeu_ps(row.as_mut_ptr().add(half * 16 + 8), a[1]);
+            for (row, a) in rows.iter_mut().zip(&acc) {
+                // SAFETY: each row holds CW floats; half * 16 + 16 <= CW.
+                unsafe {
+                    _mm256_storeu_ps(row.as_mut_ptr().add(half * 16), a[0]);
+                    _mm256_storeu_ps(row.as_mut_ptr().add(half * 16 + 8), a[1]);
+                }
             }
         }
     }
