@@ -151,6 +151,9 @@ fn conv_cases() -> Vec<G> {
         g(3, 5, 3, 5, 32, 3, 1, 1),
         g(2, 9, 8, 8, 24, 3, 2, 1),
         g(2, 7, 2, 2, 64, 3, 1, 1),
+        // pixel layout, items in groups sharing the panels (16+ items; a partial last group)
+        g(19, 20, 4, 4, 48, 3, 1, 1),
+        g(37, 9, 4, 4, 32, 3, 1, 1),
         // Winograd F(2x2, 3x3) shapes (FMP_CPU_CONV=winograd; 3x3, stride 1, pad 1, even planes,
         // 8+ input channels): 32-, 16-, 4- and 2-wide rows (one tile row per 16, 8, 2, 1 tiles),
         // a non-square plane, a partial last panel
@@ -383,6 +386,9 @@ fn conv_onehot_equals_full_bitwise() {
         (g(4, 5, 8, 8, 12, 3, 1, 1), 3, 1),
         (g(6, 3, 5, 32, 20, 3, 1, 1), 7, 2),
         (g(4, 4, 6, 18, 9, 3, 1, 0), 1, 4),
+        // pixel-layout input gradient over 17 items: groups whose items share a filter and
+        // groups that straddle two
+        (g(17, 36, 4, 4, 12, 3, 1, 1), 5, 3),
     ];
     for (i, (g, first, group)) in cases.into_iter().enumerate() {
         let mut r = Rng::new(400 + i as u64);

@@ -379,6 +379,9 @@ pub(super) fn run_item(
     }
 }
 
+/// Items per group of the pixel layout (direct_px::run_items).
+const ITEMS_PER_GROUP: usize = 8;
+
 /// y[n] = conv(x[n]) for every item, with filters in panels (`co` channels); `x_of(n)` is item
 /// n's input planes, `panels_of(n)` its panels (the one-hot gradient switches filters by item).
 fn run<'a>(
@@ -398,6 +401,31 @@ fn run<'a>(
     let groups = want.div_ceil(n).clamp(1, npanels);
     let per = npanels.div_ceil(groups);
     let groups = npanels.div_ceil(per);
+    if groups == 1 && d.pixel_layout() {
+        // Pixel layout: items in groups that share their filters' panels from L1 (see
+        // direct_px::run_items), as many per group as keep 4 tasks per thread.
+        let per = (n / want).clamp(1, ITEMS_PER_GROUP);
+        y.par_chunks_mut(item * per)
+            .enumerate()
+            .for_each_init(Vec::new, |bufs: &mut Vec<Vec<f32>>, (gi, yg)| {
+                let items = gi * per..gi * per + yg.len() / item;
+                bufs.resize_with(items.len(), Vec::new);
+                for (buf, i) in bufs.iter_mut().zip(items.clone()) {
+                    pad_item(d, x_of(i), buf);
+                }
+                let mut ys: Vec<&mut [f32]> = yg.chunks_mut(item).collect();
+                let panels = panels_of(items.start);
+                if items.clone().all(|i| std::ptr::eq(panels_of(i), panels)) {
+                    let xps: Vec<&[f32]> = bufs.iter().map(Vec::as_slice).collect();
+                    direct_px::run_items(d, panels, &koff, &xps, &mut ys);
+                } else {
+                    for ((buf, i), yi) in bufs.iter().zip(items).zip(ys) {
+                        run_item(d, micro, panels_of(i), &koff, buf, yi);
+                    }
+                }
+            });
+        return;
+    }
     if groups == 1 {
         y.par_chunks_mut(item)
             .enumerate()

@@ -27,21 +27,43 @@ type PTile = [[f32; CW]; PX];
 /// (K, weight panel [K][CW], the tile's pixel bases, K offsets, tile): adds the K terms to the tile.
 type PMicroFn = unsafe fn(usize, *const f32, &[*const f32; PX], *const u32, &mut PTile);
 
-/// K terms per block: a block of a panel (16 KiB) stays in L1 while every tile of the item uses it.
+/// K terms per block: a block of a panel (16 KiB) stays in L1 while every tile of the items uses
+/// it.
 const KB: usize = 128;
 
 /// All `d.co` output planes of one item from CW-wide `panels`: y is [co, ho, wo].
 pub(super) fn run_item(d: &DGeom, panels: &[f32], koff: &[u32], xp: &[f32], y: &mut [f32]) {
+    run_items(d, panels, koff, &[xp], &mut [y]);
+}
+
+/// Items of one layer that share their filters (`xps[i]` padded, `ys[i]` its [co, ho, wo]
+/// output), computed together: every K block of a weight panel is read from L1 by the tiles of
+/// all the items, so a layer whose filters outgrow the caches (512 x 4,608 at 4x4) streams them
+/// once per group of items rather than once per item. Each output still sums its K terms in
+/// ascending order, as one item alone.
+pub(super) fn run_items(
+    d: &DGeom,
+    panels: &[f32],
+    koff: &[u32],
+    xps: &[&[f32]],
+    ys: &mut [&mut [f32]],
+) {
     let micro = kernel();
     let (kdim, hw) = (koff.len(), d.ho * d.wo);
     let npanels = d.co.div_ceil(CW);
-    assert!(xp.len() >= d.buf_len() && panels.len() >= npanels * kdim * CW && hw > 0);
+    assert!(xps.len() == ys.len() && panels.len() >= npanels * kdim * CW && hw > 0);
+    let per_item = hw.div_ceil(PX);
     // A partial last tile repeats the last pixel; its extra columns are dropped.
-    // SAFETY: each base is a valid output pixel's grid offset, below the padded plane.
-    let xbs: Vec<[*const f32; PX]> = (0..hw)
-        .step_by(PX)
-        .map(|t0| {
-            std::array::from_fn(|i| unsafe { xp.as_ptr().add(d.pixel_off((t0 + i).min(hw - 1))) })
+    let xbs: Vec<[*const f32; PX]> = xps
+        .iter()
+        .flat_map(|xp| {
+            assert!(xp.len() >= d.buf_len());
+            (0..hw).step_by(PX).map(move |t0| {
+                // SAFETY: each base is a valid output pixel's grid offset, below the padded plane.
+                std::array::from_fn(|i| unsafe {
+                    xp.as_ptr().add(d.pixel_off((t0 + i).min(hw - 1)))
+                })
+            })
         })
         .collect();
     let mut tiles = vec![[[0f32; CW]; PX]; xbs.len()];
@@ -55,8 +77,8 @@ pub(super) fn run_item(d: &DGeom, panels: &[f32], koff: &[u32], xp: &[f32], y: &
             let kb = KB.min(kdim - k0);
             for (tile, xb) in tiles.iter_mut().zip(&xbs) {
                 // SAFETY: the kernel reads wpanel[k0 * CW..(k0 + kb) * CW] and xp[base + koff[p]]
-                // for the tile's bases; base + koff[p] is a valid pixel's term inside the padded
-                // buffer, and the kernel's CPU features were detected.
+                // for the tile's bases; base + koff[p] is a valid pixel's term inside its item's
+                // padded buffer, and the kernel's CPU features were detected.
                 unsafe {
                     micro(
                         kb,
@@ -68,12 +90,14 @@ pub(super) fn run_item(d: &DGeom, panels: &[f32], koff: &[u32], xp: &[f32], y: &
                 };
             }
         }
-        for (t, tile) in tiles.iter().enumerate() {
-            let (t0, px) = (t * PX, PX.min(hw - t * PX));
-            for r in 0..rows {
-                let out = &mut y[(q * CW + r) * hw + t0..][..px];
-                for (i, o) in out.iter_mut().enumerate() {
-                    *o = tile[i][r];
+        for (y, item_tiles) in ys.iter_mut().zip(tiles.chunks_exact(per_item)) {
+            for (t, tile) in item_tiles.iter().enumerate() {
+                let (t0, px) = (t * PX, PX.min(hw - t * PX));
+                for r in 0..rows {
+                    let out = &mut y[(q * CW + r) * hw + t0..][..px];
+                    for (i, o) in out.iter_mut().enumerate() {
+                        *o = tile[i][r];
+                    }
                 }
             }
         }
