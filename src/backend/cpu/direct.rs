@@ -22,7 +22,7 @@
 //! Tasks own disjoint (item, channel-panel) ranges: results do not depend on the thread count.
 use rayon::prelude::*;
 
-use super::conv::Geom;
+use super::conv::{Geom, OneHot};
 use super::direct_px::{self, CW};
 use super::gemm::by_isa;
 
@@ -476,42 +476,20 @@ pub(crate) fn input_grad(g: &Geom, dy: &[f32], w: &[f32], dx: &mut [f32]) {
     );
 }
 
-/// `pack(c)` for the filter of every group of a one-hot gradient's items (channels
-/// `first_channel..`, one per `group` items), in parallel.
-pub(super) fn per_filter<T: Send>(
-    n: usize,
-    group: usize,
-    first_channel: usize,
-    pack: impl Fn(usize) -> T + Sync,
-) -> Vec<T> {
-    (0..n.div_ceil(group))
-        .into_par_iter()
-        .map(|f| pack(first_channel + f))
-        .collect()
-}
-
-/// One-hot input gradient: item i's cotangent is seed[i] (one plane) in channel
-/// `first_channel + i / group`; the terms are those of `input_grad` for that channel alone.
-pub(crate) fn input_grad_onehot(
-    g: &Geom,
-    seed: &[f32],
-    w: &[f32],
-    first_channel: usize,
-    group: usize,
-    dx: &mut [f32],
-) {
+/// One-hot input gradient: the terms are those of `input_grad` for item i's channel alone.
+pub(crate) fn input_grad_onehot(g: &Geom, oh: OneHot, w: &[f32], dx: &mut [f32]) {
     let t = transposed(g);
     let d = DGeom { ci: 1, ..dgeom(&t) };
     let kk = g.k * g.k;
-    let panels = per_filter(g.n, group, first_channel, |c| {
+    let panels = oh.per_filter(g.n, |c| {
         pack_panels(d.panel_width(), g.ci, kk, |ci, p| flipped(g, w, ci, c, p))
     });
     let plane = g.ho * g.wo;
     run(
         &d,
         g.n,
-        |i| &seed[i * plane..(i + 1) * plane],
-        |i| &panels[i / group],
+        |i| &oh.seed[i * plane..(i + 1) * plane],
+        |i| &panels[i / oh.group],
         dx,
     );
 }

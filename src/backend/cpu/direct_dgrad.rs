@@ -17,8 +17,8 @@
 //! on the thread count.
 use rayon::prelude::*;
 
-use super::conv::Geom;
-use super::direct::{fits, kernel, pack_panels, pad_item, per_filter, run_item, DGeom, DMicroFn};
+use super::conv::{Geom, OneHot};
+use super::direct::{fits, kernel, pack_panels, pad_item, run_item, DGeom, DMicroFn};
 
 /// One output phase (a, b): its dx pixels are (s * (u0 + u) + a - p, s * (v0 + v) + b - p) for
 /// u < nu, v < nv; taps (a + s * th, b + s * tw) for th < ta, tw < tb.
@@ -283,26 +283,16 @@ pub(crate) fn input_grad(g: &Geom, dy: &[f32], w: &[f32], dx: &mut [f32]) {
     );
 }
 
-/// One-hot input gradient: item i's cotangent is seed[i] (one plane) in channel
-/// `first_channel + i / group`; the terms are those of `input_grad` for that channel alone.
-pub(crate) fn input_grad_onehot(
-    g: &Geom,
-    seed: &[f32],
-    w: &[f32],
-    first_channel: usize,
-    group: usize,
-    dx: &mut [f32],
-) {
+/// One-hot input gradient: the terms are those of `input_grad` for item i's channel alone.
+pub(crate) fn input_grad_onehot(g: &Geom, oh: OneHot, w: &[f32], dx: &mut [f32]) {
     let plan = plan(g, 1);
-    let panels = per_filter(g.n, group, first_channel, |c| {
-        phase_panels(g, w, &plan, c..c + 1)
-    });
+    let panels = oh.per_filter(g.n, |c| phase_panels(g, w, &plan, c..c + 1));
     let plane = g.ho * g.wo;
     run(
         g,
         &plan,
-        |i| &seed[i * plane..(i + 1) * plane],
-        |i| &panels[i / group],
+        |i| &oh.seed[i * plane..(i + 1) * plane],
+        |i| &panels[i / oh.group],
         dx,
     );
 }

@@ -9,6 +9,7 @@
 //! FRG losses). Every reduction runs in a fixed order that does not depend on the thread count,
 //! so results are bitwise reproducible run to run.
 mod conv;
+mod conv_strided;
 mod direct;
 mod direct_dgrad;
 mod direct_px;
