@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use rayon::prelude::*;
 
 use super::conv::{Geom, OneHot};
-use super::gemm::by_isa;
+use super::gemm::{by_isa, rank1};
 
 /// Output channels per weight panel (micro-kernel rows).
 const MR: usize = 16;
@@ -665,15 +665,7 @@ unsafe fn micro_rows<const R: usize, const FMA: bool>(
                 &*(b.add(p * NT) as *const [f32; NT]),
             )
         };
-        for i in 0..R {
-            for j in 0..NT {
-                acc[i][j] = if FMA {
-                    ap[i].mul_add(bp[j], acc[i][j])
-                } else {
-                    acc[i][j] + ap[i] * bp[j]
-                };
-            }
-        }
+        rank1::<R, NT, FMA>(&mut acc, ap, bp);
     }
     for (i, row) in acc.iter().enumerate() {
         // SAFETY: the caller's M rows r0 + i hold NT floats at m + (r0 + i) * rs.
