@@ -350,23 +350,8 @@ fn gemm_shared(
     let mut s0 = 0;
     while s0 < k {
         let s1 = (s0 + sb).min(k);
-        // Block t covers p in s0 + t*kc .. ; its A panels start at t*kc*mp, B panels at t*kc*np.
-        abuf[..mp * (s1 - s0)]
-            .par_chunks_mut(mp * kc)
-            .enumerate()
-            .for_each(|(t, blk)| {
-                let p0 = s0 + t * kc;
-                let kb = kc.min(s1 - p0);
-                a.pack(0, m, p0, kb, &mut blk[..mp * kb]);
-            });
-        bbuf[..np * (s1 - s0)]
-            .par_chunks_mut(np * kc)
-            .enumerate()
-            .for_each(|(t, blk)| {
-                let p0 = s0 + t * kc;
-                let kb = kc.min(s1 - p0);
-                b.pack(0, n, p0, kb, &mut blk[..np * kb]);
-            });
+        pack_super_block(a, m, mp, kc, s0..s1, &mut abuf);
+        pack_super_block(b, n, np, kc, s0..s1, &mut bbuf);
         let (ab, bb) = (&abuf, &bbuf);
         (0..row_groups * col_tiles)
             .into_par_iter()
@@ -391,6 +376,27 @@ fn gemm_shared(
             });
         s0 = s1;
     }
+}
+
+/// All `count` rows (A) or columns (B) of an operand for p in `ps`, in parallel: block t covers
+/// p in ps.start + t*kc .. and its panels (`padded` = count rounded up to whole panels) start at
+/// t*kc*padded of `buf`.
+fn pack_super_block(
+    src: &dyn Pack,
+    count: usize,
+    padded: usize,
+    kc: usize,
+    ps: std::ops::Range<usize>,
+    buf: &mut [f32],
+) {
+    buf[..padded * ps.len()]
+        .par_chunks_mut(padded * kc)
+        .enumerate()
+        .for_each(|(t, blk)| {
+            let p0 = ps.start + t * kc;
+            let kb = kc.min(ps.end - p0);
+            src.pack(0, count, p0, kb, &mut blk[..padded * kb]);
+        });
 }
 
 #[allow(clippy::too_many_arguments)]
