@@ -91,56 +91,46 @@ pub fn chunk_channels(model: &PreActResNet18, layer: usize, b: usize) -> usize {
     (budget / (per_item * b.max(1))).clamp(1, channels.max(1))
 }
 
-/// Score every channel of conv `layer` with the batched engine.
-#[allow(clippy::too_many_arguments)]
+/// What every per-conv scorer reads: the model, the clean images X and their X0 (both [B,3,32,32] on
+/// the model's backend), the B labels and the conv (execution index `layer`).
+#[derive(Clone, Copy)]
+pub struct ConvScan<'a> {
+    pub model: &'a PreActResNet18,
+    pub x: &'a Tensor,
+    pub x0: &'a Tensor,
+    pub labels: &'a [u32],
+    pub layer: usize,
+}
+
+impl ConvScan<'_> {
+    /// Every channel of the conv.
+    pub fn all_channels(&self) -> Result<Range<usize>> {
+        Ok(0..conv_channels(self.model, self.layer)?)
+    }
+}
+
+/// Score every channel of conv `s.layer` with the batched engine.
 pub fn scan_layer_batched(
-    model: &PreActResNet18,
-    x: &Tensor,
-    x0: &Tensor,
-    labels: &[u32],
-    layer: usize,
+    s: ConvScan,
     eps: f32,
     chunk: usize,
     progress: &mut dyn FnMut(usize),
 ) -> Result<LayerScores> {
-    let channels = conv_channels(model, layer)?;
-    scan_layer_batched_range(
-        model,
-        x,
-        x0,
-        labels,
-        layer,
-        0..channels,
-        eps,
-        chunk,
-        progress,
-    )
+    scan_layer_batched_range(s, s.all_channels()?, eps, chunk, progress)
 }
 
-/// Score channels `range` of conv `layer` with the batched engine (chunks start at `range.start`; the
-/// scores do not depend on the chunking, so a slice scores exactly as in a whole-conv pass).
-#[allow(clippy::too_many_arguments)]
+/// Score channels `range` of conv `s.layer` with the batched engine (chunks start at `range.start`;
+/// the scores do not depend on the chunking, so a slice scores exactly as in a whole-conv pass).
 pub fn scan_layer_batched_range(
-    model: &PreActResNet18,
-    x: &Tensor,
-    x0: &Tensor,
-    labels: &[u32],
-    layer: usize,
+    s: ConvScan,
     range: Range<usize>,
     eps: f32,
     chunk: usize,
     progress: &mut dyn FnMut(usize),
 ) -> Result<LayerScores> {
-    scan_chunks(
-        model,
-        x,
-        x0,
-        layer,
-        range,
-        chunk,
-        progress,
-        &mut |tx, tx0, c0, k, res| score_channels(model, tx, tx0, x0, labels, c0, k, eps, 1, res),
-    )
+    scan_chunks(s, range, chunk, progress, &mut |tx, tx0, c0, k, res| {
+        score_channels(s.model, tx, tx0, s.x0, s.labels, c0, k, eps, 1, res)
+    })
 }
 
 /// Scores one chunk: `(tx, tx0, c0, k, res)` appends channels `c0..c0+k` to `res`.
@@ -148,21 +138,17 @@ pub(crate) type ChunkScorer<'a> =
     dyn FnMut(&Trace, &Trace, usize, usize, &mut LayerScores) -> Result<()> + 'a;
 
 /// The batched engines' loop (`scan_layer_batched_range`, `frg_steps::scan_layer_steps_range`):
-/// the traces of X and X0 up to conv `layer` once, then `score(tx, tx0, c0, k, res)` for each
+/// the traces of X and X0 up to conv `s.layer` once, then `score(tx, tx0, c0, k, res)` for each
 /// chunk of at most `chunk` channels of `range`.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn scan_chunks(
-    model: &PreActResNet18,
-    x: &Tensor,
-    x0: &Tensor,
-    layer: usize,
+    s: ConvScan,
     range: Range<usize>,
     chunk: usize,
     progress: &mut dyn FnMut(usize),
     score: &mut ChunkScorer,
 ) -> Result<LayerScores> {
-    let tx = model.forward_trace(x, layer)?;
-    let tx0 = model.forward_trace(x0, layer)?;
+    let tx = s.model.forward_trace(s.x, s.layer)?;
+    let tx0 = s.model.forward_trace(s.x0, s.layer)?;
     let channels = range.end;
     let mut res = LayerScores::default();
     let mut c0 = range.start;
@@ -238,34 +224,31 @@ pub fn score_channels(
     score_chunk(&logits, labels, k, res)
 }
 
-/// Score every channel of conv `layer` one channel at a time (the plain reference loop).
+/// Score every channel of conv `s.layer` one channel at a time (the plain reference loop).
 pub fn scan_layer_naive(
-    model: &PreActResNet18,
-    x: &Tensor,
-    x0: &Tensor,
-    labels: &[u32],
-    layer: usize,
+    s: ConvScan,
     eps: f32,
     progress: &mut dyn FnMut(usize),
 ) -> Result<LayerScores> {
-    let channels = conv_channels(model, layer)?;
-    scan_layer_naive_range(model, x, x0, labels, layer, 0..channels, eps, 1, progress)
+    scan_layer_naive_range(s, s.all_channels()?, eps, 1, progress)
 }
 
-/// Score channels `range` of conv `layer` one channel at a time, with `steps` sign steps each
+/// Score channels `range` of conv `s.layer` one channel at a time, with `steps` sign steps each
 /// (1: the spec's single step; more: `frg_steps`): a full cotangent, host-side sign steps.
-#[allow(clippy::too_many_arguments)]
 pub fn scan_layer_naive_range(
-    model: &PreActResNet18,
-    x: &Tensor,
-    x0: &Tensor,
-    labels: &[u32],
-    layer: usize,
+    s: ConvScan,
     range: Range<usize>,
     eps: f32,
     steps: usize,
     progress: &mut dyn FnMut(usize),
 ) -> Result<LayerScores> {
+    let ConvScan {
+        model,
+        x,
+        x0,
+        labels,
+        layer,
+    } = s;
     let be = model.backend().clone();
     let b = labels.len();
     let ax = be.to_host(model.forward_trace(x, layer)?.tap())?;
@@ -445,23 +428,26 @@ pub fn scan_slices(
             let k = opts.chunk.unwrap_or_else(|| f(model, s.conv, b));
             k.min(s.end - s.start).max(1)
         };
-        let (conv, range, eps) = (s.conv, s.start..s.end, opts.eps);
+        let cs = ConvScan {
+            model,
+            x: &x,
+            x0: &x0,
+            labels,
+            layer: s.conv,
+        };
+        let (range, eps) = (s.start..s.end, opts.eps);
         let (ls, k) = if opts.naive {
-            let steps = opts.steps;
-            let ls =
-                scan_layer_naive_range(model, &x, &x0, labels, conv, range, eps, steps, progress)?;
-            (ls, 0)
+            (
+                scan_layer_naive_range(cs, range, eps, opts.steps, progress)?,
+                0,
+            )
         } else if opts.steps > 1 {
             let k = pick(frg_steps::chunk_channels);
-            let ls = frg_steps::scan_layer_steps_range(
-                model, &x, &x0, labels, conv, range, opts, k, progress,
-            )?;
+            let ls = frg_steps::scan_layer_steps_range(cs, range, opts, k, progress)?;
             (ls, k)
         } else {
             let k = pick(chunk_channels);
-            let ls =
-                scan_layer_batched_range(model, &x, &x0, labels, conv, range, eps, k, progress)?;
-            (ls, k)
+            (scan_layer_batched_range(cs, range, eps, k, progress)?, k)
         };
         done(s, ls, k)?;
     }

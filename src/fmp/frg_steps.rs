@@ -14,10 +14,11 @@
 //! (tests/fmp_steps.rs).
 use std::ops::Range;
 
-use super::frg::{scan_chunks, scan_layer_naive_range, score_channels, LayerScores, ScanOptions};
+use super::frg::{
+    scan_chunks, scan_layer_naive_range, score_channels, ConvScan, LayerScores, ScanOptions,
+};
 use crate::error::{Error, Result};
 use crate::model::PreActResNet18;
-use crate::tensor::Tensor;
 
 /// Channels per chunk with several steps: a third of the single-step chunk (`frg::chunk_channels`), since
 /// every stacked item also keeps a trace of the prefix.
@@ -25,42 +26,22 @@ pub fn chunk_channels(model: &PreActResNet18, layer: usize, b: usize) -> usize {
     (super::frg::chunk_channels(model, layer, b) / 3).max(1)
 }
 
-/// Score every channel of conv `layer` with `opts.steps` sign steps (batched, or naive with `opts.naive`).
-#[allow(clippy::too_many_arguments)]
+/// Score every channel of conv `s.layer` with `opts.steps` sign steps (batched, or naive with
+/// `opts.naive`).
 pub fn scan_layer_steps(
-    model: &PreActResNet18,
-    x: &Tensor,
-    x0: &Tensor,
-    labels: &[u32],
-    layer: usize,
+    s: ConvScan,
     opts: &ScanOptions,
     chunk: usize,
     progress: &mut dyn FnMut(usize),
 ) -> Result<LayerScores> {
-    let channels = super::frg::conv_channels(model, layer)?;
-    scan_layer_steps_range(
-        model,
-        x,
-        x0,
-        labels,
-        layer,
-        0..channels,
-        opts,
-        chunk,
-        progress,
-    )
+    scan_layer_steps_range(s, s.all_channels()?, opts, chunk, progress)
 }
 
-/// Score channels `range` of conv `layer` with `opts.steps` sign steps (chunks start at `range.start`;
-/// every channel's images are independent, so a slice scores exactly as in a whole-conv pass). The unit
-/// the scan journals and shards (`frg::scan_slices`).
-#[allow(clippy::too_many_arguments)]
+/// Score channels `range` of conv `s.layer` with `opts.steps` sign steps (chunks start at
+/// `range.start`; every channel's images are independent, so a slice scores exactly as in a
+/// whole-conv pass). The unit the scan journals and shards (`frg::scan_slices`).
 pub fn scan_layer_steps_range(
-    model: &PreActResNet18,
-    x: &Tensor,
-    x0: &Tensor,
-    labels: &[u32],
-    layer: usize,
+    s: ConvScan,
     range: Range<usize>,
     opts: &ScanOptions,
     chunk: usize,
@@ -71,20 +52,11 @@ pub fn scan_layer_steps_range(
     }
     let (eps, steps) = (opts.eps, opts.steps);
     if opts.naive {
-        return scan_layer_naive_range(model, x, x0, labels, layer, range, eps, steps, progress);
+        return scan_layer_naive_range(s, range, eps, steps, progress);
     }
-    scan_chunks(
-        model,
-        x,
-        x0,
-        layer,
-        range,
-        chunk,
-        progress,
-        &mut |tx, tx0, c0, k, res| {
-            score_channels(model, tx, tx0, x0, labels, c0, k, eps, steps, res)
-        },
-    )
+    scan_chunks(s, range, chunk, progress, &mut |tx, tx0, c0, k, res| {
+        score_channels(s.model, tx, tx0, s.x0, s.labels, c0, k, eps, steps, res)
+    })
 }
 
 /// `2/(B*H*W) * (a_z[i, c] - a_x[i % B, c])` for item i = ki*B + bi, c = c0 + ki: the one-channel
@@ -116,27 +88,11 @@ pub(crate) fn stacked_seed(
 
 /// The plain loop with `steps` sign steps: one channel at a time, full cotangents, host sign steps
 /// (`frg::scan_layer_naive_range`).
-#[allow(clippy::too_many_arguments)]
 pub fn scan_layer_naive_steps(
-    model: &PreActResNet18,
-    x: &Tensor,
-    x0: &Tensor,
-    labels: &[u32],
-    layer: usize,
+    s: ConvScan,
     eps: f32,
     steps: usize,
     progress: &mut dyn FnMut(usize),
 ) -> Result<LayerScores> {
-    let channels = super::frg::conv_channels(model, layer)?;
-    scan_layer_naive_range(
-        model,
-        x,
-        x0,
-        labels,
-        layer,
-        0..channels,
-        eps,
-        steps,
-        progress,
-    )
+    scan_layer_naive_range(s, s.all_channels()?, eps, steps, progress)
 }
