@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use fmp_engine::backend::cpu::CpuBackend;
 use fmp_engine::backend::Backend;
-use fmp_engine::fmp::frg::{make_x0, scan_layer_batched, ConvScan};
+use fmp_engine::fmp::frg::{make_x0, scan_range, ConvScan, ScanOptions};
 use fmp_engine::fmp::rng::Rng;
 use fmp_engine::model::{ModelConfig, PreActResNet18, SgdState};
 use fmp_engine::tensor::recycle;
@@ -36,7 +36,11 @@ fn run_all() -> Vec<Vec<f32>> {
             labels: &labels,
             layer: l,
         };
-        let s = scan_layer_batched(cs, 4.0 / 255.0, 2, &mut |_| {}).unwrap();
+        let opts = ScanOptions {
+            eps: 4.0 / 255.0,
+            ..ScanOptions::default()
+        };
+        let s = scan_range(cs, cs.all_channels().unwrap(), &opts, 2, &mut |_| {}).unwrap();
         out.push(s.true_prob);
         out.push(s.margin);
     }

@@ -5,9 +5,7 @@ use std::sync::Arc;
 
 use fmp_engine::backend::cpu::CpuBackend;
 use fmp_engine::backend::Backend;
-use fmp_engine::fmp::frg::{
-    make_x0, scan, scan_layer_batched, scan_layer_naive, ConvScan, ScanOptions,
-};
+use fmp_engine::fmp::frg::{make_x0, scan, scan_range, ConvScan, ScanOptions};
 use fmp_engine::fmp::metrics::{argmax, Classifier};
 use fmp_engine::fmp::rng::Rng;
 use fmp_engine::model::{ModelConfig, PreActResNet18};
@@ -68,9 +66,18 @@ fn batched_equals_naive_on_every_conv() {
             layer: l,
         };
         let mut done_b = 0;
-        let batched = scan_layer_batched(s, eps, 3, &mut |k| done_b += k).unwrap();
+        let all = s.all_channels().unwrap();
+        let batched = ScanOptions {
+            eps,
+            ..ScanOptions::default()
+        };
+        let naive = ScanOptions {
+            naive: true,
+            ..batched.clone()
+        };
+        let batched = scan_range(s, all.clone(), &batched, 3, &mut |k| done_b += k).unwrap();
         let mut done_n = 0;
-        let naive = scan_layer_naive(s, eps, &mut |k| done_n += k).unwrap();
+        let naive = scan_range(s, all, &naive, 0, &mut |k| done_n += k).unwrap();
         assert_eq!((done_b, done_n), (c, c));
         assert_eq!(batched.scores.len(), c);
         assert_eq!(

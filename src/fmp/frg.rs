@@ -5,13 +5,13 @@
 //! `l` and channel `c`: `G_c = d/dX0 mean_(b,h,w) (A_l(X) - A_l(X0))[:, c]^2`,
 //! `Xadv_c = clamp(X0 + eps * sign(G_c), 0, 1)`, score = accuracy of the model on `Xadv_c`.
 //!
-//! Batched engine (`scan_layer_batched`): per layer, the prefix traces of X and X0 are computed once; channels
+//! Batched engine (`scan_range`): per layer, the prefix traces of X and X0 are computed once; channels
 //! are processed in chunks of K: `frg_seed` writes the [K*B,1,H,W] one-channel cotangents, one
 //! `input_grad(Cotangent::OneHot)` backward gives all K*B input gradients (the trace's B saved activations are
 //! broadcast), `sign_step` builds the K*B adversarial images and one forward scores them. K is sized from
 //! `Backend::memory_budget()` and the model's activation sizes.
 //!
-//! Naive engine (`scan_layer_naive`): one channel at a time, with a full [B,C,H,W] cotangent (the gradient of
+//! Naive engine (`scan_range` with `ScanOptions::naive`): one channel at a time, with a full [B,C,H,W] cotangent (the gradient of
 //! that channel's MSE, zero elsewhere), a plain `Cotangent::Full` backward, host-side sign step and scoring.
 //! Both give identical scores for the same seed (tests/fmp_scan.rs).
 use std::ops::Range;
@@ -109,44 +109,26 @@ impl ConvScan<'_> {
     }
 }
 
-/// Score every channel of conv `s.layer` with the batched engine.
-pub fn scan_layer_batched(
-    s: ConvScan,
-    eps: f32,
-    chunk: usize,
-    progress: &mut dyn FnMut(usize),
-) -> Result<LayerScores> {
-    scan_layer_batched_range(s, s.all_channels()?, eps, chunk, progress)
-}
-
-/// Score channels `range` of conv `s.layer` with the batched engine (chunks start at `range.start`;
-/// the scores do not depend on the chunking, so a slice scores exactly as in a whole-conv pass).
-pub fn scan_layer_batched_range(
+/// Score channels `range` of conv `s.layer` with `opts.eps` and `opts.steps` sign steps (the one
+/// entry point of both engines): batched, the traces of X and X0 up to the conv once, then
+/// `score_channels` for each chunk of at most `chunk` channels from `range.start`; or, with
+/// `opts.naive`, one channel at a time (`naive_range`; `chunk` unused). Every channel's images are
+/// independent and the scores do not depend on the chunking, so a slice scores exactly as in a
+/// whole-conv pass (`ConvScan::all_channels`): the unit the scan journals and shards (`scan_slices`).
+pub fn scan_range(
     s: ConvScan,
     range: Range<usize>,
-    eps: f32,
+    opts: &ScanOptions,
     chunk: usize,
     progress: &mut dyn FnMut(usize),
 ) -> Result<LayerScores> {
-    scan_chunks(s, range, chunk, progress, &mut |tx, tx0, c0, k, res| {
-        score_channels(s.model, tx, tx0, s.x0, s.labels, c0, k, eps, 1, res)
-    })
-}
-
-/// Scores one chunk: `(tx, tx0, c0, k, res)` appends channels `c0..c0+k` to `res`.
-pub(crate) type ChunkScorer<'a> =
-    dyn FnMut(&Trace, &Trace, usize, usize, &mut LayerScores) -> Result<()> + 'a;
-
-/// The batched engines' loop (`scan_layer_batched_range`, `frg_steps::scan_layer_steps_range`):
-/// the traces of X and X0 up to conv `s.layer` once, then `score(tx, tx0, c0, k, res)` for each
-/// chunk of at most `chunk` channels of `range`.
-pub(crate) fn scan_chunks(
-    s: ConvScan,
-    range: Range<usize>,
-    chunk: usize,
-    progress: &mut dyn FnMut(usize),
-    score: &mut ChunkScorer,
-) -> Result<LayerScores> {
+    if opts.steps == 0 {
+        return Err(Error::InvalidArgument("--steps must be at least 1".into()));
+    }
+    let (eps, steps) = (opts.eps, opts.steps);
+    if opts.naive {
+        return naive_range(s, range, eps, steps, progress);
+    }
     let tx = s.model.forward_trace(s.x, s.layer)?;
     let tx0 = s.model.forward_trace(s.x0, s.layer)?;
     let channels = range.end;
@@ -154,7 +136,9 @@ pub(crate) fn scan_chunks(
     let mut c0 = range.start;
     while c0 < channels {
         let k = chunk.max(1).min(channels - c0);
-        score(&tx, &tx0, c0, k, &mut res)?;
+        score_channels(
+            s.model, &tx, &tx0, s.x0, s.labels, c0, k, eps, steps, &mut res,
+        )?;
         c0 += k;
         progress(k);
     }
@@ -224,18 +208,10 @@ pub fn score_channels(
     score_chunk(&logits, labels, k, res)
 }
 
-/// Score every channel of conv `s.layer` one channel at a time (the plain reference loop).
-pub fn scan_layer_naive(
-    s: ConvScan,
-    eps: f32,
-    progress: &mut dyn FnMut(usize),
-) -> Result<LayerScores> {
-    scan_layer_naive_range(s, s.all_channels()?, eps, 1, progress)
-}
-
-/// Score channels `range` of conv `s.layer` one channel at a time, with `steps` sign steps each
-/// (1: the spec's single step; more: `frg_steps`): a full cotangent, host-side sign steps.
-pub fn scan_layer_naive_range(
+/// The naive engine (the plain reference loop): channels `range` of conv `s.layer` one at a time,
+/// with `steps` sign steps each (1: the spec's single step; more: `frg_steps`): a full cotangent,
+/// host-side sign steps.
+fn naive_range(
     s: ConvScan,
     range: Range<usize>,
     eps: f32,
@@ -435,20 +411,14 @@ pub fn scan_slices(
             labels,
             layer: s.conv,
         };
-        let (range, eps) = (s.start..s.end, opts.eps);
-        let (ls, k) = if opts.naive {
-            (
-                scan_layer_naive_range(cs, range, eps, opts.steps, progress)?,
-                0,
-            )
+        let k = if opts.naive {
+            0
         } else if opts.steps > 1 {
-            let k = pick(frg_steps::chunk_channels);
-            let ls = frg_steps::scan_layer_steps_range(cs, range, opts, k, progress)?;
-            (ls, k)
+            pick(frg_steps::chunk_channels)
         } else {
-            let k = pick(chunk_channels);
-            (scan_layer_batched_range(cs, range, eps, k, progress)?, k)
+            pick(chunk_channels)
         };
+        let ls = scan_range(cs, s.start..s.end, opts, k, progress)?;
         done(s, ls, k)?;
     }
     Ok(())

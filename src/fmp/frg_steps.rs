@@ -8,55 +8,15 @@
 //! Batched (`frg::score_channels` with `steps`): the K*B stacked images of a chunk keep their own traces
 //! after step 1, so the one-channel seed of step t >= 2 is formed on the host from the stacked activations
 //! (`stacked_seed`), then one `input_grad(Cotangent::OneHot)` over the K*B trace and one `sign_step` advance
-//! all of them. With S = 1 it is the scan's single-step chunk (checked in tests/fmp_steps.rs). Naive
-//! (`scan_layer_naive_steps`): one channel at a time with a full cotangent and host-side sign steps
-//! (`frg::scan_layer_naive_range`, which also runs the single step). Both give identical scores
-//! (tests/fmp_steps.rs).
-use std::ops::Range;
-
-use super::frg::{
-    scan_chunks, scan_layer_naive_range, score_channels, ConvScan, LayerScores, ScanOptions,
-};
-use crate::error::{Error, Result};
+//! all of them. With S = 1 it is the scan's single-step chunk. Naive (`frg::scan_range` with
+//! `ScanOptions::naive`): one channel at a time with a full cotangent and host-side sign steps (the
+//! loop that also runs the single step). Both give identical scores (tests/fmp_steps.rs).
 use crate::model::PreActResNet18;
 
 /// Channels per chunk with several steps: a third of the single-step chunk (`frg::chunk_channels`), since
 /// every stacked item also keeps a trace of the prefix.
 pub fn chunk_channels(model: &PreActResNet18, layer: usize, b: usize) -> usize {
     (super::frg::chunk_channels(model, layer, b) / 3).max(1)
-}
-
-/// Score every channel of conv `s.layer` with `opts.steps` sign steps (batched, or naive with
-/// `opts.naive`).
-pub fn scan_layer_steps(
-    s: ConvScan,
-    opts: &ScanOptions,
-    chunk: usize,
-    progress: &mut dyn FnMut(usize),
-) -> Result<LayerScores> {
-    scan_layer_steps_range(s, s.all_channels()?, opts, chunk, progress)
-}
-
-/// Score channels `range` of conv `s.layer` with `opts.steps` sign steps (chunks start at
-/// `range.start`; every channel's images are independent, so a slice scores exactly as in a
-/// whole-conv pass). The unit the scan journals and shards (`frg::scan_slices`).
-pub fn scan_layer_steps_range(
-    s: ConvScan,
-    range: Range<usize>,
-    opts: &ScanOptions,
-    chunk: usize,
-    progress: &mut dyn FnMut(usize),
-) -> Result<LayerScores> {
-    if opts.steps == 0 {
-        return Err(Error::InvalidArgument("--steps must be at least 1".into()));
-    }
-    let (eps, steps) = (opts.eps, opts.steps);
-    if opts.naive {
-        return scan_layer_naive_range(s, range, eps, steps, progress);
-    }
-    scan_chunks(s, range, chunk, progress, &mut |tx, tx0, c0, k, res| {
-        score_channels(s.model, tx, tx0, s.x0, s.labels, c0, k, eps, steps, res)
-    })
 }
 
 /// `2/(B*H*W) * (a_z[i, c] - a_x[i % B, c])` for item i = ki*B + bi, c = c0 + ki: the one-channel
@@ -84,15 +44,4 @@ pub(crate) fn stacked_seed(
         }
     }
     seed
-}
-
-/// The plain loop with `steps` sign steps: one channel at a time, full cotangents, host sign steps
-/// (`frg::scan_layer_naive_range`).
-pub fn scan_layer_naive_steps(
-    s: ConvScan,
-    eps: f32,
-    steps: usize,
-    progress: &mut dyn FnMut(usize),
-) -> Result<LayerScores> {
-    scan_layer_naive_range(s, s.all_channels()?, eps, steps, progress)
 }
