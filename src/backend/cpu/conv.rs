@@ -23,7 +23,7 @@ use rayon::prelude::*;
 
 use super::gemm::{gemm, ASrc, COut, Pack, PackedA, RowMajor, MR, NR};
 use super::{conv_strided, direct, direct_dgrad, direct_px, direct_wgrad, winograd};
-use super::{host, host_mut};
+use super::{host_mut, hosts};
 use crate::backend::{shapes, ConvParams};
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -477,8 +477,7 @@ pub fn forward(p: &ConvParams, x: &Tensor, w: &Tensor, y: &mut Tensor) -> Result
     const OP: &str = "conv2d_forward";
     let g = Geom::new(OP, p)?;
     shapes::conv_forward(p, x, w, y)?;
-    let xs = host(OP, "x", x)?;
-    let ws = host(OP, "w", w)?;
+    let [xs, ws] = hosts(OP, [("x", x), ("w", w)])?;
     let ys = host_mut(OP, "y", y)?;
     if winograd::suits(&g) {
         winograd::forward(&g, xs, ws, ys);
@@ -521,8 +520,7 @@ pub fn input_grad(p: &ConvParams, dy: &Tensor, w: &Tensor, dx: &mut Tensor) -> R
     const OP: &str = "conv2d_input_grad";
     let g = Geom::new(OP, p)?;
     shapes::conv_input_grad(p, dy, w, dx)?;
-    let gs = host(OP, "dy", dy)?;
-    let ws = host(OP, "w", w)?;
+    let [gs, ws] = hosts(OP, [("dy", dy), ("w", w)])?;
     let o = host_mut(OP, "dx", dx)?;
     if winograd::suits_input_grad(&g) {
         winograd::input_grad(&g, gs, ws, o);
@@ -576,13 +574,12 @@ pub fn input_grad_onehot(
     const OP: &str = "conv2d_input_grad_onehot";
     let g = Geom::new(OP, p)?;
     shapes::conv_input_grad_onehot(p, seed, w, first_channel, group, dx)?;
-    let ss = host(OP, "seed", seed)?;
+    let [ss, ws] = hosts(OP, [("seed", seed), ("w", w)])?;
     let oh = OneHot {
         seed: ss,
         first_channel,
         group,
     };
-    let ws = host(OP, "w", w)?;
     let o = host_mut(OP, "dx", dx)?;
     if winograd::suits_input_grad(&g) {
         winograd::input_grad_onehot(&g, oh, ws, o);
@@ -637,8 +634,7 @@ pub fn weight_grad(p: &ConvParams, x: &Tensor, dy: &Tensor, dw: &mut Tensor) -> 
     const OP: &str = "conv2d_weight_grad";
     let g = Geom::new(OP, p)?;
     shapes::conv_weight_grad(p, x, dy, dw)?;
-    let xs = host(OP, "x", x)?;
-    let gs = host(OP, "dy", dy)?;
+    let [xs, gs] = hosts(OP, [("x", x), ("dy", dy)])?;
     let o = host_mut(OP, "dw", dw)?;
     if direct_wgrad::suits_weight_grad(&g) {
         direct_wgrad::weight_grad(&g, xs, gs, o);

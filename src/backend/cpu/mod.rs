@@ -89,6 +89,18 @@ pub(crate) fn host<'a>(op: &'static str, what: &str, t: &'a Tensor) -> Result<&'
     }
 }
 
+/// Host views of several input tensors (`host`, in order: the first bad one is the error).
+pub(crate) fn hosts<'a, const N: usize>(
+    op: &'static str,
+    ts: [(&str, &'a Tensor); N],
+) -> Result<[&'a [f32]; N]> {
+    let mut out = [&[][..]; N];
+    for (o, (what, t)) in out.iter_mut().zip(ts) {
+        *o = host(op, what, t)?;
+    }
+    Ok(out)
+}
+
 pub(crate) fn host_mut<'a>(
     op: &'static str,
     what: &str,
