@@ -21,10 +21,8 @@ __device__ __forceinline__ void conv_dgrad_body(const ConvDgradArgs& a) {
     const ConvParams p = a.p;
     const int kk = p.kernel * p.kernel;
     const int K = p.c_out * kk;
-    const int hwi = p.h_in * p.w_in;
     const int hwo = p.h_out * p.w_out;
-    const int NC = p.n * hwi;
-    const ConvColsThread th = conv_cols_thread<MI>(NC, hwi, p.w_in);
+    const ConvColsThread th = conv_cols_thread<MI>(p.n, p.h_in * p.w_in, p.w_in);
     const float* dyb = a.dy + th.n * p.c_out * hwo;
 
     auto load = [&](int k0, float (&ra)[MI], float (&rb)[4]) {
@@ -44,7 +42,7 @@ __device__ __forceinline__ void conv_dgrad_body(const ConvDgradArgs& a) {
             return hit ? __ldg(dyb + (co * p.h_out + oh) * p.w_out + ow) : 0.f;
         });
     };
-    conv_tile_cols<MI>(th, K, load, a.dx, p.c_in, hwi, NC);
+    conv_tile_cols<MI>(th, K, load, a.dx, p.c_in);
 }
 
 extern "C" __global__ void __launch_bounds__(256) conv2d_input_grad(const ConvDgradArgs a) { conv_dgrad_body<4>(a); }

@@ -12,9 +12,7 @@ __device__ __forceinline__ void conv_fwd_body(const ConvFwdArgs& a) {
     const ConvParams p = a.p;
     const int kk = p.kernel * p.kernel;
     const int K = p.c_in * kk;
-    const int hwo = p.h_out * p.w_out;
-    const int NC = p.n * hwo;
-    const ConvColsThread th = conv_cols_thread<MI>(NC, hwo, p.w_out);
+    const ConvColsThread th = conv_cols_thread<MI>(p.n, p.h_out * p.w_out, p.w_out);
     const int ih0 = th.h * p.stride - p.pad, iw0 = th.w * p.stride - p.pad;
     const float* xb = a.x + th.n * p.c_in * p.h_in * p.w_in;
 
@@ -23,7 +21,7 @@ __device__ __forceinline__ void conv_fwd_body(const ConvFwdArgs& a) {
         conv_load(ra, th.m0 + th.a_m, 16, ka < K, p.c_out, [&](int m) { return __ldg(a.w + m * K + ka); });
         conv_load(rb, k0 + th.b_k, 4, th.col_ok, K, [&](int kb) { return conv_x_tap(xb, p, kb, kk, ih0, iw0); });
     };
-    conv_tile_cols<MI>(th, K, load, a.y, p.c_out, hwo, NC);
+    conv_tile_cols<MI>(th, K, load, a.y, p.c_out);
 }
 
 extern "C" __global__ void __launch_bounds__(256) conv2d_forward(const ConvFwdArgs a) { conv_fwd_body<4>(a); }

@@ -62,26 +62,30 @@ __device__ __forceinline__ float conv_x_tap(const float* xn, const ConvParams& p
     return (ih >= 0 && ih < p.h_in && iw >= 0 && iw < p.w_in) ? __ldg(xn + (ci * p.h_in + ih) * p.w_in + iw) : 0.f;
 }
 
-// A ConvB::Cols thread's place in its tile (fwd, dgrad): the tile's first row m0 and column n0, the
-// A loader's column a_k and first row a_m, the B loader's first row b_k, and the one fixed column
-// it loads of B (col_ok: inside the NC columns), split into (n, h, w) over [N][plane / width][width].
+// A ConvB::Cols thread's place in its tile (fwd, dgrad), whose columns are the pixels of N planes
+// of `plane` = H x width pixels (cols = N * plane): the tile's first row m0 and column n0, the A
+// loader's column a_k and first row a_m, the B loader's first row b_k, and the one fixed column it
+// loads of B (col_ok: inside the columns), split into (n, h, w).
 struct ConvColsThread {
+    int plane, cols;
     int m0, n0, a_k, a_m, b_k;
     bool col_ok;
     int n, h, w;
 };
 
 template <int MI>
-__device__ __forceinline__ ConvColsThread conv_cols_thread(int cols, int plane, int width) {
+__device__ __forceinline__ ConvColsThread conv_cols_thread(int n_planes, int plane, int width) {
     ConvColsThread th;
     const int t = threadIdx.x;
+    th.plane = plane;
+    th.cols = n_planes * plane;
     th.m0 = blockIdx.y * (16 * MI);
     th.n0 = blockIdx.x * CONV_TN;
     th.a_k = t % CONV_TK;
     th.a_m = t / CONV_TK;
     th.b_k = t / CONV_TN;
     const int col = th.n0 + t % CONV_TN;
-    th.col_ok = col < cols;
+    th.col_ok = col < th.cols;
     th.n = th.h = th.w = 0;
     if (th.col_ok) conv_split(col, plane, width, th.n, th.h, th.w);
     return th;
@@ -149,11 +153,11 @@ __device__ __forceinline__ void conv_tile_store_nchw(const float (&acc)[MI][4], 
     }
 }
 
-// The whole ConvB::Cols tile (fwd, dgrad): the GEMM over [0, K) stored into the NCHW tensor `out`.
+// The whole ConvB::Cols tile (fwd, dgrad): the GEMM over [0, K) stored into the NCHW tensor `out`
+// of `rows` channels.
 template <int MI, class Load>
-__device__ __forceinline__ void conv_tile_cols(const ConvColsThread& th, int K, Load load, float* out, int rows,
-                                               int hw, int cols) {
+__device__ __forceinline__ void conv_tile_cols(const ConvColsThread& th, int K, Load load, float* out, int rows) {
     float acc[MI][4];
     conv_tile_gemm<MI, ConvB::Cols>(0, K, load, acc);
-    conv_tile_store_nchw<MI>(acc, out, th.m0, th.n0, rows, hw, cols);
+    conv_tile_store_nchw<MI>(acc, out, th.m0, th.n0, rows, th.plane, th.cols);
 }
