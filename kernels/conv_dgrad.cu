@@ -21,49 +21,28 @@ __device__ __forceinline__ void conv_dgrad_body(const ConvDgradArgs& a) {
     const ConvParams p = a.p;
     const int kk = p.kernel * p.kernel;
     const int K = p.c_out * kk;
-    const int hwi = p.h_in * p.w_in;
     const int hwo = p.h_out * p.w_out;
-    const int NC = p.n * hwi;
-    const int m0 = blockIdx.y * (16 * MI);
-    const int n0 = blockIdx.x * CONV_TN;
-    const int t = threadIdx.x;
-    const int a_k = t % CONV_TK, a_m = t / CONV_TK;
-    const int b_col = t % CONV_TN, b_k = t / CONV_TN;
-    const int col = n0 + b_col;
-    const bool col_ok = col < NC;
-    int bn = 0, bih = 0, biw = 0;
-    if (col_ok) conv_split(col, hwi, p.w_in, bn, bih, biw);
-    const float* dyb = a.dy + bn * p.c_out * hwo;
+    const ConvColsThread th = conv_cols_thread<MI>(p.n, p.h_in * p.w_in, p.w_in);
+    const float* dyb = a.dy + th.n * p.c_out * hwo;
 
     auto load = [&](int k0, float (&ra)[MI], float (&rb)[4]) {
-        const int ka = k0 + a_k;
+        const int ka = k0 + th.a_k;
         const int co_a = ka / kk;
         const int khw_a = ka - co_a * kk;
-#pragma unroll
-        for (int r = 0; r < MI; ++r) {
-            const int m = m0 + a_m + 16 * r;
-            ra[r] = (m < p.c_in && ka < K) ? __ldg(a.w + (co_a * p.c_in + m) * kk + khw_a) : 0.f;
-        }
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-            const int kb = k0 + b_k + 4 * r;
-            float v = 0.f;
-            if (col_ok && kb < K) {
-                int co, kh, kw;
-                conv_tap(kb, kk, p.kernel, co, kh, kw);
-                const int hn = bih + p.pad - kh, wn = biw + p.pad - kw;
-                if (hn >= 0 && wn >= 0) {
-                    const int oh = hn / p.stride, ow = wn / p.stride;
-                    if (oh * p.stride == hn && ow * p.stride == wn && oh < p.h_out && ow < p.w_out)
-                        v = __ldg(dyb + (co * p.h_out + oh) * p.w_out + ow);
-                }
-            }
-            rb[r] = v;
-        }
+        conv_load(ra, th.m0 + th.a_m, 16, ka < K, p.c_in,
+                  [&](int m) { return __ldg(a.w + (co_a * p.c_in + m) * kk + khw_a); });
+        // dy[n][co][oh][ow] where ih = oh * stride - pad + kh (likewise w) for an output pixel, else 0.
+        conv_load(rb, k0 + th.b_k, 4, th.col_ok, K, [&](int kb) {
+            int co, kh, kw;
+            conv_tap(kb, kk, p.kernel, co, kh, kw);
+            const int hn = th.h + p.pad - kh, wn = th.w + p.pad - kw;
+            if (hn < 0 || wn < 0) return 0.f;
+            const int oh = hn / p.stride, ow = wn / p.stride;
+            const bool hit = oh * p.stride == hn && ow * p.stride == wn && oh < p.h_out && ow < p.w_out;
+            return hit ? __ldg(dyb + (co * p.h_out + oh) * p.w_out + ow) : 0.f;
+        });
     };
-    float acc[MI][4];
-    conv_tile_gemm<MI, ConvB::Cols>(0, K, load, acc);
-    conv_tile_store_nchw<MI>(acc, a.dx, m0, n0, p.c_in, hwi, NC);
+    conv_tile_cols<MI>(th, K, load, a.dx, p.c_in);
 }
 
 extern "C" __global__ void __launch_bounds__(256) conv2d_input_grad(const ConvDgradArgs a) { conv_dgrad_body<4>(a); }

@@ -12,43 +12,16 @@ __device__ __forceinline__ void conv_fwd_body(const ConvFwdArgs& a) {
     const ConvParams p = a.p;
     const int kk = p.kernel * p.kernel;
     const int K = p.c_in * kk;
-    const int hwo = p.h_out * p.w_out;
-    const int NC = p.n * hwo;
-    const int m0 = blockIdx.y * (16 * MI);
-    const int n0 = blockIdx.x * CONV_TN;
-    const int t = threadIdx.x;
-    const int a_k = t % CONV_TK, a_m = t / CONV_TK;    // A loader: column a_k, rows a_m + 16 r
-    const int b_col = t % CONV_TN, b_k = t / CONV_TN;  // B loader: column b_col, rows b_k + 4 r
-    const int col = n0 + b_col;
-    const bool col_ok = col < NC;
-    int bn = 0, boh = 0, bow = 0;
-    if (col_ok) conv_split(col, hwo, p.w_out, bn, boh, bow);
-    const int ih0 = boh * p.stride - p.pad, iw0 = bow * p.stride - p.pad;
-    const float* xb = a.x + bn * p.c_in * p.h_in * p.w_in;
+    const ConvColsThread th = conv_cols_thread<MI>(p.n, p.h_out * p.w_out, p.w_out);
+    const int ih0 = th.h * p.stride - p.pad, iw0 = th.w * p.stride - p.pad;
+    const float* xb = a.x + th.n * p.c_in * p.h_in * p.w_in;
 
     auto load = [&](int k0, float (&ra)[MI], float (&rb)[4]) {
-        const int ka = k0 + a_k;
-#pragma unroll
-        for (int r = 0; r < MI; ++r) {
-            const int m = m0 + a_m + 16 * r;
-            ra[r] = (m < p.c_out && ka < K) ? __ldg(a.w + m * K + ka) : 0.f;
-        }
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-            const int kb = k0 + b_k + 4 * r;
-            float v = 0.f;
-            if (col_ok && kb < K) {
-                int ci, kh, kw;
-                conv_tap(kb, kk, p.kernel, ci, kh, kw);
-                const int ih = ih0 + kh, iw = iw0 + kw;
-                if (ih >= 0 && ih < p.h_in && iw >= 0 && iw < p.w_in) v = __ldg(xb + (ci * p.h_in + ih) * p.w_in + iw);
-            }
-            rb[r] = v;
-        }
+        const int ka = k0 + th.a_k;
+        conv_load(ra, th.m0 + th.a_m, 16, ka < K, p.c_out, [&](int m) { return __ldg(a.w + m * K + ka); });
+        conv_load(rb, k0 + th.b_k, 4, th.col_ok, K, [&](int kb) { return conv_x_tap(xb, p, kb, kk, ih0, iw0); });
     };
-    float acc[MI][4];
-    conv_tile_gemm<MI, ConvB::Cols>(0, K, load, acc);
-    conv_tile_store_nchw<MI>(acc, a.y, m0, n0, p.c_out, hwo, NC);
+    conv_tile_cols<MI>(th, K, load, a.y, p.c_out);
 }
 
 extern "C" __global__ void __launch_bounds__(256) conv2d_forward(const ConvFwdArgs a) { conv_fwd_body<4>(a); }

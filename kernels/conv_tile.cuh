@@ -42,6 +42,55 @@ __device__ __forceinline__ void conv_tap(int i, int kk, int kernel, int& c, int&
     kw = rem - kh * kernel;
 }
 
+// Loader registers: out[r] = at(first + step * r) where `ok` and that index is below `limit`, else 0
+// (the zero of the padding and of ragged tiles).
+template <int N, class At>
+__device__ __forceinline__ void conv_load(float (&out)[N], int first, int step, bool ok, int limit, At at) {
+#pragma unroll
+    for (int r = 0; r < N; ++r) {
+        const int i = first + step * r;
+        out[r] = (ok && i < limit) ? at(i) : 0.f;
+    }
+}
+
+// x[ci][ih0 + kh][iw0 + kw] of one item's planes `xn` at filter tap i = (ci, kh, kw) (kk = kernel *
+// kernel): the im2col element of a receptive field at (ih0, iw0); 0 in the padding (fwd, wgrad).
+__device__ __forceinline__ float conv_x_tap(const float* xn, const ConvParams& p, int i, int kk, int ih0, int iw0) {
+    int ci, kh, kw;
+    conv_tap(i, kk, p.kernel, ci, kh, kw);
+    const int ih = ih0 + kh, iw = iw0 + kw;
+    return (ih >= 0 && ih < p.h_in && iw >= 0 && iw < p.w_in) ? __ldg(xn + (ci * p.h_in + ih) * p.w_in + iw) : 0.f;
+}
+
+// A ConvB::Cols thread's place in its tile (fwd, dgrad), whose columns are the pixels of N planes
+// of `plane` = H x width pixels (cols = N * plane): the tile's first row m0 and column n0, the A
+// loader's column a_k and first row a_m, the B loader's first row b_k, and the one fixed column it
+// loads of B (col_ok: inside the columns), split into (n, h, w).
+struct ConvColsThread {
+    int plane, cols;
+    int m0, n0, a_k, a_m, b_k;
+    bool col_ok;
+    int n, h, w;
+};
+
+template <int MI>
+__device__ __forceinline__ ConvColsThread conv_cols_thread(int n_planes, int plane, int width) {
+    ConvColsThread th;
+    const int t = threadIdx.x;
+    th.plane = plane;
+    th.cols = n_planes * plane;
+    th.m0 = blockIdx.y * (16 * MI);
+    th.n0 = blockIdx.x * CONV_TN;
+    th.a_k = t % CONV_TK;
+    th.a_m = t / CONV_TK;
+    th.b_k = t / CONV_TN;
+    const int col = th.n0 + t % CONV_TN;
+    th.col_ok = col < th.cols;
+    th.n = th.h = th.w = 0;
+    if (th.col_ok) conv_split(col, plane, width, th.n, th.h, th.w);
+    return th;
+}
+
 // acc = A[rows of this tile][kbeg, kend) * B[kbeg, kend)[cols of this tile], kend - kbeg any size.
 template <int MI, ConvB BL, class Load>
 __device__ __forceinline__ void conv_tile_gemm(int kbeg, int kend, Load load, float (&acc)[MI][4]) {
@@ -102,4 +151,13 @@ __device__ __forceinline__ void conv_tile_store_nchw(const float (&acc)[MI][4], 
             if (m < rows) out[(n * rows + m) * hw + r] = acc[i][j];
         }
     }
+}
+
+// The whole ConvB::Cols tile (fwd, dgrad): the GEMM over [0, K) stored into the NCHW tensor `out`
+// of `rows` channels.
+template <int MI, class Load>
+__device__ __forceinline__ void conv_tile_cols(const ConvColsThread& th, int K, Load load, float* out, int rows) {
+    float acc[MI][4];
+    conv_tile_gemm<MI, ConvB::Cols>(0, K, load, acc);
+    conv_tile_store_nchw<MI>(acc, out, th.m0, th.n0, rows, th.plane, th.cols);
 }

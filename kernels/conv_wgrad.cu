@@ -29,25 +29,10 @@ __device__ __forceinline__ void conv_wgrad_body(const ConvWgradArgs& a) {
         const bool k_ok = k < kend;
         int n = 0, oh = 0, ow = 0, r = 0;
         if (k_ok) r = conv_split(k, hwo, p.w_out, n, oh, ow);
-#pragma unroll
-        for (int q = 0; q < MI; ++q) {
-            const int m = m0 + l_r + 16 * q;
-            ra[q] = (k_ok && m < p.c_out) ? __ldg(a.dy + (n * p.c_out + m) * hwo + r) : 0.f;
-        }
+        conv_load(ra, m0 + l_r, 16, k_ok, p.c_out, [&](int m) { return __ldg(a.dy + (n * p.c_out + m) * hwo + r); });
         const int ih0 = oh * p.stride - p.pad, iw0 = ow * p.stride - p.pad;
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-            const int c = n0 + l_r + 16 * q;
-            float v = 0.f;
-            if (k_ok && c < NC) {
-                int ci, kh, kw;
-                conv_tap(c, kk, p.kernel, ci, kh, kw);
-                const int ih = ih0 + kh, iw = iw0 + kw;
-                if (ih >= 0 && ih < p.h_in && iw >= 0 && iw < p.w_in)
-                    v = __ldg(a.x + (n * p.c_in + ci) * hwi + ih * p.w_in + iw);
-            }
-            rb[q] = v;
-        }
+        const float* xn = a.x + n * p.c_in * hwi;
+        conv_load(rb, n0 + l_r, 16, k_ok, NC, [&](int c) { return conv_x_tap(xn, p, c, kk, ih0, iw0); });
     };
     float acc[MI][4];
     conv_tile_gemm<MI, ConvB::K>(kbeg, kend, load, acc);

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use cli_support::*;
 use fmp_engine::fmp::select::{
-    ConvReport, ReportModel, ReportSettings, ReportTotals, ScanReport, SCAN_SCHEMA,
+    ConvReport, ReportModel, ReportSettings, ReportTotals, ScanParams, ScanReport, SCAN_SCHEMA,
 };
 use fmp_engine::model::ModelConfig;
 use fmp_engine::weights::{self, StateDict};
@@ -67,12 +67,14 @@ fn report_for(model: &fmp_engine::model::PreActResNet18) -> ScanReport {
             num_classes: 10,
         },
         settings: ReportSettings {
-            samples: 4,
-            p: 8,
-            alpha: 1.0 / 255.0,
-            eps: 4.0 / 255.0,
-            seed: 0,
-            reference_order: false,
+            params: ScanParams {
+                samples: 4,
+                p: 8,
+                alpha: 1.0 / 255.0,
+                eps: 4.0 / 255.0,
+                seed: 0,
+                reference_order: false,
+            },
             data: "data".into(),
             device: "cpu".into(),
             chunk_channels: 1,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use fmp_engine::backend::cpu::CpuBackend;
 use fmp_engine::backend::Backend;
-use fmp_engine::fmp::frg::{make_x0, scan_layer_batched};
+use fmp_engine::fmp::frg::{make_x0, scan_range, ConvScan, ScanOptions};
 use fmp_engine::fmp::rng::Rng;
 use fmp_engine::model::{ModelConfig, PreActResNet18, SgdState};
 use fmp_engine::tensor::recycle;
@@ -29,8 +29,18 @@ fn run_all() -> Vec<Vec<f32>> {
     let labels = vec![1u32, 4, 7];
     let mut out = vec![be.to_host(&model.forward(&xt).unwrap()).unwrap()];
     for l in [0, 5, 6, 11, 15, 19] {
-        let s =
-            scan_layer_batched(&model, &xt, &x0t, &labels, l, 4.0 / 255.0, 2, &mut |_| {}).unwrap();
+        let cs = ConvScan {
+            model: &model,
+            x: &xt,
+            x0: &x0t,
+            labels: &labels,
+            layer: l,
+        };
+        let opts = ScanOptions {
+            eps: 4.0 / 255.0,
+            ..ScanOptions::default()
+        };
+        let s = scan_range(cs, cs.all_channels().unwrap(), &opts, 2, &mut |_| {}).unwrap();
         out.push(s.true_prob);
         out.push(s.margin);
     }

@@ -9,7 +9,7 @@ use fmp_engine::fmp::finetune::{finetune, FinetuneOptions};
 use fmp_engine::fmp::prune::{apply, selections, PruneMask};
 use fmp_engine::fmp::rng::Rng;
 use fmp_engine::fmp::select::{
-    ConvReport, ReportModel, ReportSettings, ReportTotals, ScanReport, SCAN_SCHEMA,
+    ConvReport, ReportModel, ReportSettings, ReportTotals, ScanParams, ScanReport, SCAN_SCHEMA,
 };
 use fmp_engine::fmp::LabeledImages;
 use fmp_engine::model::{ModelConfig, PreActResNet18};
@@ -51,12 +51,14 @@ fn report_for(m: &PreActResNet18) -> ScanReport {
             num_classes: 10,
         },
         settings: ReportSettings {
-            samples: 1,
-            p: 1,
-            alpha: 0.0,
-            eps: 0.0,
-            seed: 0,
-            reference_order: false,
+            params: ScanParams {
+                samples: 1,
+                p: 1,
+                alpha: 0.0,
+                eps: 0.0,
+                seed: 0,
+                reference_order: false,
+            },
             data: String::new(),
             device: "cpu".into(),
             chunk_channels: 1,

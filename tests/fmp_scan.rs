@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use fmp_engine::backend::cpu::CpuBackend;
 use fmp_engine::backend::Backend;
-use fmp_engine::fmp::frg::{make_x0, scan, scan_layer_batched, scan_layer_naive, ScanOptions};
+use fmp_engine::fmp::frg::{make_x0, scan, scan_range, ConvScan, ScanOptions};
 use fmp_engine::fmp::metrics::{argmax, Classifier};
 use fmp_engine::fmp::rng::Rng;
 use fmp_engine::model::{ModelConfig, PreActResNet18};
@@ -58,13 +58,26 @@ fn batched_equals_naive_on_every_conv() {
     // stem, a plain block conv1/conv2, every downsampling block's shortcut and conv1, and the last conv
     for l in [0, 2, 5, 6, 11, 15, 19] {
         let c = model.convs()[l].params.c_out as usize;
+        let s = ConvScan {
+            model: &model,
+            x: &xt,
+            x0: &x0t,
+            labels: &labels,
+            layer: l,
+        };
         let mut done_b = 0;
-        let batched =
-            scan_layer_batched(&model, &xt, &x0t, &labels, l, eps, 3, &mut |k| done_b += k)
-                .unwrap();
+        let all = s.all_channels().unwrap();
+        let batched = ScanOptions {
+            eps,
+            ..ScanOptions::default()
+        };
+        let naive = ScanOptions {
+            naive: true,
+            ..batched.clone()
+        };
+        let batched = scan_range(s, all.clone(), &batched, 3, &mut |k| done_b += k).unwrap();
         let mut done_n = 0;
-        let naive =
-            scan_layer_naive(&model, &xt, &x0t, &labels, l, eps, &mut |k| done_n += k).unwrap();
+        let naive = scan_range(s, all, &naive, 0, &mut |k| done_n += k).unwrap();
         assert_eq!((done_b, done_n), (c, c));
         assert_eq!(batched.scores.len(), c);
         assert_eq!(

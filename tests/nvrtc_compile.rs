@@ -128,26 +128,11 @@ fn nvrtc_compiles_every_engine_kernel_for_sm80_and_sm90() {
                     continue;
                 }
             };
-            let stem = r.file.trim_end_matches(".cu");
-            for id in ALL_KERNELS.iter().filter(|id| id.file == stem) {
-                if !kernels.iter().any(|k| k.kernel == id.name) {
-                    problems.push(format!(
-                        "sm_{arch} {}: kernel {} not defined",
-                        r.file, id.name
-                    ));
-                }
+            for name in nvrtc::undefined_kernels(&r.file, &kernels) {
+                problems.push(format!("sm_{arch} {}: kernel {name} not defined", r.file));
             }
             for k in &kernels {
-                println!(
-                    "sm_{arch} {:<16} {:<32} regs {:>3} smem {:>6} stack {:>4} spill {}/{}",
-                    r.file,
-                    k.kernel,
-                    k.registers,
-                    k.shared_bytes,
-                    k.stack_frame_bytes,
-                    k.spill_store_bytes,
-                    k.spill_load_bytes
-                );
+                println!("{}", k.table_row(arch, &r.file));
                 if k.kernel.starts_with("conv") && k.spills() {
                     problems.push(format!(
                         "sm_{arch} {}: conv kernel {} spills registers: {k:?}",

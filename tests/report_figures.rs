@@ -6,7 +6,8 @@ use cli_support::{engine, tiny_dataset};
 
 use fmp_engine::fmp::metrics::Metrics;
 use fmp_engine::fmp::select::{
-    select_lowest, ConvReport, ReportModel, ReportSettings, ReportTotals, ScanReport, SCAN_SCHEMA,
+    select_lowest, ConvReport, ReportModel, ReportSettings, ReportTotals, ScanParams, ScanReport,
+    SCAN_SCHEMA,
 };
 use fmp_engine::report::html::defend_report_html;
 use fmp_engine::report::plot::{scan_plot_svg, KEPT, SELECTED};
@@ -74,12 +75,14 @@ fn synthetic(w: usize, p: usize) -> ScanReport {
             num_classes: 10,
         },
         settings: ReportSettings {
-            samples: 32,
-            p,
-            alpha: 1.0 / 255.0,
-            eps: 4.0 / 255.0,
-            seed: 0,
-            reference_order: false,
+            params: ScanParams {
+                samples: 32,
+                p,
+                alpha: 1.0 / 255.0,
+                eps: 4.0 / 255.0,
+                seed: 0,
+                reference_order: false,
+            },
             data: "data/cifar10".into(),
             device: "cpu".into(),
             chunk_channels: 16,

@@ -2,7 +2,7 @@
 //! (no GPU needed) to a CUBIN and print each kernel's registers, static shared memory, stack frame
 //! and spill bytes. Fails when a file does not compile or a kernel the backend launches is missing.
 use fmp_engine::backend::gpu::cuda::ENGINE_HEADERS;
-use fmp_engine::backend::gpu::kernels::{ALL_KERNELS, KERNEL_FILES};
+use fmp_engine::backend::gpu::kernels::KERNEL_FILES;
 use fmp_engine::backend::gpu::nvrtc;
 use fmp_engine::{Error, Result};
 
@@ -53,10 +53,7 @@ pub fn run(args: Args) -> Result<()> {
         .collect();
     if !args.json {
         println!("NVRTC {maj}.{min}; registers, static shared memory, stack frame and spills per kernel (bytes)");
-        println!(
-            "{:<7} {:<16} {:<32} {:>5} {:>7} {:>6} {:>8} {:>8}",
-            "arch", "file", "kernel", "regs", "smem", "stack", "spill_st", "spill_ld"
-        );
+        println!("{}", nvrtc::table_header());
     }
     for r in &reports {
         match &r.result {
@@ -70,29 +67,15 @@ pub fn run(args: Args) -> Result<()> {
                             res: k,
                         });
                     } else {
-                        println!(
-                            "{:<7} {:<16} {:<32} {:>5} {:>7} {:>6} {:>8} {:>8}{}",
-                            format!("sm_{}", r.arch),
-                            r.file,
-                            k.kernel,
-                            k.registers,
-                            k.shared_bytes,
-                            k.stack_frame_bytes,
-                            k.spill_store_bytes,
-                            k.spill_load_bytes,
-                            if k.spills() { "  SPILLS" } else { "" }
-                        );
+                        println!("{}", k.table_row(r.arch, &r.file));
                     }
                 }
                 // Every kernel the backend launches from this file must be defined in it.
-                let stem = r.file.trim_end_matches(".cu");
-                for id in ALL_KERNELS.iter().filter(|id| id.file == stem) {
-                    if !kernels.iter().any(|k| k.kernel == id.name) {
-                        failures.push(format!(
-                            "sm_{} {}: kernel {} (launched by the backend) is not defined",
-                            r.arch, r.file, id.name
-                        ));
-                    }
+                for name in nvrtc::undefined_kernels(&r.file, kernels) {
+                    failures.push(format!(
+                        "sm_{} {}: kernel {name} (launched by the backend) is not defined",
+                        r.arch, r.file
+                    ));
                 }
             }
         }

@@ -13,7 +13,9 @@ use fmp_engine::fmp::journal::{
 };
 use fmp_engine::fmp::pipeline::{eval_batch, progress_bar, scan_samples};
 use fmp_engine::fmp::rng::Rng;
-use fmp_engine::fmp::select::{ReportModel, ReportSettings, ReportTotals, ScanReport, SCAN_SCHEMA};
+use fmp_engine::fmp::select::{
+    ReportModel, ReportSettings, ReportTotals, ScanParams, ScanReport, SCAN_SCHEMA,
+};
 use fmp_engine::fmp::stability::{scan_repeated, Aggregate, RepeatOptions, ScoreKind};
 use fmp_engine::fmp::LabeledImages;
 use fmp_engine::model::PreActResNet18;
@@ -131,6 +133,17 @@ impl ScanArgs {
     /// Clean images per draw: --samples, else the recipe's.
     pub fn samples(&self) -> usize {
         self.samples_flag.unwrap_or(self.recipe().samples())
+    }
+    /// The report's and the journal identity's scan parameters, with the scan's p.
+    pub fn scan_params(&self, p: usize) -> ScanParams {
+        ScanParams {
+            samples: self.samples(),
+            p,
+            alpha: self.alpha,
+            eps: self.eps,
+            seed: self.seed,
+            reference_order: self.reference_order,
+        }
     }
     /// Draws: --repeats, else the recipe's.
     pub fn repeats(&self) -> usize {
@@ -418,12 +431,7 @@ pub fn run_scan(
         width,
         num_classes: model.config().num_classes,
         convs: conv_layout(model),
-        samples: s.samples(),
-        p,
-        alpha: s.alpha,
-        eps: s.eps,
-        seed: s.seed,
-        reference_order: s.reference_order,
+        params: s.scan_params(p),
         score: s.score().name().into(),
         repeats: s.repeats(),
         aggregate: s.aggregate.name().into(),
@@ -541,12 +549,7 @@ pub fn report_from_parts(parts: &[PartialScan], names: &[String]) -> Result<Scan
             num_classes: identity.num_classes,
         },
         settings: ReportSettings {
-            samples: identity.samples,
-            p: identity.p,
-            alpha: identity.alpha,
-            eps: identity.eps,
-            seed: identity.seed,
-            reference_order: identity.reference_order,
+            params: identity.params.clone(),
             data: parts[0].data.clone(),
             device: devices.join(","),
             chunk_channels: chunk,
@@ -597,12 +600,7 @@ fn scan_repeats(
             num_classes: model.config().num_classes,
         },
         settings: ReportSettings {
-            samples: s.samples(),
-            p: opts.p,
-            alpha: s.alpha,
-            eps: s.eps,
-            seed: s.seed,
-            reference_order: s.reference_order,
+            params: s.scan_params(opts.p),
             data: data_dir.display().to_string(),
             device: backend.name(),
             chunk_channels: if s.naive { 0 } else { chunk },
@@ -646,7 +644,7 @@ pub fn print_summary(r: &ScanReport) {
     let st = &r.settings;
     println!(
         "FRG scan: {} feature maps in {} convs, {} samples x {} repeats, {} score, {} step(s), eps {:.5}, {:.1} s on {}; selected {} (p = {})",
-        r.totals.feature_maps, r.totals.convs, st.samples, st.repeats, st.score, st.steps, st.eps, r.seconds, st.device, r.totals.selected, st.p
+        r.totals.feature_maps, r.totals.convs, st.params.samples, st.repeats, st.score, st.steps, st.params.eps, r.seconds, st.device, r.totals.selected, st.params.p
     );
     let rep = r.stability.is_some();
     println!(

@@ -5,13 +5,13 @@
 //! `l` and channel `c`: `G_c = d/dX0 mean_(b,h,w) (A_l(X) - A_l(X0))[:, c]^2`,
 //! `Xadv_c = clamp(X0 + eps * sign(G_c), 0, 1)`, score = accuracy of the model on `Xadv_c`.
 //!
-//! Batched engine (`scan_layer_batched`): per layer, the prefix traces of X and X0 are computed once; channels
+//! Batched engine (`scan_range`): per layer, the prefix traces of X and X0 are computed once; channels
 //! are processed in chunks of K: `frg_seed` writes the [K*B,1,H,W] one-channel cotangents, one
 //! `input_grad(Cotangent::OneHot)` backward gives all K*B input gradients (the trace's B saved activations are
 //! broadcast), `sign_step` builds the K*B adversarial images and one forward scores them. K is sized from
 //! `Backend::memory_budget()` and the model's activation sizes.
 //!
-//! Naive engine (`scan_layer_naive`): one channel at a time, with a full [B,C,H,W] cotangent (the gradient of
+//! Naive engine (`scan_range` with `ScanOptions::naive`): one channel at a time, with a full [B,C,H,W] cotangent (the gradient of
 //! that channel's MSE, zero elsewhere), a plain `Cotangent::Full` backward, host-side sign step and scoring.
 //! Both give identical scores for the same seed (tests/fmp_scan.rs).
 use std::ops::Range;
@@ -91,84 +91,54 @@ pub fn chunk_channels(model: &PreActResNet18, layer: usize, b: usize) -> usize {
     (budget / (per_item * b.max(1))).clamp(1, channels.max(1))
 }
 
-/// Score every channel of conv `layer` with the batched engine.
-#[allow(clippy::too_many_arguments)]
-pub fn scan_layer_batched(
-    model: &PreActResNet18,
-    x: &Tensor,
-    x0: &Tensor,
-    labels: &[u32],
-    layer: usize,
-    eps: f32,
-    chunk: usize,
-    progress: &mut dyn FnMut(usize),
-) -> Result<LayerScores> {
-    let channels = conv_channels(model, layer)?;
-    scan_layer_batched_range(
-        model,
-        x,
-        x0,
-        labels,
-        layer,
-        0..channels,
-        eps,
-        chunk,
-        progress,
-    )
+/// What every per-conv scorer reads: the model, the clean images X and their X0 (both [B,3,32,32] on
+/// the model's backend), the B labels and the conv (execution index `layer`).
+#[derive(Clone, Copy)]
+pub struct ConvScan<'a> {
+    pub model: &'a PreActResNet18,
+    pub x: &'a Tensor,
+    pub x0: &'a Tensor,
+    pub labels: &'a [u32],
+    pub layer: usize,
 }
 
-/// Score channels `range` of conv `layer` with the batched engine (chunks start at `range.start`; the
-/// scores do not depend on the chunking, so a slice scores exactly as in a whole-conv pass).
-#[allow(clippy::too_many_arguments)]
-pub fn scan_layer_batched_range(
-    model: &PreActResNet18,
-    x: &Tensor,
-    x0: &Tensor,
-    labels: &[u32],
-    layer: usize,
-    range: Range<usize>,
-    eps: f32,
-    chunk: usize,
-    progress: &mut dyn FnMut(usize),
-) -> Result<LayerScores> {
-    scan_chunks(
-        model,
-        x,
-        x0,
-        layer,
-        range,
-        chunk,
-        progress,
-        &mut |tx, tx0, c0, k, res| score_channels(model, tx, tx0, x0, labels, c0, k, eps, 1, res),
-    )
+impl ConvScan<'_> {
+    /// Every channel of the conv.
+    pub fn all_channels(&self) -> Result<Range<usize>> {
+        Ok(0..conv_channels(self.model, self.layer)?)
+    }
 }
 
-/// Scores one chunk: `(tx, tx0, c0, k, res)` appends channels `c0..c0+k` to `res`.
-pub(crate) type ChunkScorer<'a> =
-    dyn FnMut(&Trace, &Trace, usize, usize, &mut LayerScores) -> Result<()> + 'a;
-
-/// The batched engines' loop (`scan_layer_batched_range`, `frg_steps::scan_layer_steps_range`):
-/// the traces of X and X0 up to conv `layer` once, then `score(tx, tx0, c0, k, res)` for each
-/// chunk of at most `chunk` channels of `range`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn scan_chunks(
-    model: &PreActResNet18,
-    x: &Tensor,
-    x0: &Tensor,
-    layer: usize,
+/// Score channels `range` of conv `s.layer` with `opts.eps` and `opts.steps` sign steps (the one
+/// entry point of both engines): batched, the traces of X and X0 up to the conv once, then
+/// `score_channels` for each chunk of at most `chunk` channels from `range.start`; or, with
+/// `opts.naive`, one channel at a time (`naive_range`; `chunk` unused). Every channel's images are
+/// independent and the scores do not depend on the chunking, so a slice scores exactly as in a
+/// whole-conv pass (`ConvScan::all_channels`): the unit the scan journals and shards (`scan_slices`).
+pub fn scan_range(
+    s: ConvScan,
     range: Range<usize>,
+    opts: &ScanOptions,
     chunk: usize,
     progress: &mut dyn FnMut(usize),
-    score: &mut ChunkScorer,
 ) -> Result<LayerScores> {
-    let tx = model.forward_trace(x, layer)?;
-    let tx0 = model.forward_trace(x0, layer)?;
+    if opts.steps == 0 {
+        return Err(Error::InvalidArgument("--steps must be at least 1".into()));
+    }
+    let (eps, steps) = (opts.eps, opts.steps);
+    if opts.naive {
+        return naive_range(s, range, eps, steps, progress);
+    }
+    let tx = s.model.forward_trace(s.x, s.layer)?;
+    let tx0 = s.model.forward_trace(s.x0, s.layer)?;
     let channels = range.end;
     let mut res = LayerScores::default();
     let mut c0 = range.start;
     while c0 < channels {
         let k = chunk.max(1).min(channels - c0);
-        score(&tx, &tx0, c0, k, &mut res)?;
+        score_channels(
+            s.model, &tx, &tx0, s.x0, s.labels, c0, k, eps, steps, &mut res,
+        )?;
         c0 += k;
         progress(k);
     }
@@ -238,34 +208,23 @@ pub fn score_channels(
     score_chunk(&logits, labels, k, res)
 }
 
-/// Score every channel of conv `layer` one channel at a time (the plain reference loop).
-pub fn scan_layer_naive(
-    model: &PreActResNet18,
-    x: &Tensor,
-    x0: &Tensor,
-    labels: &[u32],
-    layer: usize,
-    eps: f32,
-    progress: &mut dyn FnMut(usize),
-) -> Result<LayerScores> {
-    let channels = conv_channels(model, layer)?;
-    scan_layer_naive_range(model, x, x0, labels, layer, 0..channels, eps, 1, progress)
-}
-
-/// Score channels `range` of conv `layer` one channel at a time, with `steps` sign steps each
-/// (1: the spec's single step; more: `frg_steps`): a full cotangent, host-side sign steps.
-#[allow(clippy::too_many_arguments)]
-pub fn scan_layer_naive_range(
-    model: &PreActResNet18,
-    x: &Tensor,
-    x0: &Tensor,
-    labels: &[u32],
-    layer: usize,
+/// The naive engine (the plain reference loop): channels `range` of conv `s.layer` one at a time,
+/// with `steps` sign steps each (1: the spec's single step; more: `frg_steps`): a full cotangent,
+/// host-side sign steps.
+fn naive_range(
+    s: ConvScan,
     range: Range<usize>,
     eps: f32,
     steps: usize,
     progress: &mut dyn FnMut(usize),
 ) -> Result<LayerScores> {
+    let ConvScan {
+        model,
+        x,
+        x0,
+        labels,
+        layer,
+    } = s;
     let be = model.backend().clone();
     let b = labels.len();
     let ax = be.to_host(model.forward_trace(x, layer)?.tap())?;
@@ -445,24 +404,21 @@ pub fn scan_slices(
             let k = opts.chunk.unwrap_or_else(|| f(model, s.conv, b));
             k.min(s.end - s.start).max(1)
         };
-        let (conv, range, eps) = (s.conv, s.start..s.end, opts.eps);
-        let (ls, k) = if opts.naive {
-            let steps = opts.steps;
-            let ls =
-                scan_layer_naive_range(model, &x, &x0, labels, conv, range, eps, steps, progress)?;
-            (ls, 0)
-        } else if opts.steps > 1 {
-            let k = pick(frg_steps::chunk_channels);
-            let ls = frg_steps::scan_layer_steps_range(
-                model, &x, &x0, labels, conv, range, opts, k, progress,
-            )?;
-            (ls, k)
-        } else {
-            let k = pick(chunk_channels);
-            let ls =
-                scan_layer_batched_range(model, &x, &x0, labels, conv, range, eps, k, progress)?;
-            (ls, k)
+        let cs = ConvScan {
+            model,
+            x: &x,
+            x0: &x0,
+            labels,
+            layer: s.conv,
         };
+        let k = if opts.naive {
+            0
+        } else if opts.steps > 1 {
+            pick(frg_steps::chunk_channels)
+        } else {
+            pick(chunk_channels)
+        };
+        let ls = scan_range(cs, s.start..s.end, opts, k, progress)?;
         done(s, ls, k)?;
     }
     Ok(())

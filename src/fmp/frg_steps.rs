@@ -8,83 +8,15 @@
 //! Batched (`frg::score_channels` with `steps`): the K*B stacked images of a chunk keep their own traces
 //! after step 1, so the one-channel seed of step t >= 2 is formed on the host from the stacked activations
 //! (`stacked_seed`), then one `input_grad(Cotangent::OneHot)` over the K*B trace and one `sign_step` advance
-//! all of them. With S = 1 it is the scan's single-step chunk (checked in tests/fmp_steps.rs). Naive
-//! (`scan_layer_naive_steps`): one channel at a time with a full cotangent and host-side sign steps
-//! (`frg::scan_layer_naive_range`, which also runs the single step). Both give identical scores
-//! (tests/fmp_steps.rs).
-use std::ops::Range;
-
-use super::frg::{scan_chunks, scan_layer_naive_range, score_channels, LayerScores, ScanOptions};
-use crate::error::{Error, Result};
+//! all of them. With S = 1 it is the scan's single-step chunk. Naive (`frg::scan_range` with
+//! `ScanOptions::naive`): one channel at a time with a full cotangent and host-side sign steps (the
+//! loop that also runs the single step). Both give identical scores (tests/fmp_steps.rs).
 use crate::model::PreActResNet18;
-use crate::tensor::Tensor;
 
 /// Channels per chunk with several steps: a third of the single-step chunk (`frg::chunk_channels`), since
 /// every stacked item also keeps a trace of the prefix.
 pub fn chunk_channels(model: &PreActResNet18, layer: usize, b: usize) -> usize {
     (super::frg::chunk_channels(model, layer, b) / 3).max(1)
-}
-
-/// Score every channel of conv `layer` with `opts.steps` sign steps (batched, or naive with `opts.naive`).
-#[allow(clippy::too_many_arguments)]
-pub fn scan_layer_steps(
-    model: &PreActResNet18,
-    x: &Tensor,
-    x0: &Tensor,
-    labels: &[u32],
-    layer: usize,
-    opts: &ScanOptions,
-    chunk: usize,
-    progress: &mut dyn FnMut(usize),
-) -> Result<LayerScores> {
-    let channels = super::frg::conv_channels(model, layer)?;
-    scan_layer_steps_range(
-        model,
-        x,
-        x0,
-        labels,
-        layer,
-        0..channels,
-        opts,
-        chunk,
-        progress,
-    )
-}
-
-/// Score channels `range` of conv `layer` with `opts.steps` sign steps (chunks start at `range.start`;
-/// every channel's images are independent, so a slice scores exactly as in a whole-conv pass). The unit
-/// the scan journals and shards (`frg::scan_slices`).
-#[allow(clippy::too_many_arguments)]
-pub fn scan_layer_steps_range(
-    model: &PreActResNet18,
-    x: &Tensor,
-    x0: &Tensor,
-    labels: &[u32],
-    layer: usize,
-    range: Range<usize>,
-    opts: &ScanOptions,
-    chunk: usize,
-    progress: &mut dyn FnMut(usize),
-) -> Result<LayerScores> {
-    if opts.steps == 0 {
-        return Err(Error::InvalidArgument("--steps must be at least 1".into()));
-    }
-    let (eps, steps) = (opts.eps, opts.steps);
-    if opts.naive {
-        return scan_layer_naive_range(model, x, x0, labels, layer, range, eps, steps, progress);
-    }
-    scan_chunks(
-        model,
-        x,
-        x0,
-        layer,
-        range,
-        chunk,
-        progress,
-        &mut |tx, tx0, c0, k, res| {
-            score_channels(model, tx, tx0, x0, labels, c0, k, eps, steps, res)
-        },
-    )
 }
 
 /// `2/(B*H*W) * (a_z[i, c] - a_x[i % B, c])` for item i = ki*B + bi, c = c0 + ki: the one-channel
@@ -112,31 +44,4 @@ pub(crate) fn stacked_seed(
         }
     }
     seed
-}
-
-/// The plain loop with `steps` sign steps: one channel at a time, full cotangents, host sign steps
-/// (`frg::scan_layer_naive_range`).
-#[allow(clippy::too_many_arguments)]
-pub fn scan_layer_naive_steps(
-    model: &PreActResNet18,
-    x: &Tensor,
-    x0: &Tensor,
-    labels: &[u32],
-    layer: usize,
-    eps: f32,
-    steps: usize,
-    progress: &mut dyn FnMut(usize),
-) -> Result<LayerScores> {
-    let channels = super::frg::conv_channels(model, layer)?;
-    scan_layer_naive_range(
-        model,
-        x,
-        x0,
-        labels,
-        layer,
-        0..channels,
-        eps,
-        steps,
-        progress,
-    )
 }

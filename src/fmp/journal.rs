@@ -19,7 +19,7 @@ use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
 use super::frg::{select_convs, LayerScores, Slice};
-use super::select::{reference_order_remap, ConvReport};
+use super::select::{reference_order_remap, ConvReport, ScanParams};
 use super::stability::{select_by, ScoreKind};
 use crate::bench::count::Arch;
 use crate::error::{Error, Result};
@@ -42,12 +42,8 @@ pub struct ScanIdentity {
     pub num_classes: usize,
     /// (name, channels) of every conv, in execution order.
     pub convs: Vec<(String, usize)>,
-    pub samples: usize,
-    pub p: usize,
-    pub alpha: f32,
-    pub eps: f32,
-    pub seed: u64,
-    pub reference_order: bool,
+    #[serde(flatten)]
+    pub params: ScanParams,
     /// Selection score (`stability::ScoreKind::name`: acc, prob or margin).
     pub score: String,
     /// Draws of scan images and X0 (`scan --repeats`); a journal or shard holds one draw, so always 1
@@ -64,28 +60,16 @@ impl ScanIdentity {
     pub fn differences(&self, other: &ScanIdentity) -> Vec<String> {
         let mut d = Vec::new();
         macro_rules! cmp {
-            ($($f:ident),*) => {$(
-                if self.$f != other.$f {
-                    d.push(format!("{}: {:?} vs {:?}", stringify!($f), self.$f, other.$f));
+            ($a:expr, $b:expr; $($f:ident),*) => {$(
+                if $a.$f != $b.$f {
+                    d.push(format!("{}: {:?} vs {:?}", stringify!($f), $a.$f, $b.$f));
                 }
             )*};
         }
-        cmp!(
-            weights_md5,
-            images_md5,
-            width,
-            num_classes,
-            samples,
-            p,
-            alpha,
-            eps,
-            seed,
-            reference_order,
-            score,
-            repeats,
-            aggregate,
-            steps
-        );
+        cmp!(self, other; weights_md5, images_md5, width, num_classes);
+        let (a, b) = (&self.params, &other.params);
+        cmp!(a, b; samples, p, alpha, eps, seed, reference_order);
+        cmp!(self, other; score, repeats, aggregate, steps);
         if self.convs != other.convs {
             d.push("convs: the models' layouts differ".into());
         }
@@ -420,13 +404,13 @@ pub fn select(identity: &ScanIdentity, scores: Vec<LayerScores>) -> Result<Vec<C
         .enumerate()
         .map(|(i, (n, _))| (i, n.clone()))
         .collect();
-    let mut out = select_convs(&convs, scores, identity.p, false)?;
+    let mut out = select_convs(&convs, scores, identity.params.p, false)?;
     if kind != ScoreKind::Acc {
         for c in out.iter_mut() {
-            c.selected = select_by(kind, c, identity.p)?;
+            c.selected = select_by(kind, c, identity.params.p)?;
         }
     }
-    if identity.reference_order {
+    if identity.params.reference_order {
         let names: Vec<String> = out.iter().map(|c| c.name.clone()).collect();
         let sel: Vec<Vec<usize>> = out.iter().map(|c| c.selected.clone()).collect();
         for (c, s) in out.iter_mut().zip(reference_order_remap(&names, &sel)) {

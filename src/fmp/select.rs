@@ -120,14 +120,23 @@ pub struct ReportModel {
     pub num_classes: usize,
 }
 
+/// The FRG scan's parameters (images, p, alpha, eps, seed, selection order): in a report's
+/// settings and in a partial scan's identity (`journal::ScanIdentity`) alike, flattened (its
+/// fields are JSON keys of the object that holds it).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct ReportSettings {
+pub struct ScanParams {
     pub samples: usize,
     pub p: usize,
     pub alpha: f32,
     pub eps: f32,
     pub seed: u64,
     pub reference_order: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ReportSettings {
+    #[serde(flatten)]
+    pub params: ScanParams,
     /// Where the clean scan images came from.
     pub data: String,
     pub device: String,

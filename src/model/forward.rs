@@ -70,34 +70,41 @@ impl PreActResNet18 {
         Ok(())
     }
 
+    /// A new tensor of `shape` that `fill` writes (one backend op's output).
+    fn filled(
+        &self,
+        shape: &[usize],
+        fill: impl FnOnce(&mut Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
+        let mut t = self.backend.empty(shape)?;
+        fill(&mut t)?;
+        Ok(t)
+    }
+
     pub(crate) fn conv_fwd(&self, i: usize, x: &Tensor) -> Result<Tensor> {
         let p = self.convs[i].params.with_batch(x.batch());
-        let mut y = self.backend.empty(&p.output_shape())?;
-        self.backend
-            .conv2d_forward(&p, x, &self.conv_w[i], &mut y)?;
-        Ok(y)
+        self.filled(&p.output_shape(), |y| {
+            self.backend.conv2d_forward(&p, x, &self.conv_w[i], y)
+        })
     }
 
     /// Gradient at conv `i`'s input from `dy` at its output (batch of dy).
     pub(crate) fn conv_bwd(&self, i: usize, dy: &Tensor) -> Result<Tensor> {
         let p = self.convs[i].params.with_batch(dy.batch());
-        let mut dx = self.backend.empty(&p.input_shape())?;
-        self.backend
-            .conv2d_input_grad(&p, dy, &self.conv_w[i], &mut dx)?;
-        Ok(dx)
+        self.filled(&p.input_shape(), |dx| {
+            self.backend.conv2d_input_grad(&p, dy, &self.conv_w[i], dx)
+        })
     }
 
     pub(crate) fn normalise(&self, x: &Tensor) -> Result<Tensor> {
-        let mut xn = self.backend.empty(x.shape())?;
-        self.backend
-            .channel_affine(x, &self.norm_scale, &self.norm_shift, false, &mut xn)?;
-        Ok(xn)
+        self.filled(x.shape(), |xn| {
+            self.backend
+                .channel_affine(x, &self.norm_scale, &self.norm_shift, false, xn)
+        })
     }
 
     fn copy_of(&self, t: &Tensor) -> Result<Tensor> {
-        let mut c = self.backend.empty(t.shape())?;
-        self.backend.copy(t, &mut c)?;
-        Ok(c)
+        self.filled(t.shape(), |c| self.backend.copy(t, c))
     }
 
     /// The eval network, optionally stopping at conv `stop` (saving post-ReLU activations) and

@@ -158,8 +158,8 @@ pub fn defend_report_html(s: &DefendSummary, scan: &ScanReport, scan_svg: &str) 
          that feature map. Backdoor feature maps break the model most, so they score lowest; in each conv the \
          floor(C/p) lowest (p = {}) are selected (red) and pruned. {} of {} feature maps selected; the scan took \
          {:.1} s on {}.</p>",
-        scan.settings.samples,
-        scan.settings.p,
+        scan.settings.params.samples,
+        scan.settings.params.p,
         scan.totals.selected,
         scan.totals.feature_maps,
         scan.seconds,

@@ -146,7 +146,7 @@ pub fn scan_plot_svg(r: &ScanReport) -> Result<String> {
             .titled(
                 &format!(
                     "FRG scan: the score of every feature map, per conv in execution order ({} maps, {} selected, p = {})",
-                    r.totals.feature_maps, r.totals.selected, r.settings.p
+                    r.totals.feature_maps, r.totals.selected, r.settings.params.p
                 ),
                 (FONT, 20),
             )

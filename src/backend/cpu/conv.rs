@@ -22,8 +22,8 @@
 use rayon::prelude::*;
 
 use super::gemm::{gemm, ASrc, COut, Pack, PackedA, RowMajor, MR, NR};
-use super::{direct, direct_dgrad, direct_px, direct_wgrad, winograd};
-use super::{host, host_mut};
+use super::{conv_strided, direct, direct_dgrad, direct_px, direct_wgrad, winograd};
+use super::{host_mut, hosts};
 use crate::backend::{shapes, ConvParams};
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -60,6 +60,26 @@ impl Geom {
             p: p.pad as usize,
         };
         Ok(g)
+    }
+}
+
+/// A one-hot cotangent (`Backend::conv2d_input_grad_onehot`): item i's is `seed[i]` (one plane)
+/// in channel `first_channel + i / group`, zero in every other channel.
+#[derive(Clone, Copy)]
+pub(crate) struct OneHot<'a> {
+    pub seed: &'a [f32],
+    pub first_channel: usize,
+    pub group: usize,
+}
+
+impl OneHot<'_> {
+    /// `pack(c)` for the filter c of every group of the n items (channels `first_channel..`, one
+    /// per `group` items), in parallel; item i's is entry `i / group`.
+    pub fn per_filter<T: Send>(&self, n: usize, pack: impl Fn(usize) -> T + Sync) -> Vec<T> {
+        (0..n.div_ceil(self.group))
+            .into_par_iter()
+            .map(|f| pack(self.first_channel + f))
+            .collect()
     }
 }
 
@@ -453,180 +473,11 @@ fn copy_fixed<const N: usize>(dst: &mut [f32], src: &[f32]) {
     *d = *<&[f32; N]>::try_from(src).expect("window length");
 }
 
-/// Floats of column buffer per chunk of items on the strided input-gradient path.
-const COL_BUDGET: usize = 1 << 18;
-
-/// A operand W^T of the strided input gradient: A[(ci, kh, kw), co] = w[co, ci, kh, kw].
-struct ColMajor<'a> {
-    data: &'a [f32],
-    ld: usize,
-}
-
-impl Pack for ColMajor<'_> {
-    fn pack(&self, i0: usize, count: usize, p0: usize, kb: usize, out: &mut [f32]) {
-        for q in 0..count.div_ceil(MR) {
-            let panel = &mut out[q * kb * MR..(q + 1) * kb * MR];
-            let nv = MR.min(count - q * MR);
-            for (p, dst) in panel.chunks_exact_mut(MR).enumerate() {
-                let src = &self.data[(p0 + p) * self.ld + i0 + q * MR..];
-                dst[..nv].copy_from_slice(&src[..nv]);
-                dst[nv..].fill(0.0);
-            }
-        }
-    }
-}
-
-/// B operand of the strided input gradient: dy of items n0.., rows co, columns (item, pixel).
-struct DyRows<'a> {
-    dy: &'a [f32],
-    n0: usize,
-    g: Geom,
-}
-
-impl Pack for DyRows<'_> {
-    fn pack(&self, j0: usize, count: usize, p0: usize, kb: usize, out: &mut [f32]) {
-        let hwo = self.g.ho * self.g.wo;
-        for q in 0..count.div_ceil(NR) {
-            let panel = &mut out[q * kb * NR..(q + 1) * kb * NR];
-            let nv = NR.min(count - q * NR);
-            let mut base = [0usize; NR];
-            for (jj, b) in base.iter_mut().enumerate().take(nv) {
-                let j = j0 + q * NR + jj;
-                *b = (self.n0 + j / hwo) * self.g.co * hwo + j % hwo;
-            }
-            let contiguous = nv == NR && (1..NR).all(|jj| base[jj] == base[0] + jj);
-            for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
-                let off = (p0 + p) * hwo;
-                if contiguous {
-                    dst.copy_from_slice(&self.dy[base[0] + off..base[0] + off + NR]);
-                } else {
-                    for jj in 0..NR {
-                        dst[jj] = if jj < nv {
-                            self.dy[base[jj] + off]
-                        } else {
-                            0.0
-                        };
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// dx planes of `items` items from col[(ci, kh, kw), (item, oh, ow)]: each input pixel sums its
-/// (kh, kw) contributions in ascending order (the same routine serves the one-hot path).
-fn col2im(g: &Geom, col: &[f32], items: usize, dx: &mut [f32]) {
-    let (hwi, hwo, kk) = (g.hi * g.wi, g.ho * g.wo, g.k * g.k);
-    let ld = items * hwo;
-    dx.par_chunks_mut(hwi.max(1))
-        .enumerate()
-        .for_each(|(plane, d)| {
-            let (nl, ci) = (plane / g.ci, plane % g.ci);
-            d.fill(0.0);
-            for kh in 0..g.k {
-                for kw in 0..g.k {
-                    let row = &col[(ci * kk + kh * g.k + kw) * ld + nl * hwo..][..hwo];
-                    for oh in 0..g.ho {
-                        let ih = (oh * g.s + kh) as isize - g.p as isize;
-                        if ih < 0 || ih >= g.hi as isize {
-                            continue;
-                        }
-                        let drow = &mut d[ih as usize * g.wi..(ih as usize + 1) * g.wi];
-                        for ow in 0..g.wo {
-                            let iw = (ow * g.s + kw) as isize - g.p as isize;
-                            if iw >= 0 && iw < g.wi as isize {
-                                drow[iw as usize] += row[oh * g.wo + ow];
-                            }
-                        }
-                    }
-                }
-            }
-        });
-}
-
-/// Items per chunk of the strided path.
-fn col_chunk(g: &Geom) -> usize {
-    (COL_BUDGET / (g.ci * g.k * g.k * g.ho * g.wo).max(1)).max(1)
-}
-
-/// Strided input gradient: col = W^T * dy (one GEMM per chunk of items), then col2im. The
-/// direct form would multiply (s*s - 1)/(s*s) structural zeros.
-fn input_grad_strided(g: &Geom, gs: &[f32], ws: &[f32], o: &mut [f32]) {
-    let (hwi, hwo, kk) = (g.hi * g.wi, g.ho * g.wo, g.k * g.k);
-    let rows = g.ci * kk;
-    let pa = PackedA::new(rows, g.co, 1, &ColMajor { data: ws, ld: rows });
-    let chunk = col_chunk(g);
-    let mut col = Vec::new();
-    for n0 in (0..g.n).step_by(chunk) {
-        let items = chunk.min(g.n - n0);
-        col.resize(rows * items * hwo, 0.0);
-        let coff: Vec<usize> = (0..items * hwo).collect();
-        let c = COut {
-            ptr: col.as_mut_ptr(),
-            rs: items * hwo,
-            coff: &coff,
-        };
-        gemm(
-            rows,
-            items * hwo,
-            g.co,
-            1,
-            ASrc::Packed(&pa),
-            &DyRows { dy: gs, n0, g: *g },
-            &c,
-        );
-        col2im(
-            g,
-            &col,
-            items,
-            &mut o[n0 * g.ci * hwi..(n0 + items) * g.ci * hwi],
-        );
-    }
-}
-
-/// One-hot version of `input_grad_strided`: col[r, (i, pix)] = w[c_i, r] * seed[i, pix], which is
-/// exactly what the GEMM produces for a one-hot cotangent (one product, exact zeros elsewhere).
-fn input_grad_onehot_strided(
-    g: &Geom,
-    ss: &[f32],
-    ws: &[f32],
-    first_channel: usize,
-    group: usize,
-    o: &mut [f32],
-) {
-    let (hwi, hwo, kk) = (g.hi * g.wi, g.ho * g.wo, g.k * g.k);
-    let rows = g.ci * kk;
-    let chunk = col_chunk(g);
-    let mut col = Vec::new();
-    for n0 in (0..g.n).step_by(chunk) {
-        let items = chunk.min(g.n - n0);
-        col.resize(rows * items * hwo, 0.0);
-        col.par_chunks_mut(items * hwo)
-            .enumerate()
-            .for_each(|(r, crow)| {
-                for (nl, cseg) in crow.chunks_exact_mut(hwo).enumerate() {
-                    let n = n0 + nl;
-                    let wv = ws[(first_channel + n / group) * rows + r];
-                    for (d, &sv) in cseg.iter_mut().zip(&ss[n * hwo..(n + 1) * hwo]) {
-                        *d = wv * sv;
-                    }
-                }
-            });
-        col2im(
-            g,
-            &col,
-            items,
-            &mut o[n0 * g.ci * hwi..(n0 + items) * g.ci * hwi],
-        );
-    }
-}
-
 pub fn forward(p: &ConvParams, x: &Tensor, w: &Tensor, y: &mut Tensor) -> Result<()> {
     const OP: &str = "conv2d_forward";
     let g = Geom::new(OP, p)?;
     shapes::conv_forward(p, x, w, y)?;
-    let xs = host(OP, "x", x)?;
-    let ws = host(OP, "w", w)?;
+    let [xs, ws] = hosts(OP, [("x", x), ("w", w)])?;
     let ys = host_mut(OP, "y", y)?;
     if winograd::suits(&g) {
         winograd::forward(&g, xs, ws, ys);
@@ -669,8 +520,7 @@ pub fn input_grad(p: &ConvParams, dy: &Tensor, w: &Tensor, dx: &mut Tensor) -> R
     const OP: &str = "conv2d_input_grad";
     let g = Geom::new(OP, p)?;
     shapes::conv_input_grad(p, dy, w, dx)?;
-    let gs = host(OP, "dy", dy)?;
-    let ws = host(OP, "w", w)?;
+    let [gs, ws] = hosts(OP, [("dy", dy), ("w", w)])?;
     let o = host_mut(OP, "dx", dx)?;
     if winograd::suits_input_grad(&g) {
         winograd::input_grad(&g, gs, ws, o);
@@ -685,7 +535,7 @@ pub fn input_grad(p: &ConvParams, dy: &Tensor, w: &Tensor, dx: &mut Tensor) -> R
         return Ok(());
     }
     if g.s > 1 {
-        input_grad_strided(&g, gs, ws, o);
+        conv_strided::input_grad(&g, gs, ws, o);
         return Ok(());
     }
     let (hwi, kk) = (g.hi * g.wi, g.k * g.k);
@@ -724,23 +574,27 @@ pub fn input_grad_onehot(
     const OP: &str = "conv2d_input_grad_onehot";
     let g = Geom::new(OP, p)?;
     shapes::conv_input_grad_onehot(p, seed, w, first_channel, group, dx)?;
-    let ss = host(OP, "seed", seed)?;
-    let ws = host(OP, "w", w)?;
+    let [ss, ws] = hosts(OP, [("seed", seed), ("w", w)])?;
+    let oh = OneHot {
+        seed: ss,
+        first_channel,
+        group,
+    };
     let o = host_mut(OP, "dx", dx)?;
     if winograd::suits_input_grad(&g) {
-        winograd::input_grad_onehot(&g, ss, ws, first_channel, group, o);
+        winograd::input_grad_onehot(&g, oh, ws, o);
         return Ok(());
     }
     if direct::suits_input_grad(&g) {
-        direct::input_grad_onehot(&g, ss, ws, first_channel, group, o);
+        direct::input_grad_onehot(&g, oh, ws, o);
         return Ok(());
     }
     if direct_dgrad::suits(&g) {
-        direct_dgrad::input_grad_onehot(&g, ss, ws, first_channel, group, o);
+        direct_dgrad::input_grad_onehot(&g, oh, ws, o);
         return Ok(());
     }
     if g.s > 1 {
-        input_grad_onehot_strided(&g, ss, ws, first_channel, group, o);
+        conv_strided::input_grad_onehot(&g, oh, ws, o);
         return Ok(());
     }
     let (hwi, kk) = (g.hi * g.wi, g.k * g.k);
@@ -780,8 +634,7 @@ pub fn weight_grad(p: &ConvParams, x: &Tensor, dy: &Tensor, dw: &mut Tensor) -> 
     const OP: &str = "conv2d_weight_grad";
     let g = Geom::new(OP, p)?;
     shapes::conv_weight_grad(p, x, dy, dw)?;
-    let xs = host(OP, "x", x)?;
-    let gs = host(OP, "dy", dy)?;
+    let [xs, gs] = hosts(OP, [("x", x), ("dy", dy)])?;
     let o = host_mut(OP, "dw", dw)?;
     if direct_wgrad::suits_weight_grad(&g) {
         direct_wgrad::weight_grad(&g, xs, gs, o);

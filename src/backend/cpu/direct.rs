@@ -22,7 +22,7 @@
 //! Tasks own disjoint (item, channel-panel) ranges: results do not depend on the thread count.
 use rayon::prelude::*;
 
-use super::conv::Geom;
+use super::conv::{Geom, OneHot};
 use super::direct_px::{self, CW};
 use super::gemm::by_isa;
 
@@ -113,6 +113,11 @@ impl DGeom {
         } else {
             ((self.ho - 1) * self.wp() + self.wo).div_ceil(V)
         }
+    }
+    /// Item i's input planes (`ci` of `hi x wi`) in the batch `x`.
+    pub fn item<'a>(&self, x: &'a [f32], i: usize) -> &'a [f32] {
+        let len = self.ci * self.hi * self.wi;
+        &x[i * len..(i + 1) * len]
     }
     /// Grid offset of output pixel q (row-major over ho x wo).
     pub fn pixel_off(&self, q: usize) -> usize {
@@ -382,12 +387,12 @@ pub(super) fn run_item(
 /// Items per group of the pixel layout (direct_px::run_items).
 const ITEMS_PER_GROUP: usize = 8;
 
-/// y[n] = conv(x[n]) for every item, with filters in panels (`co` channels); `x_of(n)` is item
-/// n's input planes, `panels_of(n)` its panels (the one-hot gradient switches filters by item).
+/// y[n] = conv(x[n]) for every item of the batch `x`, with filters in panels (`co` channels);
+/// `panels_of(n)` is item n's panels (the one-hot gradient switches filters by item).
 fn run<'a>(
     d: &DGeom,
     n: usize,
-    x_of: impl Fn(usize) -> &'a [f32] + Sync,
+    x: &[f32],
     panels_of: impl Fn(usize) -> &'a [f32] + Sync,
     y: &mut [f32],
 ) {
@@ -411,7 +416,7 @@ fn run<'a>(
                 let items = gi * per..gi * per + yg.len() / item;
                 bufs.resize_with(items.len(), Vec::new);
                 for (buf, i) in bufs.iter_mut().zip(items.clone()) {
-                    pad_item(d, x_of(i), buf);
+                    pad_item(d, d.item(x, i), buf);
                 }
                 let mut ys: Vec<&mut [f32]> = yg.chunks_mut(item).collect();
                 let panels = panels_of(items.start);
@@ -430,7 +435,7 @@ fn run<'a>(
         y.par_chunks_mut(item)
             .enumerate()
             .for_each_init(Vec::new, |buf, (i, yi)| {
-                pad_item(d, x_of(i), buf);
+                pad_item(d, d.item(x, i), buf);
                 run_item(d, micro, panels_of(i), &koff, buf, yi);
             });
         return;
@@ -452,7 +457,7 @@ fn run<'a>(
         .into_par_iter()
         .for_each_init(Vec::new, |buf, (i, q0, part)| {
             let q1 = (q0 + per).min(npanels);
-            pad_item(d, x_of(i), buf);
+            pad_item(d, d.item(x, i), buf);
             // The part holds channels q0 * DR.. of the item: a geometry of just those channels.
             let kdim = koff.len();
             let sub = DGeom {
@@ -469,14 +474,7 @@ pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32]) {
     let d = dgeom(g);
     let kdim = g.ci * g.k * g.k;
     let panels = pack_panels(d.panel_width(), g.co, kdim, |o, p| w[o * kdim + p]);
-    let item_in = g.ci * g.hi * g.wi;
-    run(
-        &d,
-        g.n,
-        |i| &x[i * item_in..(i + 1) * item_in],
-        |_| &panels,
-        y,
-    );
+    run(&d, g.n, x, |_| &panels, y);
 }
 
 /// Filter term of the input gradient: output channel ci, term (co, kh', kw') of the flipped filter.
@@ -494,54 +492,18 @@ pub(crate) fn input_grad(g: &Geom, dy: &[f32], w: &[f32], dx: &mut [f32]) {
     let panels = pack_panels(d.panel_width(), g.ci, g.co * kk, |ci, p| {
         flipped(g, w, ci, p / kk, p % kk)
     });
-    let item_in = g.co * g.ho * g.wo;
-    run(
-        &d,
-        g.n,
-        |i| &dy[i * item_in..(i + 1) * item_in],
-        |_| &panels,
-        dx,
-    );
+    run(&d, g.n, dy, |_| &panels, dx);
 }
 
-/// `pack(c)` for the filter of every group of a one-hot gradient's items (channels
-/// `first_channel..`, one per `group` items), in parallel.
-pub(super) fn per_filter<T: Send>(
-    n: usize,
-    group: usize,
-    first_channel: usize,
-    pack: impl Fn(usize) -> T + Sync,
-) -> Vec<T> {
-    (0..n.div_ceil(group))
-        .into_par_iter()
-        .map(|f| pack(first_channel + f))
-        .collect()
-}
-
-/// One-hot input gradient: item i's cotangent is seed[i] (one plane) in channel
-/// `first_channel + i / group`; the terms are those of `input_grad` for that channel alone.
-pub(crate) fn input_grad_onehot(
-    g: &Geom,
-    seed: &[f32],
-    w: &[f32],
-    first_channel: usize,
-    group: usize,
-    dx: &mut [f32],
-) {
+/// One-hot input gradient: the terms are those of `input_grad` for item i's channel alone.
+pub(crate) fn input_grad_onehot(g: &Geom, oh: OneHot, w: &[f32], dx: &mut [f32]) {
     let t = transposed(g);
     let d = DGeom { ci: 1, ..dgeom(&t) };
     let kk = g.k * g.k;
-    let panels = per_filter(g.n, group, first_channel, |c| {
+    let panels = oh.per_filter(g.n, |c| {
         pack_panels(d.panel_width(), g.ci, kk, |ci, p| flipped(g, w, ci, c, p))
     });
-    let plane = g.ho * g.wo;
-    run(
-        &d,
-        g.n,
-        |i| &seed[i * plane..(i + 1) * plane],
-        |i| &panels[i / group],
-        dx,
-    );
+    run(&d, g.n, oh.seed, |i| &panels[i / oh.group], dx);
 }
 
 /// Portable kernel: separate multiply and add.

@@ -17,8 +17,8 @@
 //! on the thread count.
 use rayon::prelude::*;
 
-use super::conv::Geom;
-use super::direct::{fits, kernel, pack_panels, pad_item, per_filter, run_item, DGeom, DMicroFn};
+use super::conv::{Geom, OneHot};
+use super::direct::{fits, kernel, pack_panels, pad_item, run_item, DGeom, DMicroFn};
 
 /// One output phase (a, b): its dx pixels are (s * (u0 + u) + a - p, s * (v0 + v) + b - p) for
 /// u < nu, v < nv; taps (a + s * th, b + s * tw) for th < ta, tw < tb.
@@ -202,12 +202,12 @@ fn interleave(g: &Geom, plan: &Plan, tmp: &[f32], dx: &mut [f32]) {
     }
 }
 
-/// dx for every item: `panels_of(i)` are item i's panels, one set per phase (in plan order),
-/// with the plan's offsets.
+/// dx for every item of the cotangent batch `dy` (the plan's dy channels): `panels_of(i)` are
+/// item i's panels, one set per phase (in plan order), with the plan's offsets.
 fn run<'a>(
     g: &Geom,
     plan: &Plan,
-    x_of: impl Fn(usize) -> &'a [f32] + Sync,
+    dy: &[f32],
     panels_of: impl Fn(usize) -> &'a [Vec<f32>] + Sync,
     dx: &mut [f32],
 ) {
@@ -218,7 +218,7 @@ fn run<'a>(
     dx.par_chunks_mut(item).enumerate().for_each_init(
         || (Vec::new(), vec![0f32; tmp_len]),
         |(buf, tmp), (i, dxi)| {
-            pad_item(&plan.dpad, x_of(i), buf);
+            pad_item(&plan.dpad, plan.dpad.item(dy, i), buf);
             let panels = panels_of(i);
             let mut at = 0;
             for (q, d) in geoms.iter().enumerate() {
@@ -273,36 +273,12 @@ fn phase_panels(g: &Geom, w: &[f32], plan: &Plan, cos: std::ops::Range<usize>) -
 pub(crate) fn input_grad(g: &Geom, dy: &[f32], w: &[f32], dx: &mut [f32]) {
     let plan = plan(g, g.co);
     let panels = phase_panels(g, w, &plan, 0..g.co);
-    let item_in = g.co * g.ho * g.wo;
-    run(
-        g,
-        &plan,
-        |i| &dy[i * item_in..(i + 1) * item_in],
-        |_| &panels,
-        dx,
-    );
+    run(g, &plan, dy, |_| &panels, dx);
 }
 
-/// One-hot input gradient: item i's cotangent is seed[i] (one plane) in channel
-/// `first_channel + i / group`; the terms are those of `input_grad` for that channel alone.
-pub(crate) fn input_grad_onehot(
-    g: &Geom,
-    seed: &[f32],
-    w: &[f32],
-    first_channel: usize,
-    group: usize,
-    dx: &mut [f32],
-) {
+/// One-hot input gradient: the terms are those of `input_grad` for item i's channel alone.
+pub(crate) fn input_grad_onehot(g: &Geom, oh: OneHot, w: &[f32], dx: &mut [f32]) {
     let plan = plan(g, 1);
-    let panels = per_filter(g.n, group, first_channel, |c| {
-        phase_panels(g, w, &plan, c..c + 1)
-    });
-    let plane = g.ho * g.wo;
-    run(
-        g,
-        &plan,
-        |i| &seed[i * plane..(i + 1) * plane],
-        |i| &panels[i / group],
-        dx,
-    );
+    let panels = oh.per_filter(g.n, |c| phase_panels(g, w, &plan, c..c + 1));
+    run(g, &plan, oh.seed, |i| &panels[i / oh.group], dx);
 }

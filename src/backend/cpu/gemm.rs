@@ -55,35 +55,49 @@ fn micro_rows<const R: usize, const FMA: bool>(
     for (ap, bp) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kb) {
         let ap: &[f32; R] = ap[r0..r0 + R].try_into().unwrap();
         let bp: &[f32; NR] = bp.try_into().unwrap();
-        for i in 0..R {
-            for j in 0..NR {
-                acc[i][j] = if FMA {
-                    ap[i].mul_add(bp[j], acc[i][j])
-                } else {
-                    acc[i][j] + ap[i] * bp[j]
-                };
-            }
-        }
+        rank1::<R, NR, FMA>(&mut acc, ap, bp);
     }
     c[..R].copy_from_slice(&acc);
 }
 
-/// Portable kernel: separate multiply and add (no libm fma calls), two 6-row halves.
-unsafe fn micro_plain(kb: usize, a: &[f32], b: &[f32]) -> Tile {
+/// acc[i][j] += a[i] * b[j] for every (i, j), as one fused multiply-add (FMA) or a separate
+/// multiply and add: the step of every portable micro-kernel (this GEMM's, Winograd's).
+#[inline(always)]
+pub(super) fn rank1<const R: usize, const N: usize, const FMA: bool>(
+    acc: &mut [[f32; N]; R],
+    a: &[f32; R],
+    b: &[f32; N],
+) {
+    for i in 0..R {
+        for j in 0..N {
+            acc[i][j] = if FMA {
+                a[i].mul_add(b[j], acc[i][j])
+            } else {
+                acc[i][j] + a[i] * b[j]
+            };
+        }
+    }
+}
+
+/// The 12-row panel as two 6-row halves (12 accumulator rows at a time).
+#[inline(always)]
+fn micro_halves<const FMA: bool>(kb: usize, a: &[f32], b: &[f32]) -> Tile {
     let mut c = [[0.0f32; NR]; MR];
-    micro_rows::<6, false>(kb, a, 0, b, &mut c[..6]);
-    micro_rows::<6, false>(kb, a, 6, b, &mut c[6..]);
+    micro_rows::<6, FMA>(kb, a, 0, b, &mut c[..6]);
+    micro_rows::<6, FMA>(kb, a, 6, b, &mut c[6..]);
     c
 }
 
-/// AVX2: 6 x 16 tiles (12 ymm accumulators), two halves of the 12-row panel.
+/// Portable kernel: separate multiply and add (no libm fma calls).
+unsafe fn micro_plain(kb: usize, a: &[f32], b: &[f32]) -> Tile {
+    micro_halves::<false>(kb, a, b)
+}
+
+/// AVX2: 6 x 16 tiles (12 ymm accumulators).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn micro_avx2(kb: usize, a: &[f32], b: &[f32]) -> Tile {
-    let mut c = [[0.0f32; NR]; MR];
-    micro_rows::<6, true>(kb, a, 0, b, &mut c[..6]);
-    micro_rows::<6, true>(kb, a, 6, b, &mut c[6..]);
-    c
+    micro_halves::<true>(kb, a, b)
 }
 
 /// AVX-512: the whole 12 x 16 tile in 12 zmm accumulators. Written with intrinsics because
@@ -336,23 +350,8 @@ fn gemm_shared(
     let mut s0 = 0;
     while s0 < k {
         let s1 = (s0 + sb).min(k);
-        // Block t covers p in s0 + t*kc .. ; its A panels start at t*kc*mp, B panels at t*kc*np.
-        abuf[..mp * (s1 - s0)]
-            .par_chunks_mut(mp * kc)
-            .enumerate()
-            .for_each(|(t, blk)| {
-                let p0 = s0 + t * kc;
-                let kb = kc.min(s1 - p0);
-                a.pack(0, m, p0, kb, &mut blk[..mp * kb]);
-            });
-        bbuf[..np * (s1 - s0)]
-            .par_chunks_mut(np * kc)
-            .enumerate()
-            .for_each(|(t, blk)| {
-                let p0 = s0 + t * kc;
-                let kb = kc.min(s1 - p0);
-                b.pack(0, n, p0, kb, &mut blk[..np * kb]);
-            });
+        pack_super_block(a, m, mp, kc, s0..s1, &mut abuf);
+        pack_super_block(b, n, np, kc, s0..s1, &mut bbuf);
         let (ab, bb) = (&abuf, &bbuf);
         (0..row_groups * col_tiles)
             .into_par_iter()
@@ -377,6 +376,27 @@ fn gemm_shared(
             });
         s0 = s1;
     }
+}
+
+/// All `count` rows (A) or columns (B) of an operand for p in `ps`, in parallel: block t covers
+/// p in ps.start + t*kc .. and its panels (`padded` = count rounded up to whole panels) start at
+/// t*kc*padded of `buf`.
+fn pack_super_block(
+    src: &dyn Pack,
+    count: usize,
+    padded: usize,
+    kc: usize,
+    ps: std::ops::Range<usize>,
+    buf: &mut [f32],
+) {
+    buf[..padded * ps.len()]
+        .par_chunks_mut(padded * kc)
+        .enumerate()
+        .for_each(|(t, blk)| {
+            let p0 = ps.start + t * kc;
+            let kb = kc.min(ps.end - p0);
+            src.pack(0, count, p0, kb, &mut blk[..padded * kb]);
+        });
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -3,7 +3,7 @@
 //! accumulators in a fixed order, parallel over rows/channels where it pays.
 use rayon::prelude::*;
 
-use super::{host, host_mut};
+use super::{host, host_mut, hosts};
 use crate::backend::shapes;
 use crate::error::{Error, Result};
 use crate::tensor::{Indices, Storage, Tensor};
@@ -42,9 +42,7 @@ pub fn global_avg_pool_backward(dy: &Tensor, dx: &mut Tensor) -> Result<()> {
 pub fn linear_forward(x: &Tensor, w: &Tensor, b: &Tensor, y: &mut Tensor) -> Result<()> {
     const OP: &str = "linear_forward";
     let (_, fi, fo) = shapes::linear_forward(x, w, b, y)?;
-    let xs = host(OP, "x", x)?;
-    let ws = host(OP, "w", w)?;
-    let bs = host(OP, "b", b)?;
+    let [xs, ws, bs] = hosts(OP, [("x", x), ("w", w), ("b", b)])?;
     let ys = host_mut(OP, "y", y)?;
     ys.par_iter_mut().enumerate().for_each(|(k, o)| {
         let (i, j) = (k / fo, k % fo);
@@ -59,18 +57,27 @@ pub fn linear_forward(x: &Tensor, w: &Tensor, b: &Tensor, y: &mut Tensor) -> Res
 pub fn linear_backward_input(dy: &Tensor, w: &Tensor, dx: &mut Tensor) -> Result<()> {
     const OP: &str = "linear_backward_input";
     let (_, fi, fo) = shapes::linear_backward_input(dy, w, dx)?;
-    let g = host(OP, "dy", dy)?;
-    let ws = host(OP, "w", w)?;
+    let [g, ws] = hosts(OP, [("dy", dy), ("w", w)])?;
     let o = host_mut(OP, "dx", dx)?;
     o.par_iter_mut().enumerate().for_each(|(k, o)| {
         let (i, f) = (k / fi, k % fi);
-        let mut s = 0.0f64;
-        for j in 0..fo {
-            s += g[i * fo + j] as f64 * ws[j * fi + f] as f64;
-        }
-        *o = s as f32;
+        *o = strided_dot((g, i * fo, 1), (ws, f, fi), fo);
     });
     Ok(())
+}
+
+/// The sum over j < n of a[a0 + j * sa] * b[b0 + j * sb], in f64 with j ascending (the linear
+/// head's gradients), rounded once to f32.
+fn strided_dot(
+    (a, a0, sa): (&[f32], usize, usize),
+    (b, b0, sb): (&[f32], usize, usize),
+    n: usize,
+) -> f32 {
+    let mut s = 0.0f64;
+    for j in 0..n {
+        s += a[a0 + j * sa] as f64 * b[b0 + j * sb] as f64;
+    }
+    s as f32
 }
 
 pub fn linear_backward_params(
@@ -81,18 +88,13 @@ pub fn linear_backward_params(
 ) -> Result<()> {
     const OP: &str = "linear_backward_params";
     let (n, fi, fo) = shapes::linear_backward_params(x, dy, dw, db)?;
-    let xs = host(OP, "x", x)?;
-    let g = host(OP, "dy", dy)?;
+    let [xs, g] = hosts(OP, [("x", x), ("dy", dy)])?;
     host_mut(OP, "dw", dw)?
         .par_iter_mut()
         .enumerate()
         .for_each(|(k, o)| {
             let (j, f) = (k / fi, k % fi);
-            let mut s = 0.0f64;
-            for i in 0..n {
-                s += g[i * fo + j] as f64 * xs[i * fi + f] as f64;
-            }
-            *o = s as f32;
+            *o = strided_dot((g, j, fo), (xs, f, fi), n);
         });
     for (j, o) in host_mut(OP, "db", db)?.iter_mut().enumerate() {
         *o = (0..n).map(|i| g[i * fo + j] as f64).sum::<f64>() as f32;
@@ -154,8 +156,7 @@ pub fn softmax_cross_entropy(
 pub fn channel_mse(a: &Tensor, b: &Tensor, loss: &mut Tensor) -> Result<()> {
     const OP: &str = "channel_mse";
     let (n, c, hw) = shapes::channel_mse(a, b, loss)?;
-    let av = host(OP, "a", a)?;
-    let bv = host(OP, "b", b)?;
+    let [av, bv] = hosts(OP, [("a", a), ("b", b)])?;
     let cnt = (n * hw) as f64;
     host_mut(OP, "loss", loss)?
         .par_iter_mut()

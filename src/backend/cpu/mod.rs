@@ -9,6 +9,7 @@
 //! FRG losses). Every reduction runs in a fixed order that does not depend on the thread count,
 //! so results are bitwise reproducible run to run.
 mod conv;
+mod conv_strided;
 mod direct;
 mod direct_dgrad;
 mod direct_px;
@@ -86,6 +87,18 @@ pub(crate) fn host<'a>(op: &'static str, what: &str, t: &'a Tensor) -> Result<&'
             found: s.location(),
         }),
     }
+}
+
+/// Host views of several input tensors (`host`, in order: the first bad one is the error).
+pub(crate) fn hosts<'a, const N: usize>(
+    op: &'static str,
+    ts: [(&str, &'a Tensor); N],
+) -> Result<[&'a [f32]; N]> {
+    let mut out = [&[][..]; N];
+    for (o, (what, t)) in out.iter_mut().zip(ts) {
+        *o = host(op, what, t)?;
+    }
+    Ok(out)
 }
 
 pub(crate) fn host_mut<'a>(

@@ -24,8 +24,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use rayon::prelude::*;
 
-use super::conv::Geom;
-use super::gemm::by_isa;
+use super::conv::{Geom, OneHot};
+use super::gemm::{by_isa, rank1};
 
 /// Output channels per weight panel (micro-kernel rows).
 const MR: usize = 16;
@@ -315,18 +315,15 @@ pub(crate) fn input_grad(g: &Geom, dy: &[f32], w: &[f32], dx: &mut [f32]) {
     run(&t, dy, &u, dx);
 }
 
-/// One-hot input gradient: item i's cotangent is seed[i] (one plane) in channel
-/// `first_channel + i / group`. The full gradient's products add exact zeros around this
-/// channel's (V of a zero plane is zero, and fma(u, 0, acc) = acc), so running the same
+/// One-hot input gradient. The full gradient's products add exact zeros around those of an
+/// item's one channel (V of a zero plane is zero, and fma(u, 0, acc) = acc), so running the same
 /// transforms and kernel with that channel alone (K = 1) gives bitwise the same result.
-pub(crate) fn input_grad_onehot(
-    g: &Geom,
-    seed: &[f32],
-    w: &[f32],
-    first_channel: usize,
-    group: usize,
-    dx: &mut [f32],
-) {
+pub(crate) fn input_grad_onehot(g: &Geom, oh: OneHot, w: &[f32], dx: &mut [f32]) {
+    let OneHot {
+        seed,
+        first_channel,
+        group,
+    } = oh;
     let (plane, item) = (g.hi * g.wi, g.ci * g.hi * g.wi);
     let groups = g.n.div_ceil(group);
     let mut parts: Vec<&mut [f32]> = dx[..g.n * item].chunks_mut(group * item).collect();
@@ -668,15 +665,7 @@ unsafe fn micro_rows<const R: usize, const FMA: bool>(
                 &*(b.add(p * NT) as *const [f32; NT]),
             )
         };
-        for i in 0..R {
-            for j in 0..NT {
-                acc[i][j] = if FMA {
-                    ap[i].mul_add(bp[j], acc[i][j])
-                } else {
-                    acc[i][j] + ap[i] * bp[j]
-                };
-            }
-        }
+        rank1::<R, NT, FMA>(&mut acc, ap, bp);
     }
     for (i, row) in acc.iter().enumerate() {
         // SAFETY: the caller's M rows r0 + i hold NT floats at m + (r0 + i) * rs.

@@ -47,6 +47,41 @@ impl KernelResources {
     pub fn spills(&self) -> bool {
         self.spill_store_bytes > 0 || self.spill_load_bytes > 0
     }
+
+    /// This kernel's row of the `fmp-engine kernels` table (columns: `table_header`).
+    pub fn table_row(&self, arch: u32, file: &str) -> String {
+        format!(
+            "{:<7} {:<16} {:<32} {:>5} {:>7} {:>6} {:>8} {:>8}{}",
+            format!("sm_{arch}"),
+            file,
+            self.kernel,
+            self.registers,
+            self.shared_bytes,
+            self.stack_frame_bytes,
+            self.spill_store_bytes,
+            self.spill_load_bytes,
+            if self.spills() { "  SPILLS" } else { "" }
+        )
+    }
+}
+
+/// The column heads of `KernelResources::table_row`.
+pub fn table_header() -> String {
+    format!(
+        "{:<7} {:<16} {:<32} {:>5} {:>7} {:>6} {:>8} {:>8}",
+        "arch", "file", "kernel", "regs", "smem", "stack", "spill_st", "spill_ld"
+    )
+}
+
+/// The kernels the backend launches from `file` (`kernels::ALL_KERNELS`) that `kernels`, what
+/// the file compiled to, does not define.
+pub fn undefined_kernels(file: &str, kernels: &[KernelResources]) -> Vec<&'static str> {
+    let stem = file.trim_end_matches(".cu");
+    super::kernels::ALL_KERNELS
+        .iter()
+        .filter(|id| id.file == stem && !kernels.iter().any(|k| k.kernel == id.name))
+        .map(|id| id.name)
+        .collect()
 }
 
 /// The result of one successful compile.

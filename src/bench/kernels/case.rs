@@ -130,23 +130,21 @@ impl Case {
             scale,
         };
         let out_len = |k: usize| self.outs[k].0.iter().product::<usize>();
+        // A convolution's reference at `samples` sampled output indices.
+        let mut sampled = |at: &dyn Fn(usize) -> Expect| {
+            vec![r::sample_indices(rng, out_len(0), samples)
+                .into_iter()
+                .map(at)
+                .collect()]
+        };
+        let (x, y) = (&ins[0], ins.get(1).map_or(&[][..], |v| &v[..]));
         match &self.op {
-            Op::ConvFwd(p) => vec![r::sample_indices(rng, out_len(0), samples)
-                .into_iter()
-                .map(|i| r::conv_forward_at(p, &ins[0], &ins[1], i))
-                .collect()],
-            Op::ConvDgrad(p) => vec![r::sample_indices(rng, out_len(0), samples)
-                .into_iter()
-                .map(|i| r::conv_input_grad_at(p, &ins[0], &ins[1], i))
-                .collect()],
-            Op::ConvWgrad(p) => vec![r::sample_indices(rng, out_len(0), samples)
-                .into_iter()
-                .map(|i| r::conv_weight_grad_at(p, &ins[0], &ins[1], i))
-                .collect()],
-            Op::ConvOneHot { p, first, group } => vec![r::sample_indices(rng, out_len(0), samples)
-                .into_iter()
-                .map(|i| r::conv_onehot_at(p, &ins[0], &ins[1], *first, *group, i))
-                .collect()],
+            Op::ConvFwd(p) => sampled(&|i| r::conv_forward_at(p, x, y, i)),
+            Op::ConvDgrad(p) => sampled(&|i| r::conv_input_grad_at(p, x, y, i)),
+            Op::ConvWgrad(p) => sampled(&|i| r::conv_weight_grad_at(p, x, y, i)),
+            Op::ConvOneHot { p, first, group } => {
+                sampled(&|i| r::conv_onehot_at(p, x, y, *first, *group, i))
+            }
             Op::Affine { relu } => {
                 let [_, c, hh, ww] = shape4(&self.ins[0].0);
                 vec![(0..ins[0].len())
@@ -314,68 +312,52 @@ impl Case {
             Op::Pool => {
                 let [n, c, hh, ww] = shape4(&self.ins[0].0);
                 let hw = hh * ww;
-                vec![(0..n * c)
-                    .map(|j| {
-                        let s = &ins[0][j * hw..(j + 1) * hw];
-                        e(
-                            j,
-                            s.iter().map(|&v| v as f64).sum::<f64>() / hw as f64,
-                            s.iter().map(|&v| (v as f64).abs()).sum::<f64>() / hw as f64,
-                        )
-                    })
-                    .collect()]
+                vec![each(n * c, |j| {
+                    let s = &ins[0][j * hw..(j + 1) * hw];
+                    (
+                        s.iter().map(|&v| v as f64).sum::<f64>() / hw as f64,
+                        s.iter().map(|&v| (v as f64).abs()).sum::<f64>() / hw as f64,
+                    )
+                })]
             }
             Op::PoolBwd => {
                 let [_, _, hh, ww] = shape4(&self.outs[0].0);
                 let hw = hh * ww;
-                vec![(0..out_len(0))
-                    .map(|i| {
-                        let v = ins[0][i / hw] as f64 / hw as f64;
-                        e(i, v, v.abs())
-                    })
-                    .collect()]
+                vec![each(out_len(0), |i| {
+                    let v = ins[0][i / hw] as f64 / hw as f64;
+                    (v, v.abs())
+                })]
             }
             Op::LinearFwd => {
                 let (n, fi) = (self.ins[0].0[0], self.ins[0].0[1]);
                 let o = self.ins[1].0[0];
-                vec![(0..n * o)
-                    .map(|j| {
-                        let (b, k) = (j / o, j % o);
-                        let terms = (0..fi).map(|i| (ins[0][b * fi + i], ins[1][k * fi + i]));
-                        let (v, s) = dot(ins[2][k] as f64, terms);
-                        e(j, v, s)
-                    })
-                    .collect()]
+                vec![each(n * o, |j| {
+                    let (b, k) = (j / o, j % o);
+                    dot(
+                        ins[2][k] as f64,
+                        (0..fi).map(|i| (x[b * fi + i], y[k * fi + i])),
+                    )
+                })]
             }
             Op::LinearBwdInput => {
                 let (n, o) = (self.ins[0].0[0], self.ins[0].0[1]);
                 let fi = self.ins[1].0[1];
-                vec![(0..n * fi)
-                    .map(|j| {
-                        let (b, i) = (j / fi, j % fi);
-                        let (v, s) =
-                            dot(0.0, (0..o).map(|k| (ins[0][b * o + k], ins[1][k * fi + i])));
-                        e(j, v, s)
-                    })
-                    .collect()]
+                vec![each(n * fi, |j| {
+                    let (b, i) = (j / fi, j % fi);
+                    dot(0.0, (0..o).map(|k| (x[b * o + k], y[k * fi + i])))
+                })]
             }
             Op::LinearBwdParams => {
                 let (n, fi) = (self.ins[0].0[0], self.ins[0].0[1]);
                 let o = self.ins[1].0[1];
-                let dw = (0..o * fi)
-                    .map(|j| {
-                        let (k, i) = (j / fi, j % fi);
-                        let (v, s) =
-                            dot(0.0, (0..n).map(|b| (ins[1][b * o + k], ins[0][b * fi + i])));
-                        e(j, v, s)
-                    })
-                    .collect();
-                let db = (0..o)
-                    .map(|k| {
-                        let col = (0..n).map(|b| ins[1][b * o + k] as f64);
-                        e(k, col.clone().sum(), col.map(f64::abs).sum())
-                    })
-                    .collect();
+                let dw = each(o * fi, |j| {
+                    let (k, i) = (j / fi, j % fi);
+                    dot(0.0, (0..n).map(|b| (y[b * o + k], x[b * fi + i])))
+                });
+                let db = each(o, |k| {
+                    let col = (0..n).map(|b| y[b * o + k] as f64);
+                    (col.clone().sum(), col.map(f64::abs).sum())
+                });
                 vec![dw, db]
             }
             Op::SoftmaxXent => {
@@ -472,6 +454,20 @@ impl Case {
             }
         }
     }
+}
+
+/// The expected (value, scale) `at(i)` of every element i < len.
+fn each(len: usize, at: impl Fn(usize) -> (f64, f64)) -> Vec<Expect> {
+    (0..len)
+        .map(|index| {
+            let (value, scale) = at(index);
+            Expect {
+                index,
+                value,
+                scale,
+            }
+        })
+        .collect()
 }
 
 /// `v0` plus the products of `terms` in order, in f64, and the same sum of absolute values (the
