@@ -53,7 +53,7 @@ fn multi_step_batched_equals_naive() {
             labels: &labels,
             layer: l,
         };
-        // S = 1: the multi-step code against the scan's own batched chunk step
+        // S = 1: the batched chunk step against the naive per-channel loop
         let one = ScanOptions {
             steps: 1,
             eps,
@@ -61,7 +61,8 @@ fn multi_step_batched_equals_naive() {
         };
         let all = s.all_channels().unwrap();
         let a = scan_range(s, all.clone(), &one, 3, &mut |_| {}).unwrap();
-        let b = scan_range(s, all.clone(), &one, 3, &mut |_| {}).unwrap();
+        let naive_one = ScanOptions { naive: true, ..one };
+        let b = scan_range(s, all.clone(), &naive_one, 0, &mut |_| {}).unwrap();
         assert_eq!(a.scores, b.scores, "conv {l}, one step");
         for steps in [2, 3] {
             let o = ScanOptions {

@@ -410,9 +410,9 @@ fn run<'a>(
         // Pixel layout: items in groups that share their filters' panels from L1 (see
         // direct_px::run_items), as many per group as keep 4 tasks per thread.
         let per = (n / want).clamp(1, ITEMS_PER_GROUP);
-        y.par_chunks_mut(item * per)
-            .enumerate()
-            .for_each_init(Vec::new, |bufs: &mut Vec<Vec<f32>>, (gi, yg)| {
+        y.par_chunks_mut(item * per).enumerate().for_each_init(
+            Vec::new,
+            |bufs: &mut Vec<Vec<f32>>, (gi, yg)| {
                 let items = gi * per..gi * per + yg.len() / item;
                 bufs.resize_with(items.len(), Vec::new);
                 for (buf, i) in bufs.iter_mut().zip(items.clone()) {
@@ -428,7 +428,8 @@ fn run<'a>(
                         run_item(d, micro, panels_of(i), &koff, buf, yi);
                     }
                 }
-            });
+            },
+        );
         return;
     }
     if groups == 1 {
