@@ -43,12 +43,18 @@ fn badnets_width8_defended_by_fmp() {
     let mut opts = BackdoorOptions::backdoorbench(Some(AttackKind::BadNets), 4, false);
     opts.sgd.lr = 0.02;
     opts.sgd.batch = 32;
-    train_backdoored(&mut model, &train, &opts, &mut |s| {
-        eprintln!(
-            "train epoch {} loss {:.3} acc {:.3} ({:.0} s)",
-            s.epoch, s.loss, s.train_acc, s.seconds
-        )
-    })
+    train_backdoored(
+        &mut model,
+        &train,
+        &opts,
+        &mut |s| {
+            eprintln!(
+                "train epoch {} loss {:.3} acc {:.3} ({:.0} s)",
+                s.epoch, s.loss, s.train_acc, s.seconds
+            )
+        },
+        None,
+    )
     .unwrap();
     let attack = Attack::new(AttackKind::BadNets, 0);
     let before = evaluate(&model, &test, Some(&attack), 256).unwrap();
@@ -97,6 +103,7 @@ fn badnets_width8_defended_by_fmp() {
         &clean,
         &FinetuneOptions::spec(true),
         &mut |_| {},
+        None,
     )
     .unwrap();
     let after = evaluate(&model, &test, Some(&attack), 256).unwrap();

@@ -207,7 +207,7 @@ fn mask_keeps_pruned_filters_at_zero_through_finetuning() {
     opts.sgd.epochs = 1;
     opts.sgd.batch = 16;
     opts.sgd.lr = 0.1;
-    finetune(&mut m, &data, &opts, &mut |_| {}).unwrap();
+    finetune(&mut m, &data, &opts, &mut |_| {}, None).unwrap();
     let after = m.to_state_dict().unwrap();
     for &(ci, ch) in &pairs {
         let info = &m.convs()[ci];

@@ -111,9 +111,8 @@ pub fn run(a: Args) -> Result<()> {
         "1/2 training the backdoored model ({epochs} epochs, lr {})",
         opts.sgd.lr
     );
-    train_backdoored(&mut model, &train, &opts, &mut |s| {
-        super::interrupt::print_epoch(s, false)
-    })?;
+    let print = &mut |s: &_| super::interrupt::print_epoch(s, false);
+    train_backdoored(&mut model, &train, &opts, print, None)?;
     let trained = a.workdir.join(format!("{}-w{width}.safetensors", a.attack));
     model.save(&trained)?;
     let attack = Attack::new(a.attack, 0);

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use fmp_engine::data::DatasetKind;
 use fmp_engine::fmp::checkpoint::{checkpoint_path, data_md5, open_for_resume, sgd_identity};
 use fmp_engine::fmp::download::md5_file;
-use fmp_engine::fmp::finetune::{finetune_resumable, FinetuneOptions};
+use fmp_engine::fmp::finetune::{finetune, FinetuneOptions};
 use fmp_engine::fmp::prune::PruneMask;
 use fmp_engine::fmp::train::{Checkpointing, EpochStats, SgdOptions};
 use fmp_engine::fmp::LabeledImages;
@@ -179,7 +179,7 @@ pub fn run_finetune(
         n / clean.num_classes.max(1),
         opts.sgd.epochs
     );
-    finetune_resumable(
+    finetune(
         model,
         clean,
         &opts,

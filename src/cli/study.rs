@@ -338,9 +338,8 @@ pub fn run(a: Args) -> Result<()> {
                 opts.sgd.lr = a.lr;
                 opts.sgd.batch = a.batch;
                 opts.sgd.seed = ts;
-                train_backdoored(&mut m, &train, &opts, &mut |s| {
-                    super::interrupt::print_epoch(s, false)
-                })?;
+                let print = &mut |s: &_| super::interrupt::print_epoch(s, false);
+                train_backdoored(&mut m, &train, &opts, print, None)?;
                 m.save(&weights)?;
                 m
             };

@@ -7,7 +7,7 @@ use fmp_engine::fmp::attacks::{Attack, AttackKind};
 use fmp_engine::fmp::checkpoint::{checkpoint_path, data_md5, open_for_resume, sgd_identity};
 use fmp_engine::fmp::metrics::evaluate;
 use fmp_engine::fmp::pipeline::{eval_batch, load_split};
-use fmp_engine::fmp::train::{train_backdoored_resumable, BackdoorOptions, EpochStats};
+use fmp_engine::fmp::train::{train_backdoored, BackdoorOptions, EpochStats};
 use fmp_engine::model::{ModelConfig, PreActResNet18};
 use fmp_engine::{Error, Result};
 
@@ -149,7 +149,7 @@ pub fn run(a: Args) -> Result<()> {
     let epochs =
         super::interrupt::run_checkpointed(&ckpt_path, &identity, a.epochs, resume, |c| {
             let print = &mut |s: &EpochStats| super::interrupt::print_epoch(s, true);
-            train_backdoored_resumable(&mut model, &train, &opts, print, Some(c))
+            train_backdoored(&mut model, &train, &opts, print, Some(c))
         })?;
     model.save(&a.out)?;
     let _ = std::fs::remove_file(&ckpt_path);

@@ -51,18 +51,9 @@ pub fn subset(train: &LabeledImages, ratio: f32, seed: u64) -> Result<LabeledIma
     Ok(train.subset(&idx))
 }
 
-/// Fine-tune `model` (masks set on it stay applied) on the subset of `train`.
+/// Fine-tune `model` (masks set on it stay applied) on the subset of `train`; with `ckpt`,
+/// per-epoch checkpoints and resumption.
 pub fn finetune(
-    model: &mut PreActResNet18,
-    train: &LabeledImages,
-    opts: &FinetuneOptions,
-    on_epoch: &mut dyn FnMut(&EpochStats),
-) -> Result<Vec<EpochStats>> {
-    finetune_resumable(model, train, opts, on_epoch, None)
-}
-
-/// `finetune` with per-epoch checkpoints and resumption.
-pub fn finetune_resumable(
     model: &mut PreActResNet18,
     train: &LabeledImages,
     opts: &FinetuneOptions,

@@ -266,18 +266,9 @@ impl BackdoorOptions {
     }
 }
 
-/// Train `model` (usually fresh from `new_random`) on `data` with the attack's poisoning.
+/// Train `model` (usually fresh from `new_random`) on `data` with the attack's poisoning; with
+/// `ckpt`, per-epoch checkpoints and resumption.
 pub fn train_backdoored(
-    model: &mut PreActResNet18,
-    data: &LabeledImages,
-    opts: &BackdoorOptions,
-    on_epoch: &mut dyn FnMut(&EpochStats),
-) -> Result<Vec<EpochStats>> {
-    train_backdoored_resumable(model, data, opts, on_epoch, None)
-}
-
-/// `train_backdoored` with per-epoch checkpoints and resumption.
-pub fn train_backdoored_resumable(
     model: &mut PreActResNet18,
     data: &LabeledImages,
     opts: &BackdoorOptions,
