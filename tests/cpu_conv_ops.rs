@@ -154,6 +154,9 @@ fn conv_cases() -> Vec<G> {
         // pixel layout, items in groups sharing the panels (16+ items; a partial last group)
         g(19, 20, 4, 4, 48, 3, 1, 1),
         g(37, 9, 4, 4, 32, 3, 1, 1),
+        // pixel-layout weight gradients of 1x1 filters (few terms, one task)
+        g(5, 6, 16, 16, 32, 1, 2, 0),
+        g(9, 3, 12, 12, 40, 1, 1, 0),
         // Winograd F(2x2, 3x3) shapes (FMP_CPU_CONV=winograd; 3x3, stride 1, pad 1, even planes,
         // 8+ input channels): 32-, 16-, 4- and 2-wide rows (one tile row per 16, 8, 2, 1 tiles),
         // a non-square plane, a partial last panel
