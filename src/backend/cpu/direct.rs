@@ -406,10 +406,15 @@ fn run<'a>(
     let groups = want.div_ceil(n).clamp(1, npanels);
     let per = npanels.div_ceil(groups);
     let groups = npanels.div_ceil(per);
-    if groups == 1 && d.pixel_layout() {
-        // Pixel layout: items in groups that share their filters' panels from L1 (see
-        // direct_px::run_items), as many per group as keep 4 tasks per thread.
-        let per = (n / want).clamp(1, ITEMS_PER_GROUP);
+    if groups == 1 {
+        // One task per item, or in the pixel layout per group of items that share their
+        // filters' panels from L1 (direct_px::run_items), as many per group as keep 4 tasks per
+        // thread.
+        let per = if d.pixel_layout() {
+            (n / want).clamp(1, ITEMS_PER_GROUP)
+        } else {
+            1
+        };
         y.par_chunks_mut(item * per).enumerate().for_each_init(
             Vec::new,
             |bufs: &mut Vec<Vec<f32>>, (gi, yg)| {
@@ -420,7 +425,7 @@ fn run<'a>(
                 }
                 let mut ys: Vec<&mut [f32]> = yg.chunks_mut(item).collect();
                 let panels = panels_of(items.start);
-                if items.clone().all(|i| std::ptr::eq(panels_of(i), panels)) {
+                if per > 1 && items.clone().all(|i| std::ptr::eq(panels_of(i), panels)) {
                     let xps: Vec<&[f32]> = bufs.iter().map(Vec::as_slice).collect();
                     direct_px::run_items(d, panels, &koff, &xps, &mut ys);
                 } else {
@@ -430,15 +435,6 @@ fn run<'a>(
                 }
             },
         );
-        return;
-    }
-    if groups == 1 {
-        y.par_chunks_mut(item)
-            .enumerate()
-            .for_each_init(Vec::new, |buf, (i, yi)| {
-                pad_item(d, d.item(x, i), buf);
-                run_item(d, micro, panels_of(i), &koff, buf, yi);
-            });
         return;
     }
     // Channel groups of one item are contiguous ranges of its output: split the item's slice.

@@ -312,36 +312,30 @@ pub fn bn_train_backward(
     let beta = host(OP, "beta", beta)?;
     let mean = host(OP, "save_mean", save_mean)?;
     let invstd = host(OP, "save_invstd", save_invstd)?;
-    let coefs: Vec<(f32, f32)> = (0..c)
-        .map(|ch| bn_coefs(gamma[ch], beta[ch], mean[ch], invstd[ch]))
-        .collect();
-    // Channel ch's dy, masked by the forward's ReLU (bn(x) > 0) when it was fused: branch-free
-    // (g's bits kept, or cleared to +0.0), with the channel's constants held by value.
-    let grad = |ch: usize| {
-        let (a, b) = coefs[ch];
-        move |x: f32, g: f32| {
-            let keep = !relu | (x * a + b > 0.0);
-            f32::from_bits(g.to_bits() & (keep as u32).wrapping_neg())
-        }
-    };
     let o = host_mut(OP, "dx", dx)?;
     let sums = per_channel(o, c, hw, |ch, planes| {
+        // dy, masked by the forward's ReLU (bn(x) > 0) when it was fused: branch-free (g's bits
+        // kept, or cleared to +0.0), with the channel's constants held by value.
+        let (mu, is) = (mean[ch], invstd[ch]);
+        let (ka, kb) = bn_coefs(gamma[ch], beta[ch], mu, is);
+        let grad = move |x: f32, g: f32| {
+            let keep = !relu | (x * ka + kb > 0.0);
+            f32::from_bits(g.to_bits() & (keep as u32).wrapping_neg())
+        };
         // sum(dy) and sum(dy * xhat), then dx = gamma * invstd * (dy - mean(dy) - xhat *
         // mean(dy * xhat)).
-        let (grad, mu, is) = (grad(ch), mean[ch], invstd[ch]);
         let sums = channel_sum(n, c, hw, ch, xs, gs, move |x, g| {
             let g = grad(x, g);
             let xhat = (x - mu) as f64 * is as f64;
             (g as f64, g as f64 * xhat)
         });
-        let a = gamma[ch] * is;
         let (mdy, mdyx) = ((sums.0 / m as f64) as f32, (sums.1 / m as f64) as f32);
         for (i, o) in planes.into_iter().enumerate() {
             let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
             for ((o, &g), &v) in o.iter_mut().zip(&gs[r.clone()]).zip(&xs[r]) {
                 let g = grad(v, g);
                 let xhat = (v - mu) * is;
-                *o = a * (g - mdy - xhat * mdyx);
+                *o = ka * (g - mdy - xhat * mdyx);
             }
         }
         sums
