@@ -5,8 +5,9 @@
 //! every output channel's dy lanes are walked against it: per 16-lane vector, 3 x loads (one per
 //! tap of a filter row) and 8 dy loads feed 24 fused multiply-adds into lane-wise partial sums,
 //! for 8 output channels at a time (AVX-512: 24 accumulators + 3 x vectors in registers; AVX2
-//! walks the 8 as two groups of 4), added to the call's running sums with one vector add each. Tasks own ranges of input channels and walk the items in
-//! cache-sized blocks, so a block of dy is read from cache by every channel of the task.
+//! walks the 8 as two groups of 4), added to the call's running sums with one vector add each.
+//! Tasks own ranges of input channels and walk the items in cache-sized blocks, so a block of dy
+//! is read from cache by every channel of the task.
 //! Partial sums run over items and vectors in order and are summed across lanes at the end in
 //! lane order, so the result does not depend on the thread count. Shapes whose forward takes the
 //! pixel layout use `direct_px::weight_grad` instead.
