@@ -1,7 +1,9 @@
 //! Per-channel affine (eval-mode batchnorm, input normalisation) and training-mode batchnorm.
-//! Batch statistics are accumulated per channel in f64 in a fixed (item, pixel) order, one
-//! channel per rayon task (which also writes that channel's output while its inputs are in cache),
-//! so they are exact to f32 precision and independent of the thread count.
+//! Batch statistics are accumulated per channel in f64 in a fixed (item, pixel) order, so they are
+//! exact to f32 precision and independent of the thread count; one rayon task per group of
+//! channels (which also writes the group's output while its inputs are in cache).
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::elementwise::broadcast_zip;
@@ -104,92 +106,113 @@ pub fn channel_affine_backward(
     Ok(())
 }
 
-/// The f64 sums of f(a, b) over channel ch's (n, h, w) elements of two tensors of one shape, in a
-/// fixed order: eight interleaved partial sums (element k of a plane goes to partial k % 8, items
-/// in order; a plane's tail to partial 0) combined in index order, so the adds do not wait on one
-/// another's latency. Planes are walked as slices in chunks of 8 (no per-element index checks),
-/// so the loop vectorises: the eight partials are the lanes of one AVX-512 register (two AVX2
-/// ones), compiled for the CPU's instruction set; every width gives the same sums. `f` holds the
-/// channel's constants by value (a closure that reads them through references keeps the loop
-/// from vectorising).
-fn channel_sum<G>(
-    n: usize,
-    c: usize,
-    hw: usize,
-    ch: usize,
-    a: &[f32],
-    b: &[f32],
-    f: G,
-) -> (f64, f64)
-where
-    G: Fn(f32, f32) -> (f64, f64),
-{
-    let planes = (0..n).map(move |i| (i * c + ch) * hw);
-    by_isa!(
-        // SAFETY: the instruction set was detected (gemm::isa).
-        unsafe { sums_avx512(planes, hw, a, b, f) },
-        // SAFETY: as above.
-        unsafe { sums_avx2(planes, hw, a, b, f) },
-        sums(planes, hw, a, b, f),
-    )
+/// Channels per task of the training BN: enough that one item's slice of a group of channels
+/// ([channels x HW] floats, contiguous in NCHW) is 4 KiB or more, so each task streams memory in
+/// page-sized runs the prefetchers follow (a 4x4 plane is one cache line, and walking one
+/// channel's planes strides by C x HW floats: past a 4 KiB page at C >= 64), and a task's share of
+/// the tensor (N x 4 KiB: 1 MiB at batch 256) stays in the core's cache between its passes; at
+/// least one task per thread while there are channels to split.
+fn channels_per_task(c: usize, hw: usize) -> usize {
+    let per_page = (1024 / hw.max(1)).max(1);
+    per_page
+        .min(c.div_ceil(rayon::current_num_threads()))
+        .max(1)
 }
 
-/// `f(ch, planes)` for every channel of an [N, C, HW] output in parallel, `planes` being channel
-/// ch's N output planes in item order; results in channel order. One task does all of a
-/// channel's passes (its statistics, then its output) while the channel's inputs (N x HW floats
-/// each: 1 MiB at batch 256 and 32x32) are still in the core's cache, so each input is read from
-/// memory once per op rather than once per pass.
-fn per_channel<T: Send>(
+/// `f(channels, planes)` for the groups of `channels_per_task` channels of an [N, C, HW] output in
+/// parallel, `planes` being the group's output planes in (item, channel) order; `f` returns one
+/// result per channel, and they come back in channel order. One task does all of its channels'
+/// passes (statistics, then output), so its inputs are read from memory about once per op.
+fn per_group<T: Send>(
     out: &mut [f32],
     c: usize,
     hw: usize,
-    f: impl Fn(usize, Vec<&mut [f32]>) -> T + Sync,
+    f: impl Fn(Range<usize>, Vec<&mut [f32]>) -> Vec<T> + Sync,
 ) -> Vec<T> {
-    let mut planes: Vec<Vec<&mut [f32]>> = (0..c).map(|_| Vec::new()).collect();
+    let cg = channels_per_task(c, hw);
+    let mut planes: Vec<Vec<&mut [f32]>> = (0..c.div_ceil(cg)).map(|_| Vec::new()).collect();
     for (p, plane) in out.chunks_exact_mut(hw.max(1)).enumerate() {
-        planes[p % c].push(plane);
+        planes[(p % c) / cg].push(plane);
     }
-    planes
+    let groups: Vec<Vec<T>> = planes
         .into_par_iter()
         .enumerate()
-        .map(|(ch, planes)| f(ch, planes))
-        .collect()
+        .map(|(g, planes)| f(g * cg..((g + 1) * cg).min(c), planes))
+        .collect();
+    groups.into_iter().flatten().collect()
+}
+
+/// Per channel of `chs`, the f64 sums of f(ch)(a, b) over the channel's (n, h, w) elements of two
+/// [N, C, HW] tensors, in a fixed order: eight interleaved partial sums (element k of a plane goes
+/// to partial k % 8, items in order; a plane's tail to partial 0) combined in index order, so the
+/// adds do not wait on one another's latency. The group is walked item by item (its channels'
+/// planes are contiguous there), each channel's partials carried from plane to plane, so every
+/// channel's sums are the same whatever the grouping. Planes are walked as slices in chunks of 8,
+/// so the loop vectorises: the eight partials are the lanes of one AVX-512 register (two AVX2
+/// ones), compiled for the CPU's instruction set; every width gives the same sums. `f(ch)` returns
+/// a closure holding the channel's constants by value (one that reads them through references
+/// keeps the loop from vectorising).
+fn group_sums<G>(
+    n: usize,
+    c: usize,
+    hw: usize,
+    chs: Range<usize>,
+    a: &[f32],
+    b: &[f32],
+    f: impl Fn(usize) -> G,
+) -> Vec<(f64, f64)>
+where
+    G: Fn(f32, f32) -> (f64, f64),
+{
+    by_isa!(
+        // SAFETY: the instruction set was detected (gemm::isa).
+        unsafe { sums_avx512(n, c, hw, chs, a, b, f) },
+        // SAFETY: as above.
+        unsafe { sums_avx2(n, c, hw, chs, a, b, f) },
+        sums(n, c, hw, chs, a, b, f),
+    )
 }
 
 #[inline(always)]
-fn sums(
-    bases: impl Iterator<Item = usize>,
+fn sums<G: Fn(f32, f32) -> (f64, f64)>(
+    n: usize,
+    c: usize,
     hw: usize,
+    chs: Range<usize>,
     a: &[f32],
     b: &[f32],
-    f: impl Fn(f32, f32) -> (f64, f64),
-) -> (f64, f64) {
+    f: impl Fn(usize) -> G,
+) -> Vec<(f64, f64)> {
     const L: usize = 8;
-    let (mut s0, mut s1) = ([0.0f64; L], [0.0f64; L]);
-    for base in bases {
-        let (pa, pb) = (&a[base..base + hw], &b[base..base + hw]);
-        let (mut ca, mut cb) = (pa.chunks_exact(L), pb.chunks_exact(L));
-        for (xa, xb) in (&mut ca).zip(&mut cb) {
-            // Two phases (the chunk's terms, then the adds), which the compiler vectorises.
-            let (mut u, mut v) = ([0.0f64; L], [0.0f64; L]);
-            for j in 0..L {
-                (u[j], v[j]) = f(xa[j], xb[j]);
+    let mut acc = vec![([0.0f64; L], [0.0f64; L]); chs.len()];
+    for i in 0..n {
+        for (ch, part) in chs.clone().zip(acc.iter_mut()) {
+            let f = f(ch);
+            let base = (i * c + ch) * hw;
+            let (pa, pb) = (&a[base..base + hw], &b[base..base + hw]);
+            let (mut s0, mut s1) = *part;
+            let (mut ca, mut cb) = (pa.chunks_exact(L), pb.chunks_exact(L));
+            for (xa, xb) in (&mut ca).zip(&mut cb) {
+                // Two phases (the chunk's terms, then the adds), which the compiler vectorises.
+                let (mut u, mut v) = ([0.0f64; L], [0.0f64; L]);
+                for j in 0..L {
+                    (u[j], v[j]) = f(xa[j], xb[j]);
+                }
+                for j in 0..L {
+                    s0[j] += u[j];
+                    s1[j] += v[j];
+                }
             }
-            for j in 0..L {
-                s0[j] += u[j];
-                s1[j] += v[j];
+            for (&xa, &xb) in ca.remainder().iter().zip(cb.remainder()) {
+                let (u, v) = f(xa, xb);
+                s0[0] += u;
+                s1[0] += v;
             }
-        }
-        for (&xa, &xb) in ca.remainder().iter().zip(cb.remainder()) {
-            let (u, v) = f(xa, xb);
-            s0[0] += u;
-            s1[0] += v;
+            *part = (s0, s1);
         }
     }
-    (
-        s0.iter().fold(0.0, |s, &v| s + v),
-        s1.iter().fold(0.0, |s, &v| s + v),
-    )
+    let total = |s: &[f64; L]| s.iter().fold(0.0, |t, &v| t + v);
+    acc.iter().map(|(s0, s1)| (total(s0), total(s1))).collect()
 }
 
 /// `sums` compiled for an instruction set (the caller checks it is present).
@@ -197,14 +220,16 @@ macro_rules! sums_for {
     ($name:ident, $features:literal) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        unsafe fn $name(
-            bases: impl Iterator<Item = usize>,
+        unsafe fn $name<G: Fn(f32, f32) -> (f64, f64)>(
+            n: usize,
+            c: usize,
             hw: usize,
+            chs: Range<usize>,
             a: &[f32],
             b: &[f32],
-            f: impl Fn(f32, f32) -> (f64, f64),
-        ) -> (f64, f64) {
-            sums(bases, hw, a, b, f)
+            f: impl Fn(usize) -> G,
+        ) -> Vec<(f64, f64)> {
+            sums(n, c, hw, chs, a, b, f)
         }
     };
 }
@@ -247,23 +272,34 @@ pub fn bn_train_forward(
     let gs = host(OP, "gamma", gamma)?;
     let bs = host(OP, "beta", beta)?;
     let ys = host_mut(OP, "y", y)?;
-    let st = per_channel(ys, c, hw, |ch, planes| {
+    let st = per_group(ys, c, hw, |chs, planes| {
         // Two passes (mean, then centred sum of squares) for an accurate variance.
-        let (sum, _) = channel_sum(n, c, hw, ch, xs, xs, |x, _| (x as f64, 0.0));
-        let mean = sum / m as f64;
-        let (sq, _) = channel_sum(n, c, hw, ch, xs, xs, move |x, _| {
-            let d = x as f64 - mean;
-            (d * d, 0.0)
+        let (c0, k) = (chs.start, chs.len());
+        let sum = group_sums(n, c, hw, chs.clone(), xs, xs, |_| {
+            |x: f32, _| (x as f64, 0.0)
         });
-        let invstd = 1.0 / (sq / m as f64 + eps as f64).sqrt();
-        let (a, b) = bn_coefs(gs[ch], bs[ch], mean as f32, invstd as f32);
-        for (i, yo) in planes.into_iter().enumerate() {
+        let mean: Vec<f64> = sum.iter().map(|s| s.0 / m as f64).collect();
+        let sq = group_sums(n, c, hw, chs.clone(), xs, xs, |ch| {
+            let mean = mean[ch - c0];
+            move |x: f32, _| {
+                let d = x as f64 - mean;
+                (d * d, 0.0)
+            }
+        });
+        let invstd: Vec<f64> = sq
+            .iter()
+            .map(|s| 1.0 / (s.0 / m as f64 + eps as f64).sqrt())
+            .collect();
+        for (p, yo) in planes.into_iter().enumerate() {
+            let (i, j) = (p / k, p % k);
+            let ch = c0 + j;
+            let (a, b) = bn_coefs(gs[ch], bs[ch], mean[j] as f32, invstd[j] as f32);
             for (o, &v) in yo.iter_mut().zip(&xs[(i * c + ch) * hw..][..hw]) {
                 let t = v * a + b;
                 *o = if relu && !(t > 0.0) { 0.0 } else { t };
             }
         }
-        (mean, sq, invstd)
+        (0..k).map(|j| (mean[j], sq[j].0, invstd[j])).collect()
     });
     let mean: Vec<f64> = st.iter().map(|s| s.0).collect();
     let sq: Vec<f64> = st.iter().map(|s| s.1).collect();
@@ -313,24 +349,33 @@ pub fn bn_train_backward(
     let mean = host(OP, "save_mean", save_mean)?;
     let invstd = host(OP, "save_invstd", save_invstd)?;
     let o = host_mut(OP, "dx", dx)?;
-    let sums = per_channel(o, c, hw, |ch, planes| {
-        // dy, masked by the forward's ReLU (bn(x) > 0) when it was fused: branch-free (g's bits
-        // kept, or cleared to +0.0), with the channel's constants held by value.
-        let (mu, is) = (mean[ch], invstd[ch]);
-        let (ka, kb) = bn_coefs(gamma[ch], beta[ch], mu, is);
-        let grad = move |x: f32, g: f32| {
+    // dy of channel ch, masked by the forward's ReLU (bn(x) > 0) when it was fused: branch-free
+    // (g's bits kept, or cleared to +0.0), with the channel's constants held by value.
+    let grad = |ch: usize| {
+        let (ka, kb) = bn_coefs(gamma[ch], beta[ch], mean[ch], invstd[ch]);
+        move |x: f32, g: f32| {
             let keep = !relu | (x * ka + kb > 0.0);
             f32::from_bits(g.to_bits() & (keep as u32).wrapping_neg())
-        };
+        }
+    };
+    let sums = per_group(o, c, hw, |chs, planes| {
         // sum(dy) and sum(dy * xhat), then dx = gamma * invstd * (dy - mean(dy) - xhat *
         // mean(dy * xhat)).
-        let sums = channel_sum(n, c, hw, ch, xs, gs, move |x, g| {
-            let g = grad(x, g);
-            let xhat = (x - mu) as f64 * is as f64;
-            (g as f64, g as f64 * xhat)
+        let (c0, k) = (chs.start, chs.len());
+        let sums = group_sums(n, c, hw, chs, xs, gs, |ch| {
+            let (mu, is, grad) = (mean[ch], invstd[ch], grad(ch));
+            move |x: f32, g: f32| {
+                let g = grad(x, g);
+                let xhat = (x - mu) as f64 * is as f64;
+                (g as f64, g as f64 * xhat)
+            }
         });
-        let (mdy, mdyx) = ((sums.0 / m as f64) as f32, (sums.1 / m as f64) as f32);
-        for (i, o) in planes.into_iter().enumerate() {
+        for (p, o) in planes.into_iter().enumerate() {
+            let (i, j) = (p / k, p % k);
+            let ch = c0 + j;
+            let (mu, is, grad) = (mean[ch], invstd[ch], grad(ch));
+            let (ka, _) = bn_coefs(gamma[ch], beta[ch], mu, is);
+            let (mdy, mdyx) = ((sums[j].0 / m as f64) as f32, (sums[j].1 / m as f64) as f32);
             let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
             for ((o, &g), &v) in o.iter_mut().zip(&gs[r.clone()]).zip(&xs[r]) {
                 let g = grad(v, g);
