@@ -1,7 +1,7 @@
 //! CPU backend op tests (convolutions: tests/cpu_conv_ops.rs): every other op on seeded random
 //! inputs with odd shapes against a naive f64 reference, gradients against f64 analytic references
 //! and central finite differences, broadcast rules and error cases.
-use fmp_engine::backend::{Backend, ConvParams};
+use fmp_engine::backend::{Backend, BnGrads, BnLayer, BnUpdate, ConvParams, Sgd};
 use fmp_engine::Error;
 
 mod cpu_support;
@@ -153,15 +153,14 @@ fn batchnorm_train_forward_and_running_stats() {
     let eps = 1e-5;
     b.batchnorm_train_forward(
         &t(&b, &x, &s),
-        &t(&b, &gm, &[c]),
-        &t(&b, &bt, &[c]),
-        eps,
-        0.1,
-        false,
-        &mut rm,
-        &mut rv,
-        &mut sm,
-        &mut si,
+        BnLayer::new(
+            &t(&b, &gm, &[c]),
+            &t(&b, &bt, &[c]),
+            &mut sm,
+            &mut si,
+            false,
+        ),
+        BnUpdate::new(eps, 0.1, &mut rm, &mut rv),
         &mut y,
     )
     .unwrap();
@@ -183,15 +182,14 @@ fn batchnorm_train_forward_and_running_stats() {
     let one = [1, c, 1, 1];
     let r1 = b.batchnorm_train_forward(
         &z(&b, &one),
-        &t(&b, &gm, &[c]),
-        &t(&b, &bt, &[c]),
-        eps,
-        0.1,
-        false,
-        &mut rm,
-        &mut rv,
-        &mut sm,
-        &mut si,
+        BnLayer::new(
+            &t(&b, &gm, &[c]),
+            &t(&b, &bt, &[c]),
+            &mut sm,
+            &mut si,
+            false,
+        ),
+        BnUpdate::new(eps, 0.1, &mut rm, &mut rv),
         &mut z(&b, &one),
     );
     assert!(matches!(r1, Err(Error::Shape { .. })));
@@ -225,15 +223,14 @@ fn batchnorm_train_backward_matches_fd() {
     let xt = t(&b, &x, &s);
     b.batchnorm_train_forward(
         &xt,
-        &t(&b, &gm, &[c]),
-        &t(&b, &bt, &[c]),
-        eps,
-        0.1,
-        false,
-        &mut rm,
-        &mut rv,
-        &mut sm,
-        &mut si,
+        BnLayer::new(
+            &t(&b, &gm, &[c]),
+            &t(&b, &bt, &[c]),
+            &mut sm,
+            &mut si,
+            false,
+        ),
+        BnUpdate::new(eps, 0.1, &mut rm, &mut rv),
         &mut y,
     )
     .unwrap();
@@ -241,14 +238,8 @@ fn batchnorm_train_backward_matches_fd() {
     b.batchnorm_train_backward(
         &xt,
         &t(&b, &dy, &s),
-        &t(&b, &gm, &[c]),
-        &t(&b, &bt, &[c]),
-        &sm,
-        &si,
-        false,
-        &mut dx,
-        &mut dg,
-        &mut db,
+        BnLayer::new(&t(&b, &gm, &[c]), &t(&b, &bt, &[c]), &sm, &si, false),
+        BnGrads::new(&mut dx, &mut dg, &mut db),
     )
     .unwrap();
     let (x64, g64, b64, dy64) = (f64v(&x), f64v(&gm), f64v(&bt), f64v(&dy));
@@ -409,7 +400,7 @@ fn sgd_two_steps_by_hand() {
     let mut buf = z(&b, &[3]);
     let g1 = [0.5f32, 0.25, -1.0];
     let g2 = [-0.5f32, 1.0, 0.0];
-    b.sgd_step(&mut p, &t(&b, &g1, &[3]), &mut buf, lr, mom, wd)
+    b.sgd_step(&mut p, &t(&b, &g1, &[3]), &mut buf, Sgd::new(lr, mom, wd))
         .unwrap();
     // step 1: d = g + wd*p; buf = d; p -= lr*buf
     let p0 = [1.0f64, -2.0, 0.5];
@@ -417,7 +408,7 @@ fn sgd_two_steps_by_hand() {
     let p1: Vec<f64> = (0..3).map(|i| p0[i] - 0.1 * d1[i]).collect();
     assert_close("sgd p1", &h(&b, &p), &p1, 1e-6);
     assert_close("sgd buf1", &h(&b, &buf), &d1, 1e-6);
-    b.sgd_step(&mut p, &t(&b, &g2, &[3]), &mut buf, lr, mom, wd)
+    b.sgd_step(&mut p, &t(&b, &g2, &[3]), &mut buf, Sgd::new(lr, mom, wd))
         .unwrap();
     let b2: Vec<f64> = (0..3)
         .map(|i| 0.9 * d1[i] + g2[i] as f64 + 0.01 * p1[i])
@@ -429,7 +420,7 @@ fn sgd_two_steps_by_hand() {
     // buf2 = 0.9*0.51 + (-0.5 + 0.00949) = -0.03151; p2 = 0.949 + 0.003151 = 0.952151.
     assert!((h(&b, &p)[0] - 0.952151).abs() < 1e-6);
     assert!(matches!(
-        b.sgd_step(&mut p, &z(&b, &[4]), &mut buf, lr, mom, wd),
+        b.sgd_step(&mut p, &z(&b, &[4]), &mut buf, Sgd::new(lr, mom, wd)),
         Err(Error::Shape { .. })
     ));
 }
@@ -719,13 +710,19 @@ fn other_op_timings() {
     };
     time("bn_train_forward", &mut || {
         b.batchnorm_train_forward(
-            &x, &gm, &bt, 1e-5, 0.1, false, &mut rm, &mut rv, &mut sm, &mut si, &mut y,
+            &x,
+            BnLayer::new(&gm, &bt, &mut sm, &mut si, false),
+            BnUpdate::new(1e-5, 0.1, &mut rm, &mut rv),
+            &mut y,
         )
         .unwrap()
     });
     time("bn_train_backward", &mut || {
         b.batchnorm_train_backward(
-            &x, &dy, &gm, &bt, &sm, &si, false, &mut dx, &mut dg, &mut db,
+            &x,
+            &dy,
+            BnLayer::new(&gm, &bt, &sm, &si, false),
+            BnGrads::new(&mut dx, &mut dg, &mut db),
         )
         .unwrap()
     });

@@ -6,7 +6,7 @@
 
 use fmp_engine::backend::gpu::emu::EmuBackend;
 use fmp_engine::backend::gpu::kernels::{CONV_TILE_M, CONV_TILE_M_LARGE};
-use fmp_engine::backend::{Backend, ConvParams};
+use fmp_engine::backend::{Backend, BnLayer, BnUpdate, ConvParams};
 use fmp_engine::error::Error;
 
 mod emu_support;
@@ -233,7 +233,10 @@ fn emu_results_independent_of_thread_order() {
         );
         let mut yb = b.zeros(&p.output_shape()).unwrap();
         b.batchnorm_train_forward(
-            &y, &gt, &gt, 1e-5, 0.1, false, &mut rm, &mut rv, &mut sm, &mut si, &mut yb,
+            &y,
+            BnLayer::new(&gt, &gt, &mut sm, &mut si, false),
+            BnUpdate::new(1e-5, 0.1, &mut rm, &mut rv),
+            &mut yb,
         )
         .unwrap();
         let mut pooled = b.zeros(&[3, 70]).unwrap();

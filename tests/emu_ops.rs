@@ -3,7 +3,7 @@
 //! backward, small odd shapes, shape errors). `cargo test --features emu emu`.
 #![cfg(feature = "emu")]
 
-use fmp_engine::backend::{Backend, ConvParams};
+use fmp_engine::backend::{Backend, BnGrads, BnLayer, BnUpdate, ConvParams, Sgd};
 use fmp_engine::error::Error;
 
 mod emu_support;
@@ -190,7 +190,10 @@ fn emu_batchnorm_train_forward_backward() {
             b.zeros(&shape).unwrap(),
         );
         b.batchnorm_train_forward(
-            &xt, &gt, &bt, eps, mom, false, &mut rm, &mut rv, &mut sm, &mut si, &mut y,
+            &xt,
+            BnLayer::new(&gt, &bt, &mut sm, &mut si, false),
+            BnUpdate::new(eps, mom, &mut rm, &mut rv),
+            &mut y,
         )
         .unwrap();
         assert_close("bn y", &host(&b, &y), &y_ref, 1e-5);
@@ -207,14 +210,8 @@ fn emu_batchnorm_train_forward_backward() {
         b.batchnorm_train_backward(
             &xt,
             &t(&b, &dy, &shape),
-            &gt,
-            &bt,
-            &sm,
-            &si,
-            false,
-            &mut dx,
-            &mut dg,
-            &mut db,
+            BnLayer::new(&gt, &bt, &sm, &si, false),
+            BnGrads::new(&mut dx, &mut dg, &mut db),
         )
         .unwrap();
         assert_close("bn dx", &host(&b, &dx), &dx_ref, 1e-4);
@@ -477,8 +474,13 @@ fn emu_channel_mse_frg_seed_sign_sgd() {
     let n = 1000;
     let (p0, gr, buf0) = (r.vec(n), r.vec(n), r.vec(n));
     let (mut p, mut buf) = (t(&b, &p0, &[n]), t(&b, &buf0, &[n]));
-    b.sgd_step(&mut p, &t(&b, &gr, &[n]), &mut buf, 0.05, 0.9, 5e-4)
-        .unwrap();
+    b.sgd_step(
+        &mut p,
+        &t(&b, &gr, &[n]),
+        &mut buf,
+        Sgd::new(0.05, 0.9, 5e-4),
+    )
+    .unwrap();
     let bw: Vec<f64> = (0..n)
         .map(|i| 0.9 * buf0[i] as f64 + gr[i] as f64 + 5e-4 * p0[i] as f64)
         .collect();

@@ -5,7 +5,7 @@
 
 use fmp_engine::backend::cpu::CpuBackend;
 use fmp_engine::backend::gpu::emu::EmuBackend;
-use fmp_engine::backend::{Backend, ConvParams};
+use fmp_engine::backend::{Backend, BnGrads, BnLayer, BnUpdate, ConvParams, Sgd};
 use fmp_engine::tensor::Tensor;
 
 struct Rng(u64);
@@ -149,12 +149,18 @@ fn emu_vs_cpu_other_ops() {
     let (mut yc, mut ye) = pr.nan(&s);
     pr.cpu
         .batchnorm_train_forward(
-            &xc, &scc, &shc, 1e-5, 0.1, false, &mut rmc, &mut rvc, &mut smc, &mut sic, &mut yc,
+            &xc,
+            BnLayer::new(&scc, &shc, &mut smc, &mut sic, false),
+            BnUpdate::new(1e-5, 0.1, &mut rmc, &mut rvc),
+            &mut yc,
         )
         .unwrap();
     pr.emu
         .batchnorm_train_forward(
-            &xe, &sce, &she, 1e-5, 0.1, false, &mut rme, &mut rve, &mut sme, &mut sie, &mut ye,
+            &xe,
+            BnLayer::new(&sce, &she, &mut sme, &mut sie, false),
+            BnUpdate::new(1e-5, 0.1, &mut rme, &mut rve),
+            &mut ye,
         )
         .unwrap();
     for (what, a, b) in [
@@ -171,12 +177,18 @@ fn emu_vs_cpu_other_ops() {
     let (mut dbc, mut dbe) = pr.nan(&[c]);
     pr.cpu
         .batchnorm_train_backward(
-            &xc, &x2c, &scc, &shc, &smc, &sic, false, &mut dxc, &mut dgc, &mut dbc,
+            &xc,
+            &x2c,
+            BnLayer::new(&scc, &shc, &smc, &sic, false),
+            BnGrads::new(&mut dxc, &mut dgc, &mut dbc),
         )
         .unwrap();
     pr.emu
         .batchnorm_train_backward(
-            &xe, &x2e, &sce, &she, &sme, &sie, false, &mut dxe, &mut dge, &mut dbe,
+            &xe,
+            &x2e,
+            BnLayer::new(&sce, &she, &sme, &sie, false),
+            BnGrads::new(&mut dxe, &mut dge, &mut dbe),
         )
         .unwrap();
     for (what, a, b) in [
@@ -266,10 +278,10 @@ fn emu_vs_cpu_other_ops() {
     let (mut pc, mut pe) = pr.up(&r.vec(numel), &s);
     let (mut bc, mut be) = pr.up(&r.vec(numel), &s);
     pr.cpu
-        .sgd_step(&mut pc, &xc, &mut bc, 0.1, 0.9, 5e-4)
+        .sgd_step(&mut pc, &xc, &mut bc, Sgd::new(0.1, 0.9, 5e-4))
         .unwrap();
     pr.emu
-        .sgd_step(&mut pe, &xe, &mut be, 0.1, 0.9, 5e-4)
+        .sgd_step(&mut pe, &xe, &mut be, Sgd::new(0.1, 0.9, 5e-4))
         .unwrap();
     pr.check("sgd param", &pc, &pe, 1e-6);
     pr.check("sgd buf", &bc, &be, 1e-6);

@@ -3,7 +3,7 @@
 //! PreActResNet18 conv shape. Skips with a printed reason when there is no usable GPU.
 mod gpu_support;
 
-use fmp_engine::backend::{Backend, ConvParams};
+use fmp_engine::backend::{Backend, BnGrads, BnLayer, BnUpdate, ConvParams, Sgd};
 use fmp_engine::bench::count::Arch;
 use gpu_support::*;
 
@@ -231,13 +231,19 @@ fn gpu_batchnorm_train_forward_backward() {
             let (mut rmt, mut rvt) = (up(b, &rm, &[c]), up(b, &rv, &[c]));
             let (mut sm, mut si, mut y) = (out(b, &[c]), out(b, &[c]), out(b, &shape));
             b.batchnorm_train_forward(
-                &xt, &gt, &bt, 1e-5, 0.1, false, &mut rmt, &mut rvt, &mut sm, &mut si, &mut y,
+                &xt,
+                BnLayer::new(&gt, &bt, &mut sm, &mut si, false),
+                BnUpdate::new(1e-5, 0.1, &mut rmt, &mut rvt),
+                &mut y,
             )
             .unwrap();
             let dyt = up(b, &dy, &shape);
             let (mut dx, mut dg, mut db) = (out(b, &shape), out(b, &[c]), out(b, &[c]));
             b.batchnorm_train_backward(
-                &xt, &dyt, &gt, &bt, &sm, &si, false, &mut dx, &mut dg, &mut db,
+                &xt,
+                &dyt,
+                BnLayer::new(&gt, &bt, &sm, &si, false),
+                BnGrads::new(&mut dx, &mut dg, &mut db),
             )
             .unwrap();
             vec![
@@ -417,7 +423,8 @@ fn gpu_sgd_step() {
         let mut buf = b.zeros(&[n]).unwrap();
         for gv in &grads {
             let gt = up(b, gv, &[n]);
-            b.sgd_step(&mut p, &gt, &mut buf, 0.01, 0.9, 5e-4).unwrap();
+            b.sgd_step(&mut p, &gt, &mut buf, Sgd::new(0.01, 0.9, 5e-4))
+                .unwrap();
         }
         vec![("param", down(b, &p)), ("momentum_buf", down(b, &buf))]
     });

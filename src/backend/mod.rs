@@ -39,6 +39,93 @@ macro_rules! delegate {
 }
 pub(crate) use delegate;
 
+/// A training batchnorm as one op sees it: its affine parameters and batch statistics (mean,
+/// invstd = 1/sqrt(var + eps)), each [C], which the forward writes (`S` = `&mut Tensor`) and the
+/// backward reads (`S` = `&Tensor`), and whether the ReLU that follows it is fused (`relu`: the
+/// forward writes relu(bn(x)), the backward takes that output's gradient).
+pub struct BnLayer<'a, S> {
+    pub gamma: &'a Tensor,
+    pub beta: &'a Tensor,
+    pub save_mean: S,
+    pub save_invstd: S,
+    pub relu: bool,
+}
+
+/// What only a training batchnorm's forward needs: `eps` of its batch statistics, and the running
+/// statistics [C] it updates in place with `momentum`.
+pub struct BnUpdate<'a> {
+    pub eps: f32,
+    pub momentum: f32,
+    pub running_mean: &'a mut Tensor,
+    pub running_var: &'a mut Tensor,
+}
+
+impl<'a, S> BnLayer<'a, S> {
+    pub fn new(
+        gamma: &'a Tensor,
+        beta: &'a Tensor,
+        save_mean: S,
+        save_invstd: S,
+        relu: bool,
+    ) -> Self {
+        BnLayer {
+            gamma,
+            beta,
+            save_mean,
+            save_invstd,
+            relu,
+        }
+    }
+}
+
+impl<'a> BnUpdate<'a> {
+    pub fn new(
+        eps: f32,
+        momentum: f32,
+        running_mean: &'a mut Tensor,
+        running_var: &'a mut Tensor,
+    ) -> Self {
+        BnUpdate {
+            eps,
+            momentum,
+            running_mean,
+            running_var,
+        }
+    }
+}
+
+/// The gradients a training batchnorm's backward writes (overwritten): dx (x's shape), dgamma and
+/// dbeta [C].
+pub struct BnGrads<'a> {
+    pub dx: &'a mut Tensor,
+    pub dgamma: &'a mut Tensor,
+    pub dbeta: &'a mut Tensor,
+}
+
+impl<'a> BnGrads<'a> {
+    pub fn new(dx: &'a mut Tensor, dgamma: &'a mut Tensor, dbeta: &'a mut Tensor) -> Self {
+        BnGrads { dx, dgamma, dbeta }
+    }
+}
+
+/// PyTorch SGD's hyperparameters (dampening 0, no Nesterov).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sgd {
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+}
+
+impl Sgd {
+    pub fn new(lr: f32, momentum: f32, weight_decay: f32) -> Self {
+        Sgd {
+            lr,
+            momentum,
+            weight_decay,
+        }
+    }
+}
+
 pub trait Backend: Send + Sync {
     /// Human-readable description, e.g. "cpu (2 threads)" or "cuda:0 NVIDIA H100 (sm_90)".
     fn name(&self) -> String;
@@ -88,23 +175,18 @@ pub trait Backend: Send + Sync {
             dx: &mut Tensor);
 
         // ---- training-mode batchnorm ------------------------------------------------------------
-        /// Normalises with batch statistics (biased variance), writes save_mean/save_invstd [C]
-        /// (invstd = 1/sqrt(var + eps)) and updates running stats in place with PyTorch semantics:
+        /// Normalises with batch statistics (biased variance), writes `bn.save_mean` and
+        /// `bn.save_invstd` and updates `update`'s running statistics in place with PyTorch semantics:
         /// r = (1 - momentum) * r + momentum * stat, using the *unbiased* batch variance for
-        /// running_var. With `relu`, y = relu(bn(x)) in the same pass (the ReLU that follows
+        /// running_var. With `bn.relu`, y = relu(bn(x)) in the same pass (the ReLU that follows
         /// every training BN of the model), and bn(x) itself is not kept.
-        #[allow(clippy::too_many_arguments)]
-        fn batchnorm_train_forward(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32,
-            momentum: f32, relu: bool, running_mean: &mut Tensor, running_var: &mut Tensor,
-            save_mean: &mut Tensor, save_invstd: &mut Tensor, y: &mut Tensor);
-        /// Gradients of training-mode batchnorm; dgamma/dbeta [C] are overwritten. With `relu`,
-        /// dy is the gradient of relu(bn(x)) (the forward's `relu`): it is masked by bn(x) > 0,
-        /// recomputed from x, gamma, beta and the saved statistics exactly as the forward
-        /// computed it, so no ReLU output is read and no masked gradient is written.
-        #[allow(clippy::too_many_arguments)]
-        fn batchnorm_train_backward(x: &Tensor, dy: &Tensor, gamma: &Tensor, beta: &Tensor,
-            save_mean: &Tensor, save_invstd: &Tensor, relu: bool, dx: &mut Tensor,
-            dgamma: &mut Tensor, dbeta: &mut Tensor);
+        fn batchnorm_train_forward(x: &Tensor, bn: BnLayer<&mut Tensor>, update: BnUpdate,
+            y: &mut Tensor);
+        /// Gradients of training-mode batchnorm. With `bn.relu`, dy is the gradient of relu(bn(x))
+        /// (the forward's `relu`): it is masked by bn(x) > 0, recomputed from x, gamma, beta and the
+        /// saved statistics exactly as the forward computed it, so no ReLU output is read and no
+        /// masked gradient is written.
+        fn batchnorm_train_backward(x: &Tensor, dy: &Tensor, bn: BnLayer<&Tensor>, grads: BnGrads);
 
         // ---- elementwise ------------------------------------------------------------------------
         fn relu(x: &Tensor, y: &mut Tensor);
@@ -142,9 +224,8 @@ pub trait Backend: Send + Sync {
         /// y[i] = clamp(x0[i % B] + eps * sign(g[i]), 0, 1), sign(0) = 0; x0 has batch B
         /// dividing N.
         fn sign_step(x0: &Tensor, g: &Tensor, eps: f32, y: &mut Tensor);
-        /// PyTorch SGD (dampening 0, no Nesterov): g = grad + wd * param; buf = momentum * buf + g;
+        /// PyTorch SGD (`Sgd`): g = grad + weight_decay * param; buf = momentum * buf + g;
         /// param -= lr * buf. `momentum_buf` starts at zero.
-        fn sgd_step(param: &mut Tensor, grad: &Tensor, momentum_buf: &mut Tensor, lr: f32,
-            momentum: f32, weight_decay: f32);
+        fn sgd_step(param: &mut Tensor, grad: &Tensor, momentum_buf: &mut Tensor, sgd: Sgd);
     }
 }

@@ -6,7 +6,9 @@
 //! (`conv_*`, `per_channel`, `batchnorm_train_forward`, `linear_*`, `softmax_cross_entropy`,
 //! `global_avg_pool*`, `frg_seed`). A backend calls the op's check first, then adds only what its
 //! own implementation needs (the GPU: 32-bit indexing limits, grid limits).
-use crate::backend::ConvParams;
+use std::ops::Deref;
+
+use crate::backend::{BnGrads, BnLayer, BnUpdate, ConvParams};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -297,24 +299,37 @@ pub fn channel_affine_backward(
     Ok(dims)
 }
 
-/// Training-mode batchnorm forward; `stats` = gamma, beta, running_mean, running_var, save_mean,
-/// save_invstd, each [C]. More than one value per channel (the unbiased running variance divides
-/// by N*H*W - 1). Returns (N, C, H*W).
-pub fn batchnorm_train_forward(
+/// A training batchnorm's affine parameters and saved statistics, named as in errors.
+fn bn_stats<'t, S: Deref<Target = Tensor>>(bn: &'t BnLayer<S>) -> [(&'static str, &'t Tensor); 4] {
+    let (mean, invstd) = (&*bn.save_mean, &*bn.save_invstd);
+    [
+        ("gamma", bn.gamma),
+        ("beta", bn.beta),
+        ("save_mean", mean),
+        ("save_invstd", invstd),
+    ]
+}
+
+/// Training-mode batchnorm forward: y has x's shape; gamma, beta, running_mean, running_var,
+/// save_mean and save_invstd are each [C]. More than one value per channel (the unbiased running
+/// variance divides by N*H*W - 1). Returns (N, C, H*W).
+pub fn batchnorm_train_forward<S: Deref<Target = Tensor>>(
     x: &Tensor,
+    bn: &BnLayer<S>,
+    update: &BnUpdate,
     y: &Tensor,
-    stats: [&Tensor; 6],
 ) -> Result<(usize, usize, usize)> {
     const OP: &str = "batchnorm_train_forward";
-    let names = [
-        "gamma",
-        "beta",
-        "running_mean",
-        "running_var",
-        "save_mean",
-        "save_invstd",
+    let [gamma, beta, mean, invstd] = bn_stats(bn);
+    let (rm, rv) = (&*update.running_mean, &*update.running_var);
+    let channels = [
+        gamma,
+        beta,
+        ("running_mean", rm),
+        ("running_var", rv),
+        mean,
+        invstd,
     ];
-    let channels: Vec<_> = names.into_iter().zip(stats).collect();
     let (n, c, hw) = per_channel(OP, "x", x, &[("y", y)], &channels)?;
     if n * hw < 2 {
         return Err(Error::shape(
@@ -328,24 +343,25 @@ pub fn batchnorm_train_forward(
     Ok((n, c, hw))
 }
 
-/// Training-mode batchnorm backward: dy and dx have x's shape; `stats` = gamma, beta, save_mean,
-/// save_invstd, dgamma, dbeta, each [C]. Returns (N, C, H*W).
+/// Training-mode batchnorm backward: dy and dx have x's shape; gamma, beta, save_mean,
+/// save_invstd, dgamma and dbeta are each [C]. Returns (N, C, H*W).
 pub fn batchnorm_train_backward(
     x: &Tensor,
     dy: &Tensor,
-    dx: &Tensor,
-    stats: [&Tensor; 6],
+    bn: &BnLayer<&Tensor>,
+    grads: &BnGrads,
 ) -> Result<(usize, usize, usize)> {
-    let names = [
-        "gamma",
-        "beta",
-        "save_mean",
-        "save_invstd",
-        "dgamma",
-        "dbeta",
+    let [gamma, beta, mean, invstd] = bn_stats(bn);
+    let (dgamma, dbeta) = (&*grads.dgamma, &*grads.dbeta);
+    let channels = [
+        gamma,
+        beta,
+        mean,
+        invstd,
+        ("dgamma", dgamma),
+        ("dbeta", dbeta),
     ];
-    let channels: Vec<_> = names.into_iter().zip(stats).collect();
-    let same = [("dy", dy), ("dx", dx)];
+    let same = [("dy", dy), ("dx", &*grads.dx)];
     per_channel("batchnorm_train_backward", "x", x, &same, &channels)
 }
 

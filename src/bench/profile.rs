@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use super::count::{self, OpCost};
 use super::timing::BenchDevice;
-use crate::backend::{delegate, Backend, ConvParams};
+use crate::backend::{delegate, Backend, BnGrads, BnLayer, BnUpdate, ConvParams, Sgd};
 use crate::error::Result;
 use crate::tensor::{Indices, Tensor};
 
@@ -288,18 +288,15 @@ impl Backend for ProfiledBackend {
             };
             (op, item_shape(dy), c)
         };
-        batchnorm_train_forward(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32, momentum: f32,
-            relu: bool, running_mean: &mut Tensor, running_var: &mut Tensor,
-            save_mean: &mut Tensor, save_invstd: &mut Tensor, y: &mut Tensor) => {
-            let c = count::batchnorm_train_forward(numel(x), channels(x), relu);
-            let op = if relu { "batchnorm_train_fwd+relu" } else { "batchnorm_train_fwd" };
+        batchnorm_train_forward(x: &Tensor, bn: BnLayer<&mut Tensor>, update: BnUpdate,
+            y: &mut Tensor) => {
+            let c = count::batchnorm_train_forward(numel(x), channels(x), bn.relu);
+            let op = if bn.relu { "batchnorm_train_fwd+relu" } else { "batchnorm_train_fwd" };
             (op, item_shape(x), c)
         };
-        batchnorm_train_backward(x: &Tensor, dy: &Tensor, gamma: &Tensor, beta: &Tensor,
-            save_mean: &Tensor, save_invstd: &Tensor, relu: bool, dx: &mut Tensor,
-            dgamma: &mut Tensor, dbeta: &mut Tensor) => {
-            let c = count::batchnorm_train_backward(numel(x), channels(x), relu);
-            let op = if relu { "batchnorm_train_bwd+relu" } else { "batchnorm_train_bwd" };
+        batchnorm_train_backward(x: &Tensor, dy: &Tensor, bn: BnLayer<&Tensor>, grads: BnGrads) => {
+            let c = count::batchnorm_train_backward(numel(x), channels(x), bn.relu);
+            let op = if bn.relu { "batchnorm_train_bwd+relu" } else { "batchnorm_train_bwd" };
             (op, item_shape(x), c)
         };
         relu(x: &Tensor, y: &mut Tensor) => ("relu", item_shape(x), count::relu(numel(x)));
@@ -353,8 +350,7 @@ impl Backend for ProfiledBackend {
         };
         sign_step(x0: &Tensor, g: &Tensor, eps: f32, y: &mut Tensor)
             => ("sign_step", item_shape(g), count::sign_step(numel(g), numel(x0)));
-        sgd_step(param: &mut Tensor, grad: &Tensor, momentum_buf: &mut Tensor, lr: f32,
-            momentum: f32, weight_decay: f32)
+        sgd_step(param: &mut Tensor, grad: &Tensor, momentum_buf: &mut Tensor, sgd: Sgd)
             => ("sgd_step", String::new(), count::sgd_step(numel(grad)));
     }
 }

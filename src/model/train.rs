@@ -1,6 +1,7 @@
 //! Training mode: BN with batch statistics (running statistics updated with momentum 0.1), the full
 //! backward with a gradient for every parameter, and PyTorch-style SGD with momentum buffers.
 use super::{ParamRef, PreActResNet18, BN_MOMENTUM};
+use crate::backend::{BnGrads, BnLayer, BnUpdate, Sgd};
 use crate::ensure_shape;
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -87,19 +88,20 @@ impl PreActResNet18 {
         let mut mean = b.zeros(&[c])?;
         let mut invstd = b.zeros(&[c])?;
         let bn = &mut self.bns[j];
-        b.batchnorm_train_forward(
-            &x,
-            &bn.gamma,
-            &bn.beta,
-            BN_EPS,
-            BN_MOMENTUM,
-            true,
-            &mut bn.running_mean,
-            &mut bn.running_var,
-            &mut mean,
-            &mut invstd,
-            &mut r,
-        )?;
+        let layer = BnLayer {
+            gamma: &bn.gamma,
+            beta: &bn.beta,
+            save_mean: &mut mean,
+            save_invstd: &mut invstd,
+            relu: true,
+        };
+        let update = BnUpdate {
+            running_mean: &mut bn.running_mean,
+            running_var: &mut bn.running_var,
+            momentum: BN_MOMENTUM,
+            eps: BN_EPS,
+        };
+        b.batchnorm_train_forward(&x, layer, update, &mut r)?;
         bn.num_batches_tracked += 1;
         Ok((r, BnSave { x, mean, invstd }))
     }
@@ -230,18 +232,19 @@ impl PreActResNet18 {
         let mut dx = b.empty(dy.shape())?;
         let mut dg = b.zeros(&[c])?;
         let mut dbeta = b.zeros(&[c])?;
-        b.batchnorm_train_backward(
-            &s.x,
-            dy,
-            &self.bns[j].gamma,
-            &self.bns[j].beta,
-            &s.mean,
-            &s.invstd,
-            true,
-            &mut dx,
-            &mut dg,
-            &mut dbeta,
-        )?;
+        let layer = BnLayer {
+            gamma: &self.bns[j].gamma,
+            beta: &self.bns[j].beta,
+            save_mean: &s.mean,
+            save_invstd: &s.invstd,
+            relu: true,
+        };
+        let grads = BnGrads {
+            dx: &mut dx,
+            dgamma: &mut dg,
+            dbeta: &mut dbeta,
+        };
+        b.batchnorm_train_backward(&s.x, dy, layer, grads)?;
         Ok((dx, dg, dbeta))
     }
 
@@ -263,6 +266,7 @@ impl PreActResNet18 {
             self.params.len()
         );
         let b = self.backend.clone();
+        let sgd = Sgd::new(lr, momentum, weight_decay);
         if state.bufs.len() != self.params.len() {
             state.bufs = (0..self.params.len()).map(|_| None).collect();
         }
@@ -279,14 +283,7 @@ impl PreActResNet18 {
                 state.bufs[i] = Some(b.zeros(self.param(r).shape())?);
             }
             let buf = state.bufs[i].as_mut().expect("allocated");
-            b.sgd_step(
-                self.param_mut(r),
-                &grads.tensors[i],
-                buf,
-                lr,
-                momentum,
-                weight_decay,
-            )?;
+            b.sgd_step(self.param_mut(r), &grads.tensors[i], buf, sgd)?;
         }
         self.invalidate();
         self.apply_masks()

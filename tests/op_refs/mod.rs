@@ -1,6 +1,7 @@
 //! f64 references shared by the op tests (`tests/cpu_ops.rs` for the CPU backend,
 //! `tests/emu_ops.rs` for the emulated kernels): one definition of what each op computes.
 //! Shapes: x [n, i], w [o, i], bias [o], dy [n, o]; sums run in ascending index order.
+use fmp_engine::backend::{BnGrads, BnLayer, BnUpdate};
 
 /// y[s, q] = sum_j x[s, j] w[q, j] + bias[q].
 pub fn linear_forward(
@@ -72,7 +73,10 @@ pub fn check_bn_relu_fused(
         let (mut rm, mut rv, mut sm, mut si, mut y) =
             (z(&[c]), z(&[c]), z(&[c]), z(&[c]), z(&shape));
         b.batchnorm_train_forward(
-            &xt, &gt, &bt, 1e-5, 0.1, relu, &mut rm, &mut rv, &mut sm, &mut si, &mut y,
+            &xt,
+            BnLayer::new(&gt, &bt, &mut sm, &mut si, relu),
+            BnUpdate::new(1e-5, 0.1, &mut rm, &mut rv),
+            &mut y,
         )
         .unwrap();
         (y, sm, si)
@@ -92,7 +96,8 @@ pub fn check_bn_relu_fused(
     assert_eq!(rh, rf, "fused forward: relu(bn(x))");
     let bwd = |dy: &fmp_engine::Tensor, relu: bool| {
         let (mut dx, mut dg, mut db) = (z(&shape), z(&[c]), z(&[c]));
-        b.batchnorm_train_backward(&xt, dy, &gt, &bt, &sm, &si, relu, &mut dx, &mut dg, &mut db)
+        let bn = BnLayer::new(&gt, &bt, &sm, &si, relu);
+        b.batchnorm_train_backward(&xt, dy, bn, BnGrads::new(&mut dx, &mut dg, &mut db))
             .unwrap();
         [host(&dx), host(&dg), host(&db)]
     };

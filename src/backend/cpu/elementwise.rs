@@ -5,7 +5,7 @@
 use rayon::prelude::*;
 
 use super::{host, host_mut, same_shape};
-use crate::backend::shapes;
+use crate::backend::{shapes, Sgd};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -149,11 +149,14 @@ pub fn sgd_step(
     param: &mut Tensor,
     grad: &Tensor,
     momentum_buf: &mut Tensor,
-    lr: f32,
-    momentum: f32,
-    weight_decay: f32,
+    sgd: Sgd,
 ) -> Result<()> {
     const OP: &str = "sgd_step";
+    let Sgd {
+        lr,
+        momentum,
+        weight_decay,
+    } = sgd;
     let rest = [("grad", grad), ("momentum_buf", &*momentum_buf)];
     shapes::same_shapes(OP, ("param", param), &rest)?;
     let gs = host(OP, "grad", grad)?;

@@ -21,7 +21,7 @@ mod norm;
 mod winograd;
 mod winograd_avx512;
 
-use super::{Backend, ConvParams};
+use super::{Backend, BnGrads, BnLayer, BnUpdate, ConvParams, Sgd};
 use crate::error::{Error, Result};
 use crate::tensor::{Indices, Storage, Tensor};
 
@@ -212,13 +212,9 @@ impl Backend for CpuBackend {
             => norm::channel_affine;
         channel_affine_backward(y_saved: Option<&Tensor>, dy: &Tensor, scale: &Tensor,
             dx: &mut Tensor) => norm::channel_affine_backward;
-        batchnorm_train_forward(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32, momentum: f32,
-            relu: bool, running_mean: &mut Tensor, running_var: &mut Tensor,
-            save_mean: &mut Tensor, save_invstd: &mut Tensor, y: &mut Tensor)
-            => norm::bn_train_forward;
-        batchnorm_train_backward(x: &Tensor, dy: &Tensor, gamma: &Tensor, beta: &Tensor,
-            save_mean: &Tensor, save_invstd: &Tensor, relu: bool, dx: &mut Tensor,
-            dgamma: &mut Tensor, dbeta: &mut Tensor) => norm::bn_train_backward;
+        batchnorm_train_forward(x: &Tensor, bn: BnLayer<&mut Tensor>, update: BnUpdate,
+            y: &mut Tensor) => norm::bn_train_forward;
+        batchnorm_train_backward(x: &Tensor, dy: &Tensor, bn: BnLayer<&Tensor>, grads: BnGrads) => norm::bn_train_backward;
 
         relu(x: &Tensor, y: &mut Tensor) => elementwise::relu;
         relu_backward(y_saved: &Tensor, dy: &Tensor, dx: &mut Tensor) => elementwise::relu_backward;
@@ -240,7 +236,7 @@ impl Backend for CpuBackend {
         frg_seed(a_x: &Tensor, a_x0: &Tensor, first_channel: usize, seed: &mut Tensor)
             => loss::frg_seed;
         sign_step(x0: &Tensor, g: &Tensor, eps: f32, y: &mut Tensor) => elementwise::sign_step;
-        sgd_step(param: &mut Tensor, grad: &Tensor, momentum_buf: &mut Tensor, lr: f32,
-            momentum: f32, weight_decay: f32) => elementwise::sgd_step;
+        sgd_step(param: &mut Tensor, grad: &Tensor, momentum_buf: &mut Tensor, sgd: Sgd)
+            => elementwise::sgd_step;
     }
 }

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use super::elementwise::broadcast_zip;
 use super::gemm::by_isa;
 use super::{broadcast_batch, host, host_mut};
-use crate::backend::shapes;
+use crate::backend::{shapes, BnGrads, BnLayer, BnUpdate};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -243,30 +243,27 @@ fn bn_coefs(gamma: f32, beta: f32, mean: f32, invstd: f32) -> (f32, f32) {
     (a, beta - mean * a)
 }
 
-#[allow(clippy::too_many_arguments)]
 pub fn bn_train_forward(
     x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    eps: f32,
-    momentum: f32,
-    relu: bool,
-    running_mean: &mut Tensor,
-    running_var: &mut Tensor,
-    save_mean: &mut Tensor,
-    save_invstd: &mut Tensor,
+    bn: BnLayer<&mut Tensor>,
+    update: BnUpdate,
     y: &mut Tensor,
 ) -> Result<()> {
     const OP: &str = "batchnorm_train_forward";
-    let stats = [
+    let (n, c, hw) = shapes::batchnorm_train_forward(x, &bn, &update, y)?;
+    let BnLayer {
         gamma,
         beta,
-        running_mean,
-        running_var,
         save_mean,
         save_invstd,
-    ];
-    let (n, c, hw) = shapes::batchnorm_train_forward(x, y, stats)?;
+        relu,
+    } = bn;
+    let BnUpdate {
+        running_mean,
+        running_var,
+        momentum,
+        eps,
+    } = update;
     let m = n * hw;
     let xs = host(OP, "x", x)?;
     let gs = host(OP, "gamma", gamma)?;
@@ -325,22 +322,22 @@ pub fn bn_train_forward(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 pub fn bn_train_backward(
     x: &Tensor,
     dy: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    save_mean: &Tensor,
-    save_invstd: &Tensor,
-    relu: bool,
-    dx: &mut Tensor,
-    dgamma: &mut Tensor,
-    dbeta: &mut Tensor,
+    bn: BnLayer<&Tensor>,
+    grads: BnGrads,
 ) -> Result<()> {
     const OP: &str = "batchnorm_train_backward";
-    let stats = [gamma, beta, save_mean, save_invstd, dgamma, dbeta];
-    let (n, c, hw) = shapes::batchnorm_train_backward(x, dy, dx, stats)?;
+    let (n, c, hw) = shapes::batchnorm_train_backward(x, dy, &bn, &grads)?;
+    let BnLayer {
+        gamma,
+        beta,
+        save_mean,
+        save_invstd,
+        relu,
+    } = bn;
+    let BnGrads { dx, dgamma, dbeta } = grads;
     let m = n * hw;
     let xs = host(OP, "x", x)?;
     let gs = host(OP, "dy", dy)?;

@@ -23,7 +23,7 @@ use bytemuck::Pod;
 use self::kernels as k;
 use self::runner::{KernelId, Runner};
 use super::shapes::{self, numel_is, same_shape};
-use super::{delegate, Backend, ConvParams};
+use super::{delegate, Backend, BnGrads, BnLayer, BnUpdate, ConvParams, Sgd};
 use crate::ensure_shape;
 use crate::error::Result;
 use crate::tensor::{Indices, Tensor};
@@ -384,39 +384,17 @@ impl<R: Runner> Backend for GpuBackend<R> {
     fn batchnorm_train_forward(
         &self,
         x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        eps: f32,
-        momentum: f32,
-        relu: bool,
-        running_mean: &mut Tensor,
-        running_var: &mut Tensor,
-        save_mean: &mut Tensor,
-        save_invstd: &mut Tensor,
+        bn: BnLayer<&mut Tensor>,
+        update: BnUpdate,
         y: &mut Tensor,
     ) -> Result<()> {
-        let stats = [
-            gamma,
-            beta,
-            running_mean,
-            running_var,
-            save_mean,
-            save_invstd,
-        ];
-        let (n, c, hw) = shapes::batchnorm_train_forward(x, y, stats)?;
+        let (n, c, hw) = shapes::batchnorm_train_forward(x, &bn, &update, y)?;
         i32_of("batchnorm_train_forward", "numel", x.numel())?;
         self.launch(k::BATCHNORM_TRAIN_FORWARD, Grid::Channels(c), || {
-            let [x, gamma, beta, running_mean, running_var, save_mean, save_invstd, y] = self
-                .ptrs([
-                    x,
-                    gamma,
-                    beta,
-                    running_mean,
-                    running_var,
-                    save_mean,
-                    save_invstd,
-                    y,
-                ])?;
+            let [x, y, gamma, beta] = self.ptrs([x, y, bn.gamma, bn.beta])?;
+            let [save_mean, save_invstd] = self.ptrs([&*bn.save_mean, &*bn.save_invstd])?;
+            let (rm, rv) = (&*update.running_mean, &*update.running_var);
+            let [running_mean, running_var] = self.ptrs([rm, rv])?;
             let (n, c, hw) = (n as i32, c as i32, hw as i32);
             Ok(k::BnFwdArgs {
                 x,
@@ -430,9 +408,9 @@ impl<R: Runner> Backend for GpuBackend<R> {
                 n,
                 c,
                 hw,
-                eps,
-                momentum,
-                relu: relu as i32,
+                eps: update.eps,
+                momentum: update.momentum,
+                relu: bn.relu as i32,
             })
         })
     }
@@ -441,32 +419,17 @@ impl<R: Runner> Backend for GpuBackend<R> {
         &self,
         x: &Tensor,
         dy: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        save_mean: &Tensor,
-        save_invstd: &Tensor,
-        relu: bool,
-        dx: &mut Tensor,
-        dgamma: &mut Tensor,
-        dbeta: &mut Tensor,
+        bn: BnLayer<&Tensor>,
+        grads: BnGrads,
     ) -> Result<()> {
         const OP: &str = "batchnorm_train_backward";
-        let stats = [gamma, beta, save_mean, save_invstd, dgamma, dbeta];
-        let (n, c, hw) = shapes::batchnorm_train_backward(x, dy, dx, stats)?;
+        let (n, c, hw) = shapes::batchnorm_train_backward(x, dy, &bn, &grads)?;
         non_empty(OP, "batch", n * hw, x)?;
         i32_of(OP, "numel", x.numel())?;
         self.launch(k::BATCHNORM_TRAIN_BACKWARD, Grid::Channels(c), || {
-            let [x, dy, gamma, beta, save_mean, save_invstd, dx, dgamma, dbeta] = self.ptrs([
-                x,
-                dy,
-                gamma,
-                beta,
-                save_mean,
-                save_invstd,
-                dx,
-                dgamma,
-                dbeta,
-            ])?;
+            let [x, dy, gamma, beta] = self.ptrs([x, dy, bn.gamma, bn.beta])?;
+            let [save_mean, save_invstd] = self.ptrs([bn.save_mean, bn.save_invstd])?;
+            let [dx, dgamma, dbeta] = self.ptrs([grads.dx, grads.dgamma, grads.dbeta])?;
             let (n, c, hw) = (n as i32, c as i32, hw as i32);
             Ok(k::BnBwdArgs {
                 x,
@@ -481,7 +444,7 @@ impl<R: Runner> Backend for GpuBackend<R> {
                 n,
                 c,
                 hw,
-                relu: relu as i32,
+                relu: bn.relu as i32,
             })
         })
     }
@@ -686,9 +649,7 @@ impl<R: Runner> Backend for GpuBackend<R> {
         param: &mut Tensor,
         grad: &Tensor,
         momentum_buf: &mut Tensor,
-        lr: f32,
-        momentum: f32,
-        weight_decay: f32,
+        sgd: Sgd,
     ) -> Result<()> {
         let rest = [("grad", grad), ("momentum_buf", &*momentum_buf)];
         shapes::same_shapes("sgd_step", ("param", param), &rest)?;
@@ -701,9 +662,9 @@ impl<R: Runner> Backend for GpuBackend<R> {
                 grad,
                 buf,
                 numel,
-                lr,
-                momentum,
-                weight_decay,
+                lr: sgd.lr,
+                momentum: sgd.momentum,
+                weight_decay: sgd.weight_decay,
             })
         })
     }

@@ -2,7 +2,7 @@
 //! and its naive host reference.
 
 use super::*;
-use crate::backend::Backend;
+use crate::backend::{Backend, BnGrads, BnLayer, BnUpdate, Sgd};
 use crate::bench::reference::{self as r, Expect};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
@@ -66,12 +66,15 @@ impl Case {
                     relu,
                 },
                 [rm, rv, sm, si, y],
-            ) => be.batchnorm_train_forward(
-                &ins[0], &ins[1], &ins[2], *eps, *momentum, *relu, rm, rv, sm, si, y,
-            ),
-            (Op::BnTrainBwd { relu }, [dx, dg, db]) => be.batchnorm_train_backward(
-                &ins[0], &ins[1], &ins[2], &ins[5], &ins[3], &ins[4], *relu, dx, dg, db,
-            ),
+            ) => {
+                let bn = BnLayer::new(&ins[1], &ins[2], sm, si, *relu);
+                let update = BnUpdate::new(*eps, *momentum, rm, rv);
+                be.batchnorm_train_forward(&ins[0], bn, update, y)
+            }
+            (Op::BnTrainBwd { relu }, [dx, dg, db]) => {
+                let bn = BnLayer::new(&ins[2], &ins[5], &ins[3], &ins[4], *relu);
+                be.batchnorm_train_backward(&ins[0], &ins[1], bn, BnGrads::new(dx, dg, db))
+            }
             (Op::Relu, [y]) => be.relu(&ins[0], y),
             (Op::ReluBwd, [dx]) => be.relu_backward(&ins[0], &ins[1], dx),
             (Op::Add, [y]) => be.add(&ins[0], &ins[1], y),
@@ -91,7 +94,7 @@ impl Case {
             (Op::FrgSeed { first }, [seed]) => be.frg_seed(&ins[0], &ins[1], *first, seed),
             (Op::SignStep { eps }, [y]) => be.sign_step(&ins[0], &ins[1], *eps, y),
             (Op::Sgd { lr, momentum, wd }, [param, buf]) => {
-                be.sgd_step(param, &ins[0], buf, *lr, *momentum, *wd)
+                be.sgd_step(param, &ins[0], buf, Sgd::new(*lr, *momentum, *wd))
             }
             (op, outs) => Err(Error::Msg(format!(
                 "bench case {}: {op:?} with {} outputs",
