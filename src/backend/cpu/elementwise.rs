@@ -4,7 +4,7 @@
 //! on the thread count.
 use rayon::prelude::*;
 
-use super::{host, host_mut, same_shape};
+use super::{host, host_mut, hosts, same_shape};
 use crate::backend::{shapes, Sgd};
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -76,8 +76,7 @@ fn broadcast_op(
     f: impl Fn(f32, f32) -> f32 + Sync,
 ) -> Result<()> {
     let b = shapes::broadcast_op(op, [saved_name, g_name, out_name], saved, g, out)?;
-    let s = host(op, saved_name, saved)?;
-    let gs = host(op, g_name, g)?;
+    let [s, gs] = hosts(op, [(saved_name, saved), (g_name, g)])?;
     let o = host_mut(op, out_name, out)?;
     broadcast_zip(s, b, gs, o, |o, g, s| {
         for ((o, &g), &s) in o.iter_mut().zip(g).zip(s) {
@@ -90,8 +89,7 @@ fn broadcast_op(
 pub fn add(a: &Tensor, b: &Tensor, y: &mut Tensor) -> Result<()> {
     const OP: &str = "add";
     shapes::same_shapes(OP, ("a", a), &[("b", b), ("y", y)])?;
-    let av = host(OP, "a", a)?;
-    let bv = host(OP, "b", b)?;
+    let [av, bv] = hosts(OP, [("a", a), ("b", b)])?;
     let yv = host_mut(OP, "y", y)?;
     yv.par_chunks_mut(CHUNK)
         .zip(av.par_chunks(CHUNK))

@@ -184,8 +184,7 @@ pub fn frg_seed(
     const OP: &str = "frg_seed";
     let (b, c, h, w, _) = shapes::frg_seed(a_x, a_x0, first_channel, seed)?;
     let hw = h * w;
-    let xv = host(OP, "a_x", a_x)?;
-    let x0v = host(OP, "a_x0", a_x0)?;
+    let [xv, x0v] = hosts(OP, [("a_x", a_x), ("a_x0", a_x0)])?;
     let s = 2.0f32 / (b * hw) as f32;
     let out = host_mut(OP, "seed", seed)?;
     if hw == 0 {

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use super::elementwise::broadcast_zip;
 use super::gemm::by_isa;
-use super::{broadcast_batch, host, host_mut};
+use super::{broadcast_batch, host, host_mut, hosts};
 use crate::backend::{shapes, BnGrads, BnLayer, BnUpdate};
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -22,9 +22,7 @@ pub fn channel_affine(
 ) -> Result<()> {
     const OP: &str = "channel_affine";
     let (_, c, hw) = shapes::channel_affine(x, scale, shift, y)?;
-    let xs = host(OP, "x", x)?;
-    let sc = host(OP, "scale", scale)?;
-    let sh = host(OP, "shift", shift)?;
+    let [xs, sc, sh] = hosts(OP, [("x", x), ("scale", scale), ("shift", shift)])?;
     let ys = host_mut(OP, "y", y)?;
     per_plane(ys, xs, c, hw, |ch, yo, xo| {
         let (a, b) = (sc[ch], sh[ch]);
@@ -72,8 +70,7 @@ pub fn channel_affine_backward(
 ) -> Result<()> {
     const OP: &str = "channel_affine_backward";
     let (_, c, hw) = shapes::channel_affine_backward(y_saved, dy, scale, dx)?;
-    let sc = host(OP, "scale", scale)?;
-    let g = host(OP, "dy", dy)?;
+    let [sc, g] = hosts(OP, [("scale", scale), ("dy", dy)])?;
     match y_saved {
         None => {
             let o = host_mut(OP, "dx", dx)?;
@@ -152,38 +149,43 @@ fn per_group<T: Send>(
 /// ones), compiled for the CPU's instruction set; every width gives the same sums. `f(ch)` returns
 /// a closure holding the channel's constants by value (one that reads them through references
 /// keeps the loop from vectorising).
-fn group_sums<G>(
-    n: usize,
-    c: usize,
-    hw: usize,
-    chs: Range<usize>,
-    a: &[f32],
-    b: &[f32],
-    f: impl Fn(usize) -> G,
-) -> Vec<(f64, f64)>
+fn group_sums<G>(p: Planes, chs: Range<usize>, f: impl Fn(usize) -> G) -> Vec<(f64, f64)>
 where
     G: Fn(f32, f32) -> (f64, f64),
 {
     by_isa!(
         // SAFETY: the instruction set was detected (gemm::isa).
-        unsafe { sums_avx512(n, c, hw, chs, a, b, f) },
+        unsafe { sums_avx512(p, chs, f) },
         // SAFETY: as above.
-        unsafe { sums_avx2(n, c, hw, chs, a, b, f) },
-        sums(n, c, hw, chs, a, b, f),
+        unsafe { sums_avx2(p, chs, f) },
+        sums(p, chs, f),
     )
+}
+
+/// The two [N, C, HW] tensors `group_sums` walks (`a` may be `b`).
+#[derive(Clone, Copy)]
+struct Planes<'a> {
+    n: usize,
+    c: usize,
+    hw: usize,
+    a: &'a [f32],
+    b: &'a [f32],
+}
+
+impl<'a> Planes<'a> {
+    fn new(n: usize, c: usize, hw: usize, a: &'a [f32], b: &'a [f32]) -> Self {
+        Planes { n, c, hw, a, b }
+    }
 }
 
 #[inline(always)]
 fn sums<G: Fn(f32, f32) -> (f64, f64)>(
-    n: usize,
-    c: usize,
-    hw: usize,
+    p: Planes,
     chs: Range<usize>,
-    a: &[f32],
-    b: &[f32],
     f: impl Fn(usize) -> G,
 ) -> Vec<(f64, f64)> {
     const L: usize = 8;
+    let Planes { n, c, hw, a, b } = p;
     let mut acc = vec![([0.0f64; L], [0.0f64; L]); chs.len()];
     for i in 0..n {
         for (ch, part) in chs.clone().zip(acc.iter_mut()) {
@@ -221,15 +223,11 @@ macro_rules! sums_for {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
         unsafe fn $name<G: Fn(f32, f32) -> (f64, f64)>(
-            n: usize,
-            c: usize,
-            hw: usize,
+            p: Planes,
             chs: Range<usize>,
-            a: &[f32],
-            b: &[f32],
             f: impl Fn(usize) -> G,
         ) -> Vec<(f64, f64)> {
-            sums(n, c, hw, chs, a, b, f)
+            sums(p, chs, f)
         }
     };
 }
@@ -265,18 +263,15 @@ pub fn bn_train_forward(
         eps,
     } = update;
     let m = n * hw;
-    let xs = host(OP, "x", x)?;
-    let gs = host(OP, "gamma", gamma)?;
-    let bs = host(OP, "beta", beta)?;
+    let [xs, gs, bs] = hosts(OP, [("x", x), ("gamma", gamma), ("beta", beta)])?;
     let ys = host_mut(OP, "y", y)?;
+    let xx = Planes::new(n, c, hw, xs, xs);
     let st = per_group(ys, c, hw, |chs, planes| {
         // Two passes (mean, then centred sum of squares) for an accurate variance.
         let (c0, k) = (chs.start, chs.len());
-        let sum = group_sums(n, c, hw, chs.clone(), xs, xs, |_| {
-            |x: f32, _| (x as f64, 0.0)
-        });
+        let sum = group_sums(xx, chs.clone(), |_| |x: f32, _| (x as f64, 0.0));
         let mean: Vec<f64> = sum.iter().map(|s| s.0 / m as f64).collect();
-        let sq = group_sums(n, c, hw, chs.clone(), xs, xs, |ch| {
+        let sq = group_sums(xx, chs.clone(), |ch| {
             let mean = mean[ch - c0];
             move |x: f32, _| {
                 let d = x as f64 - mean;
@@ -330,21 +325,19 @@ pub fn bn_train_backward(
 ) -> Result<()> {
     const OP: &str = "batchnorm_train_backward";
     let (n, c, hw) = shapes::batchnorm_train_backward(x, dy, &bn, &grads)?;
-    let BnLayer {
-        gamma,
-        beta,
-        save_mean,
-        save_invstd,
-        relu,
-    } = bn;
     let BnGrads { dx, dgamma, dbeta } = grads;
-    let m = n * hw;
-    let xs = host(OP, "x", x)?;
-    let gs = host(OP, "dy", dy)?;
-    let gamma = host(OP, "gamma", gamma)?;
-    let beta = host(OP, "beta", beta)?;
-    let mean = host(OP, "save_mean", save_mean)?;
-    let invstd = host(OP, "save_invstd", save_invstd)?;
+    let (m, relu) = (n * hw, bn.relu);
+    let [xs, gs, gamma, beta, mean, invstd] = hosts(
+        OP,
+        [
+            ("x", x),
+            ("dy", dy),
+            ("gamma", bn.gamma),
+            ("beta", bn.beta),
+            ("save_mean", bn.save_mean),
+            ("save_invstd", bn.save_invstd),
+        ],
+    )?;
     let o = host_mut(OP, "dx", dx)?;
     // dy of channel ch, masked by the forward's ReLU (bn(x) > 0) when it was fused: branch-free
     // (g's bits kept, or cleared to +0.0), with the channel's constants held by value.
@@ -355,11 +348,12 @@ pub fn bn_train_backward(
             f32::from_bits(g.to_bits() & (keep as u32).wrapping_neg())
         }
     };
+    let xg = Planes::new(n, c, hw, xs, gs);
     let sums = per_group(o, c, hw, |chs, planes| {
         // sum(dy) and sum(dy * xhat), then dx = gamma * invstd * (dy - mean(dy) - xhat *
         // mean(dy * xhat)).
         let (c0, k) = (chs.start, chs.len());
-        let sums = group_sums(n, c, hw, chs, xs, gs, |ch| {
+        let sums = group_sums(xg, chs, |ch| {
             let (mu, is, grad) = (mean[ch], invstd[ch], grad(ch));
             move |x: f32, g: f32| {
                 let g = grad(x, g);
