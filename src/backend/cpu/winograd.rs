@@ -350,16 +350,24 @@ thread_local! {
 }
 
 /// What every unit of one call shares.
-struct Call<'a> {
-    t: &'a Tiles,
+pub(super) struct Call<'a> {
+    pub(super) t: &'a Tiles,
     micro: WMicroFn,
-    x: &'a [f32],
+    pub(super) x: &'a [f32],
     u: &'a [f32],
-    out: OutPtr,
+    pub(super) out: OutPtr,
 }
 
 /// One unit: panels p0..p1 of the call, with the task's V and M.
-type UnitFn = unsafe fn(&Call, usize, usize, &mut [f32], &mut [f32]);
+struct Unit<'a> {
+    p0: usize,
+    p1: usize,
+    v: &'a mut [f32],
+    m: &'a mut [f32],
+}
+
+/// A unit's body for one segment width and instruction set (`unit_kernel`).
+type UnitFn = unsafe fn(&Call, Unit);
 
 fn run(g: &Geom, x: &[f32], u: &[f32], y: &mut [f32]) {
     run_on(&Tiles::new(g), x, u, y, true);
@@ -391,7 +399,7 @@ fn run_on(t: &Tiles, x: &[f32], u: &[f32], y: &mut [f32], parallel: bool) {
             }
             // SAFETY: panels p0..p1 hold tiles whose output pixels no other unit writes, inside
             // y (asserted); v and m are sized for a unit; the kernels' CPU features were detected.
-            unsafe { unit(&call, p0, p1, v, m) };
+            unsafe { unit(&call, Unit { p0, p1, v, m }) };
         });
     };
     if parallel {
@@ -420,49 +428,32 @@ fn unit_kernel(seg: usize) -> UnitFn {
 /// AVX-512: the intrinsic transforms (`winograd_avx512`) for segments of 2+ tiles.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn unit_avx512<const SEG: usize>(
-    c: &Call,
-    p0: usize,
-    p1: usize,
-    v: &mut [f32],
-    m: &mut [f32],
-) {
+unsafe fn unit_avx512<const SEG: usize>(c: &Call, u: Unit) {
     use super::winograd_avx512 as x512;
     if SEG == 1 {
         // SAFETY: forwarded contract.
-        return unsafe { unit_body::<SEG>(c, p0, p1, v, m) };
+        return unsafe { unit_body::<SEG>(c, u) };
     }
+    let Unit { p0, p1, v, m } = u;
     // SAFETY: forwarded contract; AVX-512F was detected (this kernel's dispatch).
     unsafe {
-        x512::input_transform::<SEG>(c.t, c.x, p0, p1, v);
+        x512::input_transform::<SEG>(c, p0, p1, v);
         products(c.t, c.micro, c.u, p1 - p0, v, m);
-        x512::output_transform::<SEG>(c.t, m, p0, p1, c.out);
+        x512::output_transform::<SEG>(c, m, p0, p1);
     }
 }
 
 /// The portable transforms compiled for AVX2 + FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn unit_avx2<const SEG: usize>(
-    c: &Call,
-    p0: usize,
-    p1: usize,
-    v: &mut [f32],
-    m: &mut [f32],
-) {
+unsafe fn unit_avx2<const SEG: usize>(c: &Call, u: Unit) {
     // SAFETY: forwarded contract.
-    unsafe { unit_body::<SEG>(c, p0, p1, v, m) }
+    unsafe { unit_body::<SEG>(c, u) }
 }
 
-unsafe fn unit_plain<const SEG: usize>(
-    c: &Call,
-    p0: usize,
-    p1: usize,
-    v: &mut [f32],
-    m: &mut [f32],
-) {
+unsafe fn unit_plain<const SEG: usize>(c: &Call, u: Unit) {
     // SAFETY: forwarded contract.
-    unsafe { unit_body::<SEG>(c, p0, p1, v, m) }
+    unsafe { unit_body::<SEG>(c, u) }
 }
 
 /// Input transform, products, output transform of panels p0..p1.
@@ -471,17 +462,12 @@ unsafe fn unit_plain<const SEG: usize>(
 /// `c.out` points to the [n, co, h, w] output; the pixels of these panels' tiles are the
 /// caller's alone; `c.micro` runs on this CPU.
 #[inline(always)]
-unsafe fn unit_body<const SEG: usize>(
-    c: &Call,
-    p0: usize,
-    p1: usize,
-    v: &mut [f32],
-    m: &mut [f32],
-) {
-    input_transform::<SEG>(c.t, c.x, p0, p1, v);
+unsafe fn unit_body<const SEG: usize>(c: &Call, u: Unit) {
+    let Unit { p0, p1, v, m } = u;
+    input_transform::<SEG>(c, p0, p1, v);
     products(c.t, c.micro, c.u, p1 - p0, v, m);
     // SAFETY: forwarded contract.
-    unsafe { output_transform::<SEG>(c.t, m, p0, p1, c.out) };
+    unsafe { output_transform::<SEG>(c, m, p0, p1) };
 }
 
 /// The panel's pixels of input row `2 ty - 1 + a` (zero outside the plane) for each segment,
@@ -517,7 +503,8 @@ fn gather_rows<const SEG: usize>(
 /// d[b] = x[2 tx - 1 + b] (zero left of column 0 and right of the last: whole rows):
 /// (d0 - d2, d1 + d2, d2 - d1, d1 - d3).
 #[inline(always)]
-fn input_transform<const SEG: usize>(t: &Tiles, x: &[f32], p0: usize, p1: usize, v: &mut [f32]) {
+fn input_transform<const SEG: usize>(c: &Call, p0: usize, p1: usize, v: &mut [f32]) {
+    let (t, x) = (c.t, c.x);
     let np = p1 - p0;
     let xi_stride = t.v_stride(np);
     let mut rows = [[0.0f32; 2 * NT]; 4];
@@ -596,15 +583,10 @@ fn products(t: &Tiles, micro: WMicroFn, u: &[f32], np: usize, v: &[f32], m: &mut
 /// A^T M A for panels p0..p1: y[n][co][2 ty + i][2 tx + j].
 ///
 /// # Safety
-/// `out` points to the [n, co, h, w] output, and these panels' tiles are this caller's alone.
+/// `c.out` points to the [n, co, h, w] output, and these panels' tiles are this caller's alone.
 #[inline(always)]
-unsafe fn output_transform<const SEG: usize>(
-    t: &Tiles,
-    m: &[f32],
-    p0: usize,
-    p1: usize,
-    out: OutPtr,
-) {
+unsafe fn output_transform<const SEG: usize>(c: &Call, m: &[f32], p0: usize, p1: usize) {
+    let (t, out) = (c.t, c.out);
     let (plane, rs, tiles) = (t.h * t.w, t.m_stride(), t.per_unit * NT);
     for co in 0..t.co {
         for p in p0..p1 {

@@ -11,7 +11,7 @@
 #![cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::winograd::{OutPtr, Tiles, NT, XI};
+use super::winograd::{Call, NT, XI};
 
 const fn idx(f: [u32; 16]) -> [u32; 16] {
     f
@@ -142,12 +142,12 @@ unsafe fn store_segs<const SEG: usize>(p: &[*mut f32; NT], lo: __m512, hi: __m51
 /// AVX-512F is available; v holds XI x (p1 - p0) x ci x NT floats.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn input_transform<const SEG: usize>(
-    t: &Tiles,
-    x: &[f32],
+    c: &Call,
     p0: usize,
     p1: usize,
     v: &mut [f32],
 ) {
+    let (t, x) = (c.t, c.x);
     let (plane, np) = (t.h * t.w, p1 - p0);
     let xi_stride = t.v_stride(np);
     assert!(v.len() >= XI * xi_stride && x.len() >= t.total / (t.th * t.tw) * t.ci * plane);
@@ -203,16 +203,11 @@ pub(super) unsafe fn input_transform<const SEG: usize>(
 /// `output_transform` for panels p0..p1 (SEG in 2, 4, 8, 16).
 ///
 /// # Safety
-/// AVX-512F is available; `out` points to the [n, co, h, w] output and these panels' tiles are
+/// AVX-512F is available; `c.out` points to the [n, co, h, w] output and these panels' tiles are
 /// the caller's alone; m holds the unit's products.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn output_transform<const SEG: usize>(
-    t: &Tiles,
-    m: &[f32],
-    p0: usize,
-    p1: usize,
-    out: OutPtr,
-) {
+pub(super) unsafe fn output_transform<const SEG: usize>(c: &Call, m: &[f32], p0: usize, p1: usize) {
+    let (t, out) = (c.t, c.out);
     let (plane, rs, tiles) = (t.h * t.w, t.m_stride(), t.per_unit * NT);
     assert!(m.len() >= t.m_len() && p1 - p0 <= t.per_unit);
     // SAFETY: index tables are 16 u32 each.
