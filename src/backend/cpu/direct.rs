@@ -48,20 +48,22 @@ pub(super) type DMicroFn =
 ///
 /// `origin` is the grid offset of output pixel (0, 0) (non-zero for the phases of a strided input
 /// gradient, `direct_dgrad`).
+///
+/// The convolution's fields are those of its `Geom` (read through `Deref`; `n` is not used: a
+/// geometry describes one item).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct DGeom {
-    pub ci: usize,
-    pub hi: usize,
-    pub wi: usize,
-    pub co: usize,
-    pub ho: usize,
-    pub wo: usize,
-    pub k: usize,
-    pub s: usize,
-    pub p: usize,
+    pub geom: Geom,
     pub origin: usize,
     /// Pixel layout (`direct_px`), fixed when the geometry is built (`with_layout`).
     pub px: bool,
+}
+
+impl std::ops::Deref for DGeom {
+    type Target = Geom;
+    fn deref(&self) -> &Geom {
+        &self.geom
+    }
 }
 
 impl DGeom {
@@ -163,7 +165,7 @@ pub(crate) fn suits_input_grad(g: &Geom) -> bool {
     g.s == 1 && g.p < g.k && suits(&transposed(g))
 }
 
-fn transposed(g: &Geom) -> Geom {
+pub(super) fn transposed(g: &Geom) -> Geom {
     Geom {
         n: g.n,
         ci: g.co,
@@ -180,15 +182,7 @@ fn transposed(g: &Geom) -> Geom {
 
 pub(super) fn dgeom(g: &Geom) -> DGeom {
     DGeom {
-        ci: g.ci,
-        hi: g.hi,
-        wi: g.wi,
-        co: g.co,
-        ho: g.ho,
-        wo: g.wo,
-        k: g.k,
-        s: g.s,
-        p: g.p,
+        geom: *g,
         origin: 0,
         px: false,
     }
@@ -458,7 +452,10 @@ fn run<'a>(
             // The part holds channels q0 * DR.. of the item: a geometry of just those channels.
             let kdim = koff.len();
             let sub = DGeom {
-                co: (q1 * pw).min(d.co) - q0 * pw,
+                geom: Geom {
+                    co: (q1 * pw).min(d.co) - q0 * pw,
+                    ..d.geom
+                },
                 ..*d
             };
             let panels = &panels_of(i)[q0 * kdim * pw..q1 * kdim * pw];
@@ -495,7 +492,11 @@ pub(crate) fn input_grad(g: &Geom, dy: &[f32], w: &[f32], dx: &mut [f32]) {
 /// One-hot input gradient: the terms are those of `input_grad` for item i's channel alone.
 pub(crate) fn input_grad_onehot(g: &Geom, oh: OneHot, w: &[f32], dx: &mut [f32]) {
     let t = transposed(g);
-    let d = DGeom { ci: 1, ..dgeom(&t) };
+    let d = dgeom(&t);
+    let d = DGeom {
+        geom: Geom { ci: 1, ..d.geom },
+        ..d
+    };
     let kk = g.k * g.k;
     let panels = oh.per_filter(g.n, |c| {
         pack_panels(d.panel_width(), g.ci, kk, |ci, p| flipped(g, w, ci, c, p))

@@ -18,7 +18,7 @@
 use rayon::prelude::*;
 
 use super::conv::{Geom, OneHot};
-use super::direct::{fits, kernel, pack_panels, pad_item, run_item, DGeom, DMicroFn};
+use super::direct::{fits, kernel, pack_panels, pad_item, run_item, transposed, DGeom, DMicroFn};
 
 /// One output phase (a, b): its dx pixels are (s * (u0 + u) + a - p, s * (v0 + v) + b - p) for
 /// u < nu, v < nv; taps (a + s * th, b + s * tw) for th < ta, tw < tb.
@@ -85,16 +85,16 @@ fn plan(g: &Geom, dy_channels: usize) -> Plan {
         pad = pad.max((ph.u0 + ph.nu).saturating_sub(g.ho));
         pad = pad.max((ph.v0 + ph.nv).saturating_sub(g.wo));
     }
+    // dy's grid padded by `pad`, as the stride-1 transposed convolution reads it, with output
+    // planes the size of dy's (each phase's run narrows them, `Plan::geom`).
     let dpad = DGeom {
-        ci: dy_channels,
-        hi: g.ho,
-        wi: g.wo,
-        co: g.ci,
-        ho: g.ho,
-        wo: g.wo,
-        k: g.k,
-        s: 1,
-        p: pad,
+        geom: Geom {
+            ci: dy_channels,
+            ho: g.ho,
+            wo: g.wo,
+            p: pad,
+            ..transposed(g)
+        },
         origin: 0,
         px: false,
     };
@@ -117,9 +117,11 @@ impl Plan {
     fn geom(&self, ph: &Phase) -> DGeom {
         let wq = self.dpad.wp();
         DGeom {
-            co: self.dpad.co,
-            ho: ph.nu,
-            wo: ph.nv,
+            geom: Geom {
+                ho: ph.nu,
+                wo: ph.nv,
+                ..self.dpad.geom
+            },
             origin: ph.u0 * wq + ph.v0,
             ..self.dpad
         }
