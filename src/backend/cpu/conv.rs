@@ -23,7 +23,7 @@ use rayon::prelude::*;
 
 use super::gemm::{gemm, ASrc, COut, Pack, PackedA, RowMajor, MR, NR};
 use super::{conv_strided, direct, direct_dgrad, direct_px, direct_wgrad, winograd};
-use super::{host_mut, hosts};
+use super::{host_mut, hosts, OutPtr};
 use crate::backend::{shapes, ConvParams};
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -82,13 +82,6 @@ impl OneHot<'_> {
             .collect()
     }
 }
-
-/// Raw output pointer that may cross rayon tasks (each task writes a disjoint part).
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: only used to hand disjoint sub-ranges of one live buffer to parallel GEMMs.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
 
 /// Column offsets for a batch of planes: column j = (item, pixel) -> item * item_stride + pixel.
 fn batch_offsets(items: usize, plane: usize, item_stride: usize) -> Vec<usize> {

@@ -89,6 +89,14 @@ pub(crate) fn host<'a>(op: &'static str, what: &str, t: &'a Tensor) -> Result<&'
     }
 }
 
+/// Raw output pointer that may cross rayon tasks (the conv GEMMs' item groups, Winograd's units),
+/// each of which writes its own disjoint part of one live buffer.
+#[derive(Clone, Copy)]
+pub(super) struct OutPtr(pub(super) *mut f32);
+// SAFETY: every user hands each task a disjoint part of a buffer that outlives the parallel loop.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
 /// Host views of several input tensors (`host`, in order: the first bad one is the error).
 pub(crate) fn hosts<'a, const N: usize>(
     op: &'static str,

@@ -26,6 +26,7 @@ use rayon::prelude::*;
 
 use super::conv::{Geom, OneHot};
 use super::gemm::{by_isa, rank1};
+use super::OutPtr;
 
 /// Output channels per weight panel (micro-kernel rows).
 const MR: usize = 16;
@@ -228,13 +229,6 @@ impl Tiles {
 fn seg_of(tw: usize) -> Option<usize> {
     matches!(tw, 1 | 2 | 4 | 8 | 16).then_some(tw)
 }
-
-/// Raw output pointer shared by the unit tasks (each writes its own tiles' pixels).
-#[derive(Clone, Copy)]
-pub(super) struct OutPtr(pub(super) *mut f32);
-// SAFETY: units own disjoint output pixels of one live buffer that outlives the parallel loop.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
 
 /// y = conv(x, w): 3x3, stride 1, pad 1 (`suits`).
 pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32]) {
