@@ -49,7 +49,7 @@ impl DataArgs {
 }
 
 /// What `scan`, `finetune` and `defend` start from: the backend of `--device`, the dataset folder
-/// and its clean split, and WEIGHTS loaded with that dataset's normalisation.
+/// and its clean split, and WEIGHTS loaded with that dataset's normalisation (`Loaded::start`).
 pub struct Loaded {
     pub backend: Arc<dyn Backend>,
     pub dir: PathBuf,
@@ -59,18 +59,27 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    pub fn new(device: &DeviceArgs, data: &DataArgs, weights: &Path) -> Result<Loaded> {
+    /// The start of a command that works on a model: `--json`'s stdout first (so the loading's
+    /// messages go to stderr), then the backend, the dataset and the weights.
+    pub fn start(
+        json: bool,
+        device: &DeviceArgs,
+        data: &DataArgs,
+        weights: &Path,
+    ) -> Result<(JsonOut, Loaded)> {
+        let json = JsonOut::begin(json)?;
         let backend = device.backend()?;
         let dir = data.dir()?;
         let (clean, kind) = load_clean(&dir)?;
         let model = load_model(backend.clone(), weights, kind)?;
-        Ok(Loaded {
+        let loaded = Loaded {
             backend,
             dir,
             clean,
             kind,
             model,
-        })
+        };
+        Ok((json, loaded))
     }
 }
 

@@ -95,14 +95,14 @@ pub fn run(mut a: Args) -> Result<()> {
         super::defend_report::check_report_dir(r)?;
     }
     let _lock = super::check::lock_output(&a.out, "--out")?;
-    let json = JsonOut::begin(a.json)?;
+    let (json, loaded) = Loaded::start(a.json, &a.device, &a.data, &a.weights)?;
     let Loaded {
         backend,
         dir,
         clean,
         kind,
         mut model,
-    } = Loaded::new(&a.device, &a.data, &a.weights)?;
+    } = loaded;
     if a.attack.is_some() && a.target as usize >= model.config().num_classes {
         return Err(fmp_engine::Error::InvalidArgument(format!(
             "--target {} out of range 0..{} (the model's classes)",

@@ -12,7 +12,7 @@ use fmp_engine::model::PreActResNet18;
 use fmp_engine::Result;
 
 use super::check::{int_in, real_in, seed, MAX_BATCH, MAX_EPOCHS};
-use super::common::{DataArgs, JsonDeviceArgs, JsonOut, Loaded};
+use super::common::{DataArgs, JsonDeviceArgs, Loaded};
 
 /// Fine-tuning settings shared by `finetune`, `defend` and `demo`.
 #[derive(clap::Args, Clone, Debug, serde::Serialize)]
@@ -88,14 +88,14 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(m) = &a.mask {
         super::check::input_file(m, "--mask")?;
     }
-    let json = JsonOut::begin(a.common.json)?;
+    let (json, loaded) = Loaded::start(a.common.json, &a.common.device, &a.data, &a.weights)?;
     let Loaded {
         backend,
         dir,
         clean,
         kind,
         mut model,
-    } = Loaded::new(&a.common.device, &a.data, &a.weights)?;
+    } = loaded;
     let mut pairs = Vec::new();
     let mut mask_md5 = "-".to_string();
     let mut mask = None;

@@ -24,7 +24,7 @@ use fmp_engine::{Error, Result};
 use super::check::{
     int_in, real_in, seed, MAX_CHANNELS, MAX_IMAGES, MAX_REPEATS, MAX_SAMPLES, MAX_STEPS,
 };
-use super::common::{DataArgs, JsonDeviceArgs, JsonOut, Loaded};
+use super::common::{DataArgs, JsonDeviceArgs, Loaded};
 
 /// The recipe `defend` and `demo` use unless `--recipe` says otherwise: the study's best
 /// (docs/STUDY.md). `scan` keeps the paper's (one draw: resumable and shardable).
@@ -243,14 +243,14 @@ pub fn run(a: Args) -> Result<()> {
         // nothing is journaled, and Ctrl-C stops at once, leaving no output)
         super::interrupt::install();
     }
-    let json = JsonOut::begin(a.common.json)?;
+    let (json, loaded) = Loaded::start(a.common.json, &a.common.device, &a.data, &a.weights)?;
     let Loaded {
         backend,
         dir,
         clean,
         model,
         ..
-    } = Loaded::new(&a.common.device, &a.data, &a.weights)?;
+    } = loaded;
     let j = JournalOpts {
         path: journal,
         resume: a.resume,

@@ -33,9 +33,16 @@ pub(super) const V: usize = 16;
 const NV: usize = 2;
 
 pub(super) type DTile = [[[f32; V]; NV]; DR];
-/// (K, weight panel [K][DR], input base of vector 0, of vector 1, K offsets) -> tile.
-pub(super) type DMicroFn =
-    unsafe fn(usize, *const f32, *const f32, *const f32, *const u32) -> DTile;
+/// What a kernel reads for one tile: K, the weight panel [K][DR], the input bases of the tile's
+/// vectors, the K offsets.
+#[derive(Clone, Copy)]
+pub(super) struct DCall {
+    kdim: usize,
+    w: *const f32,
+    x: [*const f32; NV],
+    koff: *const u32,
+}
+pub(super) type DMicroFn = unsafe fn(DCall) -> DTile;
 
 /// Geometry of one direct convolution: input planes `ci` of `hi x wi` padded by `p`, `k x k`
 /// filters, stride `s`, output `co` planes of `ho x wo`.
@@ -365,13 +372,12 @@ pub(super) fn run_item(
             // largest offset is (ci-1) * plane + (k-1) * (wp + 1) plus a lane base below
             // hp * wp), and its CPU features were detected.
             let tile = unsafe {
-                micro(
+                micro(DCall {
                     kdim,
-                    wpanel.as_ptr(),
-                    xp.as_ptr().add(o0),
-                    xp.as_ptr().add(o1),
-                    koff.as_ptr(),
-                )
+                    w: wpanel.as_ptr(),
+                    x: [xp.as_ptr().add(o0), xp.as_ptr().add(o1)],
+                    koff: koff.as_ptr(),
+                })
             };
             store_tile(d, &tile, j0, q * DR, y);
         }
@@ -505,18 +511,13 @@ pub(crate) fn input_grad_onehot(g: &Geom, oh: OneHot, w: &[f32], dx: &mut [f32])
 }
 
 /// Portable kernel: separate multiply and add.
-unsafe fn dmicro_plain(
-    kdim: usize,
-    w: *const f32,
-    x0: *const f32,
-    x1: *const f32,
-    koff: *const u32,
-) -> DTile {
+unsafe fn dmicro_plain(c: DCall) -> DTile {
+    let DCall { kdim, w, x, koff } = c;
     let mut acc = [[[0.0f32; V]; NV]; DR];
     for p in 0..kdim {
         // SAFETY: the caller guarantees kdim weights x DR, kdim offsets and in-bounds loads.
         let (o, wp) = unsafe { (*koff.add(p) as usize, w.add(p * DR)) };
-        for (v, base) in [x0, x1].into_iter().enumerate() {
+        for (v, base) in x.into_iter().enumerate() {
             // SAFETY: as above.
             let xv = unsafe { std::slice::from_raw_parts(base.add(o), V) };
             for (r, a) in acc.iter_mut().enumerate() {
@@ -534,16 +535,11 @@ unsafe fn dmicro_plain(
 /// AVX2 + FMA: four passes of 4 channels x 16 lanes (8 ymm accumulators each).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dmicro_avx2(
-    kdim: usize,
-    w: *const f32,
-    x0: *const f32,
-    x1: *const f32,
-    koff: *const u32,
-) -> DTile {
+unsafe fn dmicro_avx2(c: DCall) -> DTile {
+    let DCall { kdim, w, x, koff } = c;
     use std::arch::x86_64::*;
     let mut out = [[[0.0f32; V]; NV]; DR];
-    for (v, base) in [x0, x1].into_iter().enumerate() {
+    for (v, base) in x.into_iter().enumerate() {
         for half in 0..2 {
             let mut acc = [[_mm256_setzero_ps(); 2]; 4];
             for p in 0..kdim {
@@ -575,13 +571,8 @@ unsafe fn dmicro_avx2(
 /// AVX-512: the whole 8 x 32 tile in 16 zmm accumulators.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn dmicro_avx512(
-    kdim: usize,
-    w: *const f32,
-    x0: *const f32,
-    x1: *const f32,
-    koff: *const u32,
-) -> DTile {
+unsafe fn dmicro_avx512(c: DCall) -> DTile {
+    let DCall { kdim, w, x, koff } = c;
     use std::arch::x86_64::*;
     let mut a0 = [_mm512_setzero_ps(); DR];
     let mut a1 = [_mm512_setzero_ps(); DR];
@@ -589,7 +580,7 @@ unsafe fn dmicro_avx512(
         // SAFETY: the caller guarantees kdim weights x DR, kdim offsets and in-bounds loads.
         unsafe {
             let o = *koff.add(p) as usize;
-            let (v0, v1) = (_mm512_loadu_ps(x0.add(o)), _mm512_loadu_ps(x1.add(o)));
+            let (v0, v1) = (_mm512_loadu_ps(x[0].add(o)), _mm512_loadu_ps(x[1].add(o)));
             let wp = w.add(p * DR);
             for r in 0..DR {
                 let wv = _mm512_set1_ps(*wp.add(r));
