@@ -498,11 +498,7 @@ pub(crate) fn input_grad(g: &Geom, dy: &[f32], w: &[f32], dx: &mut [f32]) {
 /// One-hot input gradient: the terms are those of `input_grad` for item i's channel alone.
 pub(crate) fn input_grad_onehot(g: &Geom, oh: OneHot, w: &[f32], dx: &mut [f32]) {
     let t = transposed(g);
-    let d = dgeom(&t);
-    let d = DGeom {
-        geom: Geom { ci: 1, ..d.geom },
-        ..d
-    };
+    let d = dgeom(&Geom { ci: 1, ..t });
     let kk = g.k * g.k;
     let panels = oh.per_filter(g.n, |c| {
         pack_panels(d.panel_width(), g.ci, kk, |ci, p| flipped(g, w, ci, c, p))

@@ -180,10 +180,7 @@ pub(crate) fn weight_grad(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     let micro = wkernel();
     let offs = lane_offsets(&d);
     let (plane_in, kk) = (g.hi * g.wi, g.k * g.k);
-    let one = DGeom {
-        geom: Geom { ci: 1, ..d.geom },
-        ..d
-    };
+    let one = dgeom(&Geom { ci: 1, ..*g });
     // Offset of tap (kh, kw) in one padded (phase-split) input plane: the forward's K offsets.
     let tap_offs = k_offsets(&one);
     let groups = g.co.div_ceil(WR);

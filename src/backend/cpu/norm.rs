@@ -341,8 +341,8 @@ pub fn bn_train_backward(
     let o = host_mut(OP, "dx", dx)?;
     // dy of channel ch, masked by the forward's ReLU (bn(x) > 0) when it was fused: branch-free
     // (g's bits kept, or cleared to +0.0), with the channel's constants held by value.
-    let grad = |ch: usize| {
-        let (ka, kb) = bn_coefs(gamma[ch], beta[ch], mean[ch], invstd[ch]);
+    let coefs = |ch: usize| bn_coefs(gamma[ch], beta[ch], mean[ch], invstd[ch]);
+    let grad = |(ka, kb): (f32, f32)| {
         move |x: f32, g: f32| {
             let keep = !relu | (x * ka + kb > 0.0);
             f32::from_bits(g.to_bits() & (keep as u32).wrapping_neg())
@@ -354,7 +354,7 @@ pub fn bn_train_backward(
         // mean(dy * xhat)).
         let (c0, k) = (chs.start, chs.len());
         let sums = group_sums(xg, chs, |ch| {
-            let (mu, is, grad) = (mean[ch], invstd[ch], grad(ch));
+            let (mu, is, grad) = (mean[ch], invstd[ch], grad(coefs(ch)));
             move |x: f32, g: f32| {
                 let g = grad(x, g);
                 let xhat = (x - mu) as f64 * is as f64;
@@ -364,8 +364,8 @@ pub fn bn_train_backward(
         for (p, o) in planes.into_iter().enumerate() {
             let (i, j) = (p / k, p % k);
             let ch = c0 + j;
-            let (mu, is, grad) = (mean[ch], invstd[ch], grad(ch));
-            let (ka, _) = bn_coefs(gamma[ch], beta[ch], mu, is);
+            let (mu, is, (ka, kb)) = (mean[ch], invstd[ch], coefs(ch));
+            let grad = grad((ka, kb));
             let (mdy, mdyx) = ((sums[j].0 / m as f64) as f32, (sums[j].1 / m as f64) as f32);
             let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
             for ((o, &g), &v) in o.iter_mut().zip(&gs[r.clone()]).zip(&xs[r]) {
