@@ -294,7 +294,8 @@ pub fn conv_line(r: &ScanConvResult) -> String {
 pub fn summary(rep: &ScanBenchReport) -> String {
     format!(
         "# {} channels x {} samples timed in {}: {:.1} channel-samples/s, {:.2} GFLOP/s counted ({:.2}% of peak)\n\
-         # projected {}-channel scan: {} ({:.2} h); counted {:.1} TFLOP, compute-roofline bound {}",
+         # projected {}-channel scan: {} ({:.2} h); counted {:.1} TFLOP, compute-roofline bound {}\n\
+         # ceilings: {}",
         rep.channels_timed,
         rep.samples,
         fmt_time(rep.seconds_timed),
@@ -305,6 +306,7 @@ pub fn summary(rep: &ScanBenchReport) -> String {
         fmt_time(rep.projected_full_scan_s),
         rep.projected_full_scan_s / 3600.0,
         rep.counted_full_scan_flops as f64 / 1e12,
-        fmt_time(rep.roofline_full_scan_s)
+        fmt_time(rep.roofline_full_scan_s),
+        rep.ceilings.source
     )
 }
