@@ -53,7 +53,8 @@ pub struct Args {
     #[arg(long, value_parser = int_in::<usize>(1, MAX_IMAGES))]
     pub eval_limit: Option<usize>,
     /// The defense: fmp, random (random maps, FMP's counts per conv, seed --seed), finetune-only,
-    /// fine-pruning (least active maps on clean data, FMP's counts) or clp (data-free, no fine-tuning).
+    /// fine-pruning (least active maps on clean data, FMP's counts), clp (data-free, no fine-tuning) or
+    /// oracle (control, needs --attack: the maps most sensitive to the trigger, FMP's counts).
     #[arg(long, default_value = "fmp")]
     pub method: Method,
     /// Also run the controls (fine-tuning only; random maps with FMP's counts, seed --seed) and print

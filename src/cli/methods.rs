@@ -1,6 +1,8 @@
 //! The defenses `defend --method`, `defend --controls` and `study` run on one engine: FMP (scan, prune,
-//! fine-tune), random maps with FMP's counts (control), fine-tuning only, Fine-Pruning and CLP (data-free,
-//! no fine-tuning). Each starts from a copy of the given model.
+//! fine-tune), random maps with FMP's counts (control), fine-tuning only, Fine-Pruning, CLP (data-free,
+//! no fine-tuning) and the trigger oracle (control, needs the attack: per conv FMP's count of the maps most
+//! sensitive to the trigger, what pruning the right maps at FMP's budget can do). Each starts from a copy of
+//! the given model.
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,7 +13,7 @@ use fmp_engine::backend::Backend;
 use fmp_engine::data::DatasetKind;
 use fmp_engine::fmp::attacks::Attack;
 use fmp_engine::fmp::baselines::{clp_selection, fine_pruning_selection};
-use fmp_engine::fmp::controls::{counts_for_p, random_selection};
+use fmp_engine::fmp::controls::{counts_for_p, random_selection, top_k, trigger_sensitivity};
 use fmp_engine::fmp::metrics::{evaluate, Metrics};
 use fmp_engine::fmp::pipeline::eval_batch;
 use fmp_engine::fmp::prune::{apply, selections};
@@ -31,6 +33,7 @@ pub enum Method {
     FinetuneOnly,
     FinePruning,
     Clp,
+    Oracle,
 }
 
 fmp_engine::named_enum! {
@@ -40,8 +43,9 @@ fmp_engine::named_enum! {
         FinetuneOnly => "finetune-only" | "finetune" | "ft",
         FinePruning => "fine-pruning" | "fineprune" | "fp",
         Clp => "clp",
+        Oracle => "oracle",
     } else |s| {
-        format!("unknown defense '{s}': expected fmp, random, finetune-only, fine-pruning or clp")
+        format!("unknown defense '{s}': expected fmp, random, finetune-only, fine-pruning, clp or oracle")
     }
 }
 
@@ -113,6 +117,16 @@ fn metrics(model: &PreActResNet18, ctx: &Ctx) -> Result<Option<Metrics>> {
     }
 }
 
+/// The clean images Fine-Pruning and the oracle measure on: `fp_images` of the defender's pool, drawn with
+/// the method's seed.
+fn probe_images(ctx: &Ctx) -> LabeledImages {
+    let n = ctx.fp_images.min(ctx.clean.len());
+    let mut idx: Vec<usize> = (0..ctx.clean.len()).collect();
+    Rng::derive(ctx.seed, "fine-pruning-images").shuffle(&mut idx);
+    idx.truncate(n);
+    ctx.clean.subset(&idx)
+}
+
 /// Run `method` on a copy of `model`; returns the defended copy and what happened.
 pub fn run_method(
     model: &PreActResNet18,
@@ -145,15 +159,29 @@ pub fn run_method(
         Method::Random => random_selection(&m, &counts_for_p(&m, p)?, ctx.seed)?,
         Method::FinetuneOnly => Vec::new(),
         Method::FinePruning => {
-            let n = ctx.fp_images.min(ctx.clean.len());
-            let mut idx: Vec<usize> = (0..ctx.clean.len()).collect();
-            Rng::derive(ctx.seed, "fine-pruning-images").shuffle(&mut idx);
-            idx.truncate(n);
-            let imgs = ctx.clean.subset(&idx);
             let batch = eval_batch(ctx.backend.as_ref()).min(64);
-            fine_pruning_selection(&m, &imgs, &counts_for_p(&m, p)?, batch)?
+            fine_pruning_selection(&m, &probe_images(ctx), &counts_for_p(&m, p)?, batch)?
         }
         Method::Clp => clp_selection(&m, ctx.clp_u)?,
+        Method::Oracle => {
+            let attack = ctx.test.and_then(|(_, a)| a).ok_or_else(|| {
+                fmp_engine::Error::InvalidArgument(
+                    "the oracle control prunes the maps most sensitive to the trigger: it needs --attack"
+                        .into(),
+                )
+            })?;
+            let batch = eval_batch(ctx.backend.as_ref()).min(64);
+            let sens = trigger_sensitivity(&m, &probe_images(ctx), attack, batch)?;
+            let counts = counts_for_p(&m, p)?;
+            let mut sel: Vec<(usize, usize)> = sens
+                .iter()
+                .zip(&counts)
+                .enumerate()
+                .flat_map(|(i, (s, &k))| top_k(s, k).into_iter().map(move |c| (i, c)))
+                .collect();
+            sel.sort_unstable();
+            sel
+        }
     };
     apply(&mut m, &pruned)?;
     let after_prune = if method.prunes() {

@@ -138,7 +138,8 @@ pub struct Args {
     /// Scan seeds, comma-separated (every defense runs once per seed; CLP once).
     #[arg(long, default_value = "0,1,2")]
     pub scan_seeds: String,
-    /// Defenses, comma-separated: fmp, random, finetune-only, fine-pruning, clp.
+    /// Defenses, comma-separated: fmp, random, finetune-only, fine-pruning, clp, oracle (control: the
+    /// maps most sensitive to the trigger, FMP's counts).
     #[arg(long, default_value = "fmp,random,finetune-only,fine-pruning,clp")]
     pub methods: String,
     /// FMP recipes `NAME:key=value,...` (repeatable): NAME paper or margin4 starts from that
