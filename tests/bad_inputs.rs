@@ -343,6 +343,7 @@ fn every_bad_input_fails_cleanly() {
         case("prune --random with --p 0", "prune ../in/good.safetensors --random 1 --p 0 --out p.safetensors --device cpu", &["--p", "1..="]),
         case("defend --fp-images 0", &format!("defend ../in/good.safetensors {d} --out f.safetensors --method fine-pruning --fp-images 0"), &["--fp-images", "1..="]),
         case("defend --report with --controls", &format!("defend ../in/good.safetensors {d} --out f.safetensors --controls --report rep"), &["--report", "--controls"]),
+        case("defend --method oracle without --attack", &format!("defend ../in/good.safetensors {d} --out f.safetensors --method oracle"), &["--method oracle", "--attack"]),
         case("defend --clp-u nan", &format!("defend ../in/good.safetensors {d} --out f.safetensors --method clp --clp-u nan"), &["--clp-u", "finite"]),
         case("bench train --batch 1", "bench train --batch 1 --device cpu", &["--batch", "2..="]),
         case("bench train --steps 0", "bench train --steps 0 --device cpu", &["--steps", "1..="]),

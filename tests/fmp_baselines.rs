@@ -7,7 +7,8 @@ use fmp_engine::backend::cpu::CpuBackend;
 use fmp_engine::backend::Backend;
 use fmp_engine::fmp::attacks::{Attack, AttackKind};
 use fmp_engine::fmp::baselines::{
-    channel_lipschitz, clp_selection, counts_of, fine_pruning_selection, outliers, spectral_norm,
+    channel_lipschitz, clp_selection, counts_of, fine_pruning_selection, oracle_selection, outliers,
+    spectral_norm,
 };
 use fmp_engine::fmp::controls::{
     counts_for_p, random_selection, top_k, trigger_overlap, trigger_sensitivity,
@@ -145,4 +146,12 @@ fn trigger_diagnostic_counts_hits() {
     assert_eq!(s.len(), 20);
     assert!(s.iter().flatten().all(|v| v.is_finite() && *v >= 0.0));
     assert!(s[0].iter().any(|&v| v > 0.0));
+    // the oracle takes each conv's count of its most sensitive maps: the diagnostic of its own
+    // selection is all hits, and the counts are the asked ones
+    let counts = counts_for_p(&m, 2).unwrap();
+    let sel = oracle_selection(&m, &images(3), &at, &counts, 2).unwrap();
+    assert_eq!(counts_of(&m, &sel), counts);
+    let d = fmp_engine::fmp::controls::trigger_overlap_pairs(&sel, &s, &at, 3).unwrap();
+    assert_eq!((d.hits, d.selected), (sel.len(), sel.len()));
+    assert!(oracle_selection(&m, &images(3), &at, &counts[..3], 2).is_err());
 }

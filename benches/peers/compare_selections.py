@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Compare two `fmp-engine scan` reports of the same model: maps selected in common, and scores that
-differ (with the largest difference). One line on stdout."""
+"""Compare two `fmp-engine scan` reports of the same model: maps selected in common, the maps that
+moved, and how many per-map values differ (accuracy score, mean true-class probability, mean logit
+margin, each with its largest difference). One line on stdout."""
 import json
 import sys
 
@@ -16,14 +17,16 @@ def main():
         sys.exit("the reports scan different convs")
     common = sum(len(set(x["selected"]) & set(y["selected"])) for x, y in zip(a, b))
     total = sum(len(x["selected"]) for x in a)
-    diffs = [(abs(s - t), x["name"], i)
-             for x, y in zip(a, b) for i, (s, t) in enumerate(zip(x["scores"], y["scores"])) if s != t]
     maps = sum(len(x["scores"]) for x in a)
+
+    def differ(key):
+        d = [abs(s - t) for x, y in zip(a, b) for s, t in zip(x.get(key) or [], y.get(key) or []) if s != t]
+        return f"{key} {len(d)} (max {max(d):.3g})" if d else f"{key} 0"
     moved = [f'{x["name"]}: {sorted(set(x["selected"]) - set(y["selected"]))} -> '
              f'{sorted(set(y["selected"]) - set(x["selected"]))}'
              for x, y in zip(a, b) if set(x["selected"]) != set(y["selected"])]
-    big = max(diffs)[0] if diffs else 0.0
-    print(f"{common} of {total} selected in common; {len(diffs)} of {maps} scores differ (max {big:.3g})"
+    print(f"{common} of {total} selected in common; of {maps} maps, these differ: "
+          f"{', '.join(differ(k) for k in ('scores', 'true_prob', 'margin'))}"
           + (f"; {'; '.join(moved)}" if moved else ""))
 
 

@@ -188,7 +188,8 @@ pub fn measure_cpu_fma_peak(threads: usize) -> Option<(f64, &'static str)> {
     #[cfg(target_arch = "x86_64")]
     {
         let avx512 = is_x86_feature_detected!("avx512f");
-        if !avx512 && !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        if !(avx512 || avx2) {
             return None;
         }
         const ITERS: usize = 200_000;

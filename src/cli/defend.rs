@@ -95,6 +95,11 @@ pub fn run(mut a: Args) -> Result<()> {
         }
         super::defend_report::check_report_dir(r)?;
     }
+    if a.method == Method::Oracle && a.attack.is_none() {
+        return Err(fmp_engine::Error::InvalidArgument(
+            "--method oracle prunes the maps most sensitive to the trigger: it needs --attack".into(),
+        ));
+    }
     let _lock = super::check::lock_output(&a.out, "--out")?;
     let (json, loaded) = Loaded::start(a.json, &a.device, &a.data, &a.weights)?;
     let Loaded {

@@ -12,8 +12,8 @@ use serde::Serialize;
 use fmp_engine::backend::Backend;
 use fmp_engine::data::DatasetKind;
 use fmp_engine::fmp::attacks::Attack;
-use fmp_engine::fmp::baselines::{clp_selection, fine_pruning_selection};
-use fmp_engine::fmp::controls::{counts_for_p, random_selection, top_k, trigger_sensitivity};
+use fmp_engine::fmp::baselines::{clp_selection, fine_pruning_selection, oracle_selection};
+use fmp_engine::fmp::controls::{counts_for_p, random_selection};
 use fmp_engine::fmp::metrics::{evaluate, Metrics};
 use fmp_engine::fmp::pipeline::eval_batch;
 use fmp_engine::fmp::prune::{apply, selections};
@@ -171,16 +171,7 @@ pub fn run_method(
                 )
             })?;
             let batch = eval_batch(ctx.backend.as_ref()).min(64);
-            let sens = trigger_sensitivity(&m, &probe_images(ctx), attack, batch)?;
-            let counts = counts_for_p(&m, p)?;
-            let mut sel: Vec<(usize, usize)> = sens
-                .iter()
-                .zip(&counts)
-                .enumerate()
-                .flat_map(|(i, (s, &k))| top_k(s, k).into_iter().map(move |c| (i, c)))
-                .collect();
-            sel.sort_unstable();
-            sel
+            oracle_selection(&m, &probe_images(ctx), attack, &counts_for_p(&m, p)?, batch)?
         }
     };
     apply(&mut m, &pruned)?;

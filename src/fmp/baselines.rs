@@ -5,12 +5,15 @@
 //!   map = mean |A_l(x)[:, c]| of the raw conv output over clean images (`controls::mean_activation`); per conv
 //!   the same count as FMP (floor(C/p)) lowest are pruned. (The original prunes the last conv layer only,
 //!   until clean accuracy drops; here every conv, with FMP's counts, so the two differ only in the ranking.)
+//! - the trigger oracle (a control, not a defense: it needs the trigger): per conv the same count of the maps
+//!   most sensitive to the trigger (`oracle_selection`);
 //! - CLP (Zheng et al. 2022, data-free): the upper bound of channel c's Lipschitz constant is the largest
 //!   singular value of its filter reshaped to [C_in, kh*kw], times |gamma_c / sqrt(var_c + eps)| of the BN
 //!   that consumes it alone (`ConvInfo::pruned_bn`: a block's conv1 and its bn2; the residual-stream convs
 //!   have none, so their bound is the filter's). Per conv, maps whose bound exceeds mean + u * std (sample
 //!   std, as `torch.std`) are pruned; u = 3 by default. CLP does not fine-tune.
-use super::controls::mean_activation;
+use super::attacks::Attack;
+use super::controls::{mean_activation, top_k, trigger_sensitivity};
 use super::LabeledImages;
 use crate::error::{Error, Result};
 use crate::model::PreActResNet18;
@@ -40,6 +43,34 @@ pub fn fine_pruning_selection(
         order.sort_by(|&x, &y| a[x].total_cmp(&a[y]).then(x.cmp(&y)));
         out.extend(order[..k.min(a.len())].iter().map(|&c| (i, c)));
     }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// The trigger oracle, a control that needs the attack: per conv, the `counts[i]` maps most sensitive to
+/// the trigger (mean |A(x + trigger) - A(x)| over clean `images`; ties: lower index). What pruning the
+/// right maps at a defense's budget can do, against which a data-only ranking is measured.
+pub fn oracle_selection(
+    model: &PreActResNet18,
+    images: &LabeledImages,
+    attack: &Attack,
+    counts: &[usize],
+    batch: usize,
+) -> Result<Vec<(usize, usize)>> {
+    let sens = trigger_sensitivity(model, images, attack, batch)?;
+    if counts.len() != sens.len() {
+        return Err(Error::InvalidArgument(format!(
+            "oracle: {} counts for {} convs",
+            counts.len(),
+            sens.len()
+        )));
+    }
+    let mut out: Vec<(usize, usize)> = sens
+        .iter()
+        .zip(counts)
+        .enumerate()
+        .flat_map(|(i, (s, &k))| top_k(s, k).into_iter().map(move |c| (i, c)))
+        .collect();
     out.sort_unstable();
     Ok(out)
 }
