@@ -195,6 +195,56 @@ fn batchnorm_train_forward_and_running_stats() {
     assert!(matches!(r1, Err(Error::Shape { .. })));
 }
 
+/// Channels far from zero relative to their spread (mean 1000 at std 0.01, an outlier as the
+/// channel's first element) keep accurate statistics: each channel's mean and 1/std within 1e-6 of
+/// the f64 two-pass values, relative to the channel's own scale.
+#[test]
+fn batchnorm_train_statistics_hold_under_a_large_offset() {
+    let b = be();
+    let (n, c, hh, ww) = (4, 3, 5, 7);
+    let hw = hh * ww;
+    let (offset, spread) = ([1000.0f32, -500.0, 0.0], [1e-2f32, 1e-3, 1.0]);
+    let mut r = Rng::new(21);
+    let mut x = r.vec(n * c * hw, -1.0, 1.0);
+    for (i, v) in x.iter_mut().enumerate() {
+        let ch = (i / hw) % c;
+        *v = offset[ch] + spread[ch] * *v;
+    }
+    x[hw] = offset[1] + 50.0 * spread[1];
+    let s = [n, c, hh, ww];
+    let (gm, bt) = (vec![1.0f32; c], vec![0.0f32; c]);
+    let (mut rm, mut rv) = (z(&b, &[c]), t(&b, &[1.0; 3], &[c]));
+    let (mut sm, mut si) = (z(&b, &[c]), z(&b, &[c]));
+    b.batchnorm_train_forward(
+        &t(&b, &x, &s),
+        BnLayer::new(
+            &t(&b, &gm, &[c]),
+            &t(&b, &bt, &[c]),
+            &mut sm,
+            &mut si,
+            false,
+        ),
+        BnUpdate::new(1e-12, 0.1, &mut rm, &mut rv),
+        &mut z(&b, &s),
+    )
+    .unwrap();
+    let (_, mean, var) = bn64(&f64v(&x), &f64v(&gm), &f64v(&bt), n, c, hw, 1e-12);
+    let (sm, si) = (h(&b, &sm), h(&b, &si));
+    for ch in 0..c {
+        let sd = var[ch].sqrt();
+        assert!(
+            (sm[ch] as f64 - mean[ch]).abs() <= 1e-6 * (mean[ch].abs() + sd),
+            "mean {ch}"
+        );
+        assert!(
+            (si[ch] as f64 * sd - 1.0).abs() <= 1e-6,
+            "invstd {ch}: {} against {}",
+            si[ch],
+            1.0 / sd
+        );
+    }
+}
+
 #[test]
 fn batchnorm_train_relu_fused_is_the_composition() {
     let b = be();

@@ -7,8 +7,8 @@ use fmp_engine::backend::cpu::CpuBackend;
 use fmp_engine::backend::Backend;
 use fmp_engine::fmp::attacks::{Attack, AttackKind};
 use fmp_engine::fmp::baselines::{
-    channel_lipschitz, clp_selection, counts_of, fine_pruning_selection, oracle_selection, outliers,
-    spectral_norm,
+    channel_lipschitz, clp_selection, counts_of, fine_pruning_selection, oracle_selection,
+    outliers, spectral_norm,
 };
 use fmp_engine::fmp::controls::{
     counts_for_p, random_selection, top_k, trigger_overlap, trigger_sensitivity,

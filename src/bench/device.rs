@@ -153,8 +153,9 @@ fn triad(a: &mut [f32], b: &[f32], c: &[f32]) {
 }
 
 /// FMA-loop throughput of one thread (FLOP/s): 16 independent accumulators of `LANES` lanes, each
-/// updated by a dependent FMA chain of `ITERS` steps, best of 5 timed passes. No memory traffic:
-/// what the core's FMA pipes sustain at the clock they really run at (turbo included).
+/// updated by a dependent FMA chain of `ITERS` steps (the caller keeps the best of 20 passes of
+/// about 1 ms). No memory traffic: what the core's FMA pipes sustain at the clock they really run
+/// at (turbo included).
 macro_rules! fma_loop {
     ($name:ident, $feat:literal, $vec:ty, $set1:ident, $fma:ident, $add:ident, $store:ident, $lanes:expr) => {
         #[cfg(target_arch = "x86_64")]
@@ -179,8 +180,26 @@ macro_rules! fma_loop {
         }
     };
 }
-fma_loop!(fma_avx2, "avx2,fma", __m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps, _mm256_storeu_ps, 8);
-fma_loop!(fma_avx512, "avx512f", __m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps, _mm512_storeu_ps, 16);
+fma_loop!(
+    fma_avx2,
+    "avx2,fma",
+    __m256,
+    _mm256_set1_ps,
+    _mm256_fmadd_ps,
+    _mm256_add_ps,
+    _mm256_storeu_ps,
+    8
+);
+fma_loop!(
+    fma_avx512,
+    "avx512f",
+    __m512,
+    _mm512_set1_ps,
+    _mm512_fmadd_ps,
+    _mm512_add_ps,
+    _mm512_storeu_ps,
+    16
+);
 
 /// Measured FP32 FMA throughput of `threads` threads running the FMA loop at once (FLOP/s), and
 /// the instruction set it used (the widest this CPU has); None without AVX2 + FMA.
@@ -195,7 +214,7 @@ pub fn measure_cpu_fma_peak(threads: usize) -> Option<(f64, &'static str)> {
         const ITERS: usize = 200_000;
         let (lanes, isa) = if avx512 { (16, "avx512") } else { (8, "avx2") };
         let mut best = f64::INFINITY;
-        for rep in 0..6 {
+        for rep in 0..21 {
             let t = Instant::now();
             let sink: f32 = (0..threads)
                 .into_par_iter()

@@ -140,7 +140,10 @@ pub struct Args {
     pub scan_seeds: String,
     /// Defenses, comma-separated: fmp, random, finetune-only, fine-pruning, clp, oracle (control: the
     /// maps most sensitive to the trigger, FMP's counts: what the right selection at FMP's budget does).
-    #[arg(long, default_value = "fmp,random,finetune-only,fine-pruning,clp,oracle")]
+    #[arg(
+        long,
+        default_value = "fmp,random,finetune-only,fine-pruning,clp,oracle"
+    )]
     pub methods: String,
     /// FMP recipes `NAME:key=value,...` (repeatable): NAME paper or margin4 starts from that
     /// `--recipe`'s settings, any other name from the paper's [default: paper and margin4].

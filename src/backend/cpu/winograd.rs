@@ -18,8 +18,10 @@
 //!
 //! The rounding differs from the direct convolution's (the transforms add and subtract inputs
 //! before the products), so this path is opt-in (`FMP_CPU_CONV=winograd`): on real models its
-//! scans selected the same maps in three of four comparisons and one map differently in the
-//! fourth (benches/RESULTS.md), short of the bar for a default.
+//! scans moved 1 to 3 of 75 selected maps in four of ten comparisons (the margin4 recipe's
+//! continuous score orders near-ties by the 4th decimal it changes), where the direct kernels give
+//! bitwise the same report on AVX-512 and AVX2 (`benches/selection_rounding.sh`,
+//! benches/RESULTS.md): short of the bar for a default.
 use std::sync::{Arc, Mutex, OnceLock};
 
 use rayon::prelude::*;
