@@ -1,6 +1,7 @@
 //! CPU backend op tests (convolutions: tests/cpu_conv_ops.rs): every other op on seeded random
 //! inputs with odd shapes against a naive f64 reference, gradients against f64 analytic references
 //! and central finite differences, broadcast rules and error cases.
+use fmp_engine::backend::cpu::CpuBackend;
 use fmp_engine::backend::{Backend, BnGrads, BnLayer, BnUpdate, ConvParams, Sgd};
 use fmp_engine::Error;
 
@@ -136,6 +137,46 @@ fn bn64(
     (y, mean, var)
 }
 
+/// Host outputs of one training batchnorm forward without ReLU.
+struct BnTrainOut {
+    y: Vec<f32>,
+    save_mean: Vec<f32>,
+    save_invstd: Vec<f32>,
+    running_mean: Vec<f32>,
+    running_var: Vec<f32>,
+}
+
+/// `batchnorm_train_forward` (momentum 0.1, no ReLU) of `x` with shape `s`, gamma `gm`, beta `bt` and
+/// running statistics starting at `rm0` / `rv0`.
+#[allow(clippy::too_many_arguments)]
+fn bn_train(
+    b: &CpuBackend,
+    x: &[f32],
+    s: [usize; 4],
+    gm: &[f32],
+    bt: &[f32],
+    rm0: &[f32],
+    rv0: &[f32],
+    eps: f32,
+) -> fmp_engine::Result<BnTrainOut> {
+    let c = s[1];
+    let (mut rm, mut rv) = (t(b, rm0, &[c]), t(b, rv0, &[c]));
+    let (mut sm, mut si, mut y) = (z(b, &[c]), z(b, &[c]), z(b, &s));
+    b.batchnorm_train_forward(
+        &t(b, x, &s),
+        BnLayer::new(&t(b, gm, &[c]), &t(b, bt, &[c]), &mut sm, &mut si, false),
+        BnUpdate::new(eps, 0.1, &mut rm, &mut rv),
+        &mut y,
+    )?;
+    Ok(BnTrainOut {
+        y: h(b, &y),
+        save_mean: h(b, &sm),
+        save_invstd: h(b, &si),
+        running_mean: h(b, &rm),
+        running_var: h(b, &rv),
+    })
+}
+
 #[test]
 fn batchnorm_train_forward_and_running_stats() {
     let b = be();
@@ -147,28 +188,13 @@ fn batchnorm_train_forward_and_running_stats() {
     let bt = r.vec(c, -0.5, 0.5);
     let rm0 = r.vec(c, -0.2, 0.2);
     let rv0 = r.vec(c, 0.5, 1.5);
-    let s = [n, c, hh, ww];
-    let (mut rm, mut rv) = (t(&b, &rm0, &[c]), t(&b, &rv0, &[c]));
-    let (mut sm, mut si, mut y) = (z(&b, &[c]), z(&b, &[c]), z(&b, &s));
     let eps = 1e-5;
-    b.batchnorm_train_forward(
-        &t(&b, &x, &s),
-        BnLayer::new(
-            &t(&b, &gm, &[c]),
-            &t(&b, &bt, &[c]),
-            &mut sm,
-            &mut si,
-            false,
-        ),
-        BnUpdate::new(eps, 0.1, &mut rm, &mut rv),
-        &mut y,
-    )
-    .unwrap();
+    let out = bn_train(&b, &x, [n, c, hh, ww], &gm, &bt, &rm0, &rv0, eps).unwrap();
     let (y64, mean, var) = bn64(&f64v(&x), &f64v(&gm), &f64v(&bt), n, c, hw, eps as f64);
-    assert_close("bn y", &h(&b, &y), &y64, 1e-5);
-    assert_close("bn save_mean", &h(&b, &sm), &mean, 1e-6);
+    assert_close("bn y", &out.y, &y64, 1e-5);
+    assert_close("bn save_mean", &out.save_mean, &mean, 1e-6);
     let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps as f64).sqrt()).collect();
-    assert_close("bn save_invstd", &h(&b, &si), &invstd, 1e-6);
+    assert_close("bn save_invstd", &out.save_invstd, &invstd, 1e-6);
     let m = (n * hw) as f64;
     let want_rm: Vec<f64> = (0..c)
         .map(|i| 0.9 * rm0[i] as f64 + 0.1 * mean[i])
@@ -176,22 +202,15 @@ fn batchnorm_train_forward_and_running_stats() {
     let want_rv: Vec<f64> = (0..c)
         .map(|i| 0.9 * rv0[i] as f64 + 0.1 * var[i] * m / (m - 1.0))
         .collect();
-    assert_close("bn running_mean", &h(&b, &rm), &want_rm, 1e-6);
-    assert_close("bn running_var (unbiased)", &h(&b, &rv), &want_rv, 1e-6);
-    // A single value per channel is an error (as in PyTorch).
-    let one = [1, c, 1, 1];
-    let r1 = b.batchnorm_train_forward(
-        &z(&b, &one),
-        BnLayer::new(
-            &t(&b, &gm, &[c]),
-            &t(&b, &bt, &[c]),
-            &mut sm,
-            &mut si,
-            false,
-        ),
-        BnUpdate::new(eps, 0.1, &mut rm, &mut rv),
-        &mut z(&b, &one),
+    assert_close("bn running_mean", &out.running_mean, &want_rm, 1e-6);
+    assert_close(
+        "bn running_var (unbiased)",
+        &out.running_var,
+        &want_rv,
+        1e-6,
     );
+    // A single value per channel is an error (as in PyTorch).
+    let r1 = bn_train(&b, &vec![0.0; c], [1, c, 1, 1], &gm, &bt, &rm0, &rv0, eps);
     assert!(matches!(r1, Err(Error::Shape { .. })));
 }
 
@@ -211,25 +230,20 @@ fn batchnorm_train_statistics_hold_under_a_large_offset() {
         *v = offset[ch] + spread[ch] * *v;
     }
     x[hw] = offset[1] + 50.0 * spread[1];
-    let s = [n, c, hh, ww];
     let (gm, bt) = (vec![1.0f32; c], vec![0.0f32; c]);
-    let (mut rm, mut rv) = (z(&b, &[c]), t(&b, &[1.0; 3], &[c]));
-    let (mut sm, mut si) = (z(&b, &[c]), z(&b, &[c]));
-    b.batchnorm_train_forward(
-        &t(&b, &x, &s),
-        BnLayer::new(
-            &t(&b, &gm, &[c]),
-            &t(&b, &bt, &[c]),
-            &mut sm,
-            &mut si,
-            false,
-        ),
-        BnUpdate::new(1e-12, 0.1, &mut rm, &mut rv),
-        &mut z(&b, &s),
+    let out = bn_train(
+        &b,
+        &x,
+        [n, c, hh, ww],
+        &gm,
+        &bt,
+        &[0.0; 3],
+        &[1.0; 3],
+        1e-12,
     )
     .unwrap();
     let (_, mean, var) = bn64(&f64v(&x), &f64v(&gm), &f64v(&bt), n, c, hw, 1e-12);
-    let (sm, si) = (h(&b, &sm), h(&b, &si));
+    let (sm, si) = (out.save_mean, out.save_invstd);
     for ch in 0..c {
         let sd = var[ch].sqrt();
         assert!(

@@ -97,8 +97,7 @@ pub fn run(mut a: Args) -> Result<()> {
     }
     if a.method == Method::Oracle && a.attack.is_none() {
         return Err(fmp_engine::Error::InvalidArgument(
-            "--method oracle prunes the maps most sensitive to the trigger: it needs --attack"
-                .into(),
+            super::methods::ORACLE_NEEDS_ATTACK.into(),
         ));
     }
     let _lock = super::check::lock_output(&a.out, "--out")?;

@@ -49,6 +49,10 @@ fmp_engine::named_enum! {
     }
 }
 
+/// Why `oracle` cannot run without a known attack (defend checks it before loading anything).
+pub const ORACLE_NEEDS_ATTACK: &str =
+    "--method oracle prunes the maps most sensitive to the trigger: it needs --attack";
+
 impl Method {
     pub fn fine_tunes(&self) -> bool {
         *self != Method::Clp
@@ -164,12 +168,10 @@ pub fn run_method(
         }
         Method::Clp => clp_selection(&m, ctx.clp_u)?,
         Method::Oracle => {
-            let attack = ctx.test.and_then(|(_, a)| a).ok_or_else(|| {
-                fmp_engine::Error::InvalidArgument(
-                    "the oracle control prunes the maps most sensitive to the trigger: it needs --attack"
-                        .into(),
-                )
-            })?;
+            let attack = ctx
+                .test
+                .and_then(|(_, a)| a)
+                .ok_or_else(|| fmp_engine::Error::InvalidArgument(ORACLE_NEEDS_ATTACK.into()))?;
             let batch = eval_batch(ctx.backend.as_ref()).min(64);
             oracle_selection(&m, &probe_images(ctx), attack, &counts_for_p(&m, p)?, batch)?
         }

@@ -27,24 +27,7 @@ pub fn fine_pruning_selection(
     batch: usize,
 ) -> Result<Vec<(usize, usize)>> {
     let act = mean_activation(model, images, batch)?;
-    if counts.len() != act.len() {
-        return Err(Error::InvalidArgument(format!(
-            "fine-pruning: {} counts for {} convs",
-            counts.len(),
-            act.len()
-        )));
-    }
-    let mut out = Vec::new();
-    for (i, (a, &k)) in act.iter().zip(counts).enumerate() {
-        if k == 0 {
-            continue;
-        }
-        let mut order: Vec<usize> = (0..a.len()).collect();
-        order.sort_by(|&x, &y| a[x].total_cmp(&a[y]).then(x.cmp(&y)));
-        out.extend(order[..k.min(a.len())].iter().map(|&c| (i, c)));
-    }
-    out.sort_unstable();
-    Ok(out)
+    per_conv("fine-pruning", &act, counts, Pick::Lowest)
 }
 
 /// The trigger oracle, a control that needs the attack: per conv, the `counts[i]` maps most sensitive to
@@ -58,19 +41,43 @@ pub fn oracle_selection(
     batch: usize,
 ) -> Result<Vec<(usize, usize)>> {
     let sens = trigger_sensitivity(model, images, attack, batch)?;
-    if counts.len() != sens.len() {
+    per_conv("oracle", &sens, counts, Pick::Highest)
+}
+
+/// Which end of a conv's per-map values a selection takes.
+enum Pick {
+    Lowest,
+    Highest,
+}
+
+/// Per conv i, the `counts[i]` maps at the `pick` end of `values[i]` (ties: lower index), as sorted
+/// (conv, map) pairs; `what` names the selection in the error for mismatched lengths.
+fn per_conv(
+    what: &str,
+    values: &[Vec<f32>],
+    counts: &[usize],
+    pick: Pick,
+) -> Result<Vec<(usize, usize)>> {
+    if counts.len() != values.len() {
         return Err(Error::InvalidArgument(format!(
-            "oracle: {} counts for {} convs",
+            "{what}: {} counts for {} convs",
             counts.len(),
-            sens.len()
+            values.len()
         )));
     }
-    let mut out: Vec<(usize, usize)> = sens
-        .iter()
-        .zip(counts)
-        .enumerate()
-        .flat_map(|(i, (s, &k))| top_k(s, k).into_iter().map(move |c| (i, c)))
-        .collect();
+    let mut out = Vec::new();
+    for (i, (v, &k)) in values.iter().zip(counts).enumerate() {
+        let maps = match pick {
+            Pick::Highest => top_k(v, k),
+            Pick::Lowest => {
+                let mut order: Vec<usize> = (0..v.len()).collect();
+                order.sort_by(|&x, &y| v[x].total_cmp(&v[y]).then(x.cmp(&y)));
+                order.truncate(k);
+                order
+            }
+        };
+        out.extend(maps.into_iter().map(|c| (i, c)));
+    }
     out.sort_unstable();
     Ok(out)
 }

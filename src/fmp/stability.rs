@@ -135,7 +135,9 @@ pub fn repeat_seed(seed: u64, r: usize) -> u64 {
         return seed;
     }
     let mut g = Rng::derive(seed, "scan-repeat");
-    (0..r).map(|_| g.next_u64()).last().unwrap_or(seed)
+    std::iter::repeat_with(|| g.next_u64())
+        .nth(r - 1)
+        .expect("an endless stream")
 }
 
 /// The floor(C/p) lowest maps of one conv under `kind`.

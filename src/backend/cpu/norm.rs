@@ -267,16 +267,16 @@ pub fn bn_train_forward(
     let ys = host_mut(OP, "y", y)?;
     let xx = Planes::new(n, c, hw, xs, xs);
     let st = per_group(ys, c, hw, |chs, planes| {
-        // One pass of shifted sums in f64: s1 = sum(x - k), s2 = sum((x - k)^2) with k the channel's
-        // first element, so mean = k + s1 / m and the centred sum of squares s2 - s1^2 / m lose
-        // nothing that matters (k lies within the channel's spread, and f64 holds the squares of
+        // One pass of shifted sums in f64: s1 = sum(x - x0), s2 = sum((x - x0)^2) with x0 the
+        // channel's first element, so mean = x0 + s1 / m and the centred sum of squares s2 - s1^2 / m
+        // lose nothing that matters (x0 lies within the channel's spread, and f64 holds the squares of
         // f32 differences): one read of x for the statistics instead of two.
         let (c0, k) = (chs.start, chs.len());
         let shift = |ch: usize| xs[ch * hw] as f64;
         let s = group_sums(xx, chs.clone(), |ch| {
-            let k = shift(ch);
+            let x0 = shift(ch);
             move |x: f32, _| {
-                let d = x as f64 - k;
+                let d = x as f64 - x0;
                 (d, d * d)
             }
         });
