@@ -259,3 +259,45 @@ fn bad_shapes_are_errors() {
     assert!(PreActResNet18::from_state_dict(be.clone(), &sd, ModelConfig::cifar10(16)).is_err());
     assert!(PreActResNet18::from_state_dict(be, &sd, ModelConfig::cifar100(8)).is_err());
 }
+
+/// The training backward runs each weight gradient alongside the input-gradient chain on the CPU
+/// (`rayon::join`): every gradient must still be bitwise the same on 1 thread (sequential) and on
+/// 3 (concurrent).
+#[test]
+fn training_gradients_are_bitwise_the_same_on_any_thread_count() {
+    let run = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| {
+                let be: Arc<dyn Backend> = Arc::new(CpuBackend::new());
+                let mut m = fixture_model(&be);
+                let mut rng = Rng::stream(Stream::Init, 31);
+                let x = be
+                    .from_host(
+                        &rand_vec(&mut rng, 5 * 3 * 32 * 32, 0.0, 1.0),
+                        &[5, 3, 32, 32],
+                    )
+                    .unwrap();
+                let labels = be.indices_from_host(&[0, 3, 9, 4, 7]).unwrap();
+                let (logits, tr) = m.forward_train(&x).unwrap();
+                let mut loss = be.zeros(&[5]).unwrap();
+                let mut dl = be.zeros(logits.shape()).unwrap();
+                be.softmax_cross_entropy(&logits, &labels, &mut loss, &mut dl)
+                    .unwrap();
+                let g = m.backward_train(&tr, &dl).unwrap();
+                g.iter()
+                    .map(|(n, t)| (n.to_string(), be.to_host(t).unwrap()))
+                    .collect::<Vec<_>>()
+            })
+    };
+    let (one, three) = (run(1), run(3));
+    assert_eq!(one.len(), three.len());
+    for ((n1, a), (n3, b)) in one.iter().zip(&three) {
+        assert_eq!(n1, n3);
+        assert!(a.iter().any(|v| *v != 0.0), "{n1}: all-zero gradient");
+        let same = a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
+        assert!(same, "{n1}: gradients differ between 1 and 3 threads");
+    }
+}

@@ -189,30 +189,47 @@ impl PreActResNet18 {
         let out_p = self.convs[last.conv2].params.with_batch(n);
         let mut d = b.empty(&out_p.output_shape())?;
         b.global_avg_pool_backward(&dpooled, &mut d)?;
-        // Blocks in reverse; `d` is the gradient at the block output.
+        // Blocks in reverse; `d` is the gradient at the block output. Each conv's weight gradient
+        // (a leaf) runs alongside the input-gradient chain that follows it (`alongside`).
         for (bi, sv) in trace.blocks.iter().enumerate().rev() {
             let blk = self.blocks[bi];
-            slots[slot(ParamRef::Conv(blk.conv2))] = Some(wgrad(blk.conv2, &sv.a2, &d)?);
-            let da2 = self.conv_bwd(blk.conv2, &d)?;
-            let (dc1, dg2, db2) = self.bn_train_bwd(blk.bn2, &sv.bn2, &da2)?;
-            drop(da2);
+            let (dw2, bn2) = self.alongside(
+                || wgrad(blk.conv2, &sv.a2, &d),
+                || {
+                    let da2 = self.conv_bwd(blk.conv2, &d)?;
+                    self.bn_train_bwd(blk.bn2, &sv.bn2, &da2)
+                },
+            );
+            let (dc1, dg2, db2) = bn2?;
+            slots[slot(ParamRef::Conv(blk.conv2))] = Some(dw2?);
             slots[slot(ParamRef::Gamma(blk.bn2))] = Some(dg2);
             slots[slot(ParamRef::Beta(blk.bn2))] = Some(db2);
-            slots[slot(ParamRef::Conv(blk.conv1))] = Some(wgrad(blk.conv1, &sv.o, &dc1)?);
-            let mut d_o = self.conv_bwd(blk.conv1, &dc1)?;
-            drop(dc1);
-            if let Some(si) = blk.shortcut {
-                slots[slot(ParamRef::Conv(si))] = Some(wgrad(si, &sv.o, &d)?);
-                let ds = self.conv_bwd(si, &d)?;
-                b.add_assign(&mut d_o, &ds)?;
+            let (dw1, bn1) = self.alongside(
+                || wgrad(blk.conv1, &sv.o, &dc1),
+                || {
+                    let mut d_o = self.conv_bwd(blk.conv1, &dc1)?;
+                    let dws = match blk.shortcut {
+                        Some(si) => {
+                            let ds = self.conv_bwd(si, &d)?;
+                            b.add_assign(&mut d_o, &ds)?;
+                            Some(wgrad(si, &sv.o, &d)?)
+                        }
+                        None => None,
+                    };
+                    let (mut dh, dg1, db1) = self.bn_train_bwd(blk.bn1, &sv.bn1, &d_o)?;
+                    if blk.shortcut.is_none() {
+                        b.add_assign(&mut dh, &d)?;
+                    }
+                    Ok((dh, dg1, db1, dws))
+                },
+            );
+            let (dh, dg1, db1, dws) = bn1?;
+            slots[slot(ParamRef::Conv(blk.conv1))] = Some(dw1?);
+            if let (Some(si), Some(dws)) = (blk.shortcut, dws) {
+                slots[slot(ParamRef::Conv(si))] = Some(dws);
             }
-            let (mut dh, dg1, db1) = self.bn_train_bwd(blk.bn1, &sv.bn1, &d_o)?;
-            drop(d_o);
             slots[slot(ParamRef::Gamma(blk.bn1))] = Some(dg1);
             slots[slot(ParamRef::Beta(blk.bn1))] = Some(db1);
-            if blk.shortcut.is_none() {
-                b.add_assign(&mut dh, &d)?;
-            }
             d = dh;
         }
         slots[slot(ParamRef::Conv(0))] = Some(wgrad(0, &trace.xn, &d)?);
@@ -223,6 +240,24 @@ impl PreActResNet18 {
                 .map(|t| t.expect("every parameter has a gradient"))
                 .collect(),
         })
+    }
+
+    /// `a` and `b` at once on the CPU backend, one after the other on a GPU (one stream). On the
+    /// CPU each op's tasks then share the thread pool, so a memory-bound chain (batchnorm
+    /// backward, residual adds) overlaps a compute-bound weight gradient, and a thread that one
+    /// op's last tasks would leave idle takes the other's. Every op's result is independent of
+    /// which threads run its tasks, so the gradients are bitwise those of the sequential order.
+    fn alongside<A: Send, B: Send>(
+        &self,
+        a: impl FnOnce() -> A + Send,
+        b: impl FnOnce() -> B + Send,
+    ) -> (A, B) {
+        if self.backend.is_gpu() {
+            let ra = a();
+            (ra, b())
+        } else {
+            rayon::join(a, b)
+        }
     }
 
     /// Backward of `bn_train` (BN and its ReLU): `dy` is the gradient of the ReLU's output.
