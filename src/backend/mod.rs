@@ -135,6 +135,13 @@ pub trait Backend: Send + Sync {
     /// Bytes of work buffers the scan's chunks are sized for: device memory on a GPU, a working
     /// set on the CPU (64 MiB by default, `FMP_CPU_WORKSET`).
     fn memory_budget(&self) -> usize;
+    /// Whether the model may run independent ops at once from several host threads (the CPU
+    /// backend: their tasks share one thread pool, and every op's result is independent of which
+    /// threads run it). Not on a GPU (one stream), nor under the op profiler, which times one op
+    /// at a time.
+    fn runs_ops_concurrently(&self) -> bool {
+        false
+    }
 
     // ---- memory ------------------------------------------------------------------------------
     fn zeros(&self, shape: &[usize]) -> Result<Tensor>;

@@ -215,6 +215,8 @@ macro_rules! profile {
     };
 }
 
+// `runs_ops_concurrently` keeps its default (false): the profile times one op at a time, so the
+// model runs the ops it would overlap on the CPU one after the other (and by-op times add up).
 impl Backend for ProfiledBackend {
     fn name(&self) -> String {
         format!("{} [profiled]", self.inner.name())

@@ -139,6 +139,12 @@ fn train(a: TrainArgs) -> Result<()> {
     let dev = BenchDevice::open(a.device.device.parse::<DeviceSpec>()?)?;
     println!("# fine-tuning step on {}", dev.backend.name());
     let rep = run_train_bench(&dev, &cfg)?;
+    if a.profile {
+        println!(
+            "# profiled: ops timed one at a time (the weight gradients the CPU runs alongside the \
+             input-gradient chain run after it here), so the step is slower than without --profile"
+        );
+    }
     println!("{}", train_summary(&rep));
     let profile = rep.profile.as_deref();
     finish(&rep, profile, rep.ceilings.peak_flops, &json, json_file)

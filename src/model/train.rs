@@ -242,21 +242,22 @@ impl PreActResNet18 {
         })
     }
 
-    /// `a` and `b` at once on the CPU backend, one after the other on a GPU (one stream). On the
-    /// CPU each op's tasks then share the thread pool, so a memory-bound chain (batchnorm
-    /// backward, residual adds) overlaps a compute-bound weight gradient, and a thread that one
-    /// op's last tasks would leave idle takes the other's. Every op's result is independent of
-    /// which threads run its tasks, so the gradients are bitwise those of the sequential order.
+    /// `a` and `b` at once where the backend `runs_ops_concurrently` (the CPU), else one after
+    /// the other. On the CPU each op's tasks then share the thread pool, so a memory-bound chain
+    /// (batchnorm backward, residual adds) overlaps a compute-bound weight gradient, and a thread
+    /// that one op's last tasks would leave idle takes the other's. Every op's result is
+    /// independent of which threads run its tasks, so the gradients are bitwise those of the
+    /// sequential order.
     fn alongside<A: Send, B: Send>(
         &self,
         a: impl FnOnce() -> A + Send,
         b: impl FnOnce() -> B + Send,
     ) -> (A, B) {
-        if self.backend.is_gpu() {
+        if self.backend.runs_ops_concurrently() {
+            rayon::join(a, b)
+        } else {
             let ra = a();
             (ra, b())
-        } else {
-            rayon::join(a, b)
         }
     }
 

@@ -162,6 +162,9 @@ impl Backend for CpuBackend {
     fn is_gpu(&self) -> bool {
         false
     }
+    fn runs_ops_concurrently(&self) -> bool {
+        true
+    }
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
