@@ -5,7 +5,8 @@
 #      engine's opt-in Winograd convolutions (FMP_CPU_CONV=winograd; also at width 64 and for the
 #      fine-tuning steps);
 #   2. the FRG scan at width 64, SCAN_CHANNELS per conv, projected conv by conv to 4,800 maps;
-#   3. the fine-tuning SGD step (batch 256) at widths 16 and 64;
+#   3. the fine-tuning SGD step (batch 256) at widths 16 and 64, and at width 16 again as PAIRS
+#      alternating engine/PyTorch pairs (their median ratio);
 #   4. `bench scan --profile` at widths 8, 16 and 64 (the chunk step by op);
 #   5. optionally (KERNELS=1) the per-op kernel suite and its conv peer.
 # Tables go to $OUTD/compare.md, each with the `uptime` load before and after it. The script refuses
@@ -13,7 +14,7 @@
 #
 #   benches/run_cpu_results.sh            # OUTD=target/bench/cpu-<UTC time>
 #
-# Environment: PYTHON (default /work/venv/bin/python, else python3), OUTD, SCAN_CHANNELS (width-64
+# Environment: PYTHON (default /work/venv/bin/python, else python3), OUTD, PAIRS (default 5; 0: none), SCAN_CHANNELS (width-64
 # channels timed per conv, default 2), THREADS (PyTorch threads, default 2), MAX_LOAD, KERNELS=1,
 # FMP_BENCH_CPU_GBPS / FMP_BENCH_CPU_PEAK_GFLOPS (fixed ceilings).
 set -euo pipefail
@@ -109,6 +110,21 @@ for W in 16 64; do
   done_step "fine-tuning step width $W (PyTorch)"
 done
 
+# The width-16 fine-tuning step again as PAIRS (default 5) engine/PyTorch pairs taken back to back,
+# alternating which side goes first: the ratio's median over pairs, since this kind of VM drifts by
+# tens of percent within minutes (benches/RESULTS.md, eighth session).
+PAIRS="${PAIRS:-5}"
+EP=""; PP=""
+for i in $(seq "$PAIRS"); do
+  step "fine-tuning pair $i, width 16"
+  eng() { "$E" bench train --device cpu --width 16 --batch 256 --steps 5 --json "$OUTD/pair$i-train16-cpu.json" >/dev/null; }
+  peer() { "$PY" benches/peers/finetune_peer.py --threads "$TH" --width 16 --batch 256 --steps 5 \
+    --json "$OUTD/pair$i-finetune16-peer-cpu.json" >/dev/null 2>&1; }
+  if [ $((i % 2)) = 1 ]; then eng; peer; else peer; eng; fi
+  done_step "fine-tuning pair $i, width 16"
+  EP="$EP${EP:+,}$OUTD/pair$i-train16-cpu.json"; PP="$PP${PP:+,}$OUTD/pair$i-finetune16-peer-cpu.json"
+done
+
 for W in 8 16 64; do
   step "profile width $W"
   "$E" bench scan --device cpu --width "$W" --samples 32 --channels 2 --profile >"$OUTD/profile$W.txt"
@@ -142,6 +158,10 @@ fi
     echo "### Fine-tuning step, width $W, Winograd (opt-in)"; echo
     "$PY" benches/peers/compare.py train "$OUTD/train$W-winograd-cpu.json" "$OUTD/finetune$W-peer-cpu.json"; echo
   done
+  if [ -n "$EP" ]; then
+    echo "### Fine-tuning step, width 16, $PAIRS alternating engine/PyTorch pairs"; echo
+    "$PY" benches/peers/compare.py train-pairs "$EP" "$PP"; echo
+  fi
   if [ -f "$OUTD/kernels-cpu.json" ]; then
     "$PY" benches/peers/compare.py kernels "$OUTD/kernels-cpu.json" "$OUTD/conv-peer-cpu.json"; echo
   fi

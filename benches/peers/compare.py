@@ -4,6 +4,7 @@
     python benches/peers/compare.py kernels target/bench/kernels-cpu.json target/bench/conv-peer-cpu.json
     python benches/peers/compare.py scan target/bench/scan-cpu.json target/bench/frg-peer-cpu.json
     python benches/peers/compare.py train target/bench/train-cpu.json target/bench/finetune-peer-cpu.json
+    python benches/peers/compare.py train-pairs E1.json,E2.json,... P1.json,P2.json,...
 
 `kernels` pairs the engine's conv cases (from `cargo bench --bench kernels` or `fmp-engine bench
 kernels --json`) with conv_peer.py's by name (same naming scheme) and prints both medians, both
@@ -89,7 +90,30 @@ def train(engine_path, peer_path):
     print(f"| counted GFLOP/s (% of peak) | {eng['gflops']:.1f} ({100 * eng['frac_peak_flops']:.1f}%) | | |")
 
 
-MODES = {"kernels": kernels, "scan": scan, "train": train}
+def train_pairs(engine_paths, peer_paths):
+    """Alternating engine/PyTorch fine-tuning steps (comma-separated JSON lists, pair by pair): each
+    pair's ratio, then their median and range. On a VM whose speed drifts by tens of percent
+    within minutes, one run per side is weak evidence; the median of pairs taken close together
+    is less so."""
+    engs = [json.load(open(p)) for p in engine_paths.split(",")]
+    peers = [json.load(open(p)) for p in peer_paths.split(",")]
+    if len(engs) != len(peers):
+        sys.exit(f"train-pairs: {len(engs)} engine reports but {len(peers)} PyTorch reports")
+    cfg = engs[0]["config"]
+    print(f"| pair (width {cfg['width']}, batch {cfg['batch']}) | engine median step | PyTorch median step | speedup |")
+    print("|---|---:|---:|---:|")
+    ratios = []
+    for i, (e, p) in enumerate(zip(engs, peers), 1):
+        r = p["median_step_s"] / e["median_step_s"]
+        ratios.append(r)
+        print(f"| {i} | {fmt_t(e['median_step_s'])} | {fmt_t(p['median_step_s'])} | {r:.2f} |")
+    rs = sorted(ratios)
+    mid = len(rs) // 2
+    med = rs[mid] if len(rs) % 2 else (rs[mid - 1] + rs[mid]) / 2
+    print(f"| **median of {len(rs)} pairs** (range {rs[0]:.2f}-{rs[-1]:.2f}) | | | **{med:.2f}** |")
+
+
+MODES = {"kernels": kernels, "scan": scan, "train": train, "train-pairs": train_pairs}
 
 if __name__ == "__main__":
     if len(sys.argv) != 4 or sys.argv[1] not in MODES:
