@@ -130,7 +130,9 @@ unsafe fn pmicro_plain(
     }
 }
 
-/// AVX2 + FMA: two passes of 16 channels x 8 pixels (16 ymm accumulators each).
+/// AVX2 + FMA: three passes of 12, 12 and 8 ymm accumulators (16 channels x pixels 0-5, the
+/// other 16 channels x pixels 0-5, all 32 channels x pixels 6-7), each with its weight vectors
+/// and one broadcast in the 16 registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn pmicro_avx2(
@@ -141,38 +143,50 @@ unsafe fn pmicro_avx2(
     out: &mut PTile,
 ) {
     use std::arch::x86_64::*;
-    // Quarters of the tile (16 channels x 4 pixels: 8 accumulators + 2 weight vectors + a
-    // broadcast fit the 16 ymm registers; the whole 8 pixels spilled accumulators in the loop).
-    const Q: usize = PX / 2;
-    for half in 0..2 {
-        for q in 0..2 {
-            let (rows, bases) = (&mut out[q * Q..][..Q], &xb[q * Q..][..Q]);
-            // SAFETY: each row holds CW floats; half * 16 + 16 <= CW.
-            let mut acc: [[__m256; 2]; Q] = std::array::from_fn(|i| unsafe {
-                let row = rows[i].as_ptr().add(half * 16);
-                [_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8))]
-            });
-            for p in 0..kdim {
-                // SAFETY: the caller guarantees kdim weights x CW, kdim offsets, in-bounds loads.
-                unsafe {
-                    let o = *koff.add(p) as usize;
-                    let wp = w.add(p * CW + half * 16);
-                    let (w0, w1) = (_mm256_loadu_ps(wp), _mm256_loadu_ps(wp.add(8)));
-                    for (a, &b) in acc.iter_mut().zip(bases) {
-                        let xv = _mm256_broadcast_ss(&*b.add(o));
-                        a[0] = _mm256_fmadd_ps(xv, w0, a[0]);
-                        a[1] = _mm256_fmadd_ps(xv, w1, a[1]);
+    /// Pixels px0..px0 + P x channels ch0..ch0 + 8 NW of the tile.
+    #[inline(always)]
+    unsafe fn pass<const P: usize, const NW: usize>(
+        kdim: usize,
+        w: *const f32,
+        xb: &[*const f32; PX],
+        koff: *const u32,
+        out: &mut PTile,
+        px0: usize,
+        ch0: usize,
+    ) {
+        // SAFETY: each row holds CW floats; ch0 + 8 * NW <= CW.
+        let mut acc: [[__m256; NW]; P] = std::array::from_fn(|i| {
+            std::array::from_fn(|j| unsafe {
+                _mm256_loadu_ps(out[px0 + i].as_ptr().add(ch0 + 8 * j))
+            })
+        });
+        let bases: [*const f32; P] = std::array::from_fn(|i| xb[px0 + i]);
+        for p in 0..kdim {
+            // SAFETY: the caller guarantees kdim weights x CW, kdim offsets, in-bounds loads.
+            unsafe {
+                let o = *koff.add(p) as usize;
+                let wp = w.add(p * CW + ch0);
+                let wv: [__m256; NW] = std::array::from_fn(|j| _mm256_loadu_ps(wp.add(8 * j)));
+                for (a, &b) in acc.iter_mut().zip(&bases) {
+                    let xv = _mm256_broadcast_ss(&*b.add(o));
+                    for j in 0..NW {
+                        a[j] = _mm256_fmadd_ps(xv, wv[j], a[j]);
                     }
                 }
             }
-            for (row, a) in rows.iter_mut().zip(&acc) {
-                // SAFETY: each row holds CW floats; half * 16 + 16 <= CW.
-                unsafe {
-                    _mm256_storeu_ps(row.as_mut_ptr().add(half * 16), a[0]);
-                    _mm256_storeu_ps(row.as_mut_ptr().add(half * 16 + 8), a[1]);
-                }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            for (j, &v) in a.iter().enumerate() {
+                // SAFETY: as for the loads.
+                unsafe { _mm256_storeu_ps(out[px0 + i].as_mut_ptr().add(ch0 + 8 * j), v) };
             }
         }
+    }
+    // SAFETY: the caller's guarantees, for every pass.
+    unsafe {
+        pass::<6, 2>(kdim, w, xb, koff, out, 0, 0);
+        pass::<6, 2>(kdim, w, xb, koff, out, 0, 16);
+        pass::<2, 4>(kdim, w, xb, koff, out, 6, 0);
     }
 }
 
