@@ -115,12 +115,12 @@ done
 # tens of percent within minutes (benches/RESULTS.md, eighth session).
 PAIRS="${PAIRS:-5}"
 EP=""; PP=""
+pair_engine() { "$E" bench train --device cpu --width 16 --batch 256 --steps 5 --json "$OUTD/pair$1-train16-cpu.json" >/dev/null; }
+pair_peer() { "$PY" benches/peers/finetune_peer.py --threads "$TH" --width 16 --batch 256 --steps 5 \
+  --json "$OUTD/pair$1-finetune16-peer-cpu.json" >/dev/null 2>&1; }
 for i in $(seq "$PAIRS"); do
   step "fine-tuning pair $i, width 16"
-  eng() { "$E" bench train --device cpu --width 16 --batch 256 --steps 5 --json "$OUTD/pair$i-train16-cpu.json" >/dev/null; }
-  peer() { "$PY" benches/peers/finetune_peer.py --threads "$TH" --width 16 --batch 256 --steps 5 \
-    --json "$OUTD/pair$i-finetune16-peer-cpu.json" >/dev/null 2>&1; }
-  if [ $((i % 2)) = 1 ]; then eng; peer; else peer; eng; fi
+  if [ $((i % 2)) = 1 ]; then pair_engine "$i"; pair_peer "$i"; else pair_peer "$i"; pair_engine "$i"; fi
   done_step "fine-tuning pair $i, width 16"
   EP="$EP${EP:+,}$OUTD/pair$i-train16-cpu.json"; PP="$PP${PP:+,}$OUTD/pair$i-finetune16-peer-cpu.json"
 done

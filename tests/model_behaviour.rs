@@ -4,10 +4,10 @@ use std::sync::Arc;
 
 use fmp_engine::backend::cpu::CpuBackend;
 use fmp_engine::backend::Backend;
-use fmp_engine::model::{Cotangent, ModelConfig, PreActResNet18, SgdState};
+use fmp_engine::model::{Cotangent, Grads, ModelConfig, PreActResNet18, SgdState};
 use fmp_engine::rng::{Rng, Stream};
 use fmp_engine::weights;
-use fmp_engine::{Error, Tensor};
+use fmp_engine::{Error, Indices, Tensor};
 
 fn fixture_model(be: &Arc<dyn Backend>) -> PreActResNet18 {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/preact8.safetensors");
@@ -17,6 +17,24 @@ fn fixture_model(be: &Arc<dyn Backend>) -> PreActResNet18 {
 
 fn rand_vec(rng: &mut Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
     (0..n).map(|_| rng.range_f64(lo, hi)).collect()
+}
+
+/// One training forward and backward with cross-entropy: the per-item losses and every gradient.
+fn train_grads(
+    be: &Arc<dyn Backend>,
+    m: &mut PreActResNet18,
+    x: &Tensor,
+    labels: &Indices,
+) -> (Vec<f32>, Grads) {
+    let (logits, tr) = m.forward_train(x).unwrap();
+    let mut loss = be.zeros(&[x.shape()[0]]).unwrap();
+    let mut dl = be.zeros(logits.shape()).unwrap();
+    be.softmax_cross_entropy(&logits, labels, &mut loss, &mut dl)
+        .unwrap();
+    (
+        be.to_host(&loss).unwrap(),
+        m.backward_train(&tr, &dl).unwrap(),
+    )
 }
 
 #[test]
@@ -107,12 +125,7 @@ fn zero_channel_and_masks_survive_sgd() {
     let mut st = SgdState::new();
     let w_before = be.to_host(m.conv_weight(c2)).unwrap();
     for _ in 0..2 {
-        let (logits, tr) = m.forward_train(&x).unwrap();
-        let mut loss = be.zeros(&[4]).unwrap();
-        let mut dl = be.zeros(logits.shape()).unwrap();
-        be.softmax_cross_entropy(&logits, &labels, &mut loss, &mut dl)
-            .unwrap();
-        let g = m.backward_train(&tr, &dl).unwrap();
+        let (_, g) = train_grads(&be, &mut m, &x, &labels);
         m.sgd_step(&g, &mut st, 0.05, 0.9, 5e-4).unwrap();
     }
     let sd = m.to_state_dict().unwrap();
@@ -173,13 +186,8 @@ fn training_from_scratch_reduces_the_loss() {
     let mut st = SgdState::new();
     let mut losses = Vec::new();
     for _ in 0..12 {
-        let (logits, tr) = m.forward_train(&x).unwrap();
-        let mut loss = be.zeros(&[n]).unwrap();
-        let mut dl = be.zeros(logits.shape()).unwrap();
-        be.softmax_cross_entropy(&logits, &lab, &mut loss, &mut dl)
-            .unwrap();
-        losses.push(be.to_host(&loss).unwrap().iter().sum::<f32>() / n as f32);
-        let g = m.backward_train(&tr, &dl).unwrap();
+        let (loss, g) = train_grads(&be, &mut m, &x, &lab);
+        losses.push(loss.iter().sum::<f32>() / n as f32);
         m.sgd_step(&g, &mut st, 0.05, 0.9, 0.0).unwrap();
     }
     println!("losses {losses:?}");
@@ -281,12 +289,7 @@ fn training_gradients_are_bitwise_the_same_on_any_thread_count() {
                     )
                     .unwrap();
                 let labels = be.indices_from_host(&[0, 3, 9, 4, 7]).unwrap();
-                let (logits, tr) = m.forward_train(&x).unwrap();
-                let mut loss = be.zeros(&[5]).unwrap();
-                let mut dl = be.zeros(logits.shape()).unwrap();
-                be.softmax_cross_entropy(&logits, &labels, &mut loss, &mut dl)
-                    .unwrap();
-                let g = m.backward_train(&tr, &dl).unwrap();
+                let (_, g) = train_grads(&be, &mut m, &x, &labels);
                 g.iter()
                     .map(|(n, t)| (n.to_string(), be.to_host(t).unwrap()))
                     .collect::<Vec<_>>()

@@ -208,24 +208,25 @@ impl PreActResNet18 {
                 || wgrad(blk.conv1, &sv.o, &dc1),
                 || {
                     let mut d_o = self.conv_bwd(blk.conv1, &dc1)?;
-                    let dws = match blk.shortcut {
-                        Some(si) => {
+                    // The shortcut's input gradient joins d_o; its weight gradient comes back.
+                    let sc = blk
+                        .shortcut
+                        .map(|si| -> Result<_> {
                             let ds = self.conv_bwd(si, &d)?;
                             b.add_assign(&mut d_o, &ds)?;
-                            Some(wgrad(si, &sv.o, &d)?)
-                        }
-                        None => None,
-                    };
+                            Ok((si, wgrad(si, &sv.o, &d)?))
+                        })
+                        .transpose()?;
                     let (mut dh, dg1, db1) = self.bn_train_bwd(blk.bn1, &sv.bn1, &d_o)?;
-                    if blk.shortcut.is_none() {
+                    if sc.is_none() {
                         b.add_assign(&mut dh, &d)?;
                     }
-                    Ok((dh, dg1, db1, dws))
+                    Ok((dh, dg1, db1, sc))
                 },
             );
-            let (dh, dg1, db1, dws) = bn1?;
+            let (dh, dg1, db1, sc) = bn1?;
             slots[slot(ParamRef::Conv(blk.conv1))] = Some(dw1?);
-            if let (Some(si), Some(dws)) = (blk.shortcut, dws) {
+            if let Some((si, dws)) = sc {
                 slots[slot(ParamRef::Conv(si))] = Some(dws);
             }
             slots[slot(ParamRef::Gamma(blk.bn1))] = Some(dg1);
