@@ -143,6 +143,9 @@ fn conv_cases() -> Vec<G> {
         g(2, 4, 17, 19, 6, 3, 3, 1),
         g(2, 3, 13, 36, 5, 5, 2, 2),
         g(1, 3, 10, 64, 4, 3, 2, 1),
+        // lane-layout weight gradient over several L2 blocks of items (16x16 planes, 24
+        // channels: blocks of 5 items) and several items per kernel call (4)
+        g(11, 5, 16, 16, 24, 3, 1, 1),
         // pixel layout (small planes, channels filling 32-wide panels): 4x4 with a partial
         // second panel (48 channels), its input gradient (36 -> 12: only the gradient fits),
         // a 3x5 plane, 8x8 -> 4x4 at stride 2 (phase planes), 64 channels at 2x2

@@ -6,11 +6,14 @@
 //! tap of a filter row) and 8 dy loads feed 24 fused multiply-adds into lane-wise partial sums,
 //! for 8 output channels at a time (AVX-512: 24 accumulators + 3 x vectors in registers; AVX2
 //! walks the 8 as two groups of 4), added to the call's running sums with one vector add each.
-//! Tasks own ranges of input channels and walk the items in cache-sized blocks, so a block of dy
-//! is read from cache by every channel of the task.
-//! Partial sums run over items and vectors in order and are summed across lanes at the end in
-//! lane order, so the result does not depend on the thread count. Shapes whose forward takes the
-//! pixel layout use `direct_px::weight_grad` instead.
+//! Tasks own ranges of input channels and walk the items in L2-sized blocks, so a block of dy is
+//! read from cache by every channel of the task; one call takes a few items of a block (as many
+//! as keep its dy lanes in L1), its accumulators in registers across all of them.
+//! Partial sums run over the call's items and vectors in order, are added to the running sums
+//! call by call, and are summed across lanes at the end in lane order: the order follows from
+//! the shape alone, so the result does not depend on the thread count, and the AVX-512 and AVX2
+//! kernels (one fused multiply-add per term, in the same order) give bitwise equal results.
+//! Shapes whose forward takes the pixel layout use `direct_px::weight_grad` instead.
 use rayon::prelude::*;
 
 use super::conv::Geom;
@@ -20,6 +23,13 @@ use super::gemm::by_isa;
 /// Output channels per weight-gradient pass (x 3 taps = 24 accumulators: AVX-512 holds them in
 /// registers with the 3 x vectors; AVX2 walks them as two groups of 4).
 const WR: usize = 8;
+
+/// Bytes of dy lanes per block of items (read from L2 by every input channel of a task) and per
+/// kernel call (4 channels' lanes of the call's items, read from L1 by 3 filter rows x 2 halves).
+/// Zen 3 (AVX2), width-16 shapes, one thread: blocks of 1 MiB and one item per call gave 54 and
+/// 49 GFLOP/s on 16x32x32 and 32x16x16, these 59 and 60.
+const DY_BLOCK_BYTES: usize = 128 << 10;
+const CALL_BYTES: usize = 16 << 10;
 
 /// Which shapes take the lane-layout weight gradient: 3x3 filters at any stride (strided inputs
 /// split into phase planes, as in the forward) whose output lanes are kept as in the forward and
@@ -55,26 +65,43 @@ fn dy_lanes<'a>(d: &DGeom, n: usize, dy: &'a [f32], buf: &'a mut Vec<f32>) -> (&
     (buf, lanes)
 }
 
-/// Lane-wise partial sums acc[r][kw][lane] += sum_j dy[r][dyo_j + lane] * x[kw][xo_j + lane]
-/// over the vectors j, for WR channels and the 3 taps of one filter row (`x[kw]`: tap kw's base,
-/// kw floats on at stride 1, in its phase plane at stride 2).
-type WMicroFn =
-    unsafe fn(&[(u32, u32)], [*const f32; WR], [*const f32; 3], &mut [[[f32; V]; 3]; WR]);
+/// Lane-wise partial sums acc[kh][r][kw][lane] += sum over the items, then the vectors j, of
+/// dy[r][dyo_j + lane] * x[kh * wp + kw + xo_j + lane], for WR channels and the 9 taps (`taps`:
+/// tap (kh, kw)'s offset in an item's padded, phase-split plane), items and vectors in order.
+type WMicroFn = unsafe fn(&[(u32, u32)], &[WItem], &[u32; 9], &mut [Acc; 3]);
 
-unsafe fn wmicro_plain(
-    offs: &[(u32, u32)],
+/// Lane-wise partial sums of WR output channels x 3 taps of one filter row.
+type Acc = [[[f32; V]; 3]; WR];
+
+/// One item's operands: its padded input plane and the dy lanes of the WR channels.
+#[derive(Clone, Copy)]
+struct WItem {
+    x: *const f32,
     dy: [*const f32; WR],
-    x: [*const f32; 3],
-    acc: &mut [[[f32; V]; 3]; WR],
-) {
-    for &(xo, dyo) in offs {
-        for (r, a) in acc.iter_mut().enumerate() {
-            for (kw, ak) in a.iter_mut().enumerate() {
-                for (l, al) in ak.iter_mut().enumerate() {
-                    // SAFETY: the caller guarantees in-bounds vectors at every offset.
-                    let (dv, xv) =
-                        unsafe { (*dy[r].add(dyo as usize + l), *x[kw].add(xo as usize + l)) };
-                    *al += dv * xv;
+}
+
+unsafe fn wmicro_plain(offs: &[(u32, u32)], items: &[WItem], taps: &[u32; 9], accs: &mut [Acc; 3]) {
+    for (kh, acc) in accs.iter_mut().enumerate() {
+        let mut a = [[[0f32; V]; 3]; WR];
+        for it in items {
+            for &(xo, dyo) in offs {
+                for (r, ar) in a.iter_mut().enumerate() {
+                    for (kw, ak) in ar.iter_mut().enumerate() {
+                        let xb = taps[kh * 3 + kw] as usize + xo as usize;
+                        for (l, al) in ak.iter_mut().enumerate() {
+                            // SAFETY: the caller guarantees in-bounds vectors at every offset.
+                            let (dv, xv) =
+                                unsafe { (*it.dy[r].add(dyo as usize + l), *it.x.add(xb + l)) };
+                            *al += dv * xv;
+                        }
+                    }
+                }
+            }
+        }
+        for (dr, ar) in acc.iter_mut().zip(&a) {
+            for (dk, ak) in dr.iter_mut().zip(ar) {
+                for (d, &v) in dk.iter_mut().zip(ak) {
+                    *d += v;
                 }
             }
         }
@@ -83,39 +110,41 @@ unsafe fn wmicro_plain(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn wmicro_avx2(
-    offs: &[(u32, u32)],
-    dy: [*const f32; WR],
-    x: [*const f32; 3],
-    acc: &mut [[[f32; V]; 3]; WR],
-) {
+unsafe fn wmicro_avx2(offs: &[(u32, u32)], items: &[WItem], taps: &[u32; 9], accs: &mut [Acc; 3]) {
     use std::arch::x86_64::*;
     const G: usize = 4;
+    // Groups of 4 channels outermost, so their dy lanes are read from cache by all 3 filter rows.
     for r0 in (0..WR).step_by(G) {
-        for h in [0, 8] {
-            let mut a = [[_mm256_setzero_ps(); 3]; G];
-            for &(xo, dyo) in offs {
-                // SAFETY: the caller guarantees in-bounds vectors at every offset.
-                unsafe {
-                    let o = xo as usize + h;
-                    let xv = [
-                        _mm256_loadu_ps(x[0].add(o)),
-                        _mm256_loadu_ps(x[1].add(o)),
-                        _mm256_loadu_ps(x[2].add(o)),
-                    ];
-                    for (r, ar) in a.iter_mut().enumerate() {
-                        let dv = _mm256_loadu_ps(dy[r0 + r].add(dyo as usize + h));
-                        for kw in 0..3 {
-                            ar[kw] = _mm256_fmadd_ps(dv, xv[kw], ar[kw]);
+        for (kh, acc) in accs.iter_mut().enumerate() {
+            for h in [0, 8] {
+                let mut a = [[_mm256_setzero_ps(); 3]; G];
+                for it in items {
+                    // SAFETY: the caller guarantees in-bounds vectors at every offset.
+                    unsafe {
+                        let x: [*const f32; 3] =
+                            std::array::from_fn(|kw| it.x.add(taps[kh * 3 + kw] as usize + h));
+                        let dy: [*const f32; G] = std::array::from_fn(|r| it.dy[r0 + r].add(h));
+                        for &(xo, dyo) in offs {
+                            let xv = [
+                                _mm256_loadu_ps(x[0].add(xo as usize)),
+                                _mm256_loadu_ps(x[1].add(xo as usize)),
+                                _mm256_loadu_ps(x[2].add(xo as usize)),
+                            ];
+                            for (r, ar) in a.iter_mut().enumerate() {
+                                let dv = _mm256_loadu_ps(dy[r].add(dyo as usize));
+                                for kw in 0..3 {
+                                    ar[kw] = _mm256_fmadd_ps(dv, xv[kw], ar[kw]);
+                                }
+                            }
                         }
                     }
                 }
-            }
-            for (r, ar) in a.iter().enumerate() {
-                for (kw, &v) in ar.iter().enumerate() {
-                    let dst = acc[r0 + r][kw][h..].as_mut_ptr();
-                    // SAFETY: dst holds 8 floats past h (h + 8 <= 16).
-                    unsafe { _mm256_storeu_ps(dst, _mm256_add_ps(_mm256_loadu_ps(dst), v)) };
+                for (r, ar) in a.iter().enumerate() {
+                    for (kw, &v) in ar.iter().enumerate() {
+                        let dst = acc[r0 + r][kw][h..].as_mut_ptr();
+                        // SAFETY: dst holds 8 floats past h (h + 8 <= 16).
+                        unsafe { _mm256_storeu_ps(dst, _mm256_add_ps(_mm256_loadu_ps(dst), v)) };
+                    }
                 }
             }
         }
@@ -126,38 +155,43 @@ unsafe fn wmicro_avx2(
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn wmicro_avx512(
     offs: &[(u32, u32)],
-    dy: [*const f32; WR],
-    x: [*const f32; 3],
-    acc: &mut [[[f32; V]; 3]; WR],
+    items: &[WItem],
+    taps: &[u32; 9],
+    accs: &mut [Acc; 3],
 ) {
     use std::arch::x86_64::*;
-    let mut a = [[_mm512_setzero_ps(); 3]; WR];
-    for &(xo, dyo) in offs {
-        // SAFETY: the caller guarantees in-bounds vectors at every offset.
-        unsafe {
-            let o = xo as usize;
-            let xv = [
-                _mm512_loadu_ps(x[0].add(o)),
-                _mm512_loadu_ps(x[1].add(o)),
-                _mm512_loadu_ps(x[2].add(o)),
-            ];
-            for r in 0..WR {
-                let dv = _mm512_loadu_ps(dy[r].add(dyo as usize));
-                for kw in 0..3 {
-                    a[r][kw] = _mm512_fmadd_ps(dv, xv[kw], a[r][kw]);
+    for (kh, acc) in accs.iter_mut().enumerate() {
+        let mut a = [[_mm512_setzero_ps(); 3]; WR];
+        for it in items {
+            // SAFETY: the caller guarantees in-bounds vectors at every offset.
+            unsafe {
+                let x: [*const f32; 3] =
+                    std::array::from_fn(|kw| it.x.add(taps[kh * 3 + kw] as usize));
+                for &(xo, dyo) in offs {
+                    let xv = [
+                        _mm512_loadu_ps(x[0].add(xo as usize)),
+                        _mm512_loadu_ps(x[1].add(xo as usize)),
+                        _mm512_loadu_ps(x[2].add(xo as usize)),
+                    ];
+                    for r in 0..WR {
+                        let dv = _mm512_loadu_ps(it.dy[r].add(dyo as usize));
+                        for kw in 0..3 {
+                            a[r][kw] = _mm512_fmadd_ps(dv, xv[kw], a[r][kw]);
+                        }
+                    }
                 }
             }
         }
-    }
-    for (ar, dr) in a.iter().zip(acc.iter_mut()) {
-        for (&v, d) in ar.iter().zip(dr.iter_mut()) {
-            // SAFETY: d holds 16 floats.
-            unsafe {
-                _mm512_storeu_ps(
-                    d.as_mut_ptr(),
-                    _mm512_add_ps(_mm512_loadu_ps(d.as_ptr()), v),
-                )
-            };
+        for (ar, dr) in a.iter().zip(acc.iter_mut()) {
+            for (&v, d) in ar.iter().zip(dr.iter_mut()) {
+                // SAFETY: d holds 16 floats.
+                unsafe {
+                    _mm512_storeu_ps(
+                        d.as_mut_ptr(),
+                        _mm512_add_ps(_mm512_loadu_ps(d.as_ptr()), v),
+                    )
+                };
+            }
         }
     }
 }
@@ -187,41 +221,50 @@ pub(crate) fn weight_grad(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     let mut dybuf = Vec::new();
     let (lanes_all, stride) = dy_lanes(&d, g.n, dy, &mut dybuf);
     // Tasks own ranges of input channels (their accumulators within ~512 KiB) and walk the items
-    // in blocks whose dy lanes fit in ~1 MiB, so every channel of a task reuses a block from the
-    // cache instead of streaming all of dy once per input channel.
-    type Acc = [[[f32; V]; 3]; WR];
+    // in blocks whose dy lanes fit in a quarter of a 512 KiB L2, so every channel of a task reads
+    // a block from L2 instead of streaming all of dy once per input channel; within a block, one
+    // kernel call takes as many items as keep 4 channels' dy lanes (8 on AVX-512) within L1 across
+    // its 3 filter rows and 2 halves, so its accumulators stay in registers over all of them.
+    // Both sizes follow from the shape alone, so the sums' order (and rounding) do too.
     let acc_len = groups * 3;
     let per_task = ((512 << 10) / (acc_len * std::mem::size_of::<Acc>()))
         .clamp(1, g.ci.div_ceil(rayon::current_num_threads()).max(1));
-    let block = ((1 << 20) / (g.co * stride * 4).max(1)).max(1);
+    let block = (DY_BLOCK_BYTES / (g.co * stride * 4).max(1)).max(1);
+    let per_call = (CALL_BYTES / (4 * stride * 4)).max(1);
+    let taps: [u32; 9] = std::array::from_fn(|t| tap_offs[t]);
     let cis: Vec<usize> = (0..g.ci).collect();
     let per_ci: Vec<Vec<f32>> = cis
         .par_chunks(per_task)
         .flat_map_iter(|task| {
             let mut accs = vec![vec![[[[0f32; V]; 3]; WR]; acc_len]; task.len()];
-            let mut xbuf = Vec::new();
+            let mut xbufs: Vec<Vec<f32>> = Vec::new();
+            let mut items: Vec<WItem> = Vec::with_capacity(block);
             for n0 in (0..g.n).step_by(block) {
+                let ns = n0..(n0 + block).min(g.n);
+                xbufs.resize_with(ns.len(), Vec::new);
                 for (acc, &ci) in accs.iter_mut().zip(task) {
-                    for n in n0..(n0 + block).min(g.n) {
-                        let xi = &x[(n * g.ci + ci) * plane_in..][..plane_in];
-                        pad_item(&one, xi, &mut xbuf);
-                        let lanes = &lanes_all[n * g.co * stride..][..g.co * stride];
-                        for (gi, chunk) in acc.chunks_exact_mut(3).enumerate() {
+                    for (xbuf, n) in xbufs.iter_mut().zip(ns.clone()) {
+                        pad_item(&one, &x[(n * g.ci + ci) * plane_in..][..plane_in], xbuf);
+                    }
+                    for (gi, chunk) in acc.chunks_exact_mut(3).enumerate() {
+                        items.clear();
+                        items.extend(xbufs.iter().zip(ns.clone()).map(|(xbuf, n)| {
+                            let lanes = &lanes_all[n * g.co * stride..][..g.co * stride];
                             // Rows past co (a partial last group) read channel 0 and are dropped.
-                            let dyp: [*const f32; WR] = std::array::from_fn(|r| {
-                                let co = gi * WR + r;
-                                lanes[if co < g.co { co * stride } else { 0 }..].as_ptr()
-                            });
-                            for (kh, a) in chunk.iter_mut().enumerate() {
-                                let xb: [*const f32; 3] = std::array::from_fn(|kw| {
-                                    xbuf[tap_offs[kh * 3 + kw] as usize..].as_ptr()
-                                });
-                                // SAFETY: every x read is inside the padded plane's buffer (lane
-                                // base + the tap's offset + 16 <= buf_len, as in the forward),
-                                // every dy read inside the item's lane planes; the kernel's
-                                // features were detected.
-                                unsafe { micro(&offs, dyp, xb, a) };
+                            WItem {
+                                x: xbuf.as_ptr(),
+                                dy: std::array::from_fn(|r| {
+                                    let co = gi * WR + r;
+                                    lanes[if co < g.co { co * stride } else { 0 }..].as_ptr()
+                                }),
                             }
+                        }));
+                        let chunk: &mut [Acc; 3] = chunk.try_into().expect("chunks of 3");
+                        // SAFETY: every x read is inside its padded plane's buffer (lane base +
+                        // the tap's offset + 16 <= buf_len, as in the forward), every dy read
+                        // inside the item's lane planes; the kernel's features were detected.
+                        for sub in items.chunks(per_call) {
+                            unsafe { micro(&offs, sub, &taps, chunk) };
                         }
                     }
                 }
