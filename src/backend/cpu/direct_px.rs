@@ -261,13 +261,15 @@ fn kernel() -> PMicroFn {
 
 // ---- weight gradient -------------------------------------------------------------------------
 
-/// Filter terms per weight-gradient tile (x 2 vectors of 16 output channels = 16 accumulators,
-/// + 2 dy vectors and the 8 broadcast terms the compiler hoists = 26 of the 32 zmm registers; 12
-/// terms spilled accumulators to the stack).
-const WT: usize = 8;
+/// Filter terms per weight-gradient tile, at most: each kernel takes the `wt` it holds in registers
+/// (`wkernel`). AVX-512: 8 terms x 2 vectors of 16 output channels = 16 accumulators, + 2 dy
+/// vectors and the 8 broadcast terms the compiler hoists = 26 of the 32 zmm registers (12 terms
+/// spilled accumulators to the stack). AVX2: passes of 6 terms x 16 channels (12 of the 16 ymm
+/// registers, + 2 dy vectors and a broadcast), two per half of the 32 channels.
+const WT: usize = 12;
 type WTile = [[f32; CW]; WT];
 /// (pixels, dy rows [pixels][CW], per-pixel input bases, padded inputs, term offsets, tile):
-/// adds the pixels' products to the tile.
+/// adds the pixels' products to the tile's first `wt` rows.
 type WMicroFn = unsafe fn(usize, *const f32, *const usize, *const f32, &[u32; WT], &mut WTile);
 
 /// Pixels per block (a block's dy rows, 32 KiB, stay in cache across a task's term blocks) and
@@ -282,9 +284,9 @@ pub(super) fn suits_weight_grad(g: &Geom) -> bool {
 
 /// Weight gradient as a sum over (item, output pixel) in order: dw[co, t] = sum of
 /// dy[n, co, pixel] * xpad[n][base(pixel) + koff[t]] for the forward's terms t = (ci, kh, kw),
-/// vectorised over 32 output channels with WT terms per task held in registers over the whole
-/// sum. dy is first transposed to pixel-major rows of 32 channels and every item padded once
-/// (phase-split when strided), so a task reads 2 dy vectors and WT scalars per pixel.
+/// vectorised over 32 output channels with the kernel's `wt` terms per tile held in registers over
+/// the whole sum (every dw element is one sum over the pixels in order, whatever the tiling). dy is first transposed to pixel-major rows of 32 channels and every item padded once
+/// (phase-split when strided), so a task reads 2 dy vectors and `wt` scalars per pixel.
 pub(super) fn weight_grad(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     let d = dgeom(g);
     let koff = k_offsets(&d);
@@ -312,8 +314,8 @@ pub(super) fn weight_grad(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     let bases: Vec<usize> = (0..npix)
         .map(|j| (j / hw) * blen + d.pixel_off(j % hw))
         .collect();
-    let micro = wkernel();
-    let blocks = kdim.div_ceil(WT);
+    let (micro, wt) = wkernel();
+    let blocks = kdim.div_ceil(wt);
     let groups = blocks.div_ceil(TB);
     // Tasks own (panel, TB term blocks); each walks the pixels in blocks of PB, in order.
     let tiles: Vec<WTile> = (0..npanels * groups)
@@ -323,7 +325,7 @@ pub(super) fn weight_grad(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
             let b1 = (b0 + TB).min(blocks);
             // A partial last block repeats its last term; the extra rows are dropped.
             let toffs: Vec<[u32; WT]> = (b0..b1)
-                .map(|b| std::array::from_fn(|i| koff[(b * WT + i).min(kdim - 1)]))
+                .map(|b| std::array::from_fn(|i| koff[(b * wt + i).min(kdim - 1)]))
                 .collect();
             let mut acc = vec![[[0f32; CW]; WT]; b1 - b0];
             let panel = &dyt[q * npix * CW..(q + 1) * npix * CW];
@@ -350,8 +352,8 @@ pub(super) fn weight_grad(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
         .collect();
     for (task, tile) in tiles.iter().enumerate() {
         let (q, b) = (task / blocks, task % blocks);
-        for (i, row) in tile.iter().enumerate().take(kdim - (b * WT).min(kdim)) {
-            let t = b * WT + i;
+        for (i, row) in tile.iter().enumerate().take(wt.min(kdim - b * wt)) {
+            let t = b * wt + i;
             for (r, &v) in row.iter().enumerate().take(CW.min(g.co - q * CW)) {
                 dw[(q * CW + r) * kdim + t] = v;
             }
@@ -385,7 +387,7 @@ unsafe fn wmicro_plain(
     }
 }
 
-/// AVX2 + FMA: four passes of 4 terms x 16 channels (8 ymm accumulators each).
+/// AVX2 + FMA: four passes of 6 terms x 16 channels (12 ymm accumulators each).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn wmicro_avx2(
@@ -405,14 +407,15 @@ unsafe fn wmicro_avx2(
                 let row = out[tp * H + i].as_ptr().add(half * 16);
                 [_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8))]
             });
+            let offs: [usize; H] = std::array::from_fn(|i| toff[tp * H + i] as usize);
             for j in 0..npix {
                 // SAFETY: the caller guarantees npix rows, bases and in-bounds term reads.
                 unsafe {
                     let dp = dyt.add(j * CW + half * 16);
                     let (d0, d1) = (_mm256_loadu_ps(dp), _mm256_loadu_ps(dp.add(8)));
                     let base = x.add(*bases.add(j));
-                    for (i, a) in acc.iter_mut().enumerate() {
-                        let xv = _mm256_broadcast_ss(&*base.add(toff[tp * H + i] as usize));
+                    for (a, &o) in acc.iter_mut().zip(&offs) {
+                        let xv = _mm256_broadcast_ss(&*base.add(o));
                         a[0] = _mm256_fmadd_ps(xv, d0, a[0]);
                         a[1] = _mm256_fmadd_ps(xv, d1, a[1]);
                     }
@@ -430,7 +433,7 @@ unsafe fn wmicro_avx2(
     }
 }
 
-/// AVX-512: WT terms x 32 channels in 16 zmm accumulators.
+/// AVX-512: the first 8 terms x 32 channels in 16 zmm accumulators.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn wmicro_avx512(
@@ -442,6 +445,7 @@ unsafe fn wmicro_avx512(
     out: &mut WTile,
 ) {
     use std::arch::x86_64::*;
+    let out: &mut [[f32; CW]; 8] = (&mut out[..8]).try_into().expect("8 of WT rows");
     // SAFETY: the features were detected (the caller's contract).
     let mut acc = unsafe { load_rows(out) };
     for j in 0..npix {
@@ -461,10 +465,11 @@ unsafe fn wmicro_avx512(
     unsafe { store_rows(&acc, out) };
 }
 
-fn wkernel() -> WMicroFn {
+/// The weight-gradient kernel and the terms per tile it holds in registers.
+fn wkernel() -> (WMicroFn, usize) {
     by_isa!(
-        wmicro_avx512 as WMicroFn,
-        wmicro_avx2 as WMicroFn,
-        wmicro_plain as WMicroFn
+        (wmicro_avx512 as WMicroFn, 8),
+        (wmicro_avx2 as WMicroFn, WT),
+        (wmicro_plain as WMicroFn, WT)
     )
 }
