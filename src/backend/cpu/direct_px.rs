@@ -18,6 +18,7 @@ use rayon::prelude::*;
 use super::conv::Geom;
 use super::direct::{dgeom, fills_panels, k_offsets, pad_into, DGeom};
 use super::gemm::by_isa;
+use super::par_zeroed;
 
 /// Output channels per tile (two 16-lane vectors) and pixels per tile.
 pub(super) const CW: usize = 32;
@@ -294,23 +295,19 @@ pub(super) fn weight_grad(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     let npanels = g.co.div_ceil(CW);
     let npix = g.n * hw;
     // dyt[q][n * hw + pixel][r] = dy[n, q * CW + r, pixel] (zero past co).
-    let mut dyt = vec![0f32; npanels * npix * CW];
-    dyt.par_chunks_mut(hw * CW)
-        .enumerate()
-        .for_each(|(qn, rows)| {
-            let (q, n) = (qn / g.n, qn % g.n);
-            for r in 0..CW.min(g.co - q * CW) {
-                let src = &dy[(n * g.co + q * CW + r) * hw..][..hw];
-                for (px, &v) in src.iter().enumerate() {
-                    rows[px * CW + r] = v;
-                }
+    let dyt = par_zeroed(npanels * npix * CW, hw * CW, |qn, rows| {
+        let (q, n) = (qn / g.n, qn % g.n);
+        for r in 0..CW.min(g.co - q * CW) {
+            let src = &dy[(n * g.co + q * CW + r) * hw..][..hw];
+            for (px, &v) in src.iter().enumerate() {
+                rows[px * CW + r] = v;
             }
-        });
-    let mut xpad = vec![0f32; g.n * blen];
+        }
+    });
     let item_in = g.ci * g.hi * g.wi;
-    xpad.par_chunks_mut(blen)
-        .enumerate()
-        .for_each(|(n, dst)| pad_into(&d, &x[n * item_in..(n + 1) * item_in], dst));
+    let xpad = par_zeroed(g.n * blen, blen, |n, dst| {
+        pad_into(&d, &x[n * item_in..(n + 1) * item_in], dst)
+    });
     let bases: Vec<usize> = (0..npix)
         .map(|j| (j / hw) * blen + d.pixel_off(j % hw))
         .collect();

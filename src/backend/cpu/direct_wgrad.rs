@@ -19,6 +19,7 @@ use rayon::prelude::*;
 use super::conv::Geom;
 use super::direct::{dgeom, k_offsets, keeps_lanes, pad_item, suits, DGeom, V};
 use super::gemm::by_isa;
+use super::par_zeroed;
 
 /// Output channels per weight-gradient pass (x 3 taps = 24 accumulators: AVX-512 holds them in
 /// registers with the 3 x vectors; AVX2 walks them as two groups of 4).
@@ -54,14 +55,12 @@ fn dy_lanes<'a>(d: &DGeom, n: usize, dy: &'a [f32], buf: &'a mut Vec<f32>) -> (&
         return (dy, hw);
     }
     let (wp, lanes) = (d.wp(), d.vectors() * V);
-    *buf = vec![0.0; n * d.co * lanes];
-    buf.par_chunks_mut(lanes)
-        .zip(dy.par_chunks(hw))
-        .for_each(|(dst, src)| {
-            for oh in 0..d.ho {
-                dst[oh * wp..][..d.wo].copy_from_slice(&src[oh * d.wo..][..d.wo]);
-            }
-        });
+    *buf = par_zeroed(n * d.co * lanes, lanes, |plane, dst| {
+        let src = &dy[plane * hw..][..hw];
+        for oh in 0..d.ho {
+            dst[oh * wp..][..d.wo].copy_from_slice(&src[oh * d.wo..][..d.wo]);
+        }
+    });
     (buf, lanes)
 }
 

@@ -58,6 +58,34 @@ fn keep_freed_memory() {
     }
 }
 
+/// A vector of `len` floats built in parallel chunks of `chunk`: each chunk is zeroed and then
+/// handed to `f(chunk index, chunk)` by the thread that fills it, so there is no serial memset of
+/// the whole buffer first and a chunk is still in its core's cache when `f` writes it.
+pub(super) fn par_zeroed(
+    len: usize,
+    chunk: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    use std::mem::MaybeUninit;
+    let mut v = Vec::with_capacity(len);
+    v.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, c)| {
+            for e in c.iter_mut() {
+                e.write(0.0);
+            }
+            // SAFETY: every element of c was initialised just above, and MaybeUninit<f32> has the
+            // layout of f32.
+            let c = unsafe { &mut *(c as *mut [MaybeUninit<f32>] as *mut [f32]) };
+            f(i, c);
+        });
+    // SAFETY: the chunks cover 0..len and every element in them was initialised.
+    unsafe { v.set_len(len) };
+    v
+}
+
 impl Default for CpuBackend {
     fn default() -> Self {
         Self::new()
