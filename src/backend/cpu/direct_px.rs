@@ -268,6 +268,8 @@ fn kernel() -> PMicroFn {
 /// spilled accumulators to the stack). AVX2: passes of 6 terms x 16 channels (12 of the 16 ymm
 /// registers, + 2 dy vectors and a broadcast), two per half of the 32 channels.
 const WT: usize = 12;
+/// Terms the AVX-512 kernel holds (the first WT_AVX512 rows of a tile).
+const WT_AVX512: usize = 8;
 type WTile = [[f32; CW]; WT];
 /// (pixels, dy rows [pixels][CW], per-pixel input bases, padded inputs, term offsets, tile):
 /// adds the pixels' products to the tile's first `wt` rows.
@@ -286,8 +288,9 @@ pub(super) fn suits_weight_grad(g: &Geom) -> bool {
 /// Weight gradient as a sum over (item, output pixel) in order: dw[co, t] = sum of
 /// dy[n, co, pixel] * xpad[n][base(pixel) + koff[t]] for the forward's terms t = (ci, kh, kw),
 /// vectorised over 32 output channels with the kernel's `wt` terms per tile held in registers over
-/// the whole sum (every dw element is one sum over the pixels in order, whatever the tiling). dy is first transposed to pixel-major rows of 32 channels and every item padded once
-/// (phase-split when strided), so a task reads 2 dy vectors and `wt` scalars per pixel.
+/// the whole sum (every dw element is one sum over the pixels in order, whatever the tiling). dy
+/// is first transposed to pixel-major rows of 32 channels and every item padded once (phase-split
+/// when strided), so a task reads 2 dy vectors and `wt` scalars per pixel.
 pub(super) fn weight_grad(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     let d = dgeom(g);
     let koff = k_offsets(&d);
@@ -430,7 +433,7 @@ unsafe fn wmicro_avx2(
     }
 }
 
-/// AVX-512: the first 8 terms x 32 channels in 16 zmm accumulators.
+/// AVX-512: the first WT_AVX512 terms x 32 channels in 16 zmm accumulators.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn wmicro_avx512(
@@ -442,7 +445,9 @@ unsafe fn wmicro_avx512(
     out: &mut WTile,
 ) {
     use std::arch::x86_64::*;
-    let out: &mut [[f32; CW]; 8] = (&mut out[..8]).try_into().expect("8 of WT rows");
+    let out: &mut [[f32; CW]; WT_AVX512] = (&mut out[..WT_AVX512])
+        .try_into()
+        .expect("WT_AVX512 <= WT rows");
     // SAFETY: the features were detected (the caller's contract).
     let mut acc = unsafe { load_rows(out) };
     for j in 0..npix {
@@ -465,7 +470,7 @@ unsafe fn wmicro_avx512(
 /// The weight-gradient kernel and the terms per tile it holds in registers.
 fn wkernel() -> (WMicroFn, usize) {
     by_isa!(
-        (wmicro_avx512 as WMicroFn, 8),
+        (wmicro_avx512 as WMicroFn, WT_AVX512),
         (wmicro_avx2 as WMicroFn, WT),
         (wmicro_plain as WMicroFn, WT)
     )

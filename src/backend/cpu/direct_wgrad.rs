@@ -259,10 +259,11 @@ pub(crate) fn weight_grad(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
                             }
                         }));
                         let chunk: &mut [Acc; 3] = chunk.try_into().expect("chunks of 3");
-                        // SAFETY: every x read is inside its padded plane's buffer (lane base +
-                        // the tap's offset + 16 <= buf_len, as in the forward), every dy read
-                        // inside the item's lane planes; the kernel's features were detected.
                         for sub in items.chunks(per_call) {
+                            // SAFETY: every x read is inside its padded plane's buffer (lane base
+                            // + the tap's offset + 16 <= buf_len, as in the forward), every dy
+                            // read inside the item's lane planes; the kernel's features were
+                            // detected.
                             unsafe { micro(&offs, sub, &taps, chunk) };
                         }
                     }
