@@ -528,38 +528,47 @@ unsafe fn dmicro_plain(c: DCall) -> DTile {
     acc
 }
 
-/// AVX2 + FMA: four passes of 4 channels x 16 lanes (8 ymm accumulators each).
+/// AVX2 + FMA: three passes over the tile's 32 lanes (four ymm vectors), of 3, 3 and 2 channels:
+/// 12 accumulators (8 in the last pass) keep both FMA pipes busy past their latency, and each
+/// input vector loaded feeds 3 channels' multiply-adds.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dmicro_avx2(c: DCall) -> DTile {
-    let DCall { kdim, w, x, koff } = c;
     use std::arch::x86_64::*;
-    let mut out = [[[0.0f32; V]; NV]; DR];
-    for (v, base) in x.into_iter().enumerate() {
-        for half in 0..2 {
-            let mut acc = [[_mm256_setzero_ps(); 2]; 4];
-            for p in 0..kdim {
-                // SAFETY: the caller guarantees kdim weights x DR, kdim offsets, in-bounds loads.
-                unsafe {
-                    let xp = base.add(*koff.add(p) as usize);
-                    let (lo, hi) = (_mm256_loadu_ps(xp), _mm256_loadu_ps(xp.add(8)));
-                    let wp = w.add(p * DR + half * 4);
-                    for (r, a) in acc.iter_mut().enumerate() {
-                        let wv = _mm256_broadcast_ss(&*wp.add(r));
-                        a[0] = _mm256_fmadd_ps(wv, lo, a[0]);
-                        a[1] = _mm256_fmadd_ps(wv, hi, a[1]);
+    /// Channels r0..r0 + R of the tile.
+    #[inline(always)]
+    unsafe fn pass<const R: usize>(c: DCall, r0: usize, out: &mut DTile) {
+        let DCall { kdim, w, x, koff } = c;
+        let mut acc = [[_mm256_setzero_ps(); 2 * NV]; R];
+        for p in 0..kdim {
+            // SAFETY: the caller guarantees kdim weights x DR, kdim offsets, in-bounds loads.
+            unsafe {
+                let o = *koff.add(p) as usize;
+                let wp = w.add(p * DR + r0);
+                let wv: [__m256; R] = std::array::from_fn(|r| _mm256_broadcast_ss(&*wp.add(r)));
+                // One input vector live at a time: 12 accumulators + 3 weights + 1 input fill
+                // the 16 ymm registers.
+                for j in 0..2 * NV {
+                    let xv = _mm256_loadu_ps(x[j / 2].add(o + 8 * (j % 2)));
+                    for r in 0..R {
+                        acc[r][j] = _mm256_fmadd_ps(wv[r], xv, acc[r][j]);
                     }
                 }
             }
-            for (r, a) in acc.iter().enumerate() {
-                let row = &mut out[half * 4 + r][v];
-                // SAFETY: each row holds 16 floats.
-                unsafe {
-                    _mm256_storeu_ps(row.as_mut_ptr(), a[0]);
-                    _mm256_storeu_ps(row.as_mut_ptr().add(8), a[1]);
-                }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            for (j, &v) in a.iter().enumerate() {
+                // SAFETY: each vector of a row holds V = 16 floats.
+                unsafe { _mm256_storeu_ps(out[r0 + r][j / 2].as_mut_ptr().add(8 * (j % 2)), v) };
             }
         }
+    }
+    let mut out = [[[0.0f32; V]; NV]; DR];
+    // SAFETY: the caller's guarantees, for every pass.
+    unsafe {
+        pass::<3>(c, 0, &mut out);
+        pass::<3>(c, 3, &mut out);
+        pass::<2>(c, 6, &mut out);
     }
     out
 }
@@ -600,7 +609,7 @@ unsafe fn dmicro_avx512(c: DCall) -> DTile {
 pub(super) fn kernel() -> (DMicroFn, &'static str) {
     by_isa!(
         (dmicro_avx512 as DMicroFn, "direct avx512 8x32"),
-        (dmicro_avx2 as DMicroFn, "direct avx2+fma 4x(4x16)"),
+        (dmicro_avx2 as DMicroFn, "direct avx2+fma 3x32"),
         (dmicro_plain as DMicroFn, "direct portable 8x32"),
     )
 }
