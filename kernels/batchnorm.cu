@@ -2,21 +2,17 @@
 // channel's n*hw elements: each thread walks a fixed strided subset, then a fixed-shape
 // warp-shuffle tree combines them (fmp_channel_sum, fmp_block_sum), so results are bit-reproducible
 // (no atomics).
-// Forward is two-pass (mean, then centred sum of squares) for accuracy, then normalises;
+// Forward is two-pass (mean, then centred sum of squares) for accuracy, then normalises (unless y
+// is null: statistics only, the convolutions reading bn(x) through BnIn, params.cuh);
 // thread 0 writes save_mean/save_invstd and updates the running stats (unbiased variance).
 // Backward: dgamma = sum dy*xhat, dbeta = sum dy,
 //   dx = gamma * invstd / M * (M*dy - dbeta - xhat * dgamma).
 // ReLU fused (a.relu): the forward writes relu(bn(x)) and no separate bn(x); the backward takes
 // the gradient of relu(bn(x)) and masks it by bn(x) > 0, recomputed from x, gamma, beta and the
-// saved statistics with the forward's expression (bn_value), so the mask is the forward's bit for
+// saved statistics with the forward's expression (bn_value, params.cuh), so the mask is the forward's bit for
 // bit and no activation is read or written for the ReLU.
 // Grid: (C, 1, 1), block 256.
 #include "params.cuh"
-
-// bn(x) with g = gamma * invstd: the forward's output and the backward's ReLU mask alike.
-__device__ __forceinline__ float bn_value(float x, float mean, float g, float b) {
-    return fmaf(x - mean, g, b);
-}
 
 extern "C" __global__ void __launch_bounds__(256) batchnorm_train_forward(const BnFwdArgs a) {
     __shared__ float red[33];
@@ -31,7 +27,7 @@ extern "C" __global__ void __launch_bounds__(256) batchnorm_train_forward(const 
     const float var = m2 / (float)cnt;
     const float invstd = rsqrtf(var + a.eps);
     const float g = a.gamma[c] * invstd, b = a.beta[c];
-    for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
+    for (int e = threadIdx.x; a.y && e < cnt; e += blockDim.x) {
         const int idx = fmp_channel_at(e, c, a.c, a.hw);
         const float v = bn_value(a.x[idx], mean, g, b);
         a.y[idx] = a.relu ? fmaxf(v, 0.f) : v;

@@ -54,12 +54,16 @@ __device__ __forceinline__ void conv_load(float (&out)[N], int first, int step, 
 }
 
 // x[ci][ih0 + kh][iw0 + kw] of one item's planes `xn` at filter tap i = (ci, kh, kw) (kk = kernel *
-// kernel): the im2col element of a receptive field at (ih0, iw0); 0 in the padding (fwd, wgrad).
-__device__ __forceinline__ float conv_x_tap(const float* xn, const ConvParams& p, int i, int kk, int ih0, int iw0) {
+// kernel), read through `bn` (params.cuh): the im2col element of a receptive field at (ih0, iw0); 0
+// in the padding (fwd, wgrad).
+__device__ __forceinline__ float conv_x_tap(const float* xn, const ConvParams& p, const BnIn& bn, int i, int kk,
+                                            int ih0, int iw0) {
     int ci, kh, kw;
     conv_tap(i, kk, p.kernel, ci, kh, kw);
     const int ih = ih0 + kh, iw = iw0 + kw;
-    return (ih >= 0 && ih < p.h_in && iw >= 0 && iw < p.w_in) ? __ldg(xn + (ci * p.h_in + ih) * p.w_in + iw) : 0.f;
+    return (ih >= 0 && ih < p.h_in && iw >= 0 && iw < p.w_in)
+               ? bn_in(bn, ci, __ldg(xn + (ci * p.h_in + ih) * p.w_in + iw))
+               : 0.f;
 }
 
 // A ConvB::Cols thread's place in its tile (fwd, dgrad), whose columns are the pixels of N planes

@@ -1,6 +1,7 @@
 // conv2d weight gradient as an implicit GEMM with a deterministic split-K.
 //   M = c_out, N = c_in * k * k (filter taps), K = n * h_out * w_out (output pixels);
-//   A[co][(n,oh,ow)] = dy[n][co][oh][ow], B[(n,oh,ow)][(ci,kh,kw)] = x[n][ci][oh*s-p+kh][ow*s-p+kw].
+//   A[co][(n,oh,ow)] = dy[n][co][oh][ow], B[(n,oh,ow)][(ci,kh,kw)] = x[n][ci][oh*s-p+kh][ow*s-p+kw]
+//   (read through a.bn when set: conv2d_weight_grad_bn).
 // On the tile machinery of conv_tile.cuh, with both loaders running along K (ConvB::K: consecutive
 // threads read consecutive output pixels, so global reads are coalesced).
 // K is huge for early layers and M*N small, so blockIdx.z takes K chunk z ([z*k_chunk, (z+1)*k_chunk))
@@ -32,7 +33,7 @@ __device__ __forceinline__ void conv_wgrad_body(const ConvWgradArgs& a) {
         conv_load(ra, m0 + l_r, 16, k_ok, p.c_out, [&](int m) { return __ldg(a.dy + (n * p.c_out + m) * hwo + r); });
         const int ih0 = oh * p.stride - p.pad, iw0 = ow * p.stride - p.pad;
         const float* xn = a.x + n * p.c_in * hwi;
-        conv_load(rb, n0 + l_r, 16, k_ok, NC, [&](int c) { return conv_x_tap(xn, p, c, kk, ih0, iw0); });
+        conv_load(rb, n0 + l_r, 16, k_ok, NC, [&](int c) { return conv_x_tap(xn, p, a.bn, c, kk, ih0, iw0); });
     };
     float acc[MI][4];
     conv_tile_gemm<MI, ConvB::K>(kbeg, kend, load, acc);

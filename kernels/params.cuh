@@ -23,10 +23,32 @@ struct ConvParams {
     int n, c_in, h_in, w_in, c_out, h_out, w_out, kernel, stride, pad;
 };
 
+// A convolution's input read through a training batchnorm (conv2d_forward_bn,
+// conv2d_weight_grad_bn): value v of channel c becomes bn_value(v, mean[c], gamma[c] * invstd[c],
+// beta[c]), then max(., 0) with relu -- what batchnorm_train_forward writes, bit for bit. gamma null:
+// the input as it is. The zero padding stays zero.
+struct BnIn {
+    const float* gamma; const float* beta; const float* mean; const float* invstd;
+    int relu, pad_;
+};
+
+// bn(x) with g = gamma * invstd: batchnorm's forward output, its backward's ReLU mask, and the
+// convolutions' BnIn inputs alike.
+__device__ __forceinline__ float bn_value(float x, float mean, float g, float b) {
+    return fmaf(x - mean, g, b);
+}
+
+__device__ __forceinline__ float bn_in(const BnIn& bn, int c, float v) {
+    if (!bn.gamma) return v;
+    const float t = bn_value(v, bn.mean[c], bn.gamma[c] * bn.invstd[c], bn.beta[c]);
+    return bn.relu ? fmaxf(t, 0.f) : t;
+}
+
 // ---- convolution --------------------------------------------------------------------------
 struct ConvFwdArgs {
     const float* x; const float* w; float* y;
     ConvParams p;
+    BnIn bn;
 };
 struct ConvDgradArgs {
     const float* dy; const float* w; float* dx;
@@ -42,6 +64,7 @@ struct ConvWgradArgs {
     const float* x; const float* dy; float* out;
     ConvParams p;
     int k_chunk, splits;
+    BnIn bn;
 };
 struct WgradReduceArgs {
     const float* ws; float* dw;
@@ -58,6 +81,7 @@ struct ChannelAffineBwdArgs {
     const float* y_saved; const float* dy; const float* scale; float* dx;
     int numel, c, hw, saved_numel;
 };
+// y null: statistics only (the consumers read relu(bn(x)) through BnIn).
 struct BnFwdArgs {
     const float* x; const float* gamma; const float* beta;
     float* running_mean; float* running_var; float* save_mean; float* save_invstd; float* y;

@@ -166,7 +166,7 @@ fn bn_train(
         &t(b, x, &s),
         BnLayer::new(&t(b, gm, &[c]), &t(b, bt, &[c]), &mut sm, &mut si, false),
         BnUpdate::new(eps, 0.1, &mut rm, &mut rv),
-        &mut y,
+        Some(&mut y),
     )?;
     Ok(BnTrainOut {
         y: h(b, &y),
@@ -259,6 +259,33 @@ fn batchnorm_train_statistics_hold_under_a_large_offset() {
     }
 }
 
+/// The convolutions that read relu(bn(x)) (the training model's) against the convolution of the
+/// batchnorm's output, on every CPU path: the lane layout (16-wide rows, other widths, stride 2 via
+/// phase planes, 1x1 at stride 2), the pixel layout (stride 1 and 2) and the GEMM fallback, for
+/// the forward and the weight gradient (lane, pixel layout, GEMM).
+#[test]
+fn conv_bn_is_the_conv_of_the_batchnorm_output() {
+    let b = be();
+    let mut r = Rng::new(41);
+    for p in [
+        ConvParams::new(3, 5, 16, 16, 6, 3, 1, 1),
+        ConvParams::new(2, 3, 7, 9, 5, 3, 1, 1),
+        ConvParams::new(2, 4, 16, 16, 7, 3, 2, 1),
+        ConvParams::new(3, 6, 16, 16, 5, 1, 2, 0),
+        ConvParams::new(2, 7, 8, 8, 32, 3, 1, 1),
+        ConvParams::new(2, 6, 8, 8, 24, 3, 2, 1),
+        ConvParams::new(2, 3, 4, 4, 5, 3, 1, 1),
+    ] {
+        let numel = |s: [usize; 4]| s.iter().product::<usize>();
+        let x = r.vec(numel(p.input_shape()), -1.0, 3.0);
+        let w = r.vec(numel(p.weight_shape()), -1.0, 1.0);
+        let dy = r.vec(numel(p.output_shape()), -1.0, 1.0);
+        let c = p.c_in as usize;
+        let (gm, bt) = (r.vec(c, 0.5, 1.5), r.vec(c, -0.5, 0.5));
+        op_refs::check_conv_bn_fused(&b, &p, &x, &w, &dy, &gm, &bt);
+    }
+}
+
 #[test]
 fn batchnorm_train_relu_fused_is_the_composition() {
     let b = be();
@@ -295,7 +322,7 @@ fn batchnorm_train_backward_matches_fd() {
             false,
         ),
         BnUpdate::new(eps, 0.1, &mut rm, &mut rv),
-        &mut y,
+        Some(&mut y),
     )
     .unwrap();
     let (mut dx, mut dg, mut db) = (z(&b, &s), z(&b, &[c]), z(&b, &[c]));
@@ -777,7 +804,7 @@ fn other_op_timings() {
             &x,
             BnLayer::new(&gm, &bt, &mut sm, &mut si, false),
             BnUpdate::new(1e-5, 0.1, &mut rm, &mut rv),
-            &mut y,
+            Some(&mut y),
         )
         .unwrap()
     });

@@ -236,7 +236,7 @@ fn emu_results_independent_of_thread_order() {
             &y,
             BnLayer::new(&gt, &gt, &mut sm, &mut si, false),
             BnUpdate::new(1e-5, 0.1, &mut rm, &mut rv),
-            &mut yb,
+            Some(&mut yb),
         )
         .unwrap();
         let mut pooled = b.zeros(&[3, 70]).unwrap();

@@ -152,7 +152,7 @@ fn emu_vs_cpu_other_ops() {
             &xc,
             BnLayer::new(&scc, &shc, &mut smc, &mut sic, false),
             BnUpdate::new(1e-5, 0.1, &mut rmc, &mut rvc),
-            &mut yc,
+            Some(&mut yc),
         )
         .unwrap();
     pr.emu
@@ -160,7 +160,7 @@ fn emu_vs_cpu_other_ops() {
             &xe,
             BnLayer::new(&sce, &she, &mut sme, &mut sie, false),
             BnUpdate::new(1e-5, 0.1, &mut rme, &mut rve),
-            &mut ye,
+            Some(&mut ye),
         )
         .unwrap();
     for (what, a, b) in [

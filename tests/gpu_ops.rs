@@ -234,7 +234,7 @@ fn gpu_batchnorm_train_forward_backward() {
                 &xt,
                 BnLayer::new(&gt, &bt, &mut sm, &mut si, false),
                 BnUpdate::new(1e-5, 0.1, &mut rmt, &mut rvt),
-                &mut y,
+                Some(&mut y),
             )
             .unwrap();
             let dyt = up(b, &dy, &shape);

@@ -43,6 +43,7 @@ pub(crate) use delegate;
 /// invstd = 1/sqrt(var + eps)), each [C], which the forward writes (`S` = `&mut Tensor`) and the
 /// backward reads (`S` = `&Tensor`), and whether the ReLU that follows it is fused (`relu`: the
 /// forward writes relu(bn(x)), the backward takes that output's gradient).
+#[derive(Clone, Copy)]
 pub struct BnLayer<'a, S> {
     pub gamma: &'a Tensor,
     pub beta: &'a Tensor,
@@ -166,6 +167,14 @@ pub trait Backend: Send + Sync {
         fn conv2d_input_grad(p: &ConvParams, dy: &Tensor, w: &Tensor, dx: &mut Tensor);
         /// dw = d(sum y*dy)/dw, overwritten.
         fn conv2d_weight_grad(p: &ConvParams, x: &Tensor, dy: &Tensor, dw: &mut Tensor);
+        /// `conv2d_forward` of relu(bn(x)) (of bn(x) without `bn.relu`), `bn` a training
+        /// batchnorm's parameters and saved statistics, computed as the convolution reads x: bit
+        /// for bit `conv2d_forward` of what `batchnorm_train_forward` writes, without storing it.
+        fn conv2d_forward_bn(p: &ConvParams, x: &Tensor, bn: BnLayer<&Tensor>, w: &Tensor,
+            y: &mut Tensor);
+        /// `conv2d_weight_grad` of the input relu(bn(x)), read as `conv2d_forward_bn` reads it.
+        fn conv2d_weight_grad_bn(p: &ConvParams, x: &Tensor, bn: BnLayer<&Tensor>, dy: &Tensor,
+            dw: &mut Tensor);
         /// Input gradient of a cotangent that is non-zero in a single output channel per item:
         /// `seed` is [N, 1, h_out, w_out]; item i uses filter `first_channel + i / group`.
         /// Equals `conv2d_input_grad` of the one-hot-expanded cotangent. `p.n` is N, `p.c_out` the
@@ -186,9 +195,11 @@ pub trait Backend: Send + Sync {
         /// `bn.save_invstd` and updates `update`'s running statistics in place with PyTorch semantics:
         /// r = (1 - momentum) * r + momentum * stat, using the *unbiased* batch variance for
         /// running_var. With `bn.relu`, y = relu(bn(x)) in the same pass (the ReLU that follows
-        /// every training BN of the model), and bn(x) itself is not kept.
+        /// every training BN of the model), and bn(x) itself is not kept. Without `y`, only the
+        /// statistics: the consumers read relu(bn(x)) through `conv2d_forward_bn` and
+        /// `conv2d_weight_grad_bn`.
         fn batchnorm_train_forward(x: &Tensor, bn: BnLayer<&mut Tensor>, update: BnUpdate,
-            y: &mut Tensor);
+            y: Option<&mut Tensor>);
         /// Gradients of training-mode batchnorm. With `bn.relu`, dy is the gradient of relu(bn(x))
         /// (the forward's `relu`): it is masked by bn(x) > 0, recomputed from x, gamma, beta and the
         /// saved statistics exactly as the forward computed it, so no ReLU output is read and no

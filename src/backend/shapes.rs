@@ -217,6 +217,53 @@ pub fn conv_weight_grad(p: &ConvParams, x: &Tensor, dy: &Tensor, dw: &Tensor) ->
     )
 }
 
+/// A convolution whose input x is read through a training batchnorm: the convolution's own
+/// checks (`check`), and the batchnorm's gamma, beta, save_mean and save_invstd [c_in].
+fn conv_bn(
+    op: &'static str,
+    p: &ConvParams,
+    bn: &BnLayer<&Tensor>,
+    check: Result<()>,
+) -> Result<()> {
+    check?;
+    for (name, t) in bn_stats(bn) {
+        numel_is(op, name, t, p.c_in as usize)?;
+    }
+    Ok(())
+}
+
+pub fn conv_forward_bn(
+    p: &ConvParams,
+    x: &Tensor,
+    bn: &BnLayer<&Tensor>,
+    w: &Tensor,
+    y: &Tensor,
+) -> Result<()> {
+    const OP: &str = "conv2d_forward_bn";
+    let three = [
+        ("x", x, p.input_shape()),
+        ("w", w, p.weight_shape()),
+        ("y", y, p.output_shape()),
+    ];
+    conv_bn(OP, p, bn, conv_three(OP, p, three))
+}
+
+pub fn conv_weight_grad_bn(
+    p: &ConvParams,
+    x: &Tensor,
+    bn: &BnLayer<&Tensor>,
+    dy: &Tensor,
+    dw: &Tensor,
+) -> Result<()> {
+    const OP: &str = "conv2d_weight_grad_bn";
+    let three = [
+        ("x", x, p.input_shape()),
+        ("dy", dy, p.output_shape()),
+        ("dw", dw, p.weight_shape()),
+    ];
+    conv_bn(OP, p, bn, conv_three(OP, p, three))
+}
+
 /// The one-hot input gradient: seed [N, 1, h_out, w_out], item i uses filter
 /// `first_channel + i / group`, which must exist.
 pub fn conv_input_grad_onehot(
@@ -310,14 +357,14 @@ fn bn_stats<'t, S: Deref<Target = Tensor>>(bn: &'t BnLayer<S>) -> [(&'static str
     ]
 }
 
-/// Training-mode batchnorm forward: y has x's shape; gamma, beta, running_mean, running_var,
+/// Training-mode batchnorm forward: y (when written) has x's shape; gamma, beta, running_mean, running_var,
 /// save_mean and save_invstd are each [C]. More than one value per channel (the unbiased running
 /// variance divides by N*H*W - 1). Returns (N, C, H*W).
 pub fn batchnorm_train_forward<S: Deref<Target = Tensor>>(
     x: &Tensor,
     bn: &BnLayer<S>,
     update: &BnUpdate,
-    y: &Tensor,
+    y: Option<&Tensor>,
 ) -> Result<(usize, usize, usize)> {
     const OP: &str = "batchnorm_train_forward";
     let [gamma, beta, mean, invstd] = bn_stats(bn);
@@ -330,7 +377,8 @@ pub fn batchnorm_train_forward<S: Deref<Target = Tensor>>(
         mean,
         invstd,
     ];
-    let (n, c, hw) = per_channel(OP, "x", x, &[("y", y)], &channels)?;
+    let same: Vec<(&str, &Tensor)> = y.into_iter().map(|y| ("y", y)).collect();
+    let (n, c, hw) = per_channel(OP, "x", x, &same, &channels)?;
     if n * hw < 2 {
         return Err(Error::shape(
             OP,

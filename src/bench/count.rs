@@ -111,9 +111,18 @@ pub fn channel_affine_backward(numel: u64, c: u64, saved_numel: u64) -> OpCost {
 }
 
 /// Training-mode batchnorm forward: mean (1), variance (3), normalise+affine (4) per element.
-/// A fused ReLU adds its max per element.
-pub fn batchnorm_train_forward(numel: u64, c: u64, relu: bool) -> OpCost {
+/// A fused ReLU adds its max per element. Without `write`, the statistics alone (one read of x).
+pub fn batchnorm_train_forward(numel: u64, c: u64, relu: bool, write: bool) -> OpCost {
+    if !write {
+        return OpCost::new(4 * numel, F32 * (numel + 8 * c));
+    }
     OpCost::new((8 + relu as u64) * numel, F32 * (2 * numel + 8 * c))
+}
+
+/// What a convolution reading relu(bn(x)) (`conv2d_*_bn`) adds to its own cost: the map (x * a +
+/// b, max: 3) on every input element, and the batchnorm's 4 [c_in] vectors.
+pub fn bn_input(p: &ConvParams) -> OpCost {
+    OpCost::new(3 * numel(p.input_shape()), F32 * 4 * p.c_in as u64)
 }
 
 /// Training-mode batchnorm backward: the two channel sums (4) and dx (6) per element; a fused
@@ -521,11 +530,14 @@ impl Arch {
                 Node::Input => OpCost::default(),
                 Node::Affine { c, relu: false, .. } => channel_affine(numel, *c as u64, false),
                 Node::Affine { c, .. } => {
-                    // BN (train) with its ReLU fused, forward and backward.
-                    batchnorm_train_forward(numel, *c as u64, true)
+                    // BN (train) with its ReLU fused: statistics only (its consumers map x as
+                    // they read it), and the backward.
+                    batchnorm_train_forward(numel, *c as u64, true, false)
                         + batchnorm_train_backward(numel, *c as u64, true)
                 }
-                Node::Conv { params, index, .. } => {
+                Node::Conv {
+                    params, index, src, ..
+                } => {
                     let p = params.with_batch(n as usize);
                     // The stem's input is the normalised image: no input gradient needed.
                     let dx = if *index == 0 {
@@ -533,7 +545,12 @@ impl Arch {
                     } else {
                         conv_input_grad(&p)
                     };
-                    conv_forward(&p) + conv_weight_grad(&p) + dx
+                    // A conv after a BN reads relu(bn(x)) in its forward and weight gradient.
+                    let bn = match self.nodes[*src] {
+                        Node::Affine { relu: true, .. } => bn_input(&p) + bn_input(&p),
+                        _ => OpCost::default(),
+                    };
+                    conv_forward(&p) + conv_weight_grad(&p) + dx + bn
                 }
                 Node::Add { c, hw, .. } => add(n * (*c * *hw) as u64),
                 Node::Pool { c, hw, .. } => {

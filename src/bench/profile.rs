@@ -268,6 +268,12 @@ impl Backend for ProfiledBackend {
             => ("conv_dgrad", conv_shape(p), count::conv_input_grad(p));
         conv2d_weight_grad(p: &ConvParams, x: &Tensor, dy: &Tensor, dw: &mut Tensor)
             => ("conv_wgrad", conv_shape(p), count::conv_weight_grad(p));
+        conv2d_forward_bn(p: &ConvParams, x: &Tensor, bn: BnLayer<&Tensor>, w: &Tensor,
+            y: &mut Tensor)
+            => ("conv_fwd(bn)", conv_shape(p), count::conv_forward(p) + count::bn_input(p));
+        conv2d_weight_grad_bn(p: &ConvParams, x: &Tensor, bn: BnLayer<&Tensor>, dy: &Tensor,
+            dw: &mut Tensor)
+            => ("conv_wgrad(bn)", conv_shape(p), count::conv_weight_grad(p) + count::bn_input(p));
         conv2d_input_grad_onehot(p: &ConvParams, seed: &Tensor, w: &Tensor, first_channel: usize,
             group: usize, dx: &mut Tensor) => {
             let filters = (p.n as usize).div_ceil(group.max(1));
@@ -291,9 +297,14 @@ impl Backend for ProfiledBackend {
             (op, item_shape(dy), c)
         };
         batchnorm_train_forward(x: &Tensor, bn: BnLayer<&mut Tensor>, update: BnUpdate,
-            y: &mut Tensor) => {
-            let c = count::batchnorm_train_forward(numel(x), channels(x), bn.relu);
-            let op = if bn.relu { "batchnorm_train_fwd+relu" } else { "batchnorm_train_fwd" };
+            y: Option<&mut Tensor>) => {
+            let write = y.is_some();
+            let c = count::batchnorm_train_forward(numel(x), channels(x), bn.relu, write);
+            let op = match (write, bn.relu) {
+                (false, _) => "batchnorm_train_stats",
+                (true, true) => "batchnorm_train_fwd+relu",
+                (true, false) => "batchnorm_train_fwd",
+            };
             (op, item_shape(x), c)
         };
         batchnorm_train_backward(x: &Tensor, dy: &Tensor, bn: BnLayer<&Tensor>, grads: BnGrads) => {

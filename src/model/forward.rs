@@ -71,7 +71,7 @@ impl PreActResNet18 {
     }
 
     /// A new tensor of `shape` that `fill` writes (one backend op's output).
-    fn filled(
+    pub(crate) fn filled(
         &self,
         shape: &[usize],
         fill: impl FnOnce(&mut Tensor) -> Result<()>,

@@ -1,6 +1,6 @@
 //! Training mode: BN with batch statistics (running statistics updated with momentum 0.1), the full
 //! backward with a gradient for every parameter, and PyTorch-style SGD with momentum buffers.
-use super::{ParamRef, PreActResNet18, BN_MOMENTUM};
+use super::{Bn, ParamRef, PreActResNet18, BN_MOMENTUM};
 use crate::backend::{BnGrads, BnLayer, BnUpdate, Sgd};
 use crate::ensure_shape;
 use crate::error::Result;
@@ -14,11 +14,11 @@ struct BnSave {
     invstd: Tensor,
 }
 
+/// A block's two BNs; their ReLU outputs (the convs' inputs) are not stored: the convs read them
+/// through `conv2d_forward_bn` and `conv2d_weight_grad_bn`.
 struct BlockSave {
     bn1: BnSave,
-    o: Tensor,
     bn2: BnSave,
-    a2: Tensor,
 }
 
 /// Activations kept by `forward_train` for `backward_train`.
@@ -79,12 +79,20 @@ impl SgdState {
     }
 }
 
+impl BnSave {
+    /// The saved BN as the ops that read relu(bn(x)) take it (every training BN is followed by a
+    /// ReLU).
+    fn layer<'a>(&'a self, bn: &'a Bn) -> BnLayer<'a, &'a Tensor> {
+        BnLayer::new(&bn.gamma, &bn.beta, &self.mean, &self.invstd, true)
+    }
+}
+
 impl PreActResNet18 {
-    /// relu(bn(x)) with batch statistics, in one fused op (every training BN is followed by a ReLU).
-    fn bn_train(&mut self, j: usize, x: Tensor) -> Result<(Tensor, BnSave)> {
+    /// The batch statistics of BN `j` (and its running statistics' update). Its output
+    /// relu(bn(x)) is never stored: the convs that read it compute it (`conv_fwd_bn`).
+    fn bn_train(&mut self, j: usize, x: Tensor) -> Result<BnSave> {
         let b = self.backend.clone();
         let c = x.nchw().1;
-        let mut r = b.empty(x.shape())?;
         let mut mean = b.zeros(&[c])?;
         let mut invstd = b.zeros(&[c])?;
         let bn = &mut self.bns[j];
@@ -101,9 +109,19 @@ impl PreActResNet18 {
             momentum: BN_MOMENTUM,
             eps: BN_EPS,
         };
-        b.batchnorm_train_forward(&x, layer, update, &mut r)?;
+        b.batchnorm_train_forward(&x, layer, update, None)?;
         bn.num_batches_tracked += 1;
-        Ok((r, BnSave { x, mean, invstd }))
+        Ok(BnSave { x, mean, invstd })
+    }
+
+    /// Conv `i` of relu(bn(x)), BN `j` as saved in `s`.
+    fn conv_fwd_bn(&self, i: usize, j: usize, s: &BnSave) -> Result<Tensor> {
+        let p = self.convs[i].params.with_batch(s.x.batch());
+        let bn = s.layer(&self.bns[j]);
+        self.filled(&p.output_shape(), |y| {
+            self.backend
+                .conv2d_forward_bn(&p, &s.x, bn, &self.conv_w[i], y)
+        })
     }
 
     /// Training-mode forward: BN with batch statistics; updates the running statistics (momentum
@@ -123,18 +141,20 @@ impl PreActResNet18 {
         let mut saves = Vec::with_capacity(self.blocks.len());
         for bi in 0..self.blocks.len() {
             let blk = self.blocks[bi];
-            let h_in = h;
-            let (o, bn1) = self.bn_train(blk.bn1, h_in)?;
-            let sc = blk.shortcut.map(|si| self.conv_fwd(si, &o)).transpose()?;
-            let c1 = self.conv_fwd(blk.conv1, &o)?;
-            let (a2, bn2) = self.bn_train(blk.bn2, c1)?;
-            let mut c2 = self.conv_fwd(blk.conv2, &a2)?;
+            let bn1 = self.bn_train(blk.bn1, h)?;
+            let sc = blk
+                .shortcut
+                .map(|si| self.conv_fwd_bn(si, blk.bn1, &bn1))
+                .transpose()?;
+            let c1 = self.conv_fwd_bn(blk.conv1, blk.bn1, &bn1)?;
+            let bn2 = self.bn_train(blk.bn2, c1)?;
+            let mut c2 = self.conv_fwd_bn(blk.conv2, blk.bn2, &bn2)?;
             match &sc {
                 Some(s) => b.add_assign(&mut c2, s)?,
                 None => b.add_assign(&mut c2, &bn1.x)?,
             }
             h = c2;
-            saves.push(BlockSave { bn1, o, bn2, a2 });
+            saves.push(BlockSave { bn1, bn2 });
         }
         let (n, c, _, _) = h.nchw();
         let mut pooled = b.empty(&[n, c])?;
@@ -177,6 +197,13 @@ impl PreActResNet18 {
             b.conv2d_weight_grad(&p, x, dy, &mut dw)?;
             Ok(dw)
         };
+        // The weight gradient of a conv whose input is relu(bn(x)), BN `j` as saved in `s`.
+        let wgrad_bn = |i: usize, j: usize, s: &BnSave, dy: &Tensor| -> Result<Tensor> {
+            let p = self.convs[i].params.with_batch(n);
+            let mut dw = b.empty(&p.weight_shape())?;
+            b.conv2d_weight_grad_bn(&p, &s.x, s.layer(&self.bns[j]), dy, &mut dw)?;
+            Ok(dw)
+        };
         // Head.
         let mut dw = b.zeros(self.lin_w.shape())?;
         let mut db = b.zeros(self.lin_b.shape())?;
@@ -194,7 +221,7 @@ impl PreActResNet18 {
         for (bi, sv) in trace.blocks.iter().enumerate().rev() {
             let blk = self.blocks[bi];
             let (dw2, bn2) = self.alongside(
-                || wgrad(blk.conv2, &sv.a2, &d),
+                || wgrad_bn(blk.conv2, blk.bn2, &sv.bn2, &d),
                 || {
                     let da2 = self.conv_bwd(blk.conv2, &d)?;
                     self.bn_train_bwd(blk.bn2, &sv.bn2, &da2)
@@ -205,7 +232,7 @@ impl PreActResNet18 {
             slots[slot(ParamRef::Gamma(blk.bn2))] = Some(dg2);
             slots[slot(ParamRef::Beta(blk.bn2))] = Some(db2);
             let (dw1, bn1) = self.alongside(
-                || wgrad(blk.conv1, &sv.o, &dc1),
+                || wgrad_bn(blk.conv1, blk.bn1, &sv.bn1, &dc1),
                 || {
                     let mut d_o = self.conv_bwd(blk.conv1, &dc1)?;
                     // The shortcut's input gradient joins d_o; its weight gradient comes back.
@@ -214,7 +241,7 @@ impl PreActResNet18 {
                         .map(|si| -> Result<_> {
                             let ds = self.conv_bwd(si, &d)?;
                             b.add_assign(&mut d_o, &ds)?;
-                            Ok((si, wgrad(si, &sv.o, &d)?))
+                            Ok((si, wgrad_bn(si, blk.bn1, &sv.bn1, &d)?))
                         })
                         .transpose()?;
                     let (mut dh, dg1, db1) = self.bn_train_bwd(blk.bn1, &sv.bn1, &d_o)?;
@@ -269,13 +296,7 @@ impl PreActResNet18 {
         let mut dx = b.empty(dy.shape())?;
         let mut dg = b.zeros(&[c])?;
         let mut dbeta = b.zeros(&[c])?;
-        let layer = BnLayer {
-            gamma: &self.bns[j].gamma,
-            beta: &self.bns[j].beta,
-            save_mean: &s.mean,
-            save_invstd: &s.invstd,
-            relu: true,
-        };
+        let layer = s.layer(&self.bns[j]);
         let grads = BnGrads {
             dx: &mut dx,
             dgamma: &mut dg,

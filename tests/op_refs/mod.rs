@@ -76,7 +76,7 @@ pub fn check_bn_relu_fused(
             &xt,
             BnLayer::new(&gt, &bt, &mut sm, &mut si, relu),
             BnUpdate::new(1e-5, 0.1, &mut rm, &mut rv),
-            &mut y,
+            Some(&mut y),
         )
         .unwrap();
         (y, sm, si)
@@ -106,5 +106,76 @@ pub fn check_bn_relu_fused(
     let (want, got) = (bwd(&dy, false), bwd(&drt, true));
     for (what, w, g) in [("dx", 0, 0), ("dgamma", 1, 1), ("dbeta", 2, 2)] {
         assert_eq!(want[w], got[g], "fused backward: {what}");
+    }
+}
+
+/// A convolution that reads relu(bn(x)) through a training batchnorm's saved statistics
+/// (`conv2d_forward_bn`, `conv2d_weight_grad_bn`) gives, bit for bit, the convolution of what
+/// `batchnorm_train_forward` writes, with and without the ReLU; and the statistics-only forward
+/// (no y) writes the same statistics as the one that writes y: on any backend. x: seeded values
+/// of `p.input_shape()`, some pre-activations negative; w, dy: the conv's weight and output shapes.
+pub fn check_conv_bn_fused(
+    b: &dyn fmp_engine::backend::Backend,
+    p: &fmp_engine::backend::ConvParams,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+) {
+    let (xs, c) = (p.input_shape(), p.c_in as usize);
+    let t = |v: &[f32], s: &[usize]| b.from_host(v, s).unwrap();
+    let z = |s: &[usize]| b.zeros(s).unwrap();
+    let host = |v: &fmp_engine::Tensor| b.to_host(v).unwrap();
+    let (xt, gt, bt) = (t(x, &xs), t(gamma, &[c]), t(beta, &[c]));
+    let (wt, dyt) = (t(w, &p.weight_shape()), t(dy, &p.output_shape()));
+    for relu in [true, false] {
+        // Statistics (save_mean, save_invstd, running_mean, running_var) and, when asked, y.
+        let bn_fwd = |write: bool| {
+            let (mut rm, mut rv, mut sm, mut si) = (z(&[c]), z(&[c]), z(&[c]), z(&[c]));
+            let mut y = z(&xs);
+            b.batchnorm_train_forward(
+                &xt,
+                BnLayer::new(&gt, &bt, &mut sm, &mut si, relu),
+                BnUpdate::new(1e-5, 0.1, &mut rm, &mut rv),
+                write.then_some(&mut y),
+            )
+            .unwrap();
+            (y, [sm, si, rm, rv])
+        };
+        let (y, stats) = bn_fwd(true);
+        let (_, stats_only) = bn_fwd(false);
+        for (what, (a, o)) in ["save_mean", "save_invstd", "running_mean", "running_var"]
+            .iter()
+            .zip(stats.iter().zip(&stats_only))
+        {
+            assert_eq!(
+                host(a),
+                host(o),
+                "statistics-only forward: {what} (relu {relu})"
+            );
+        }
+        let yh = host(&y);
+        assert!(
+            !relu || (yh.iter().any(|&v| v == 0.0) && yh.iter().any(|&v| v > 0.0)),
+            "the ReLU mask is mixed"
+        );
+        let bn = BnLayer::new(&gt, &bt, &stats[0], &stats[1], relu);
+        let (mut want, mut got) = (z(&p.output_shape()), z(&p.output_shape()));
+        b.conv2d_forward(p, &y, &wt, &mut want).unwrap();
+        b.conv2d_forward_bn(p, &xt, bn, &wt, &mut got).unwrap();
+        assert_eq!(
+            host(&want),
+            host(&got),
+            "conv2d_forward_bn {p:?} (relu {relu})"
+        );
+        let (mut want, mut got) = (z(&p.weight_shape()), z(&p.weight_shape()));
+        b.conv2d_weight_grad(p, &y, &dyt, &mut want).unwrap();
+        b.conv2d_weight_grad_bn(p, &xt, bn, &dyt, &mut got).unwrap();
+        assert_eq!(
+            host(&want),
+            host(&got),
+            "conv2d_weight_grad_bn {p:?} (relu {relu})"
+        );
     }
 }

@@ -22,9 +22,10 @@
 use rayon::prelude::*;
 
 use super::gemm::{gemm, ASrc, COut, Pack, PackedA, RowMajor, MR, NR};
+use super::norm::{BnCoefs, BnMap};
 use super::{conv_strided, direct, direct_dgrad, direct_px, direct_wgrad, winograd};
 use super::{host_mut, hosts, OutPtr};
-use crate::backend::{shapes, ConvParams};
+use crate::backend::{shapes, BnLayer, ConvParams};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -472,13 +473,46 @@ pub fn forward(p: &ConvParams, x: &Tensor, w: &Tensor, y: &mut Tensor) -> Result
     shapes::conv_forward(p, x, w, y)?;
     let [xs, ws] = hosts(OP, [("x", x), ("w", w)])?;
     let ys = host_mut(OP, "y", y)?;
+    forward_host(&g, xs, None, ws, ys);
+    Ok(())
+}
+
+/// The forward of relu(bn(x)): the direct paths map x as they pad it; the others (Winograd, the
+/// GEMM) read a mapped copy, which is what `batchnorm_train_forward` would have written.
+pub fn forward_bn(
+    p: &ConvParams,
+    x: &Tensor,
+    bn: BnLayer<&Tensor>,
+    w: &Tensor,
+    y: &mut Tensor,
+) -> Result<()> {
+    const OP: &str = "conv2d_forward_bn";
+    let g = Geom::new(OP, p)?;
+    shapes::conv_forward_bn(p, x, &bn, w, y)?;
+    let coefs = BnCoefs::new(OP, &bn)?;
+    let [xs, ws] = hosts(OP, [("x", x), ("w", w)])?;
+    let ys = host_mut(OP, "y", y)?;
+    forward_host(&g, xs, Some(coefs.map()), ws, ys);
+    Ok(())
+}
+
+fn forward_host(g: &Geom, xs: &[f32], map: Option<BnMap>, ws: &[f32], ys: &mut [f32]) {
+    let g = *g;
+    let mapped;
+    let xs = match map {
+        Some(m) if winograd::suits(&g) || !direct::suits(&g) => {
+            mapped = m.materialize(xs, g.ci, g.hi * g.wi);
+            &mapped[..]
+        }
+        _ => xs,
+    };
     if winograd::suits(&g) {
         winograd::forward(&g, xs, ws, ys);
-        return Ok(());
+        return;
     }
     if direct::suits(&g) {
-        direct::forward(&g, xs, ws, ys);
-        return Ok(());
+        direct::forward(&g, xs, map, ws, ys);
+        return;
     }
     let (hwo, kdim) = (g.ho * g.wo, g.ci * g.k * g.k);
     let pa = PackedA::new(
@@ -506,7 +540,6 @@ pub fn forward(p: &ConvParams, x: &Tensor, w: &Tensor, y: &mut Tensor) -> Result
         &Im2col { x: xs, g },
         &c,
     );
-    Ok(())
 }
 
 pub fn input_grad(p: &ConvParams, dy: &Tensor, w: &Tensor, dx: &mut Tensor) -> Result<()> {
@@ -629,14 +662,40 @@ pub fn weight_grad(p: &ConvParams, x: &Tensor, dy: &Tensor, dw: &mut Tensor) -> 
     shapes::conv_weight_grad(p, x, dy, dw)?;
     let [xs, gs] = hosts(OP, [("x", x), ("dy", dy)])?;
     let o = host_mut(OP, "dw", dw)?;
+    weight_grad_host(&g, xs, None, gs, o);
+    Ok(())
+}
+
+/// The weight gradient of relu(bn(x)), mapped as `forward_bn` maps it.
+pub fn weight_grad_bn(
+    p: &ConvParams,
+    x: &Tensor,
+    bn: BnLayer<&Tensor>,
+    dy: &Tensor,
+    dw: &mut Tensor,
+) -> Result<()> {
+    const OP: &str = "conv2d_weight_grad_bn";
+    let g = Geom::new(OP, p)?;
+    shapes::conv_weight_grad_bn(p, x, &bn, dy, dw)?;
+    let coefs = BnCoefs::new(OP, &bn)?;
+    let [xs, gs] = hosts(OP, [("x", x), ("dy", dy)])?;
+    let o = host_mut(OP, "dw", dw)?;
+    weight_grad_host(&g, xs, Some(coefs.map()), gs, o);
+    Ok(())
+}
+
+fn weight_grad_host(g: &Geom, xs: &[f32], map: Option<BnMap>, gs: &[f32], o: &mut [f32]) {
+    let g = *g;
     if direct_wgrad::suits_weight_grad(&g) {
-        direct_wgrad::weight_grad(&g, xs, gs, o);
-        return Ok(());
+        direct_wgrad::weight_grad(&g, xs, map, gs, o);
+        return;
     }
     if direct_px::suits_weight_grad(&g) {
-        direct_px::weight_grad(&g, xs, gs, o);
-        return Ok(());
+        direct_px::weight_grad(&g, xs, map, gs, o);
+        return;
     }
+    let mapped = map.map(|m| m.materialize(xs, g.ci, g.hi * g.wi));
+    let xs = mapped.as_deref().unwrap_or(xs);
     let r = g.ci * g.k * g.k;
     let coff: Vec<usize> = (0..r).collect();
     let c = COut {
@@ -646,5 +705,4 @@ pub fn weight_grad(p: &ConvParams, x: &Tensor, dy: &Tensor, dw: &mut Tensor) -> 
     };
     let (a, b) = (DyA { dy: gs, g }, Im2colT { x: xs, g });
     gemm(g.co, r, g.n * g.ho * g.wo, 1, ASrc::Pack(&a), &b, &c);
-    Ok(())
 }

@@ -25,6 +25,7 @@ use rayon::prelude::*;
 use super::conv::{Geom, OneHot};
 use super::direct_px::{self, CW};
 use super::gemm::by_isa;
+use super::norm::BnMap;
 
 /// Output channels per tile.
 const DR: usize = 8;
@@ -240,19 +241,22 @@ pub(super) fn k_offsets(d: &DGeom) -> Vec<u32> {
 }
 
 /// Copies one item's `ci` planes into the zero-padded buffer (split into phase planes when the
-/// stride is above 1). A buffer serves one geometry (one call): its border and slack are zeroed
-/// when it is first sized and never written after, so later items only overwrite the interior.
-pub(super) fn pad_item(d: &DGeom, x: &[f32], buf: &mut Vec<f32>) {
+/// stride is above 1), through `map` when the convolution reads relu(bn(x)) (`conv2d_*_bn`). A
+/// buffer serves one geometry (one call): its border and slack are zeroed when it is first sized
+/// and never written after, so later items only overwrite the interior.
+pub(super) fn pad_item(d: &DGeom, x: &[f32], buf: &mut Vec<f32>, map: Option<BnMap>) {
     if buf.len() != d.buf_len() {
         buf.clear();
         buf.resize(d.buf_len(), 0.0);
     }
-    pad_into(d, x, buf);
+    pad_into(d, x, buf, map);
 }
 
 /// Writes one item's planes into the interior of a padded buffer whose border is already zero.
-pub(super) fn pad_into(d: &DGeom, x: &[f32], buf: &mut [f32]) {
+pub(super) fn pad_into(d: &DGeom, x: &[f32], buf: &mut [f32], map: Option<BnMap>) {
     let (plane, wp, hw, s, ph) = (d.plane(), d.wp(), d.hi * d.wi, d.s, d.phases());
+    // A mapped row, for the strided layouts.
+    let mut mapped = vec![0.0; if map.is_some() && s > 1 { d.wi } else { 0 }];
     for c in 0..d.ci {
         let src = &x[c * hw..(c + 1) * hw];
         for (h, row) in src.chunks_exact(d.wi).enumerate() {
@@ -262,9 +266,20 @@ pub(super) fn pad_into(d: &DGeom, x: &[f32], buf: &mut [f32]) {
             }
             let base = (c * ph + hh % s) * ph * plane + (hh / s) * wp;
             if s == 1 {
-                buf[base + d.p..][..d.wi].copy_from_slice(row);
+                let dst = &mut buf[base + d.p..][..d.wi];
+                match map {
+                    Some(m) => m.apply(c, row, dst),
+                    None => dst.copy_from_slice(row),
+                }
                 continue;
             }
+            let row = match map {
+                Some(m) => {
+                    m.apply(c, row, &mut mapped);
+                    &mapped[..]
+                }
+                None => row,
+            };
             if s == 2 && ph == 2 && d.wi.is_multiple_of(2) {
                 // Even and odd columns in one pass (a loop the compiler vectorises).
                 let (be, bo) = (d.p % 2, (d.p + 1) % 2);
@@ -393,6 +408,7 @@ fn run<'a>(
     d: &DGeom,
     n: usize,
     x: &[f32],
+    map: Option<BnMap>,
     panels_of: impl Fn(usize) -> &'a [f32] + Sync,
     y: &mut [f32],
 ) {
@@ -421,7 +437,7 @@ fn run<'a>(
                 let items = gi * per..gi * per + yg.len() / item;
                 bufs.resize_with(items.len(), Vec::new);
                 for (buf, i) in bufs.iter_mut().zip(items.clone()) {
-                    pad_item(d, d.item(x, i), buf);
+                    pad_item(d, d.item(x, i), buf, map);
                 }
                 let mut ys: Vec<&mut [f32]> = yg.chunks_mut(item).collect();
                 let panels = panels_of(items.start);
@@ -454,7 +470,7 @@ fn run<'a>(
         .into_par_iter()
         .for_each_init(Vec::new, |buf, (i, q0, part)| {
             let q1 = (q0 + per).min(npanels);
-            pad_item(d, d.item(x, i), buf);
+            pad_item(d, d.item(x, i), buf, map);
             // The part holds channels q0 * DR.. of the item: a geometry of just those channels.
             let kdim = koff.len();
             let sub = DGeom {
@@ -469,12 +485,12 @@ fn run<'a>(
         });
 }
 
-/// Forward: y = conv(x, w), stride 1.
-pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32]) {
+/// Forward: y = conv(x, w), of relu(bn(x)) with `map`.
+pub(crate) fn forward(g: &Geom, x: &[f32], map: Option<BnMap>, w: &[f32], y: &mut [f32]) {
     let d = dgeom(g);
     let kdim = g.ci * g.k * g.k;
     let panels = pack_panels(d.panel_width(), g.co, kdim, |o, p| w[o * kdim + p]);
-    run(&d, g.n, x, |_| &panels, y);
+    run(&d, g.n, x, map, |_| &panels, y);
 }
 
 /// Filter term of the input gradient: output channel ci, term (co, kh', kw') of the flipped filter.
@@ -492,7 +508,7 @@ pub(crate) fn input_grad(g: &Geom, dy: &[f32], w: &[f32], dx: &mut [f32]) {
     let panels = pack_panels(d.panel_width(), g.ci, g.co * kk, |ci, p| {
         flipped(g, w, ci, p / kk, p % kk)
     });
-    run(&d, g.n, dy, |_| &panels, dx);
+    run(&d, g.n, dy, None, |_| &panels, dx);
 }
 
 /// One-hot input gradient: the terms are those of `input_grad` for item i's channel alone.
@@ -503,7 +519,7 @@ pub(crate) fn input_grad_onehot(g: &Geom, oh: OneHot, w: &[f32], dx: &mut [f32])
     let panels = oh.per_filter(g.n, |c| {
         pack_panels(d.panel_width(), g.ci, kk, |ci, p| flipped(g, w, ci, c, p))
     });
-    run(&d, g.n, oh.seed, |i| &panels[i / oh.group], dx);
+    run(&d, g.n, oh.seed, None, |i| &panels[i / oh.group], dx);
 }
 
 /// Portable kernel: separate multiply and add.

@@ -220,7 +220,7 @@ fn run<'a>(
     dx.par_chunks_mut(item).enumerate().for_each_init(
         || (Vec::new(), vec![0f32; tmp_len]),
         |(buf, tmp), (i, dxi)| {
-            pad_item(&plan.dpad, plan.dpad.item(dy, i), buf);
+            pad_item(&plan.dpad, plan.dpad.item(dy, i), buf, None);
             let panels = panels_of(i);
             let mut at = 0;
             for (q, d) in geoms.iter().enumerate() {

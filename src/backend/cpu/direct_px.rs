@@ -18,6 +18,7 @@ use rayon::prelude::*;
 use super::conv::Geom;
 use super::direct::{dgeom, fills_panels, k_offsets, pad_into, DGeom};
 use super::gemm::by_isa;
+use super::norm::BnMap;
 use super::par_zeroed;
 
 /// Output channels per tile (two 16-lane vectors) and pixels per tile.
@@ -290,8 +291,9 @@ pub(super) fn suits_weight_grad(g: &Geom) -> bool {
 /// vectorised over 32 output channels with the kernel's `wt` terms per tile held in registers over
 /// the whole sum (every dw element is one sum over the pixels in order, whatever the tiling). dy
 /// is first transposed to pixel-major rows of 32 channels and every item padded once (phase-split
-/// when strided), so a task reads 2 dy vectors and `wt` scalars per pixel.
-pub(super) fn weight_grad(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+/// when strided, through `map` for relu(bn(x))), so a task reads 2 dy vectors and `wt` scalars
+/// per pixel.
+pub(super) fn weight_grad(g: &Geom, x: &[f32], map: Option<BnMap>, dy: &[f32], dw: &mut [f32]) {
     let d = dgeom(g);
     let koff = k_offsets(&d);
     let (kdim, hw, blen) = (koff.len(), g.ho * g.wo, d.buf_len());
@@ -309,7 +311,7 @@ pub(super) fn weight_grad(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     });
     let item_in = g.ci * g.hi * g.wi;
     let xpad = par_zeroed(g.n * blen, blen, |n, dst| {
-        pad_into(&d, &x[n * item_in..(n + 1) * item_in], dst)
+        pad_into(&d, &x[n * item_in..(n + 1) * item_in], dst, map)
     });
     let bases: Vec<usize> = (0..npix)
         .map(|j| (j / hw) * blen + d.pixel_off(j % hw))

@@ -19,6 +19,7 @@ use rayon::prelude::*;
 use super::conv::Geom;
 use super::direct::{dgeom, k_offsets, keeps_lanes, pad_item, suits, DGeom, V};
 use super::gemm::by_isa;
+use super::norm::BnMap;
 use super::par_zeroed;
 
 /// Output channels per weight-gradient pass (x 3 taps = 24 accumulators: AVX-512 holds them in
@@ -207,8 +208,9 @@ fn wkernel() -> WMicroFn {
 /// dy[n, co, oh, ow] * x[n, ci, oh*s - p + kh, ow*s - p + kw], with no im2col panels: for each
 /// input channel, its plane is padded once per item and the lanes of every output channel walked;
 /// per-lane partial sums run over items and vectors in order and are summed across lanes at the
-/// end in lane order, so the result does not depend on the thread count.
-pub(crate) fn weight_grad(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+/// end in lane order, so the result does not depend on the thread count. With `map`, of
+/// relu(bn(x)), mapped as each plane is padded.
+pub(crate) fn weight_grad(g: &Geom, x: &[f32], map: Option<BnMap>, dy: &[f32], dw: &mut [f32]) {
     let d = dgeom(g);
     let micro = wkernel();
     let offs = lane_offsets(&d);
@@ -243,7 +245,8 @@ pub(crate) fn weight_grad(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
                 xbufs.resize_with(ns.len(), Vec::new);
                 for (acc, &ci) in accs.iter_mut().zip(task) {
                     for (xbuf, n) in xbufs.iter_mut().zip(ns.clone()) {
-                        pad_item(&one, &x[(n * g.ci + ci) * plane_in..][..plane_in], xbuf);
+                        let m = map.map(|m| m.skip(ci));
+                        pad_item(&one, &x[(n * g.ci + ci) * plane_in..][..plane_in], xbuf, m);
                     }
                     for (gi, chunk) in acc.chunks_exact_mut(3).enumerate() {
                         items.clear();

@@ -244,6 +244,10 @@ impl Backend for CpuBackend {
             => conv::input_grad;
         conv2d_weight_grad(p: &ConvParams, x: &Tensor, dy: &Tensor, dw: &mut Tensor)
             => conv::weight_grad;
+        conv2d_forward_bn(p: &ConvParams, x: &Tensor, bn: BnLayer<&Tensor>, w: &Tensor,
+            y: &mut Tensor) => conv::forward_bn;
+        conv2d_weight_grad_bn(p: &ConvParams, x: &Tensor, bn: BnLayer<&Tensor>, dy: &Tensor,
+            dw: &mut Tensor) => conv::weight_grad_bn;
         conv2d_input_grad_onehot(p: &ConvParams, seed: &Tensor, w: &Tensor, first_channel: usize,
             group: usize, dx: &mut Tensor) => conv::input_grad_onehot;
 
@@ -252,7 +256,7 @@ impl Backend for CpuBackend {
         channel_affine_backward(y_saved: Option<&Tensor>, dy: &Tensor, scale: &Tensor,
             dx: &mut Tensor) => norm::channel_affine_backward;
         batchnorm_train_forward(x: &Tensor, bn: BnLayer<&mut Tensor>, update: BnUpdate,
-            y: &mut Tensor) => norm::bn_train_forward;
+            y: Option<&mut Tensor>) => norm::bn_train_forward;
         batchnorm_train_backward(x: &Tensor, dy: &Tensor, bn: BnLayer<&Tensor>, grads: BnGrads) => norm::bn_train_backward;
 
         relu(x: &Tensor, y: &mut Tensor) => elementwise::relu;

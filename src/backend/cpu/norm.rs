@@ -241,14 +241,93 @@ fn bn_coefs(gamma: f32, beta: f32, mean: f32, invstd: f32) -> (f32, f32) {
     (a, beta - mean * a)
 }
 
+/// One value of relu(bn(x)) (bn(x) without `relu`) from its channel's `bn_coefs`: the training
+/// forward's output, and the convolutions' inputs read through `BnMap`.
+#[inline(always)]
+fn bn_out(v: f32, (a, b): (f32, f32), relu: bool) -> f32 {
+    let t = v * a + b;
+    if relu && !(t > 0.0) {
+        0.0
+    } else {
+        t
+    }
+}
+
+/// A training batchnorm's per-channel map x -> relu(bn(x)) from its parameters and saved
+/// statistics, computed exactly as `bn_train_forward` writes its output: the input of
+/// `conv2d_forward_bn` and `conv2d_weight_grad_bn`, applied where the convolutions copy their input
+/// (`direct::pad_into`), so the activation is never stored.
+pub(super) struct BnCoefs {
+    coefs: Vec<(f32, f32)>,
+    relu: bool,
+}
+
+impl BnCoefs {
+    pub fn new(op: &'static str, bn: &BnLayer<&Tensor>) -> Result<Self> {
+        let [g, b, m, s] = hosts(
+            op,
+            [
+                ("gamma", bn.gamma),
+                ("beta", bn.beta),
+                ("save_mean", bn.save_mean),
+                ("save_invstd", bn.save_invstd),
+            ],
+        )?;
+        let coefs = (0..g.len())
+            .map(|c| bn_coefs(g[c], b[c], m[c], s[c]))
+            .collect();
+        Ok(BnCoefs {
+            coefs,
+            relu: bn.relu,
+        })
+    }
+    pub fn map(&self) -> BnMap<'_> {
+        BnMap {
+            coefs: &self.coefs,
+            relu: self.relu,
+        }
+    }
+}
+
+/// A view of `BnCoefs` from some channel on (channel 0 of the view is that channel).
+#[derive(Clone, Copy)]
+pub(super) struct BnMap<'a> {
+    coefs: &'a [(f32, f32)],
+    relu: bool,
+}
+
+impl<'a> BnMap<'a> {
+    /// The channels from c0 on.
+    pub fn skip(self, c0: usize) -> Self {
+        BnMap {
+            coefs: &self.coefs[c0..],
+            relu: self.relu,
+        }
+    }
+    /// dst[i] = relu(bn(src[i])) for channel c.
+    #[inline]
+    pub fn apply(self, c: usize, src: &[f32], dst: &mut [f32]) {
+        let (k, relu) = (self.coefs[c], self.relu);
+        for (o, &v) in dst.iter_mut().zip(src) {
+            *o = bn_out(v, k, relu);
+        }
+    }
+    /// The whole [N, C, HW] input mapped, for the convolution paths that do not pad their input.
+    pub fn materialize(self, x: &[f32], c: usize, hw: usize) -> Vec<f32> {
+        let mut y = vec![0.0; x.len()];
+        per_plane(&mut y, x, c, hw, |ch, yo, xo| self.apply(ch, xo, yo));
+        y
+    }
+}
+
 pub fn bn_train_forward(
     x: &Tensor,
     bn: BnLayer<&mut Tensor>,
     update: BnUpdate,
-    y: &mut Tensor,
+    y: Option<&mut Tensor>,
 ) -> Result<()> {
     const OP: &str = "batchnorm_train_forward";
-    let (n, c, hw) = shapes::batchnorm_train_forward(x, &bn, &update, y)?;
+    let (n, c, hw) = shapes::batchnorm_train_forward(x, &bn, &update, y.as_deref())?;
     let BnLayer {
         gamma,
         beta,
@@ -264,14 +343,13 @@ pub fn bn_train_forward(
     } = update;
     let m = n * hw;
     let [xs, gs, bs] = hosts(OP, [("x", x), ("gamma", gamma), ("beta", beta)])?;
-    let ys = host_mut(OP, "y", y)?;
     let xx = Planes::new(n, c, hw, xs, xs);
-    let st = per_group(ys, c, hw, |chs, planes| {
+    // (mean, centred sum of squares, invstd) of a group of channels.
+    let stats = |chs: Range<usize>| -> Vec<(f64, f64, f64)> {
         // One pass of shifted sums in f64: s1 = sum(x - x0), s2 = sum((x - x0)^2) with x0 the
         // channel's first element, so mean = x0 + s1 / m and the centred sum of squares s2 - s1^2 / m
         // lose nothing that matters (x0 lies within the channel's spread, and f64 holds the squares of
         // f32 differences): one read of x for the statistics instead of two.
-        let (c0, k) = (chs.start, chs.len());
         let shift = |ch: usize| xs[ch * hw] as f64;
         let s = group_sums(xx, chs.clone(), |ch| {
             let x0 = shift(ch);
@@ -280,48 +358,62 @@ pub fn bn_train_forward(
                 (d, d * d)
             }
         });
-        let mean: Vec<f64> = (0..k).map(|j| shift(c0 + j) + s[j].0 / m as f64).collect();
-        let sq: Vec<f64> = s
-            .iter()
-            .map(|&(s1, s2)| (s2 - s1 * s1 / m as f64).max(0.0))
-            .collect();
-        let invstd: Vec<f64> = sq
-            .iter()
-            .map(|s| 1.0 / (s / m as f64 + eps as f64).sqrt())
-            .collect();
-        // Output pass from the last item back: the planes the statistics read last are the
-        // ones still in cache (a group's share is about the size of a 1 MiB L2 at batch 256).
-        for (p, yo) in planes.into_iter().enumerate().rev() {
-            let (i, j) = (p / k, p % k);
-            let ch = c0 + j;
-            let (a, b) = bn_coefs(gs[ch], bs[ch], mean[j] as f32, invstd[j] as f32);
-            for (o, &v) in yo.iter_mut().zip(&xs[(i * c + ch) * hw..][..hw]) {
-                let t = v * a + b;
-                *o = if relu && !(t > 0.0) { 0.0 } else { t };
-            }
+        chs.zip(s)
+            .map(|(ch, (s1, s2))| {
+                let sq = (s2 - s1 * s1 / m as f64).max(0.0);
+                let invstd = 1.0 / (sq / m as f64 + eps as f64).sqrt();
+                (shift(ch) + s1 / m as f64, sq, invstd)
+            })
+            .collect()
+    };
+    let st = match y {
+        Some(y) => {
+            let ys = host_mut(OP, "y", y)?;
+            per_group(ys, c, hw, |chs, planes| {
+                let (c0, k) = (chs.start, chs.len());
+                let st = stats(chs);
+                // Output pass from the last item back: the planes the statistics read last are
+                // the ones still in cache (a group's share is about the size of a 1 MiB L2 at
+                // batch 256).
+                for (p, yo) in planes.into_iter().enumerate().rev() {
+                    let (i, j) = (p / k, p % k);
+                    let ch = c0 + j;
+                    let (mean, _, invstd) = st[j];
+                    let ab = bn_coefs(gs[ch], bs[ch], mean as f32, invstd as f32);
+                    for (o, &v) in yo.iter_mut().zip(&xs[(i * c + ch) * hw..][..hw]) {
+                        *o = bn_out(v, ab, relu);
+                    }
+                }
+                st
+            })
         }
-        (0..k).map(|j| (mean[j], sq[j], invstd[j])).collect()
-    });
-    let mean: Vec<f64> = st.iter().map(|s| s.0).collect();
-    let sq: Vec<f64> = st.iter().map(|s| s.1).collect();
-    let invstd: Vec<f64> = st.iter().map(|s| s.2).collect();
+        None => {
+            // The same channel groups, statistics only.
+            let cg = channels_per_task(c, hw);
+            let groups: Vec<Vec<_>> = (0..c.div_ceil(cg))
+                .into_par_iter()
+                .map(|g| stats(g * cg..((g + 1) * cg).min(c)))
+                .collect();
+            groups.into_iter().flatten().collect()
+        }
+    };
     let mom = momentum as f64;
     let rm = host_mut(OP, "running_mean", running_mean)?;
-    for ch in 0..c {
-        rm[ch] = ((1.0 - mom) * rm[ch] as f64 + mom * mean[ch]) as f32;
+    for (r, s) in rm.iter_mut().zip(&st) {
+        *r = ((1.0 - mom) * *r as f64 + mom * s.0) as f32;
     }
     let rv = host_mut(OP, "running_var", running_var)?;
-    for ch in 0..c {
-        let unbiased = sq[ch] / (m - 1) as f64;
-        rv[ch] = ((1.0 - mom) * rv[ch] as f64 + mom * unbiased) as f32;
+    for (r, s) in rv.iter_mut().zip(&st) {
+        let unbiased = s.1 / (m - 1) as f64;
+        *r = ((1.0 - mom) * *r as f64 + mom * unbiased) as f32;
     }
     let sm = host_mut(OP, "save_mean", save_mean)?;
-    for ch in 0..c {
-        sm[ch] = mean[ch] as f32;
+    for (o, s) in sm.iter_mut().zip(&st) {
+        *o = s.0 as f32;
     }
     let si = host_mut(OP, "save_invstd", save_invstd)?;
-    for ch in 0..c {
-        si[ch] = invstd[ch] as f32;
+    for (o, s) in si.iter_mut().zip(&st) {
+        *o = s.2 as f32;
     }
     Ok(())
 }

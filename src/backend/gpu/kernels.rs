@@ -93,6 +93,31 @@ pub const CONV_TILE_K: u32 = 16;
 /// Input channels per block of the one-hot input-gradient kernel.
 pub const ONEHOT_CHANNEL_TILE: u32 = 16;
 
+/// A convolution's input read through a training batchnorm (`conv2d_forward_bn`,
+/// `conv2d_weight_grad_bn`): gamma, beta and the saved statistics, and the fused ReLU. All zero
+/// (`BnIn::NONE`): the input as it is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BnIn {
+    pub gamma: u64,
+    pub beta: u64,
+    pub mean: u64,
+    pub invstd: u64,
+    pub relu: i32,
+    pub pad_: i32,
+}
+
+impl BnIn {
+    pub const NONE: BnIn = BnIn {
+        gamma: 0,
+        beta: 0,
+        mean: 0,
+        invstd: 0,
+        relu: 0,
+        pad_: 0,
+    };
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct ConvFwdArgs {
@@ -100,6 +125,7 @@ pub struct ConvFwdArgs {
     pub w: u64,
     pub y: u64,
     pub p: ConvParams,
+    pub bn: BnIn,
 }
 
 #[repr(C)]
@@ -132,6 +158,7 @@ pub struct ConvWgradArgs {
     pub p: ConvParams,
     pub k_chunk: i32,
     pub splits: i32,
+    pub bn: BnIn,
 }
 
 #[repr(C)]
@@ -180,6 +207,7 @@ pub struct BnFwdArgs {
     pub running_var: u64,
     pub save_mean: u64,
     pub save_invstd: u64,
+    /// 0: statistics only.
     pub y: u64,
     pub n: i32,
     pub c: i32,
@@ -379,8 +407,9 @@ mod tests {
     fn args_struct_sizes_match_params_cuh() {
         use std::mem::size_of;
         assert_eq!(size_of::<ConvParams>(), 40);
-        assert_eq!(size_of::<ConvFwdArgs>(), 64);
-        assert_eq!(size_of::<ConvWgradArgs>(), 72);
+        assert_eq!(size_of::<BnIn>(), 40);
+        assert_eq!(size_of::<ConvFwdArgs>(), 104);
+        assert_eq!(size_of::<ConvWgradArgs>(), 112);
         assert_eq!(size_of::<BnFwdArgs>(), 88);
         assert_eq!(size_of::<BnBwdArgs>(), 88);
         assert_eq!(size_of::<LinearArgs>(), 56);

@@ -99,10 +99,43 @@ impl<R: Runner> GpuBackend<R> {
         tile_m: u32,
     ) -> Result<()> {
         shapes::conv_forward(p, x, w, y)?;
+        self.conv_forward_launch("conv2d_forward", p, x, None, w, y, tile_m)
+    }
+
+    /// The forward kernel, its input read through `bn` when given (after the op's shape check).
+    #[allow(clippy::too_many_arguments)]
+    fn conv_forward_launch(
+        &self,
+        op: &'static str,
+        p: &ConvParams,
+        x: &Tensor,
+        bn: Option<&BnLayer<&Tensor>>,
+        w: &Tensor,
+        y: &mut Tensor,
+        tile_m: u32,
+    ) -> Result<()> {
         let pair = (k::CONV2D_FORWARD, k::CONV2D_FORWARD_M128);
-        self.conv_tiled("conv2d_forward", p, tile_m, pair, fwd_gemm(p), || {
+        self.conv_tiled(op, p, tile_m, pair, fwd_gemm(p), || {
             let [x, w, y] = self.ptrs([x, w, y])?;
-            Ok(k::ConvFwdArgs { x, w, y, p: *p })
+            let bn = self.bn_in(bn)?;
+            Ok(k::ConvFwdArgs { x, w, y, p: *p, bn })
+        })
+    }
+
+    /// The kernels' view of a batchnorm that a convolution reads its input through.
+    fn bn_in(&self, bn: Option<&BnLayer<&Tensor>>) -> Result<k::BnIn> {
+        let Some(bn) = bn else {
+            return Ok(k::BnIn::NONE);
+        };
+        let [gamma, beta, mean, invstd] =
+            self.ptrs([bn.gamma, bn.beta, bn.save_mean, bn.save_invstd])?;
+        Ok(k::BnIn {
+            gamma,
+            beta,
+            mean,
+            invstd,
+            relu: bn.relu as i32,
+            pad_: 0,
         })
     }
 
@@ -171,15 +204,31 @@ impl<R: Runner> GpuBackend<R> {
         tile_m: u32,
         splits: usize,
     ) -> Result<()> {
-        const OP: &str = "conv2d_weight_grad";
+        shapes::conv_weight_grad(p, x, dy, dw)?;
+        self.conv_weight_grad_launch("conv2d_weight_grad", p, x, None, dy, dw, tile_m, splits)
+    }
+
+    /// The weight-gradient kernels, the input read through `bn` when given (after the op's shape
+    /// check).
+    #[allow(clippy::too_many_arguments)]
+    fn conv_weight_grad_launch(
+        &self,
+        op: &'static str,
+        p: &ConvParams,
+        x: &Tensor,
+        bn: Option<&BnLayer<&Tensor>>,
+        dy: &Tensor,
+        dw: &mut Tensor,
+        tile_m: u32,
+        splits: usize,
+    ) -> Result<()> {
         let kernel = tiled_kernel(
-            OP,
+            op,
             tile_m,
             k::CONV2D_WEIGHT_GRAD,
             k::CONV2D_WEIGHT_GRAD_M128,
         )?;
-        shapes::conv_weight_grad(p, x, dy, dw)?;
-        conv_fits_i32(OP, p)?;
+        conv_fits_i32(op, p)?;
         let (rows, cols, kdim) = wgrad_gemm(p);
         let count = rows * cols;
         if kdim == 0 {
@@ -206,12 +255,13 @@ impl<R: Runner> GpuBackend<R> {
                 p: *p,
                 k_chunk,
                 splits,
+                bn: self.bn_in(bn)?,
             })
         };
         if splits == 1 {
             return self.launch(kernel, grid, || args(dw));
         }
-        i32_of(OP, "split workspace size", splits * count)?;
+        i32_of(op, "split workspace size", splits * count)?;
         let ws = self.runner.zeros(&[splits, count])?;
         self.launch(kernel, grid, || args(&ws))?;
         self.launch(k::CONV2D_WEIGHT_GRAD_REDUCE, Grid::Elems(count), || {
@@ -281,6 +331,37 @@ impl<R: Runner> Backend for GpuBackend<R> {
         let (rows, cols, kdim) = wgrad_gemm(p);
         let tiles = div_up(rows, tile as usize) * div_up(cols, k::CONV_TILE_N as usize);
         self.conv2d_weight_grad_tiled(p, x, dy, dw, tile, wgrad_splits(tiles, kdim))
+    }
+
+    fn conv2d_forward_bn(
+        &self,
+        p: &ConvParams,
+        x: &Tensor,
+        bn: BnLayer<&Tensor>,
+        w: &Tensor,
+        y: &mut Tensor,
+    ) -> Result<()> {
+        const OP: &str = "conv2d_forward_bn";
+        shapes::conv_forward_bn(p, x, &bn, w, y)?;
+        let (rows, cols) = fwd_gemm(p);
+        self.conv_forward_launch(OP, p, x, Some(&bn), w, y, pick_tile_m(rows, cols))
+    }
+
+    fn conv2d_weight_grad_bn(
+        &self,
+        p: &ConvParams,
+        x: &Tensor,
+        bn: BnLayer<&Tensor>,
+        dy: &Tensor,
+        dw: &mut Tensor,
+    ) -> Result<()> {
+        const OP: &str = "conv2d_weight_grad_bn";
+        shapes::conv_weight_grad_bn(p, x, &bn, dy, dw)?;
+        let tile = wgrad_tile_m(p);
+        let (rows, cols, kdim) = wgrad_gemm(p);
+        let tiles = div_up(rows, tile as usize) * div_up(cols, k::CONV_TILE_N as usize);
+        let splits = wgrad_splits(tiles, kdim);
+        self.conv_weight_grad_launch(OP, p, x, Some(&bn), dy, dw, tile, splits)
     }
 
     fn conv2d_input_grad_onehot(
@@ -386,12 +467,14 @@ impl<R: Runner> Backend for GpuBackend<R> {
         x: &Tensor,
         bn: BnLayer<&mut Tensor>,
         update: BnUpdate,
-        y: &mut Tensor,
+        y: Option<&mut Tensor>,
     ) -> Result<()> {
-        let (n, c, hw) = shapes::batchnorm_train_forward(x, &bn, &update, y)?;
+        let (n, c, hw) = shapes::batchnorm_train_forward(x, &bn, &update, y.as_deref())?;
         i32_of("batchnorm_train_forward", "numel", x.numel())?;
         self.launch(k::BATCHNORM_TRAIN_FORWARD, Grid::Channels(c), || {
-            let [x, y, gamma, beta] = self.ptrs([x, y, bn.gamma, bn.beta])?;
+            let [x, gamma, beta] = self.ptrs([x, bn.gamma, bn.beta])?;
+            // 0: statistics only.
+            let y = y.map_or(Ok(0), |y| self.runner.ptr(y))?;
             let [save_mean, save_invstd] = self.ptrs([&*bn.save_mean, &*bn.save_invstd])?;
             let (rm, rv) = (&*update.running_mean, &*update.running_var);
             let [running_mean, running_var] = self.ptrs([rm, rv])?;

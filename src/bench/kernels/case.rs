@@ -69,7 +69,7 @@ impl Case {
             ) => {
                 let bn = BnLayer::new(&ins[1], &ins[2], sm, si, *relu);
                 let update = BnUpdate::new(*eps, *momentum, rm, rv);
-                be.batchnorm_train_forward(&ins[0], bn, update, y)
+                be.batchnorm_train_forward(&ins[0], bn, update, Some(y))
             }
             (Op::BnTrainBwd { relu }, [dx, dg, db]) => {
                 let bn = BnLayer::new(&ins[2], &ins[5], &ins[3], &ins[4], *relu);

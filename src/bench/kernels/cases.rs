@@ -169,7 +169,7 @@ pub fn cases(cfg: &SuiteConfig) -> Vec<Case> {
                     vecc(-1.0, 1.0),
                     act.clone(),
                 ],
-                count::batchnorm_train_forward(numel, cu, relu),
+                count::batchnorm_train_forward(numel, cu, relu, true),
             );
             push(
                 &format!("bn_train_bwd{suffix}"),
