@@ -34,9 +34,10 @@ fn quick_suite_runs_and_checks_on_cpu() {
     let dev = BenchDevice::cpu();
     let cfg = tiny();
     let n_cases = cases(&cfg).len();
-    // 11 distinct conv shapes x 4, normalise, 4 stages x 13 (training BN with and without its
-    // fused ReLU), 6 head ops, sign step, sgd.
-    assert_eq!(n_cases, 44 + 1 + 52 + 6 + 2);
+    // 11 distinct conv shapes x 4 and the 10 after a BN x 2 (fwd and wgrad of relu(bn(x))),
+    // normalise, 4 stages x 14 (training BN with and without its fused ReLU, statistics only), 6
+    // head ops, sign step, sgd.
+    assert_eq!(n_cases, 44 + 20 + 1 + 56 + 6 + 2);
     let rep = run_suite(&dev, None, &cfg, fake_ceilings(), |_| {});
     assert_eq!(rep.results.len(), n_cases);
     for r in &rep.results {

@@ -17,7 +17,12 @@ impl Case {
                 .map(|_| rng.below_mod(k) as u32)
                 .collect()
         });
-        if let Op::BnTrainBwd { relu } = self.op {
+        let relu = match self.op {
+            Op::BnTrainBwd { relu } => Some(relu),
+            Op::ConvFwdBn(_) | Op::ConvWgradBn(_) => Some(false),
+            _ => None,
+        };
+        if let Some(relu) = relu {
             // save_mean / save_invstd must be the batch statistics of x.
             let [n, c, h, w] = shape4(&self.ins[0].0);
             let (mean, var) = r::channel_stats(&ins[0], n, c, h * w);
@@ -55,6 +60,14 @@ impl Case {
             (Op::ConvOneHot { p, first, group }, [dx]) => {
                 be.conv2d_input_grad_onehot(p, &ins[0], &ins[1], *first, *group, dx)
             }
+            (Op::ConvFwdBn(p), [y]) => {
+                let bn = BnLayer::new(&ins[2], &ins[5], &ins[3], &ins[4], true);
+                be.conv2d_forward_bn(p, &ins[0], bn, &ins[1], y)
+            }
+            (Op::ConvWgradBn(p), [dw]) => {
+                let bn = BnLayer::new(&ins[2], &ins[5], &ins[3], &ins[4], true);
+                be.conv2d_weight_grad_bn(p, &ins[0], bn, &ins[1], dw)
+            }
             (Op::Affine { relu }, [y]) => be.channel_affine(&ins[0], &ins[1], &ins[2], *relu, y),
             (Op::AffineBwd, [dx]) => {
                 be.channel_affine_backward(Some(&ins[0]), &ins[1], &ins[2], dx)
@@ -65,11 +78,11 @@ impl Case {
                     momentum,
                     relu,
                 },
-                [rm, rv, sm, si, y],
+                [rm, rv, sm, si, y @ ..],
             ) => {
                 let bn = BnLayer::new(&ins[1], &ins[2], sm, si, *relu);
                 let update = BnUpdate::new(*eps, *momentum, rm, rv);
-                be.batchnorm_train_forward(&ins[0], bn, update, Some(y))
+                be.batchnorm_train_forward(&ins[0], bn, update, y.first_mut())
             }
             (Op::BnTrainBwd { relu }, [dx, dg, db]) => {
                 let bn = BnLayer::new(&ins[2], &ins[5], &ins[3], &ins[4], *relu);
@@ -112,6 +125,8 @@ impl Case {
             | Op::ConvDgrad(_)
             | Op::ConvWgrad(_)
             | Op::ConvOneHot { .. }
+            | Op::ConvFwdBn(_)
+            | Op::ConvWgradBn(_)
             | Op::BnTrainFwd { .. }
             | Op::BnTrainBwd { .. }
             | Op::Pool
@@ -147,6 +162,17 @@ impl Case {
             Op::ConvWgrad(p) => sampled(&|i| r::conv_weight_grad_at(p, x, y, i)),
             Op::ConvOneHot { p, first, group } => {
                 sampled(&|i| r::conv_onehot_at(p, x, y, *first, *group, i))
+            }
+            Op::ConvFwdBn(p) | Op::ConvWgradBn(p) => {
+                // The conv of relu(bn(x)), mapped in f64.
+                let hw = (p.h_in * p.w_in) as usize;
+                let xm: Vec<f32> = (0..x.len())
+                    .map(|i| bn_ref(ins, i, (i / hw) % p.c_in as usize).max(0.0) as f32)
+                    .collect();
+                match &self.op {
+                    Op::ConvFwdBn(_) => sampled(&|i| r::conv_forward_at(p, &xm, y, i)),
+                    _ => sampled(&|i| r::conv_weight_grad_at(p, &xm, y, i)),
+                }
             }
             Op::Affine { relu } => {
                 let [_, c, hh, ww] = shape4(&self.ins[0].0);
@@ -221,6 +247,10 @@ impl Case {
                         )
                     })
                     .collect();
+                if self.outs.len() == 4 {
+                    // Statistics only.
+                    return vec![rm, rv, sm, si];
+                }
                 vec![rm, rv, sm, si, y]
             }
             Op::BnTrainBwd { relu } => {

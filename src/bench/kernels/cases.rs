@@ -73,6 +73,39 @@ pub fn cases(cfg: &SuiteConfig) -> Vec<Case> {
             labels: None,
             cost: count::conv_weight_grad(&p),
         });
+        if p.c_in > 3 {
+            // Every conv but the stem reads a BN's relu(bn(x)) in training: inputs x, w or dy,
+            // gamma, save_mean, save_invstd (the batch statistics of x, set by `gen`), beta.
+            let ci = p.c_in as usize;
+            let bn = |a: (Vec<usize>, Init)| {
+                vec![
+                    x.clone(),
+                    a,
+                    (vec![ci], Init::Uniform(0.5, 1.5)),
+                    (vec![ci], Init::Uniform(0.0, 1.0)),
+                    (vec![ci], Init::Uniform(0.5, 1.0)),
+                    (vec![ci], Init::Uniform(-0.5, 0.5)),
+                ]
+            };
+            out.push(Case {
+                name: format!("conv_fwd_bn {tag}"),
+                family: "conv_fwd_bn",
+                op: Op::ConvFwdBn(p),
+                ins: bn(wt.clone()),
+                outs: vec![y.clone()],
+                labels: None,
+                cost: count::conv_forward(&p) + count::bn_input(&p),
+            });
+            out.push(Case {
+                name: format!("conv_wgrad_bn {tag}"),
+                family: "conv_wgrad_bn",
+                op: Op::ConvWgradBn(p),
+                ins: bn(y.clone()),
+                outs: vec![wt.clone()],
+                labels: None,
+                cost: count::conv_weight_grad(&p) + count::bn_input(&p),
+            });
+        }
         let k = cfg.onehot_filters.min(p.c_out as usize);
         let first = (p.c_out as usize - k) / 2;
         let po = p1.with_batch(k * n);
@@ -171,6 +204,30 @@ pub fn cases(cfg: &SuiteConfig) -> Vec<Case> {
                 ],
                 count::batchnorm_train_forward(numel, cu, relu, true),
             );
+            if relu {
+                // The training model's: statistics only (its convs read relu(bn(x)) themselves).
+                push(
+                    "bn_train_stats",
+                    "bn_train_fwd",
+                    Op::BnTrainFwd {
+                        eps: 1e-5,
+                        momentum: 0.1,
+                        relu,
+                    },
+                    vec![
+                        (s.clone(), Init::Uniform(-1.0, 3.0)),
+                        vecc(0.5, 1.5),
+                        vecc(-0.5, 0.5),
+                    ],
+                    vec![
+                        vecc(-0.5, 0.5),
+                        vecc(0.5, 1.5),
+                        vecc(-1.0, 1.0),
+                        vecc(-1.0, 1.0),
+                    ],
+                    count::batchnorm_train_forward(numel, cu, relu, false),
+                );
+            }
             push(
                 &format!("bn_train_bwd{suffix}"),
                 "bn_train_bwd",

@@ -111,6 +111,10 @@ pub enum Op {
         first: usize,
         group: usize,
     },
+    /// The conv of relu(bn(x)): inputs x, w, gamma, save_mean, save_invstd, beta.
+    ConvFwdBn(ConvParams),
+    /// The weight gradient of relu(bn(x)): inputs x, dy, gamma, save_mean, save_invstd, beta.
+    ConvWgradBn(ConvParams),
     Affine {
         relu: bool,
     },
