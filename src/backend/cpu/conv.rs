@@ -496,6 +496,7 @@ pub fn forward_bn(
     Ok(())
 }
 
+/// The forward on host slices, of relu(bn(x)) with `map`.
 fn forward_host(g: &Geom, xs: &[f32], map: Option<BnMap>, ws: &[f32], ys: &mut [f32]) {
     let g = *g;
     let mapped;
@@ -684,6 +685,7 @@ pub fn weight_grad_bn(
     Ok(())
 }
 
+/// The weight gradient on host slices, of relu(bn(x)) with `map`.
 fn weight_grad_host(g: &Geom, xs: &[f32], map: Option<BnMap>, gs: &[f32], o: &mut [f32]) {
     let g = *g;
     if direct_wgrad::suits_weight_grad(&g) {
