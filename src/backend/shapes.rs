@@ -182,15 +182,25 @@ fn conv_three(
 }
 
 pub fn conv_forward(p: &ConvParams, x: &Tensor, w: &Tensor, y: &Tensor) -> Result<()> {
-    conv_three(
-        "conv2d_forward",
-        p,
-        [
-            ("x", x, p.input_shape()),
-            ("w", w, p.weight_shape()),
-            ("y", y, p.output_shape()),
-        ],
-    )
+    conv_forward_of("conv2d_forward", p, x, None, w, y)
+}
+
+/// The forward of x, or of relu(bn(x)) with `bn` (`conv2d_forward_bn`), named `op` in errors.
+pub fn conv_forward_of(
+    op: &'static str,
+    p: &ConvParams,
+    x: &Tensor,
+    bn: Option<&BnLayer<&Tensor>>,
+    w: &Tensor,
+    y: &Tensor,
+) -> Result<()> {
+    let three = [
+        ("x", x, p.input_shape()),
+        ("w", w, p.weight_shape()),
+        ("y", y, p.output_shape()),
+    ];
+    conv_three(op, p, three)?;
+    bn_input(op, p, bn)
 }
 
 pub fn conv_input_grad(p: &ConvParams, dy: &Tensor, w: &Tensor, dx: &Tensor) -> Result<()> {
@@ -206,62 +216,35 @@ pub fn conv_input_grad(p: &ConvParams, dy: &Tensor, w: &Tensor, dx: &Tensor) -> 
 }
 
 pub fn conv_weight_grad(p: &ConvParams, x: &Tensor, dy: &Tensor, dw: &Tensor) -> Result<()> {
-    conv_three(
-        "conv2d_weight_grad",
-        p,
-        [
-            ("x", x, p.input_shape()),
-            ("dy", dy, p.output_shape()),
-            ("dw", dw, p.weight_shape()),
-        ],
-    )
+    conv_weight_grad_of("conv2d_weight_grad", p, x, None, dy, dw)
 }
 
-/// A convolution whose input x is read through a training batchnorm: the convolution's own
-/// checks (`check`), and the batchnorm's gamma, beta, save_mean and save_invstd [c_in].
-fn conv_bn(
+/// The weight gradient of x, or of relu(bn(x)) with `bn` (`conv2d_weight_grad_bn`), named `op` in
+/// errors.
+pub fn conv_weight_grad_of(
     op: &'static str,
     p: &ConvParams,
-    bn: &BnLayer<&Tensor>,
-    check: Result<()>,
-) -> Result<()> {
-    check?;
-    for (name, t) in bn_stats(bn) {
-        numel_is(op, name, t, p.c_in as usize)?;
-    }
-    Ok(())
-}
-
-pub fn conv_forward_bn(
-    p: &ConvParams,
     x: &Tensor,
-    bn: &BnLayer<&Tensor>,
-    w: &Tensor,
-    y: &Tensor,
-) -> Result<()> {
-    const OP: &str = "conv2d_forward_bn";
-    let three = [
-        ("x", x, p.input_shape()),
-        ("w", w, p.weight_shape()),
-        ("y", y, p.output_shape()),
-    ];
-    conv_bn(OP, p, bn, conv_three(OP, p, three))
-}
-
-pub fn conv_weight_grad_bn(
-    p: &ConvParams,
-    x: &Tensor,
-    bn: &BnLayer<&Tensor>,
+    bn: Option<&BnLayer<&Tensor>>,
     dy: &Tensor,
     dw: &Tensor,
 ) -> Result<()> {
-    const OP: &str = "conv2d_weight_grad_bn";
     let three = [
         ("x", x, p.input_shape()),
         ("dy", dy, p.output_shape()),
         ("dw", dw, p.weight_shape()),
     ];
-    conv_bn(OP, p, bn, conv_three(OP, p, three))
+    conv_three(op, p, three)?;
+    bn_input(op, p, bn)
+}
+
+/// A convolution's input read through a training batchnorm: its gamma, beta, save_mean and
+/// save_invstd are each [c_in].
+fn bn_input(op: &'static str, p: &ConvParams, bn: Option<&BnLayer<&Tensor>>) -> Result<()> {
+    for (name, t) in bn.map(bn_stats).into_iter().flatten() {
+        numel_is(op, name, t, p.c_in as usize)?;
+    }
+    Ok(())
 }
 
 /// The one-hot input gradient: seed [N, 1, h_out, w_out], item i uses filter

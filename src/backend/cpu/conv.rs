@@ -22,7 +22,7 @@
 use rayon::prelude::*;
 
 use super::gemm::{gemm, ASrc, COut, Pack, PackedA, RowMajor, MR, NR};
-use super::norm::{BnCoefs, BnMap};
+use super::norm::BnCoefs;
 use super::{conv_strided, direct, direct_dgrad, direct_px, direct_wgrad, winograd};
 use super::{host_mut, hosts, OutPtr};
 use crate::backend::{shapes, BnLayer, ConvParams};
@@ -468,17 +468,9 @@ fn copy_fixed<const N: usize>(dst: &mut [f32], src: &[f32]) {
 }
 
 pub fn forward(p: &ConvParams, x: &Tensor, w: &Tensor, y: &mut Tensor) -> Result<()> {
-    const OP: &str = "conv2d_forward";
-    let g = Geom::new(OP, p)?;
-    shapes::conv_forward(p, x, w, y)?;
-    let [xs, ws] = hosts(OP, [("x", x), ("w", w)])?;
-    let ys = host_mut(OP, "y", y)?;
-    forward_host(&g, xs, None, ws, ys);
-    Ok(())
+    forward_of("conv2d_forward", p, x, None, w, y)
 }
 
-/// The forward of relu(bn(x)): the direct paths map x as they pad it; the others (Winograd, the
-/// GEMM) read a mapped copy, which is what `batchnorm_train_forward` would have written.
 pub fn forward_bn(
     p: &ConvParams,
     x: &Tensor,
@@ -486,34 +478,37 @@ pub fn forward_bn(
     w: &Tensor,
     y: &mut Tensor,
 ) -> Result<()> {
-    const OP: &str = "conv2d_forward_bn";
-    let g = Geom::new(OP, p)?;
-    shapes::conv_forward_bn(p, x, &bn, w, y)?;
-    let coefs = BnCoefs::new(OP, &bn)?;
-    let [xs, ws] = hosts(OP, [("x", x), ("w", w)])?;
-    let ys = host_mut(OP, "y", y)?;
-    forward_host(&g, xs, Some(coefs.map()), ws, ys);
-    Ok(())
+    forward_of("conv2d_forward_bn", p, x, Some(bn), w, y)
 }
 
-/// The forward on host slices, of relu(bn(x)) with `map`.
-fn forward_host(g: &Geom, xs: &[f32], map: Option<BnMap>, ws: &[f32], ys: &mut [f32]) {
-    let g = *g;
-    let mapped;
-    let xs = match map {
-        Some(m) if winograd::suits(&g) || !direct::suits(&g) => {
-            mapped = m.materialize(xs, g.ci, g.hi * g.wi);
-            &mapped[..]
-        }
-        _ => xs,
-    };
+/// The forward of x, or of relu(bn(x)) with `bn`: the direct paths map x as they pad it; the
+/// others (Winograd, the GEMM) read a mapped copy, which is what `batchnorm_train_forward` would
+/// have written.
+fn forward_of(
+    op: &'static str,
+    p: &ConvParams,
+    x: &Tensor,
+    bn: Option<BnLayer<&Tensor>>,
+    w: &Tensor,
+    y: &mut Tensor,
+) -> Result<()> {
+    let g = Geom::new(op, p)?;
+    shapes::conv_forward_of(op, p, x, bn.as_ref(), w, y)?;
+    let coefs = bn.map(|bn| BnCoefs::new(op, &bn)).transpose()?;
+    let map = coefs.as_ref().map(BnCoefs::map);
+    let [xs, ws] = hosts(op, [("x", x), ("w", w)])?;
+    let ys = host_mut(op, "y", y)?;
+    let mapped = map
+        .filter(|_| winograd::suits(&g) || !direct::suits(&g))
+        .map(|m| m.materialize(xs, g.ci, g.hi * g.wi));
+    let xs = mapped.as_deref().unwrap_or(xs);
     if winograd::suits(&g) {
         winograd::forward(&g, xs, ws, ys);
-        return;
+        return Ok(());
     }
     if direct::suits(&g) {
         direct::forward(&g, xs, map, ws, ys);
-        return;
+        return Ok(());
     }
     let (hwo, kdim) = (g.ho * g.wo, g.ci * g.k * g.k);
     let pa = PackedA::new(
@@ -541,6 +536,7 @@ fn forward_host(g: &Geom, xs: &[f32], map: Option<BnMap>, ws: &[f32], ys: &mut [
         &Im2col { x: xs, g },
         &c,
     );
+    Ok(())
 }
 
 pub fn input_grad(p: &ConvParams, dy: &Tensor, w: &Tensor, dx: &mut Tensor) -> Result<()> {
@@ -658,16 +654,9 @@ pub fn input_grad_onehot(
 }
 
 pub fn weight_grad(p: &ConvParams, x: &Tensor, dy: &Tensor, dw: &mut Tensor) -> Result<()> {
-    const OP: &str = "conv2d_weight_grad";
-    let g = Geom::new(OP, p)?;
-    shapes::conv_weight_grad(p, x, dy, dw)?;
-    let [xs, gs] = hosts(OP, [("x", x), ("dy", dy)])?;
-    let o = host_mut(OP, "dw", dw)?;
-    weight_grad_host(&g, xs, None, gs, o);
-    Ok(())
+    weight_grad_of("conv2d_weight_grad", p, x, None, dy, dw)
 }
 
-/// The weight gradient of relu(bn(x)), mapped as `forward_bn` maps it.
 pub fn weight_grad_bn(
     p: &ConvParams,
     x: &Tensor,
@@ -675,26 +664,31 @@ pub fn weight_grad_bn(
     dy: &Tensor,
     dw: &mut Tensor,
 ) -> Result<()> {
-    const OP: &str = "conv2d_weight_grad_bn";
-    let g = Geom::new(OP, p)?;
-    shapes::conv_weight_grad_bn(p, x, &bn, dy, dw)?;
-    let coefs = BnCoefs::new(OP, &bn)?;
-    let [xs, gs] = hosts(OP, [("x", x), ("dy", dy)])?;
-    let o = host_mut(OP, "dw", dw)?;
-    weight_grad_host(&g, xs, Some(coefs.map()), gs, o);
-    Ok(())
+    weight_grad_of("conv2d_weight_grad_bn", p, x, Some(bn), dy, dw)
 }
 
-/// The weight gradient on host slices, of relu(bn(x)) with `map`.
-fn weight_grad_host(g: &Geom, xs: &[f32], map: Option<BnMap>, gs: &[f32], o: &mut [f32]) {
-    let g = *g;
+/// The weight gradient of x, or of relu(bn(x)) with `bn`, mapped as `forward_of` maps it.
+fn weight_grad_of(
+    op: &'static str,
+    p: &ConvParams,
+    x: &Tensor,
+    bn: Option<BnLayer<&Tensor>>,
+    dy: &Tensor,
+    dw: &mut Tensor,
+) -> Result<()> {
+    let g = Geom::new(op, p)?;
+    shapes::conv_weight_grad_of(op, p, x, bn.as_ref(), dy, dw)?;
+    let coefs = bn.map(|bn| BnCoefs::new(op, &bn)).transpose()?;
+    let map = coefs.as_ref().map(BnCoefs::map);
+    let [xs, gs] = hosts(op, [("x", x), ("dy", dy)])?;
+    let o = host_mut(op, "dw", dw)?;
     if direct_wgrad::suits_weight_grad(&g) {
         direct_wgrad::weight_grad(&g, xs, map, gs, o);
-        return;
+        return Ok(());
     }
     if direct_px::suits_weight_grad(&g) {
         direct_px::weight_grad(&g, xs, map, gs, o);
-        return;
+        return Ok(());
     }
     let mapped = map.map(|m| m.materialize(xs, g.ci, g.hi * g.wi));
     let xs = mapped.as_deref().unwrap_or(xs);
@@ -707,4 +701,5 @@ fn weight_grad_host(g: &Geom, xs: &[f32], map: Option<BnMap>, gs: &[f32], o: &mu
     };
     let (a, b) = (DyA { dy: gs, g }, Im2colT { x: xs, g });
     gemm(g.co, r, g.n * g.ho * g.wo, 1, ASrc::Pack(&a), &b, &c);
+    Ok(())
 }

@@ -244,8 +244,8 @@ pub(crate) fn weight_grad(g: &Geom, x: &[f32], map: Option<BnMap>, dy: &[f32], d
                 let ns = n0..(n0 + block).min(g.n);
                 xbufs.resize_with(ns.len(), Vec::new);
                 for (acc, &ci) in accs.iter_mut().zip(task) {
+                    let m = map.map(|m| m.skip(ci));
                     for (xbuf, n) in xbufs.iter_mut().zip(ns.clone()) {
-                        let m = map.map(|m| m.skip(ci));
                         pad_item(&one, &x[(n * g.ci + ci) * plane_in..][..plane_in], xbuf, m);
                     }
                     for (gi, chunk) in acc.chunks_exact_mut(3).enumerate() {

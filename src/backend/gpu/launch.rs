@@ -153,6 +153,20 @@ pub(super) fn wgrad_splits(tiles: usize, kdim: usize) -> usize {
     by_blocks.min(by_chunk).clamp(1, WGRAD_MAX_SPLITS)
 }
 
+/// The forward's row tile.
+pub(super) fn fwd_tile_m(p: &ConvParams) -> u32 {
+    let (rows, cols) = fwd_gemm(p);
+    pick_tile_m(rows, cols)
+}
+
+/// The weight gradient's row tile and split count.
+pub(super) fn wgrad_plan(p: &ConvParams) -> (u32, usize) {
+    let tile = wgrad_tile_m(p);
+    let (rows, cols, kdim) = wgrad_gemm(p);
+    let tiles = div_up(rows, tile as usize) * div_up(cols, k::CONV_TILE_N as usize);
+    (tile, wgrad_splits(tiles, kdim))
+}
+
 pub(super) fn tiled_kernel(
     op: &'static str,
     tile_m: u32,

@@ -29,8 +29,8 @@ use crate::error::Result;
 use crate::tensor::{Indices, Tensor};
 
 use self::launch::{
-    conv_fits_i32, dgrad_gemm, div_up, fwd_gemm, i32_of, non_empty, pick_tile_m, tiled_kernel, us,
-    wgrad_gemm, wgrad_splits, wgrad_tile_m, Grid, BLOCK,
+    conv_fits_i32, dgrad_gemm, div_up, fwd_gemm, fwd_tile_m, i32_of, non_empty, pick_tile_m,
+    tiled_kernel, us, wgrad_gemm, wgrad_plan, wgrad_tile_m, Grid, BLOCK,
 };
 
 pub struct GpuBackend<R: Runner> {
@@ -98,11 +98,10 @@ impl<R: Runner> GpuBackend<R> {
         y: &mut Tensor,
         tile_m: u32,
     ) -> Result<()> {
-        shapes::conv_forward(p, x, w, y)?;
         self.conv_forward_launch("conv2d_forward", p, x, None, w, y, tile_m)
     }
 
-    /// The forward kernel, its input read through `bn` when given (after the op's shape check).
+    /// The forward kernel named `op`, its input read through `bn` when given.
     #[allow(clippy::too_many_arguments)]
     fn conv_forward_launch(
         &self,
@@ -114,6 +113,7 @@ impl<R: Runner> GpuBackend<R> {
         y: &mut Tensor,
         tile_m: u32,
     ) -> Result<()> {
+        shapes::conv_forward_of(op, p, x, bn, w, y)?;
         let pair = (k::CONV2D_FORWARD, k::CONV2D_FORWARD_M128);
         self.conv_tiled(op, p, tile_m, pair, fwd_gemm(p), || {
             let [x, w, y] = self.ptrs([x, w, y])?;
@@ -204,12 +204,10 @@ impl<R: Runner> GpuBackend<R> {
         tile_m: u32,
         splits: usize,
     ) -> Result<()> {
-        shapes::conv_weight_grad(p, x, dy, dw)?;
         self.conv_weight_grad_launch("conv2d_weight_grad", p, x, None, dy, dw, tile_m, splits)
     }
 
-    /// The weight-gradient kernels, the input read through `bn` when given (after the op's shape
-    /// check).
+    /// The weight-gradient kernels for `op`, the input read through `bn` when given.
     #[allow(clippy::too_many_arguments)]
     fn conv_weight_grad_launch(
         &self,
@@ -228,6 +226,7 @@ impl<R: Runner> GpuBackend<R> {
             k::CONV2D_WEIGHT_GRAD,
             k::CONV2D_WEIGHT_GRAD_M128,
         )?;
+        shapes::conv_weight_grad_of(op, p, x, bn, dy, dw)?;
         conv_fits_i32(op, p)?;
         let (rows, cols, kdim) = wgrad_gemm(p);
         let count = rows * cols;
@@ -305,8 +304,7 @@ impl<R: Runner> Backend for GpuBackend<R> {
     }
 
     fn conv2d_forward(&self, p: &ConvParams, x: &Tensor, w: &Tensor, y: &mut Tensor) -> Result<()> {
-        let (rows, cols) = fwd_gemm(p);
-        self.conv2d_forward_tiled(p, x, w, y, pick_tile_m(rows, cols))
+        self.conv2d_forward_tiled(p, x, w, y, fwd_tile_m(p))
     }
 
     fn conv2d_input_grad(
@@ -327,10 +325,8 @@ impl<R: Runner> Backend for GpuBackend<R> {
         dy: &Tensor,
         dw: &mut Tensor,
     ) -> Result<()> {
-        let tile = wgrad_tile_m(p);
-        let (rows, cols, kdim) = wgrad_gemm(p);
-        let tiles = div_up(rows, tile as usize) * div_up(cols, k::CONV_TILE_N as usize);
-        self.conv2d_weight_grad_tiled(p, x, dy, dw, tile, wgrad_splits(tiles, kdim))
+        let (tile, splits) = wgrad_plan(p);
+        self.conv2d_weight_grad_tiled(p, x, dy, dw, tile, splits)
     }
 
     fn conv2d_forward_bn(
@@ -341,10 +337,8 @@ impl<R: Runner> Backend for GpuBackend<R> {
         w: &Tensor,
         y: &mut Tensor,
     ) -> Result<()> {
-        const OP: &str = "conv2d_forward_bn";
-        shapes::conv_forward_bn(p, x, &bn, w, y)?;
-        let (rows, cols) = fwd_gemm(p);
-        self.conv_forward_launch(OP, p, x, Some(&bn), w, y, pick_tile_m(rows, cols))
+        let tile = fwd_tile_m(p);
+        self.conv_forward_launch("conv2d_forward_bn", p, x, Some(&bn), w, y, tile)
     }
 
     fn conv2d_weight_grad_bn(
@@ -356,11 +350,7 @@ impl<R: Runner> Backend for GpuBackend<R> {
         dw: &mut Tensor,
     ) -> Result<()> {
         const OP: &str = "conv2d_weight_grad_bn";
-        shapes::conv_weight_grad_bn(p, x, &bn, dy, dw)?;
-        let tile = wgrad_tile_m(p);
-        let (rows, cols, kdim) = wgrad_gemm(p);
-        let tiles = div_up(rows, tile as usize) * div_up(cols, k::CONV_TILE_N as usize);
-        let splits = wgrad_splits(tiles, kdim);
+        let (tile, splits) = wgrad_plan(p);
         self.conv_weight_grad_launch(OP, p, x, Some(&bn), dy, dw, tile, splits)
     }
 

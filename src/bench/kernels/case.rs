@@ -17,12 +17,13 @@ impl Case {
                 .map(|_| rng.below_mod(k) as u32)
                 .collect()
         });
-        let relu = match self.op {
+        // Ops that read a batchnorm's saved statistics; whether dy is cleared at the ReLU's kink.
+        let zero_kink = match self.op {
             Op::BnTrainBwd { relu } => Some(relu),
             Op::ConvFwdBn(_) | Op::ConvWgradBn(_) => Some(false),
             _ => None,
         };
-        if let Some(relu) = relu {
+        if let Some(zero_kink) = zero_kink {
             // save_mean / save_invstd must be the batch statistics of x.
             let [n, c, h, w] = shape4(&self.ins[0].0);
             let (mean, var) = r::channel_stats(&ins[0], n, c, h * w);
@@ -31,7 +32,7 @@ impl Case {
                 .iter()
                 .map(|&v| (1.0 / (v + 1e-5).sqrt()) as f32)
                 .collect();
-            if relu {
+            if zero_kink {
                 // No gradient where bn(x) is within rounding of the ReLU's kink, so the f32 mask
                 // and the f64 reference's agree wherever it matters.
                 let hw = h * w;

@@ -180,28 +180,32 @@ pub fn cases(cfg: &SuiteConfig) -> Vec<Case> {
             vec![act.clone()],
             count::channel_affine_backward(numel, cu, numel),
         );
+        // Training BN forward: x, gamma, beta in; running mean and var, save_mean, save_invstd
+        // out, then y unless only the statistics are asked for.
+        let bn_ins = vec![
+            (s.clone(), Init::Uniform(-1.0, 3.0)),
+            vecc(0.5, 1.5),
+            vecc(-0.5, 0.5),
+        ];
+        let bn_stats = vec![
+            vecc(-0.5, 0.5),
+            vecc(0.5, 1.5),
+            vecc(-1.0, 1.0),
+            vecc(-1.0, 1.0),
+        ];
+        let bn_fwd = |relu| Op::BnTrainFwd {
+            eps: 1e-5,
+            momentum: 0.1,
+            relu,
+        };
         for relu in [false, true] {
             let suffix = if relu { "_relu" } else { "" };
             push(
                 &format!("bn_train_fwd{suffix}"),
                 "bn_train_fwd",
-                Op::BnTrainFwd {
-                    eps: 1e-5,
-                    momentum: 0.1,
-                    relu,
-                },
-                vec![
-                    (s.clone(), Init::Uniform(-1.0, 3.0)),
-                    vecc(0.5, 1.5),
-                    vecc(-0.5, 0.5),
-                ],
-                vec![
-                    vecc(-0.5, 0.5),
-                    vecc(0.5, 1.5),
-                    vecc(-1.0, 1.0),
-                    vecc(-1.0, 1.0),
-                    act.clone(),
-                ],
+                bn_fwd(relu),
+                bn_ins.clone(),
+                [bn_stats.clone(), vec![act.clone()]].concat(),
                 count::batchnorm_train_forward(numel, cu, relu, true),
             );
             if relu {
@@ -209,22 +213,9 @@ pub fn cases(cfg: &SuiteConfig) -> Vec<Case> {
                 push(
                     "bn_train_stats",
                     "bn_train_fwd",
-                    Op::BnTrainFwd {
-                        eps: 1e-5,
-                        momentum: 0.1,
-                        relu,
-                    },
-                    vec![
-                        (s.clone(), Init::Uniform(-1.0, 3.0)),
-                        vecc(0.5, 1.5),
-                        vecc(-0.5, 0.5),
-                    ],
-                    vec![
-                        vecc(-0.5, 0.5),
-                        vecc(0.5, 1.5),
-                        vecc(-1.0, 1.0),
-                        vecc(-1.0, 1.0),
-                    ],
+                    bn_fwd(relu),
+                    bn_ins.clone(),
+                    bn_stats.clone(),
                     count::batchnorm_train_forward(numel, cu, relu, false),
                 );
             }
