@@ -41,11 +41,52 @@ pub(crate) fn suits_weight_grad(g: &Geom) -> bool {
     g.k == 3 && suits(g) && keeps_lanes(&dgeom(g)) && !dgeom(g).px
 }
 
-/// (per 16-lane vector j: x offset in the padded plane, dy offset in the lane buffer)
-fn lane_offsets(d: &DGeom) -> Vec<(u32, u32)> {
-    (0..d.vectors())
-        .map(|j| (d.in_off(j) as u32, (j * V) as u32))
-        .collect()
+/// Where one plane's 16-lane vectors lie, in order: `rows` runs of `per_row` consecutive vectors,
+/// run r's first at x offset `x0 + r * x_stride` (in the padded plane) and dy offset
+/// `r * dy_stride` (in the lane buffer). Whole-row layouts have one run per output row; the
+/// padded grid is one run.
+#[derive(Clone, Copy)]
+struct Walk {
+    rows: usize,
+    per_row: usize,
+    x0: usize,
+    x_stride: usize,
+    dy_stride: usize,
+}
+
+impl Walk {
+    fn of(d: &DGeom) -> Self {
+        if d.row_layout() {
+            Walk {
+                rows: d.ho,
+                per_row: d.wo / V,
+                x0: d.in_off(0),
+                x_stride: d.wp(),
+                dy_stride: d.wo,
+            }
+        } else {
+            Walk {
+                rows: 1,
+                per_row: d.vectors(),
+                x0: d.in_off(0),
+                x_stride: 0,
+                dy_stride: 0,
+            }
+        }
+    }
+
+    /// Vectors per run: N when the kernel was compiled for runs of N (1: 16x16 planes, 2: 32x32),
+    /// else `per_row`. With constant runs the inner loop unrolls (a short loop's exit mispredicts
+    /// once a run); the offsets are running sums, not a table read per vector (with 7 vector loads
+    /// per 12 multiply-adds, the AVX2 kernel's two table loads cost it up to 15% in L1).
+    #[inline(always)]
+    fn run_len<const N: usize>(&self) -> usize {
+        if N > 0 {
+            N
+        } else {
+            self.per_row
+        }
+    }
 }
 
 /// dy laid out in lanes, all items: whole rows (row layout: dy itself) or the padded grid with
@@ -68,7 +109,7 @@ fn dy_lanes<'a>(d: &DGeom, n: usize, dy: &'a [f32], buf: &'a mut Vec<f32>) -> (&
 /// Lane-wise partial sums acc[kh][r][kw][lane] += sum over the items, then the vectors j, of
 /// dy[r][dyo_j + lane] * x[kh * wp + kw + xo_j + lane], for WR channels and the 9 taps (`taps`:
 /// tap (kh, kw)'s offset in an item's padded, phase-split plane), items and vectors in order.
-type WMicroFn = unsafe fn(&[(u32, u32)], &[WItem], &[u32; 9], &mut [Acc; 3]);
+type WMicroFn = unsafe fn(Walk, &[WItem], &[u32; 9], &mut [Acc; 3]);
 
 /// Lane-wise partial sums of WR output channels x 3 taps of one filter row.
 type Acc = [[[f32; V]; 3]; WR];
@@ -80,22 +121,32 @@ struct WItem {
     dy: [*const f32; WR],
 }
 
-unsafe fn wmicro_plain(offs: &[(u32, u32)], items: &[WItem], taps: &[u32; 9], accs: &mut [Acc; 3]) {
+unsafe fn wmicro_plain<const N: usize>(
+    walk: Walk,
+    items: &[WItem],
+    taps: &[u32; 9],
+    accs: &mut [Acc; 3],
+) {
     for (kh, acc) in accs.iter_mut().enumerate() {
         let mut a = [[[0f32; V]; 3]; WR];
         for it in items {
-            for &(xo, dyo) in offs {
-                for (r, ar) in a.iter_mut().enumerate() {
-                    for (kw, ak) in ar.iter_mut().enumerate() {
-                        let xb = taps[kh * 3 + kw] as usize + xo as usize;
-                        for (l, al) in ak.iter_mut().enumerate() {
-                            // SAFETY: the caller guarantees in-bounds vectors at every offset.
-                            let (dv, xv) =
-                                unsafe { (*it.dy[r].add(dyo as usize + l), *it.x.add(xb + l)) };
-                            *al += dv * xv;
+            let (mut xo, mut dyo) = (walk.x0, 0);
+            for _ in 0..walk.rows {
+                for v in 0..walk.run_len::<N>() {
+                    for (r, ar) in a.iter_mut().enumerate() {
+                        for (kw, ak) in ar.iter_mut().enumerate() {
+                            let xb = taps[kh * 3 + kw] as usize + xo + v * V;
+                            for (l, al) in ak.iter_mut().enumerate() {
+                                // SAFETY: the caller guarantees in-bounds vectors at every offset.
+                                let (dv, xv) =
+                                    unsafe { (*it.dy[r].add(dyo + v * V + l), *it.x.add(xb + l)) };
+                                *al += dv * xv;
+                            }
                         }
                     }
                 }
+                xo += walk.x_stride;
+                dyo += walk.dy_stride;
             }
         }
         for (dr, ar) in acc.iter_mut().zip(&a) {
@@ -110,7 +161,12 @@ unsafe fn wmicro_plain(offs: &[(u32, u32)], items: &[WItem], taps: &[u32; 9], ac
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn wmicro_avx2(offs: &[(u32, u32)], items: &[WItem], taps: &[u32; 9], accs: &mut [Acc; 3]) {
+unsafe fn wmicro_avx2<const N: usize>(
+    walk: Walk,
+    items: &[WItem],
+    taps: &[u32; 9],
+    accs: &mut [Acc; 3],
+) {
     use std::arch::x86_64::*;
     const G: usize = 4;
     // Groups of 4 channels outermost, so their dy lanes are read from cache by all 3 filter rows.
@@ -121,21 +177,27 @@ unsafe fn wmicro_avx2(offs: &[(u32, u32)], items: &[WItem], taps: &[u32; 9], acc
                 for it in items {
                     // SAFETY: the caller guarantees in-bounds vectors at every offset.
                     unsafe {
-                        let x: [*const f32; 3] =
-                            std::array::from_fn(|kw| it.x.add(taps[kh * 3 + kw] as usize + h));
-                        let dy: [*const f32; G] = std::array::from_fn(|r| it.dy[r0 + r].add(h));
-                        for &(xo, dyo) in offs {
-                            let xv = [
-                                _mm256_loadu_ps(x[0].add(xo as usize)),
-                                _mm256_loadu_ps(x[1].add(xo as usize)),
-                                _mm256_loadu_ps(x[2].add(xo as usize)),
-                            ];
-                            for (r, ar) in a.iter_mut().enumerate() {
-                                let dv = _mm256_loadu_ps(dy[r].add(dyo as usize));
-                                for kw in 0..3 {
-                                    ar[kw] = _mm256_fmadd_ps(dv, xv[kw], ar[kw]);
+                        let mut x: [*const f32; 3] = std::array::from_fn(|kw| {
+                            it.x.add(walk.x0 + taps[kh * 3 + kw] as usize + h)
+                        });
+                        let mut dy: [*const f32; G] = std::array::from_fn(|r| it.dy[r0 + r].add(h));
+                        for _ in 0..walk.rows {
+                            for v in 0..walk.run_len::<N>() {
+                                let o = v * V;
+                                let xv = [
+                                    _mm256_loadu_ps(x[0].add(o)),
+                                    _mm256_loadu_ps(x[1].add(o)),
+                                    _mm256_loadu_ps(x[2].add(o)),
+                                ];
+                                for (r, ar) in a.iter_mut().enumerate() {
+                                    let dv = _mm256_loadu_ps(dy[r].add(o));
+                                    for kw in 0..3 {
+                                        ar[kw] = _mm256_fmadd_ps(dv, xv[kw], ar[kw]);
+                                    }
                                 }
                             }
+                            x = x.map(|p| p.add(walk.x_stride));
+                            dy = dy.map(|p| p.add(walk.dy_stride));
                         }
                     }
                 }
@@ -153,8 +215,8 @@ unsafe fn wmicro_avx2(offs: &[(u32, u32)], items: &[WItem], taps: &[u32; 9], acc
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn wmicro_avx512(
-    offs: &[(u32, u32)],
+unsafe fn wmicro_avx512<const N: usize>(
+    walk: Walk,
     items: &[WItem],
     taps: &[u32; 9],
     accs: &mut [Acc; 3],
@@ -165,20 +227,26 @@ unsafe fn wmicro_avx512(
         for it in items {
             // SAFETY: the caller guarantees in-bounds vectors at every offset.
             unsafe {
-                let x: [*const f32; 3] =
-                    std::array::from_fn(|kw| it.x.add(taps[kh * 3 + kw] as usize));
-                for &(xo, dyo) in offs {
-                    let xv = [
-                        _mm512_loadu_ps(x[0].add(xo as usize)),
-                        _mm512_loadu_ps(x[1].add(xo as usize)),
-                        _mm512_loadu_ps(x[2].add(xo as usize)),
-                    ];
-                    for r in 0..WR {
-                        let dv = _mm512_loadu_ps(it.dy[r].add(dyo as usize));
-                        for kw in 0..3 {
-                            a[r][kw] = _mm512_fmadd_ps(dv, xv[kw], a[r][kw]);
+                let mut x: [*const f32; 3] =
+                    std::array::from_fn(|kw| it.x.add(walk.x0 + taps[kh * 3 + kw] as usize));
+                let mut dy = it.dy;
+                for _ in 0..walk.rows {
+                    for v in 0..walk.run_len::<N>() {
+                        let o = v * V;
+                        let xv = [
+                            _mm512_loadu_ps(x[0].add(o)),
+                            _mm512_loadu_ps(x[1].add(o)),
+                            _mm512_loadu_ps(x[2].add(o)),
+                        ];
+                        for r in 0..WR {
+                            let dv = _mm512_loadu_ps(dy[r].add(o));
+                            for kw in 0..3 {
+                                a[r][kw] = _mm512_fmadd_ps(dv, xv[kw], a[r][kw]);
+                            }
                         }
                     }
+                    x = x.map(|p| p.add(walk.x_stride));
+                    dy = dy.map(|p| p.add(walk.dy_stride));
                 }
             }
         }
@@ -196,11 +264,21 @@ unsafe fn wmicro_avx512(
     }
 }
 
-fn wkernel() -> WMicroFn {
+/// The kernel for `isa()`, compiled for runs of `walk.per_row` vectors where that is 1 or 2.
+fn wkernel(walk: &Walk) -> WMicroFn {
+    macro_rules! runs {
+        ($k:ident) => {
+            match walk.per_row {
+                1 => $k::<1> as WMicroFn,
+                2 => $k::<2> as WMicroFn,
+                _ => $k::<0> as WMicroFn,
+            }
+        };
+    }
     by_isa!(
-        wmicro_avx512 as WMicroFn,
-        wmicro_avx2 as WMicroFn,
-        wmicro_plain as WMicroFn
+        runs!(wmicro_avx512),
+        runs!(wmicro_avx2),
+        runs!(wmicro_plain)
     )
 }
 
@@ -212,8 +290,8 @@ fn wkernel() -> WMicroFn {
 /// relu(bn(x)), mapped as each plane is padded.
 pub(crate) fn weight_grad(g: &Geom, x: &[f32], map: Option<BnMap>, dy: &[f32], dw: &mut [f32]) {
     let d = dgeom(g);
-    let micro = wkernel();
-    let offs = lane_offsets(&d);
+    let walk = Walk::of(&d);
+    let micro = wkernel(&walk);
     let (plane_in, kk) = (g.hi * g.wi, g.k * g.k);
     let one = dgeom(&Geom { ci: 1, ..*g });
     // Offset of tap (kh, kw) in one padded (phase-split) input plane: the forward's K offsets.
@@ -267,7 +345,7 @@ pub(crate) fn weight_grad(g: &Geom, x: &[f32], map: Option<BnMap>, dy: &[f32], d
                             // + the tap's offset + 16 <= buf_len, as in the forward), every dy
                             // read inside the item's lane planes; the kernel's features were
                             // detected.
-                            unsafe { micro(&offs, sub, &taps, chunk) };
+                            unsafe { micro(walk, sub, &taps, chunk) };
                         }
                     }
                 }
