@@ -1,7 +1,9 @@
 //! Eval-mode forward (with taps), prefix traces, and the input-gradient backward from a cotangent at
-//! one conv output (no weight gradients). BN+ReLU pairs run as one fused `channel_affine`, so the
-//! saved post-ReLU output doubles as the ReLU mask of the backward.
+//! one conv output (no weight gradients). BN+ReLU pairs run as one fused `channel_affine` where
+//! a trace saves the post-ReLU output (it doubles as the ReLU mask of the backward); elsewhere the
+//! convs that read it apply the BN as they load their input (`conv2d_forward_bn`).
 use super::{PreActResNet18, Role};
+use crate::backend::BnLayer;
 use crate::ensure_shape;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -88,6 +90,15 @@ impl PreActResNet18 {
         })
     }
 
+    /// Conv `i` of relu(bn(x)), the BN's map applied as the conv reads x.
+    pub(crate) fn conv_fwd_bn(&self, i: usize, x: &Tensor, bn: BnLayer<&Tensor>) -> Result<Tensor> {
+        let p = self.convs[i].params.with_batch(x.batch());
+        self.filled(&p.output_shape(), |y| {
+            self.backend
+                .conv2d_forward_bn(&p, x, bn, &self.conv_w[i], y)
+        })
+    }
+
     /// Gradient at conv `i`'s input from `dy` at its output (batch of dy).
     pub(crate) fn conv_bwd(&self, i: usize, dy: &Tensor) -> Result<Tensor> {
         let p = self.convs[i].params.with_batch(dy.batch());
@@ -143,14 +154,25 @@ impl PreActResNet18 {
             return Ok(run);
         }
         for blk in &self.blocks {
-            let mut o = b.empty(h.shape())?;
-            let (s1, t1) = &aff[blk.bn1];
-            b.channel_affine(&h, s1, t1, true, &mut o)?;
+            // A run that saves keeps relu(bn1(h)) and relu(bn2(c1)) (the backward's ReLU masks);
+            // one that does not lets the convs read them from h and c1 (`conv_fwd_bn`).
+            let o = if save {
+                let mut o = b.empty(h.shape())?;
+                let e = &aff[blk.bn1];
+                b.channel_affine(&h, &e.scale, &e.shift, true, &mut o)?;
+                Some(o)
+            } else {
+                None
+            };
+            let bn1_of = |i: usize| match &o {
+                Some(o) => self.conv_fwd(i, o),
+                None => self.conv_fwd_bn(i, &h, aff[blk.bn1].layer()),
+            };
             let sc = match blk.shortcut {
                 Some(si) => {
-                    let s = self.conv_fwd(si, &o)?;
+                    let s = bn1_of(si)?;
                     if record(&mut run, si, &s)? {
-                        if save {
+                        if let Some(o) = o {
                             run.saved.push(SavedBlock { o, a2: None });
                         }
                         run.stop_tap = Some(s);
@@ -160,28 +182,33 @@ impl PreActResNet18 {
                 }
                 None => None,
             };
-            let c1 = self.conv_fwd(blk.conv1, &o)?;
+            let c1 = bn1_of(blk.conv1)?;
             if record(&mut run, blk.conv1, &c1)? {
-                if save {
+                if let Some(o) = o {
                     run.saved.push(SavedBlock { o, a2: None });
                 }
                 run.stop_tap = Some(c1);
                 return Ok(run);
             }
-            let mut a2 = b.empty(c1.shape())?;
-            let (s2, t2) = &aff[blk.bn2];
-            b.channel_affine(&c1, s2, t2, true, &mut a2)?;
-            drop(c1);
-            let mut c2 = self.conv_fwd(blk.conv2, &a2)?;
+            let e2 = &aff[blk.bn2];
+            let (mut c2, a2) = match o {
+                Some(_) => {
+                    let mut a2 = b.empty(c1.shape())?;
+                    b.channel_affine(&c1, &e2.scale, &e2.shift, true, &mut a2)?;
+                    drop(c1);
+                    (self.conv_fwd(blk.conv2, &a2)?, Some(a2))
+                }
+                None => (self.conv_fwd_bn(blk.conv2, &c1, e2.layer())?, None),
+            };
             if record(&mut run, blk.conv2, &c2)? {
-                if save {
-                    run.saved.push(SavedBlock { o, a2: Some(a2) });
+                if let Some(o) = o {
+                    run.saved.push(SavedBlock { o, a2 });
                 }
                 run.stop_tap = Some(c2);
                 return Ok(run);
             }
-            if save {
-                run.saved.push(SavedBlock { o, a2: Some(a2) });
+            if let Some(o) = o {
+                run.saved.push(SavedBlock { o, a2 });
             }
             match sc {
                 Some(s) => b.add_assign(&mut c2, &s)?,
@@ -299,7 +326,7 @@ impl PreActResNet18 {
         let aff = self.eval_affine()?;
         let affine_bwd = |y: &Tensor, dy: &Tensor, bn: usize| -> Result<Tensor> {
             let mut dx = b.empty(dy.shape())?;
-            b.channel_affine_backward(Some(y), dy, &aff[bn].0, &mut dx)?;
+            b.channel_affine_backward(Some(y), dy, &aff[bn].scale, &mut dx)?;
             Ok(dx)
         };
         // `d` is the gradient at conv k's input; walk back to the block input (or the stem).

@@ -28,7 +28,7 @@ use std::sync::{Arc, RwLock};
 pub use forward::{Cotangent, Trace};
 pub use train::{Grads, SgdState, TrainTrace};
 
-use crate::backend::{Backend, ConvParams};
+use crate::backend::{Backend, BnLayer, ConvParams};
 use crate::data::DatasetKind;
 use crate::error::{Error, Result};
 use crate::rng::{Rng, Stream};
@@ -122,8 +122,27 @@ pub enum ParamRef {
     LinearBias,
 }
 
-/// Eval-mode per-channel scale/shift of every BN (index = BN index).
-pub(crate) type EvalAffine = Vec<(Tensor, Tensor)>;
+/// Eval-mode per-channel map of one BN: bn(x) = x * scale + shift, and the zero means and unit
+/// inverse deviations that let the convolutions that read relu(bn(x)) (`conv2d_forward_bn`, whose
+/// map is x * (gamma * invstd) + (beta - mean * gamma * invstd)) apply it as it is: with
+/// gamma = scale, beta = shift, mean = 0 and invstd = 1 those coefficients are scale and shift
+/// exactly, so the fused input is bit for bit what `channel_affine` writes.
+pub(crate) struct EvalBn {
+    pub scale: Tensor,
+    pub shift: Tensor,
+    zero: Tensor,
+    one: Tensor,
+}
+
+impl EvalBn {
+    /// relu(bn(x)) as the fused convolution takes it.
+    pub fn layer(&self) -> BnLayer<'_, &Tensor> {
+        BnLayer::new(&self.scale, &self.shift, &self.zero, &self.one, true)
+    }
+}
+
+/// Eval-mode maps of every BN (index = BN index).
+pub(crate) type EvalAffine = Vec<EvalBn>;
 
 pub struct PreActResNet18 {
     pub(crate) backend: Arc<dyn Backend>,
@@ -471,10 +490,13 @@ impl PreActResNet18 {
                 .zip(&scale)
                 .map(|((be, m), s)| (*be as f64 - *m as f64 * *s as f64) as f32)
                 .collect();
-            out.push((
-                b.from_host(&scale, &[scale.len()])?,
-                b.from_host(&shift, &[shift.len()])?,
-            ));
+            let c = scale.len();
+            out.push(EvalBn {
+                scale: b.from_host(&scale, &[c])?,
+                shift: b.from_host(&shift, &[c])?,
+                zero: b.from_host(&vec![0.0; c], &[c])?,
+                one: b.from_host(&vec![1.0; c], &[c])?,
+            });
         }
         let a = Arc::new(out);
         *self.eval_cache.write().unwrap_or_else(|e| e.into_inner()) = Some(a.clone());

@@ -115,13 +115,8 @@ impl PreActResNet18 {
     }
 
     /// Conv `i` of relu(bn(x)), BN `j` as saved in `s`.
-    fn conv_fwd_bn(&self, i: usize, j: usize, s: &BnSave) -> Result<Tensor> {
-        let p = self.convs[i].params.with_batch(s.x.batch());
-        let bn = s.layer(&self.bns[j]);
-        self.filled(&p.output_shape(), |y| {
-            self.backend
-                .conv2d_forward_bn(&p, &s.x, bn, &self.conv_w[i], y)
-        })
+    fn conv_fwd_saved(&self, i: usize, j: usize, s: &BnSave) -> Result<Tensor> {
+        self.conv_fwd_bn(i, &s.x, s.layer(&self.bns[j]))
     }
 
     /// Training-mode forward: BN with batch statistics; updates the running statistics (momentum
@@ -144,11 +139,11 @@ impl PreActResNet18 {
             let bn1 = self.bn_train(blk.bn1, h)?;
             let sc = blk
                 .shortcut
-                .map(|si| self.conv_fwd_bn(si, blk.bn1, &bn1))
+                .map(|si| self.conv_fwd_saved(si, blk.bn1, &bn1))
                 .transpose()?;
-            let c1 = self.conv_fwd_bn(blk.conv1, blk.bn1, &bn1)?;
+            let c1 = self.conv_fwd_saved(blk.conv1, blk.bn1, &bn1)?;
             let bn2 = self.bn_train(blk.bn2, c1)?;
-            let mut c2 = self.conv_fwd_bn(blk.conv2, blk.bn2, &bn2)?;
+            let mut c2 = self.conv_fwd_saved(blk.conv2, blk.bn2, &bn2)?;
             match &sc {
                 Some(s) => b.add_assign(&mut c2, s)?,
                 None => b.add_assign(&mut c2, &bn1.x)?,
