@@ -253,7 +253,32 @@ pub(super) fn pad_item(d: &DGeom, x: &[f32], buf: &mut Vec<f32>, map: Option<BnM
 }
 
 /// Writes one item's planes into the interior of a padded buffer whose border is already zero.
+/// Compiled for the CPU's vector width, as the batchnorm map's rows vectorise.
 pub(super) fn pad_into(d: &DGeom, x: &[f32], buf: &mut [f32], map: Option<BnMap>) {
+    by_isa!(
+        // SAFETY: the instruction set was detected (gemm::isa).
+        unsafe { pad_into_avx512(d, x, buf, map) },
+        // SAFETY: as above.
+        unsafe { pad_into_avx2(d, x, buf, map) },
+        pad_rows(d, x, buf, map),
+    )
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn pad_into_avx512(d: &DGeom, x: &[f32], buf: &mut [f32], map: Option<BnMap>) {
+    pad_rows(d, x, buf, map)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pad_into_avx2(d: &DGeom, x: &[f32], buf: &mut [f32], map: Option<BnMap>) {
+    pad_rows(d, x, buf, map)
+}
+
+/// `pad_into`'s body, inlined into each instruction set's copy.
+#[inline(always)]
+fn pad_rows(d: &DGeom, x: &[f32], buf: &mut [f32], map: Option<BnMap>) {
     let (plane, wp, hw, s, ph) = (d.plane(), d.wp(), d.hi * d.wi, d.s, d.phases());
     // A mapped row, for the strided layouts.
     let mut mapped = vec![0.0; if map.is_some() && s > 1 { d.wi } else { 0 }];

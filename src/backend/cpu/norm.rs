@@ -305,7 +305,7 @@ impl<'a> BnMap<'a> {
         }
     }
     /// dst[i] = relu(bn(src[i])) for channel c.
-    #[inline]
+    #[inline(always)]
     pub fn apply(self, c: usize, src: &[f32], dst: &mut [f32]) {
         let (k, relu) = (self.coefs[c], self.relu);
         for (o, &v) in dst.iter_mut().zip(src) {
