@@ -81,8 +81,11 @@ fn scan_bench_profile_records_the_chunk_step_by_op() {
     assert_eq!(calls("conv_dgrad_onehot"), 3);
     assert_eq!(calls("sign_step"), 3);
     assert_eq!(calls("linear"), 3);
-    // the scoring forward runs all 20 convs once per chunk
-    assert_eq!(calls("conv_fwd"), 3 * 20);
+    // the scoring forward runs all 20 convs once per chunk: the stem on the image, the other 19 on
+    // relu(bn(x)) applied as they read it (no eval batchnorm pass of its own)
+    assert_eq!(calls("conv_fwd"), 3);
+    assert_eq!(calls("conv_fwd(bn)"), 3 * 19);
+    assert_eq!(calls("bn_affine+relu"), 0);
     let onehot_flops: u64 = prof
         .iter()
         .filter(|e| e.op == "conv_dgrad_onehot")
