@@ -65,8 +65,14 @@ fn preact_resnet18_structure_and_forward() {
     let conv_flops: u64 = convs.iter().map(|(_, p)| p.flops()).sum();
     assert_eq!(conv_flops, 2 * 555_417_600);
     // Elementwise work, summed by hand: normalise 6,144; layer1 blocks 2 x 458,752; layer2 327,680 +
-    // 229,376; layer3 163,840 + 114,688; layer4 81,920 + 57,344; pool 8,192; linear 10,250.
-    assert_eq!(a.forward(1).flops, 2 * 555_417_600 + 1_916_938);
+    // 229,376; layer3 163,840 + 114,688; layer4 81,920 + 57,344; pool 8,192; linear 10,250. The
+    // forward maps each BN+ReLU in the convs that read it: a downsampling block's bn1 output is read
+    // by its shortcut and its conv1, so its 3 flops an element count twice (64x32x32, 128x16x16,
+    // 256x8x8 elements).
+    let twice = 3 * (65_536 + 32_768 + 16_384);
+    assert_eq!(a.forward(1).flops, 2 * 555_417_600 + 1_916_938 + twice);
+    // Bytes: no BN+ReLU pass of its own (16 of them), only their [C] vectors in the convs.
+    assert!(a.forward(1).bytes < a.prefix_forward(19, 1).bytes);
     assert_eq!(a.forward(3).flops, 3 * a.forward(1).flops);
 }
 

@@ -424,35 +424,46 @@ impl Arch {
         mark
     }
 
-    fn forward_node(&self, i: usize, n: u64) -> OpCost {
+    /// One node of the eval forward. With `fused`, as a run that saves no trace does it: a BN with
+    /// its ReLU is no pass of its own, each conv that reads it maps its input (`bn_input`).
+    fn forward_node(&self, i: usize, n: u64, fused: bool) -> OpCost {
         match &self.nodes[i] {
             Node::Input => OpCost::default(),
+            Node::Affine { relu: true, .. } if fused => OpCost::default(),
             Node::Affine { c, hw, relu, .. } => {
                 channel_affine(n * (*c * *hw) as u64, *c as u64, *relu)
             }
-            Node::Conv { params, .. } => conv_forward(&params.with_batch(n as usize)),
+            Node::Conv { params, src, .. } => {
+                let p = params.with_batch(n as usize);
+                match self.nodes[*src] {
+                    Node::Affine { relu: true, .. } if fused => conv_forward(&p) + bn_input(&p),
+                    _ => conv_forward(&p),
+                }
+            }
             Node::Add { c, hw, .. } => add(n * (*c * *hw) as u64),
             Node::Pool { c, hw, .. } => global_avg_pool(n, *c as u64, *hw as u64),
             Node::Linear { i, o, .. } => linear_forward(n, *i as u64, *o as u64),
         }
     }
 
-    /// Eval forward of the nodes in `mask` for a batch of `n`.
-    fn forward_masked(&self, mask: &[bool], n: u64) -> OpCost {
+    /// Eval forward of the nodes in `mask` for a batch of `n` (`fused`: see `forward_node`).
+    fn forward_masked(&self, mask: &[bool], n: u64, fused: bool) -> OpCost {
         (0..self.nodes.len())
             .filter(|&i| mask[i])
-            .map(|i| self.forward_node(i, n))
+            .map(|i| self.forward_node(i, n, fused))
             .sum()
     }
 
-    /// Eval forward, pixels to logits, batch `n`.
+    /// Eval forward, pixels to logits, batch `n`, as the engine runs it when it keeps no trace (the
+    /// scan's scoring forward, `eval`): every BN+ReLU applied by the convs that read it.
     pub fn forward(&self, n: u64) -> OpCost {
-        self.forward_masked(&vec![true; self.nodes.len()], n)
+        self.forward_masked(&vec![true; self.nodes.len()], n, true)
     }
 
-    /// Eval forward up to and including conv `conv`: only the ops its output depends on.
+    /// Eval forward up to and including conv `conv`: only the ops its output depends on, with the
+    /// BN+ReLU outputs written (a trace keeps them as the backward's masks).
     pub fn prefix_forward(&self, conv: usize, n: u64) -> OpCost {
-        self.forward_masked(&self.ancestors(self.conv_node(conv)), n)
+        self.forward_masked(&self.ancestors(self.conv_node(conv)), n, false)
     }
 
     /// Eval input-gradient backward (no weight gradients) from the *input* of conv `conv` down to
