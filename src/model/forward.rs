@@ -2,7 +2,7 @@
 //! one conv output (no weight gradients). BN+ReLU pairs run as one fused `channel_affine` where
 //! a trace saves the post-ReLU output (it doubles as the ReLU mask of the backward); elsewhere the
 //! convs that read it apply the BN as they load their input (`conv2d_forward_bn`).
-use super::{PreActResNet18, Role};
+use super::{EvalBn, PreActResNet18, Role};
 use crate::backend::BnLayer;
 use crate::ensure_shape;
 use crate::error::{Error, Result};
@@ -90,6 +90,33 @@ impl PreActResNet18 {
         })
     }
 
+    /// relu(bn(x)) of an eval BN, written where a trace keeps it (`save`: it is the backward's
+    /// ReLU mask); else None, and the convs that read it apply the BN themselves.
+    fn eval_act(&self, x: &Tensor, e: &EvalBn, save: bool) -> Result<Option<Tensor>> {
+        if !save {
+            return Ok(None);
+        }
+        let act = self.filled(x.shape(), |y| {
+            self.backend.channel_affine(x, &e.scale, &e.shift, true, y)
+        })?;
+        Ok(Some(act))
+    }
+
+    /// Conv `i` of relu(bn(x)): of `act` when `eval_act` wrote it, else of x through the BN (bit for
+    /// bit the same input, `EvalBn`).
+    fn conv_after_bn(
+        &self,
+        i: usize,
+        x: &Tensor,
+        e: &EvalBn,
+        act: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        match act {
+            Some(a) => self.conv_fwd(i, a),
+            None => self.conv_fwd_bn(i, x, e.layer()),
+        }
+    }
+
     /// Conv `i` of relu(bn(x)), the BN's map applied as the conv reads x.
     pub(crate) fn conv_fwd_bn(&self, i: usize, x: &Tensor, bn: BnLayer<&Tensor>) -> Result<Tensor> {
         let p = self.convs[i].params.with_batch(x.batch());
@@ -154,23 +181,11 @@ impl PreActResNet18 {
             return Ok(run);
         }
         for blk in &self.blocks {
-            // A run that saves keeps relu(bn1(h)) and relu(bn2(c1)) (the backward's ReLU masks);
-            // one that does not lets the convs read them from h and c1 (`conv_fwd_bn`).
-            let o = if save {
-                let mut o = b.empty(h.shape())?;
-                let e = &aff[blk.bn1];
-                b.channel_affine(&h, &e.scale, &e.shift, true, &mut o)?;
-                Some(o)
-            } else {
-                None
-            };
-            let bn1_of = |i: usize| match &o {
-                Some(o) => self.conv_fwd(i, o),
-                None => self.conv_fwd_bn(i, &h, aff[blk.bn1].layer()),
-            };
+            let (e1, e2) = (&aff[blk.bn1], &aff[blk.bn2]);
+            let o = self.eval_act(&h, e1, save)?;
             let sc = match blk.shortcut {
                 Some(si) => {
-                    let s = bn1_of(si)?;
+                    let s = self.conv_after_bn(si, &h, e1, o.as_ref())?;
                     if record(&mut run, si, &s)? {
                         if let Some(o) = o {
                             run.saved.push(SavedBlock { o, a2: None });
@@ -182,7 +197,7 @@ impl PreActResNet18 {
                 }
                 None => None,
             };
-            let c1 = bn1_of(blk.conv1)?;
+            let c1 = self.conv_after_bn(blk.conv1, &h, e1, o.as_ref())?;
             if record(&mut run, blk.conv1, &c1)? {
                 if let Some(o) = o {
                     run.saved.push(SavedBlock { o, a2: None });
@@ -190,25 +205,15 @@ impl PreActResNet18 {
                 run.stop_tap = Some(c1);
                 return Ok(run);
             }
-            let e2 = &aff[blk.bn2];
-            let (mut c2, a2) = match o {
-                Some(_) => {
-                    let mut a2 = b.empty(c1.shape())?;
-                    b.channel_affine(&c1, &e2.scale, &e2.shift, true, &mut a2)?;
-                    drop(c1);
-                    (self.conv_fwd(blk.conv2, &a2)?, Some(a2))
-                }
-                None => (self.conv_fwd_bn(blk.conv2, &c1, e2.layer())?, None),
-            };
-            if record(&mut run, blk.conv2, &c2)? {
-                if let Some(o) = o {
-                    run.saved.push(SavedBlock { o, a2 });
-                }
-                run.stop_tap = Some(c2);
-                return Ok(run);
-            }
+            let a2 = self.eval_act(&c1, e2, save)?;
+            let mut c2 = self.conv_after_bn(blk.conv2, &c1, e2, a2.as_ref())?;
+            drop(c1);
             if let Some(o) = o {
                 run.saved.push(SavedBlock { o, a2 });
+            }
+            if record(&mut run, blk.conv2, &c2)? {
+                run.stop_tap = Some(c2);
+                return Ok(run);
             }
             match sc {
                 Some(s) => b.add_assign(&mut c2, &s)?,

@@ -494,7 +494,7 @@ impl PreActResNet18 {
             out.push(EvalBn {
                 scale: b.from_host(&scale, &[c])?,
                 shift: b.from_host(&shift, &[c])?,
-                zero: b.from_host(&vec![0.0; c], &[c])?,
+                zero: b.zeros(&[c])?,
                 one: b.from_host(&vec![1.0; c], &[c])?,
             });
         }

@@ -161,21 +161,27 @@ pub fn check_conv_bn_fused(
             "the ReLU mask is mixed"
         );
         let bn = BnLayer::new(&gt, &bt, &stats[0], &stats[1], relu);
-        let (mut want, mut got) = (z(&p.output_shape()), z(&p.output_shape()));
-        b.conv2d_forward(p, &y, &wt, &mut want).unwrap();
-        b.conv2d_forward_bn(p, &xt, bn, &wt, &mut got).unwrap();
-        assert_eq!(
-            host(&want),
-            host(&got),
-            "conv2d_forward_bn {p:?} (relu {relu})"
+        // `plain` on the batchnorm's output against `fused` on x, into outputs of `shape`.
+        let same = |what: &str,
+                    shape: &[usize],
+                    plain: &dyn Fn(&mut fmp_engine::Tensor),
+                    fused: &dyn Fn(&mut fmp_engine::Tensor)| {
+            let (mut want, mut got) = (z(shape), z(shape));
+            plain(&mut want);
+            fused(&mut got);
+            assert_eq!(host(&want), host(&got), "{what} {p:?} (relu {relu})");
+        };
+        same(
+            "conv2d_forward_bn",
+            &p.output_shape(),
+            &|o| b.conv2d_forward(p, &y, &wt, o).unwrap(),
+            &|o| b.conv2d_forward_bn(p, &xt, bn, &wt, o).unwrap(),
         );
-        let (mut want, mut got) = (z(&p.weight_shape()), z(&p.weight_shape()));
-        b.conv2d_weight_grad(p, &y, &dyt, &mut want).unwrap();
-        b.conv2d_weight_grad_bn(p, &xt, bn, &dyt, &mut got).unwrap();
-        assert_eq!(
-            host(&want),
-            host(&got),
-            "conv2d_weight_grad_bn {p:?} (relu {relu})"
+        same(
+            "conv2d_weight_grad_bn",
+            &p.weight_shape(),
+            &|o| b.conv2d_weight_grad(p, &y, &dyt, o).unwrap(),
+            &|o| b.conv2d_weight_grad_bn(p, &xt, bn, &dyt, o).unwrap(),
         );
     }
 }

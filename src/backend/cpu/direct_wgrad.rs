@@ -108,7 +108,8 @@ fn dy_lanes<'a>(d: &DGeom, n: usize, dy: &'a [f32], buf: &'a mut Vec<f32>) -> (&
 
 /// Lane-wise partial sums acc[kh][r][kw][lane] += sum over the items, then the vectors j, of
 /// dy[r][dyo_j + lane] * x[kh * wp + kw + xo_j + lane], for WR channels and the 9 taps (`taps`:
-/// tap (kh, kw)'s offset in an item's padded, phase-split plane), items and vectors in order.
+/// tap (kh, kw)'s offset in an item's padded, phase-split plane), items and vectors in order;
+/// (xo_j, dyo_j) is vector j's place along the `Walk`.
 type WMicroFn = unsafe fn(Walk, &[WItem], &[u32; 9], &mut [Acc; 3]);
 
 /// Lane-wise partial sums of WR output channels x 3 taps of one filter row.
