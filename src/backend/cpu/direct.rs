@@ -198,29 +198,32 @@ pub(super) fn dgeom(g: &Geom) -> DGeom {
 }
 
 /// Packs filters `wf(o, p)` (o < co output channels, p < K) into panels of `width` channels
-/// (`DGeom::panel_width`), K-major;
-/// channels beyond `co` are zero.
+/// (`DGeom::panel_width`), K-major; channels beyond `co` are zero. Panels are packed in parallel
+/// and written once each (no clearing pass first): at 4x4 the 512-channel filters (9.4 MB) are a
+/// tenth of a batch-32 convolution's time when packed on one thread.
 pub(super) fn pack_panels(
     width: usize,
     co: usize,
     kdim: usize,
-    wf: impl Fn(usize, usize) -> f32,
+    wf: impl Fn(usize, usize) -> f32 + Sync,
 ) -> Vec<f32> {
-    let panels = co.div_ceil(width);
-    let mut out = vec![0.0f32; panels * kdim * width];
-    if kdim == 0 {
-        return out;
-    }
-    for (q, panel) in out.chunks_exact_mut(kdim * width).enumerate() {
-        for p in 0..kdim {
-            for r in 0..width {
-                let o = q * width + r;
-                if o < co {
-                    panel[p * width + r] = wf(o, p);
+    let len = co.div_ceil(width) * kdim * width;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    if len > 0 {
+        out.spare_capacity_mut()[..len]
+            .par_chunks_exact_mut(kdim * width)
+            .enumerate()
+            .for_each(|(q, panel)| {
+                for (p, terms) in panel.chunks_exact_mut(width).enumerate() {
+                    for (r, t) in terms.iter_mut().enumerate() {
+                        let o = q * width + r;
+                        t.write(if o < co { wf(o, p) } else { 0.0 });
+                    }
                 }
-            }
-        }
+            });
     }
+    // SAFETY: the loop above wrote every one of the first `len` elements.
+    unsafe { out.set_len(len) };
     out
 }
 

@@ -156,12 +156,15 @@ unsafe fn pmicro_avx2(
         px0: usize,
         ch0: usize,
     ) {
-        // SAFETY: each row holds CW floats; ch0 + 8 * NW <= CW.
-        let mut acc: [[__m256; NW]; P] = std::array::from_fn(|i| {
-            std::array::from_fn(|j| unsafe {
-                _mm256_loadu_ps(out[px0 + i].as_ptr().add(ch0 + 8 * j))
-            })
-        });
+        // Plain loops, not `array::from_fn`: its closures do not inherit the target features, so
+        // their intrinsics would be calls.
+        let mut acc = [[_mm256_setzero_ps(); NW]; P];
+        for (i, a) in acc.iter_mut().enumerate() {
+            for (j, v) in a.iter_mut().enumerate() {
+                // SAFETY: each row holds CW floats; ch0 + 8 * NW <= CW.
+                *v = unsafe { _mm256_loadu_ps(out[px0 + i].as_ptr().add(ch0 + 8 * j)) };
+            }
+        }
         let bases: [*const f32; P] = std::array::from_fn(|i| xb[px0 + i]);
         for p in 0..kdim {
             // SAFETY: the caller guarantees kdim weights x CW, kdim offsets, in-bounds loads.
