@@ -20,6 +20,8 @@
 //! one-hot input gradient runs the same terms of its one channel: the full gradient of a
 //! cotangent that is zero elsewhere adds exact zeros around them, so the two are bitwise equal.
 //! Tasks own disjoint (item, channel-panel) ranges: results do not depend on the thread count.
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::conv::{Geom, OneHot};
@@ -572,19 +574,33 @@ unsafe fn dmicro_plain(c: DCall) -> DTile {
     acc
 }
 
+/// K terms per block of the AVX2 kernel's passes: the three passes read a block's input vectors
+/// (96 x 4 x 32 bytes) from L1, where passes over the whole K (576 at 64 channels) read each three
+/// times from L2. Zen 3, batch 32 and 64, two threads, interleaved in one process: 64x32x32
+/// forward and input gradient 5-25% faster; 128x16x16 and the width-16 shapes level.
+const AVX2_KB: usize = 96;
+
 /// AVX2 + FMA: three passes over the tile's 32 lanes (four ymm vectors), of 3, 3 and 2 channels:
 /// 12 accumulators (8 in the last pass) keep both FMA pipes busy past their latency, and each
-/// input vector loaded feeds 3 channels' multiply-adds.
+/// input vector loaded feeds 3 channels' multiply-adds. The passes run block by block of K
+/// (`AVX2_KB`), each carrying its partial sums over in the tile, so every output still adds its
+/// terms in ascending order from zero.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dmicro_avx2(c: DCall) -> DTile {
     use std::arch::x86_64::*;
-    /// Channels r0..r0 + R of the tile.
+    /// Channels r0..r0 + R of the tile, terms `k` added to the partial sums in `out`.
     #[inline(always)]
-    unsafe fn pass<const R: usize>(c: DCall, r0: usize, out: &mut DTile) {
-        let DCall { kdim, w, x, koff } = c;
+    unsafe fn pass<const R: usize>(c: DCall, k: Range<usize>, r0: usize, out: &mut DTile) {
+        let DCall { w, x, koff, .. } = c;
         let mut acc = [[_mm256_setzero_ps(); 2 * NV]; R];
-        for p in 0..kdim {
+        for (r, a) in acc.iter_mut().enumerate() {
+            for (j, v) in a.iter_mut().enumerate() {
+                // SAFETY: each vector of a row holds V = 16 floats.
+                *v = unsafe { _mm256_loadu_ps(out[r0 + r][j / 2].as_ptr().add(8 * (j % 2))) };
+            }
+        }
+        for p in k {
             // SAFETY: the caller guarantees kdim weights x DR, kdim offsets, in-bounds loads.
             unsafe {
                 let o = *koff.add(p) as usize;
@@ -608,11 +624,14 @@ unsafe fn dmicro_avx2(c: DCall) -> DTile {
         }
     }
     let mut out = [[[0.0f32; V]; NV]; DR];
-    // SAFETY: the caller's guarantees, for every pass.
-    unsafe {
-        pass::<3>(c, 0, &mut out);
-        pass::<3>(c, 3, &mut out);
-        pass::<2>(c, 6, &mut out);
+    for k0 in (0..c.kdim).step_by(AVX2_KB) {
+        let k = k0..(k0 + AVX2_KB).min(c.kdim);
+        // SAFETY: the caller's guarantees, for every pass.
+        unsafe {
+            pass::<3>(c, k.clone(), 0, &mut out);
+            pass::<3>(c, k.clone(), 3, &mut out);
+            pass::<2>(c, k, 6, &mut out);
+        }
     }
     out
 }
