@@ -418,6 +418,63 @@ pub fn bn_train_forward(
     Ok(())
 }
 
+/// g where the forward's ReLU passed bn(x) = x * ka + kb (or without a ReLU), else +0.0:
+/// branch-free, g's bits kept or cleared.
+#[inline(always)]
+fn relu_masked(g: f32, x: f32, (ka, kb): (f32, f32), relu: bool) -> f32 {
+    let keep = !relu | (x * ka + kb > 0.0);
+    f32::from_bits(g.to_bits() & (keep as u32).wrapping_neg())
+}
+
+/// One channel's constants of the training backward's dx pass.
+#[derive(Clone, Copy)]
+struct BwdDx {
+    ka: f32,
+    kb: f32,
+    mu: f32,
+    is: f32,
+    mdy: f32,
+    mdyx: f32,
+    relu: bool,
+}
+
+impl BwdDx {
+    /// dx = gamma * invstd * (dy' - mean(dy') - xhat * mean(dy' * xhat)) over one plane, dy' being dy
+    /// masked by the forward's ReLU (the sums pass's mask, computed the same way), compiled for the
+    /// CPU's vector width (Rust contracts no mul+add into an FMA: every width gives the same bits).
+    fn plane(self, o: &mut [f32], g: &[f32], x: &[f32]) {
+        by_isa!(
+            // SAFETY: the instruction set was detected (gemm::isa).
+            unsafe { self.plane_avx512(o, g, x) },
+            // SAFETY: as above.
+            unsafe { self.plane_avx2(o, g, x) },
+            self.plane_body(o, g, x),
+        )
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn plane_avx512(self, o: &mut [f32], g: &[f32], x: &[f32]) {
+        self.plane_body(o, g, x)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn plane_avx2(self, o: &mut [f32], g: &[f32], x: &[f32]) {
+        self.plane_body(o, g, x)
+    }
+
+    #[inline(always)]
+    fn plane_body(self, o: &mut [f32], g: &[f32], x: &[f32]) {
+        let BwdDx { ka, kb, mu, is, mdy, mdyx, relu } = self;
+        for ((o, &g), &v) in o.iter_mut().zip(g).zip(x) {
+            let g = relu_masked(g, v, (ka, kb), relu);
+            let xhat = (v - mu) * is;
+            *o = ka * (g - mdy - xhat * mdyx);
+        }
+    }
+}
+
 pub fn bn_train_backward(
     x: &Tensor,
     dy: &Tensor,
@@ -440,15 +497,10 @@ pub fn bn_train_backward(
         ],
     )?;
     let o = host_mut(OP, "dx", dx)?;
-    // dy of channel ch, masked by the forward's ReLU (bn(x) > 0) when it was fused: branch-free
-    // (g's bits kept, or cleared to +0.0), with the channel's constants held by value.
+    // dy of channel ch, masked by the forward's ReLU when it was fused, the channel's constants
+    // held by value.
     let coefs = |ch: usize| bn_coefs(gamma[ch], beta[ch], mean[ch], invstd[ch]);
-    let grad = |(ka, kb): (f32, f32)| {
-        move |x: f32, g: f32| {
-            let keep = !relu | (x * ka + kb > 0.0);
-            f32::from_bits(g.to_bits() & (keep as u32).wrapping_neg())
-        }
-    };
+    let grad = |k: (f32, f32)| move |x: f32, g: f32| relu_masked(g, x, k, relu);
     let xg = Planes::new(n, c, hw, xs, gs);
     let sums = per_group(o, c, hw, |chs, planes| {
         // sum(dy) and sum(dy * xhat), then dx = gamma * invstd * (dy - mean(dy) - xhat *
@@ -466,15 +518,18 @@ pub fn bn_train_backward(
         for (p, o) in planes.into_iter().enumerate().rev() {
             let (i, j) = (p / k, p % k);
             let ch = c0 + j;
-            let (mu, is, (ka, kb)) = (mean[ch], invstd[ch], coefs(ch));
-            let grad = grad((ka, kb));
-            let (mdy, mdyx) = ((sums[j].0 / m as f64) as f32, (sums[j].1 / m as f64) as f32);
+            let (ka, kb) = coefs(ch);
+            let dx = BwdDx {
+                ka,
+                kb,
+                mu: mean[ch],
+                is: invstd[ch],
+                mdy: (sums[j].0 / m as f64) as f32,
+                mdyx: (sums[j].1 / m as f64) as f32,
+                relu,
+            };
             let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
-            for ((o, &g), &v) in o.iter_mut().zip(&gs[r.clone()]).zip(&xs[r]) {
-                let g = grad(v, g);
-                let xhat = (v - mu) * is;
-                *o = ka * (g - mdy - xhat * mdyx);
-            }
+            dx.plane(o, &gs[r.clone()], &xs[r]);
         }
         sums
     });
