@@ -466,7 +466,15 @@ impl BwdDx {
 
     #[inline(always)]
     fn plane_body(self, o: &mut [f32], g: &[f32], x: &[f32]) {
-        let BwdDx { ka, kb, mu, is, mdy, mdyx, relu } = self;
+        let BwdDx {
+            ka,
+            kb,
+            mu,
+            is,
+            mdy,
+            mdyx,
+            relu,
+        } = self;
         for ((o, &g), &v) in o.iter_mut().zip(g).zip(x) {
             let g = relu_masked(g, v, (ka, kb), relu);
             let xhat = (v - mu) * is;
